@@ -1,0 +1,17 @@
+"""seqpipe: variable-length time series from Parquet to Keras-ready batches.
+
+    config = seqpipe.load_config("configs/demo.yaml")
+    model.fit(seqpipe.build_dataset(config), epochs=5)
+"""
+
+from seqpipe.config import PipelineConfig, load_config
+from seqpipe.dataset import build_dataset, element_spec
+from seqpipe.errors import ConfigError, DataError, SeqpipeError, SourceNotFoundError
+from seqpipe.pipeline import Batch, Pipeline, Report
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batch", "ConfigError", "DataError", "Pipeline", "PipelineConfig", "Report",
+    "SeqpipeError", "SourceNotFoundError", "build_dataset", "element_spec", "load_config",
+]

@@ -1,0 +1,77 @@
+"""Dataset: the thin tf.data layer over `Pipeline`'s NumPy batches.
+
+TensorFlow is imported here, when a dataset is built, and nowhere earlier: importing
+seqpipe or validating a config stays fast and TensorFlow-free.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Mapping
+from typing import Any, Union
+
+from seqpipe.config import PipelineConfig
+from seqpipe.pipeline import Pipeline
+
+
+def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathLike],
+                  data: Any = None):
+    """Builds the `tf.data.Dataset` of `(x, y, sample_weight)` batches for `model.fit`.
+
+    Every pass over the dataset is one epoch; epoch k is reshuffled with (seed, k), so the
+    same config and seed give the same batches in the same order, run after run.
+
+    Args:
+      config: a `PipelineConfig`, YAML path or mapping; or a `Pipeline` already built.
+      data: a pandas DataFrame or pyarrow Table to use instead of `source.path`.
+
+    Returns:
+      A dataset whose elements are `(x, y, sample_weight)`: `x` maps input names to float32
+      `(B, T, k)` or `(B, k)`; `y` maps output names to `(B, T, 1)` or `(B, 1)`;
+      `sample_weight` to `(B, T)` or `(B,)`. With no outputs configured, elements are `x`.
+
+    Raises:
+      SeqpipeError: bad config or data, before any TensorFlow work.
+
+    Example:
+      >>> ds = build_dataset("configs/demo.yaml")   # doctest: +SKIP
+      >>> model.fit(ds, epochs=3)                    # doctest: +SKIP
+    """
+    pipeline = config if isinstance(config, Pipeline) else Pipeline(config, data)
+    import tensorflow as tf
+
+    epochs = itertools.count()
+
+    def one_epoch():
+        for batch in pipeline.batches(next(epochs)):
+            if pipeline.config.outputs:
+                yield batch.x, batch.y, batch.sample_weight
+            else:
+                yield batch.x
+
+    dataset = tf.data.Dataset.from_generator(one_epoch, output_signature=element_spec(
+        pipeline.config))
+    # Every epoch has the same number of batches (bucket sizes do not change), and saying
+    # so lets Keras show progress from the first epoch instead of warning at its end.
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(
+        pipeline.report.batches_per_epoch))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def element_spec(config: PipelineConfig):
+    """The `tf.TensorSpec` structure of one batch, from the config alone."""
+    import tensorflow as tf
+
+    def spec(*shape):
+        return tf.TensorSpec(shape=shape, dtype=tf.float32)
+
+    x = {name: spec(None, None, len(s.columns)) if s.level == "timestep"
+         else spec(None, len(s.columns)) for name, s in config.inputs.items()}
+    if not config.outputs:
+        return x
+    y = {name: spec(None, None, 1) if s.level == "timestep" else spec(None, 1)
+         for name, s in config.outputs.items()}
+    weights = {name: spec(None, None) if s.level == "timestep" else spec(None)
+               for name, s in config.outputs.items()}
+    return x, y, weights

@@ -1,0 +1,22 @@
+"""The exceptions seqpipe raises for user mistakes.
+
+Every seqpipe error is raised before the first batch, states the rule, echoes the value
+received and says where (key path, file, column or sequence), so that nobody has to read a
+TensorFlow traceback to learn that a column is missing.
+"""
+
+
+class SeqpipeError(Exception):
+    """Base class of every error seqpipe raises for bad input or bad configuration."""
+
+
+class ConfigError(SeqpipeError, ValueError):
+    """A config key is unknown, missing, or has a value outside its rule."""
+
+
+class DataError(SeqpipeError, ValueError):
+    """The data does not fit the config: a missing column, a bad type, a bad value."""
+
+
+class SourceNotFoundError(SeqpipeError, FileNotFoundError):
+    """`source.path` names no file, or matches no Parquet file."""

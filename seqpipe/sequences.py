@@ -1,0 +1,333 @@
+"""Sequences: groups the source table into variable-length sequences, in columnar form.
+
+All timesteps of all sequences lie end to end in flat arrays; `offsets[i]:offsets[i + 1]`
+is sequence i. Grouping, ordering and the missing-value rules run on whole columns, with no
+Python loop per sequence or per timestep.
+
+Missing values: a null or NaN label is missing (filled with a finite value, `present` False);
+a NaN, null or infinite feature is an error unless its input sets `fill_value`, and every
+filled value is counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from seqpipe.config import PipelineConfig
+from seqpipe.errors import DataError
+from seqpipe.source import SourceTable
+
+
+@dataclasses.dataclass(frozen=True)
+class Sequences:
+    """Sequences end to end in flat arrays.
+
+    Attributes:
+      ids: (n,) sequence ids, ascending when the source has an id column.
+      offsets: (n + 1,) int64; sequence i is timesteps `offsets[i]:offsets[i + 1]`.
+      features: input name -> float32 `(timesteps, k)` for a timestep input, `(n, k)` for a
+        sequence input. Always finite.
+      labels: output name -> float32 `(timesteps,)` or `(n,)`. Always finite: missing labels
+        hold their output's `fill_value`.
+      present: output name -> bool, shaped like `labels`: False where the label was missing.
+    """
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    features: Mapping[str, np.ndarray]
+    labels: Mapping[str, np.ndarray]
+    present: Mapping[str, np.ndarray]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupingCounts:
+    """What grouping read, filled and dropped."""
+
+    rows: int
+    empty_sequences_dropped: int
+    filled_values: Mapping[str, int]  # "inputs.<name>.<column>" -> values replaced
+
+
+def group_sequences(source: SourceTable, config: PipelineConfig) -> tuple[Sequences, GroupingCounts]:
+    """Groups the source rows into sequences ordered by id, timesteps ordered by time.
+
+    Args:
+      source: the table `read_source` returned.
+      config: the pipeline config.
+
+    Returns:
+      The sequences and the counts of what was filled or dropped.
+
+    Raises:
+      DataError: no sequences; null ids or times; two rows at one time in one sequence;
+        two different values of a per-sequence column in one sequence; list columns of
+        different lengths in one nested row; NaN or infinite features without
+        `fill_value`; infinite labels.
+    """
+    table = source.table
+    if table.num_rows == 0:
+        raise DataError(f"no sequences: {source.where} has no rows")
+    if config.source.layout == "long":
+        ids, offsets, columns, dropped = _group_long(table, config, source.where)
+    else:
+        ids, offsets, columns, dropped = _group_nested(table, config, source.where)
+    if len(ids) == 0:
+        raise DataError(f"no sequences: every sequence in {source.where} is empty")
+    features, filled = _features(columns, ids, offsets, config, source.where)
+    labels, present = _labels(columns, config, source.where)
+    sequences = Sequences(ids, offsets, features, labels, present)
+    return sequences, GroupingCounts(table.num_rows, dropped, filled)
+
+
+def _check_no_nulls(column: pa.ChunkedArray, key: str, name: str, where: str) -> None:
+    if column.null_count:
+        raise DataError(f"{key} {name!r} has {column.null_count:,} null values in {where}; "
+                        f"every row needs one")
+
+
+def _group_long(table: pa.Table, config: PipelineConfig, where: str):
+    id_name, time_name = config.source.id_column, config.source.time_column
+    _check_no_nulls(table[id_name], "source.id_column", id_name, where)
+    if time_name:
+        _check_no_nulls(table[time_name], "source.time_column", time_name, where)
+    table = _sorted_by_id_and_time(table, id_name, time_name)
+    ids = table[id_name].combine_chunks()
+    new_sequence = np.concatenate(
+        [[True], pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)])
+    starts = np.flatnonzero(new_sequence)
+    offsets = np.append(starts, table.num_rows).astype(np.int64)
+    sequence_ids = ids.take(pa.array(starts)).to_numpy(zero_copy_only=False)
+    if time_name:
+        times = table[time_name].to_numpy()
+        _check_unique_times(times, new_sequence, sequence_ids, offsets, time_name, where)
+    columns = {}
+    for column, key, level in _value_columns(config):
+        values = table[column].to_numpy()
+        if level == "sequence":
+            values = _one_value_per_sequence(values, starts, sequence_ids, column, key, where)
+        columns[column, level] = values
+    return sequence_ids, offsets, columns, 0
+
+
+def _sorted_by_id_and_time(table: pa.Table, id_name: str, time_name) -> pa.Table:
+    keys = [(id_name, "ascending")] + ([(time_name, "ascending")] if time_name else [])
+    ids = table[id_name]
+    in_order = pc.all(pc.less_equal(ids[:-1], ids[1:])).as_py() is not False
+    if in_order and time_name:
+        times = table[time_name]
+        same_id = pc.equal(ids[:-1], ids[1:])
+        backwards = pc.and_(same_id, pc.greater(times[:-1], times[1:]))
+        in_order = not pc.any(backwards).as_py()
+    if in_order:
+        return table
+    return table.take(pc.sort_indices(table, sort_keys=keys))
+
+
+def _check_unique_times(times, new_sequence, sequence_ids, offsets, time_name, where) -> None:
+    repeated = np.flatnonzero(~new_sequence[1:] & (times[1:] == times[:-1]))
+    if len(repeated):
+        row = repeated[0] + 1
+        sequence = sequence_ids[np.searchsorted(offsets, row, side="right") - 1]
+        raise DataError(
+            f"sequence {_show_id(sequence)} has two rows at time {times[row]!r} "
+            f"(source.time_column {time_name!r}) in {where}; each timestep needs one row. "
+            f"{len(repeated):,} repeated (id, time) pairs in all. Deduplicate or aggregate "
+            f"them before reading.")
+
+
+def _value_columns(config: PipelineConfig):
+    """(column, config key, level) for every feature and label column, each once per level."""
+    seen = set()
+    for name, spec in config.inputs.items():
+        for column in spec.columns:
+            seen.add((column, spec.level))
+            yield column, f"inputs.{name}.columns", spec.level
+    for name, spec in config.outputs.items():
+        if (spec.column, spec.level) not in seen:
+            yield spec.column, f"outputs.{name}.column", spec.level
+
+
+def _one_value_per_sequence(values, starts, sequence_ids, column, key, where) -> np.ndarray:
+    # fmin/fmax skip NaN, so missing rows are fine; two different present values conflict.
+    low = np.fmin.reduceat(values, starts)
+    high = np.fmax.reduceat(values, starts)
+    conflicts = np.flatnonzero(low != high)
+    conflicts = conflicts[~np.isnan(low[conflicts])]
+    if len(conflicts):
+        first = conflicts[0]
+        raise DataError(
+            f"column {column!r} ({key}, level: sequence) has two different values in sequence "
+            f"{_show_id(sequence_ids[first])} of {where}: {low[first]:g} and {high[first]:g}. "
+            f"A per-sequence column must repeat one value on the rows of its sequence "
+            f"(missing rows are fine). {len(conflicts):,} sequences conflict.")
+    return low
+
+
+def _group_nested(table: pa.Table, config: PipelineConfig, where: str):
+    id_name = config.source.id_column
+    if id_name:
+        _check_no_nulls(table[id_name], "source.id_column", id_name, where)
+        table = table.take(pc.sort_indices(table, sort_keys=[(id_name, "ascending")]))
+        sequence_ids = table[id_name].to_numpy()
+        _check_unique_ids(sequence_ids, id_name, where)
+    else:
+        sequence_ids = np.arange(table.num_rows)
+    list_columns = _list_columns(config)
+    reference = list_columns[0][0]
+    lengths = _list_lengths(table[reference])
+    if (lengths < 0).any():
+        raise _null_list_error(table, reference, list_columns[0][1], lengths, sequence_ids, where)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    columns = {}
+    for column, key, may_be_null in list_columns:
+        columns[column, "timestep"] = _flatten(table[column], lengths, offsets, column, key,
+                                               may_be_null, reference, sequence_ids, where)
+    if config.source.time_column:
+        _order_nested_by_time(columns, config.source.time_column, offsets, sequence_ids, where)
+    keep = lengths > 0
+    for column, _, level in _value_columns(config):
+        if level == "sequence":
+            columns[column, level] = table[column].to_numpy()[keep]
+    if not keep.all():
+        sequence_ids = sequence_ids[keep]
+        offsets = np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64)
+    return sequence_ids, offsets, columns, int((~keep).sum())
+
+
+def _check_unique_ids(sequence_ids: np.ndarray, id_name: str, where: str) -> None:
+    repeated = np.flatnonzero(sequence_ids[1:] == sequence_ids[:-1])
+    if len(repeated):
+        raise DataError(
+            f"sequence id {_show_id(sequence_ids[repeated[0]])} (source.id_column {id_name!r}) "
+            f"appears in more than one row of {where}; in the nested layout each sequence is "
+            f"one row. {len(repeated):,} repeated ids in all. Use source.layout: long for one "
+            f"row per timestep.")
+
+
+def _list_columns(config: PipelineConfig):
+    """(column, key, may_be_null) for each list column; the first fixes the sequence length."""
+    found = {}
+    for name, spec in config.inputs.items():
+        if spec.level == "timestep":
+            for column in spec.columns:
+                found.setdefault(column, (f"inputs.{name}.columns", False))
+    for name, spec in config.outputs.items():
+        if spec.level == "timestep":
+            found.setdefault(spec.column, (f"outputs.{name}.column", True))
+    if config.source.time_column:
+        found.setdefault(config.source.time_column, ("source.time_column", False))
+    return [(column, key, may_be_null) for column, (key, may_be_null) in found.items()]
+
+
+def _list_lengths(column: pa.ChunkedArray) -> np.ndarray:
+    return pc.fill_null(pc.list_value_length(column), -1).to_numpy().astype(np.int64)
+
+
+def _flatten(column, lengths, offsets, name, key, may_be_null, reference, sequence_ids, where):
+    own = _list_lengths(column)
+    mismatch = np.flatnonzero((own != lengths) & (own >= 0))
+    if len(mismatch):
+        row = mismatch[0]
+        raise DataError(
+            f"sequence {_show_id(sequence_ids[row])} in {where} has {own[row]} values in column "
+            f"{name!r} ({key}) but {lengths[row]} in {reference!r}; every list column of a "
+            f"row must have one value per timestep. {len(mismatch):,} rows differ.")
+    if (own < 0).any() and not may_be_null:
+        raise _null_list_error(column, name, key, own, sequence_ids, where)
+    values = pc.list_flatten(column).to_numpy()
+    if not (own < 0).any():
+        return values
+    # A null label list means every label of that sequence is missing.
+    full = np.full(offsets[-1], np.nan, dtype=values.dtype)
+    full[_positions(offsets[:-1][own >= 0], own[own >= 0])] = values
+    return full
+
+
+def _null_list_error(column, name, key, own, sequence_ids, where) -> DataError:
+    rows = np.flatnonzero(own < 0)
+    return DataError(
+        f"column {name!r} ({key}) is null instead of a list in {len(rows):,} rows of {where}, "
+        f"first in sequence {_show_id(sequence_ids[rows[0]])}; it needs one value per timestep")
+
+
+def _positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The flat indices of the ranges starts[i] : starts[i] + lengths[i], end to end."""
+    total = int(lengths.sum())
+    range_of = np.repeat(np.arange(len(lengths)), lengths)
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return (np.arange(total) - first[range_of] + starts[range_of]).astype(np.int64)
+
+
+def _order_nested_by_time(columns, time_name, offsets, sequence_ids, where) -> None:
+    """Sorts the timesteps of each sequence by time, in place in `columns`."""
+    times = columns[time_name, "timestep"]
+    sequence_of = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    order = np.lexsort((times, sequence_of))
+    new_sequence = np.concatenate([[True], sequence_of[1:] != sequence_of[:-1]])
+    _check_unique_times(times[order], new_sequence, sequence_ids, offsets, time_name, where)
+    for key, values in columns.items():
+        columns[key] = values[order]
+
+
+def _features(columns, ids, offsets, config, where):
+    features, filled = {}, {}
+    for name, spec in config.inputs.items():
+        rows = len(ids) if spec.level == "sequence" else int(offsets[-1])
+        matrix = np.empty((rows, len(spec.columns)), dtype=np.float32)
+        for j, column in enumerate(spec.columns):
+            matrix[:, j] = columns[column, spec.level]
+        bad = ~np.isfinite(matrix)
+        if bad.any():
+            counts = bad.sum(axis=0)
+            fills = [spec.fill_for(c) for c in spec.columns]
+            unfilled = [j for j, n in enumerate(counts) if n and fills[j] is None]
+            if unfilled:
+                raise _bad_feature_error(name, spec, counts, unfilled, bad, where)
+            for j, column in enumerate(spec.columns):
+                if counts[j]:
+                    matrix[bad[:, j], j] = fills[j]
+                    filled[f"inputs.{name}.{column}"] = int(counts[j])
+        features[name] = matrix
+    return features, filled
+
+
+def _bad_feature_error(name, spec, counts, unfilled, bad, where) -> DataError:
+    per_column = ", ".join(f"column {spec.columns[j]!r}: {counts[j]:,}" for j in unfilled)
+    rows = int(bad[:, unfilled].any(axis=1).sum())
+    unit = "sequences" if spec.level == "sequence" else "rows"
+    return DataError(
+        f"inputs.{name}: {int(counts[unfilled].sum()):,} NaN, null or infinite values in "
+        f"{rows:,} {unit} of {where} ({per_column}). A NaN feature turns every loss it "
+        f"touches into NaN. Set inputs.{name}.fill_value to a number (or {{column: number}}) "
+        f"to replace them (they are counted in the report), or clean the data.")
+
+
+def _labels(columns, config, where):
+    labels, present = {}, {}
+    for name, spec in config.outputs.items():
+        values = np.asarray(columns[spec.column, spec.level], dtype=np.float32)
+        infinite = np.isinf(values)
+        if infinite.any():
+            raise DataError(
+                f"outputs.{name}: column {spec.column!r} has {int(infinite.sum()):,} infinite "
+                f"labels in {where}; a label must be finite, or null/NaN when missing")
+        found = ~np.isnan(values)
+        labels[name] = np.where(found, values, np.float32(spec.fill_value))
+        present[name] = found
+    return labels, present
+
+
+def _show_id(value) -> str:
+    return repr(value.item() if isinstance(value, np.generic) else value)

@@ -1,0 +1,216 @@
+"""Source: finds the Parquet files, checks their schemas against the config, reads columns.
+
+The result is one Arrow table holding only the columns the config names, numeric columns
+cast to float32 (list<float32> for list columns), so that the next stage never sees a
+type it did not ask for. Schemas are checked per file from the Parquet footers before any
+data is read, so a missing or mistyped column is reported with its file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from seqpipe.config import PipelineConfig
+from seqpipe.errors import DataError, SourceNotFoundError
+
+_GLOB_CHARS = set("*?[")
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnRole:
+    """What the config asks of one column: the key that names it and the kind it must be."""
+
+    column: str
+    key: str
+    kind: str  # "key" (any type), "time" (orderable), "number" or "list of numbers"
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceTable:
+    """The columns the config needs, cast, with where they came from."""
+
+    table: pa.Table
+    where: str  # names the source in error messages: a path, or "the in-memory data"
+    files: tuple[str, ...]
+
+
+def column_roles(config: PipelineConfig) -> list[ColumnRole]:
+    """Every column the config reads, with the key naming it and the type it needs."""
+    source = config.source
+    nested = source.layout == "nested"
+    roles = []
+    if source.id_column:
+        roles.append(ColumnRole(source.id_column, "source.id_column", "key"))
+    if source.time_column:
+        roles.append(ColumnRole(source.time_column, "source.time_column",
+                                "list of times" if nested else "time"))
+    for name, spec in config.inputs.items():
+        kind = _value_kind(nested, spec.level)
+        roles += [ColumnRole(c, f"inputs.{name}.columns", kind) for c in spec.columns]
+    for name, spec in config.outputs.items():
+        roles.append(ColumnRole(spec.column, f"outputs.{name}.column",
+                                _value_kind(nested, spec.level)))
+    return roles
+
+
+def _value_kind(nested: bool, level: str) -> str:
+    return "list of numbers" if nested and level == "timestep" else "number"
+
+
+def read_source(config: PipelineConfig, data: Any = None) -> SourceTable:
+    """Reads the columns the config needs from `source.path` or from in-memory `data`.
+
+    Args:
+      config: a validated pipeline config.
+      data: a pandas DataFrame or pyarrow Table to use instead of `source.path`.
+
+    Returns:
+      A `SourceTable` whose numeric columns are float32 (or list<float32>).
+
+    Raises:
+      SourceNotFoundError: the path names no file or matches no Parquet file.
+      DataError: a column is missing or has a type the config cannot use.
+    """
+    roles = column_roles(config)
+    if data is not None:
+        table = _as_table(data)
+        _check_schema(table.schema, roles, "the in-memory data", set())
+        return SourceTable(_cast(table, roles), "the in-memory data", ())
+    if not config.source.path:
+        raise DataError("source.path is not set and no in-memory data was passed. Set "
+                        "source.path to a Parquet file, directory or glob, or pass data=.")
+    dataset = _open_dataset(config.source.path)
+    partition_fields = set(dataset.partitioning.schema.names) if dataset.partitioning else set()
+    for file in dataset.files:
+        _check_schema(_read_schema(file), roles, file, partition_fields)
+    schema = _target_schema(dataset.schema, roles)
+    try:
+        table = pads.dataset(dataset.files, schema=schema, format="parquet",
+                             partitioning=dataset.partitioning).to_table(
+                                 columns=list(schema.names))
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"could not read {config.source.path!r}: {e}") from e
+    return SourceTable(table, config.source.path, tuple(dataset.files))
+
+
+def _as_table(data: Any) -> pa.Table:
+    if isinstance(data, pa.Table):
+        return data
+    if type(data).__module__.startswith("pandas") and hasattr(data, "columns"):
+        return pa.Table.from_pandas(data, preserve_index=False)
+    raise DataError(f"data must be a pandas DataFrame or a pyarrow Table; "
+                    f"got {type(data).__name__}")
+
+
+def _open_dataset(path: str) -> pads.Dataset:
+    if _GLOB_CHARS & set(path):
+        files = sorted(glob.glob(path, recursive=True))
+        files = [f for f in files if os.path.isfile(f)]
+        if not files:
+            raise SourceNotFoundError(f"source.path {path!r} matched no files")
+        return pads.dataset(files, format="parquet")
+    if not os.path.exists(path):
+        raise SourceNotFoundError(
+            f"source.path {path!r} does not exist (relative paths are relative to the "
+            f"working directory, {os.getcwd()!r})")
+    partitioning = "hive" if os.path.isdir(path) else None
+    try:
+        dataset = pads.dataset(path, format="parquet", partitioning=partitioning,
+                               exclude_invalid_files=False)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"source.path {path!r} is not readable as Parquet: {e}") from e
+    if not dataset.files:
+        raise SourceNotFoundError(f"source.path {path!r} is a directory with no Parquet files")
+    return dataset
+
+
+def _read_schema(file: str) -> pa.Schema:
+    try:
+        return pq.read_schema(file)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{file} is not a readable Parquet file: {e}") from e
+
+
+def _check_schema(schema: pa.Schema, roles: list[ColumnRole], where: str,
+                  partition_fields: set[str]) -> None:
+    for role in roles:
+        if role.column in partition_fields:
+            continue
+        if role.column not in schema.names:
+            raise DataError(
+                f"column {role.column!r} ({role.key}) not found in {where}; "
+                f"it has columns: {', '.join(schema.names)}")
+        field_type = schema.field(role.column).type
+        if not _fits(field_type, role.kind):
+            raise DataError(
+                f"column {role.column!r} in {where} is {field_type}; {role.key} must be "
+                f"{_KIND_TEXT[role.kind]}")
+
+
+_KIND_TEXT = {
+    "key": "any type",
+    "time": "numeric, a date or a timestamp, so timesteps can be ordered",
+    "list of times": "a list of numbers, dates or timestamps in the nested layout",
+    "number": "numeric (integer, float, boolean or decimal)",
+    "list of numbers": "a list of numbers in the nested layout (one value per timestep)",
+}
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+            or pa.types.is_decimal(t) or pa.types.is_null(t))
+
+
+def _is_time(t: pa.DataType) -> bool:
+    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_temporal(t))
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _fits(t: pa.DataType, kind: str) -> bool:
+    if kind == "key":
+        return True
+    if kind == "time":
+        return _is_time(t)
+    if kind == "number":
+        return _is_number(t)
+    if kind == "list of times":
+        return _is_list(t) and _is_time(t.value_type)
+    return _is_list(t) and _is_number(t.value_type)
+
+
+def _target_type(kind: str, found: pa.DataType) -> pa.DataType:
+    if kind == "number":
+        return pa.float32()
+    if kind == "list of numbers":
+        return pa.list_(pa.float32())
+    if kind == "list of times":
+        return pa.list_(found.value_type)
+    return found
+
+
+def _target_schema(found: pa.Schema, roles: list[ColumnRole]) -> pa.Schema:
+    fields = {}
+    for role in roles:
+        if role.column not in fields:
+            fields[role.column] = pa.field(
+                role.column, _target_type(role.kind, found.field(role.column).type))
+    return pa.schema(list(fields.values()))
+
+
+def _cast(table: pa.Table, roles: list[ColumnRole]) -> pa.Table:
+    schema = _target_schema(table.schema, roles)
+    try:
+        return table.select(schema.names).cast(schema)
+    except (pa.ArrowException, ValueError) as e:
+        raise DataError(f"could not convert the in-memory data to {schema}: {e}") from e
+
