@@ -78,7 +78,7 @@ def auto_boundaries(lengths: np.ndarray) -> tuple[int, ...]:
     cost = np.where(a <= j, cost, np.inf)
     best = cost[0]
     choices, totals = [None], [best[-1]]
-    for _ in range(1, MAX_AUTO_BUCKETS):
+    for _ in range(1, min(MAX_AUTO_BUCKETS, len(values))):
         # a new last bucket starts after candidate i, where the previous buckets end.
         candidates = best[:-1, None] + cost[1:, :]
         choices.append(np.argmin(candidates, axis=0))

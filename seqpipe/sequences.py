@@ -92,8 +92,14 @@ def group_sequences(source: SourceTable, config: PipelineConfig) -> tuple[Sequen
 
 
 def _check_no_nulls(column: pa.ChunkedArray, key: str, name: str, where: str) -> None:
-    if column.null_count:
-        raise DataError(f"{key} {name!r} has {column.null_count:,} null values in {where}; "
+    missing = column.null_count
+    if pa.types.is_floating(column.type):
+        missing += pc.sum(pc.is_nan(column)).as_py() or 0
+        kind = "null or NaN"
+    else:
+        kind = "null"
+    if missing:
+        raise DataError(f"{key} {name!r} has {missing:,} {kind} values in {where}; "
                         f"every row needs one")
 
 
@@ -141,7 +147,7 @@ def _check_unique_times(times, new_sequence, sequence_ids, offsets, time_name, w
         row = repeated[0] + 1
         sequence = sequence_ids[np.searchsorted(offsets, row, side="right") - 1]
         raise DataError(
-            f"sequence {_show_id(sequence)} has two rows at time {times[row]!r} "
+            f"sequence {_show_id(sequence)} has two rows at time {_show_id(times[row])} "
             f"(source.time_column {time_name!r}) in {where}; each timestep needs one row. "
             f"{len(repeated):,} repeated (id, time) pairs in all. Deduplicate or aggregate "
             f"them before reading.")
@@ -330,4 +336,7 @@ def _labels(columns, config, where):
 
 
 def _show_id(value) -> str:
+    """A sequence id or time as the user wrote it: 's01', 7, not np.int64(7)."""
+    if isinstance(value, np.datetime64):
+        return str(value)
     return repr(value.item() if isinstance(value, np.generic) else value)

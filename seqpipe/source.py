@@ -87,7 +87,7 @@ def read_source(config: PipelineConfig, data: Any = None) -> SourceTable:
         raise DataError("source.path is not set and no in-memory data was passed. Set "
                         "source.path to a Parquet file, directory or glob, or pass data=.")
     dataset = _open_dataset(config.source.path)
-    partition_fields = set(dataset.partitioning.schema.names) if dataset.partitioning else set()
+    partition_fields = _partition_keys(config.source.path, dataset.files)
     for file in dataset.files:
         _check_schema(_read_schema(file), roles, file, partition_fields)
     schema = _target_schema(dataset.schema, roles)
@@ -129,6 +129,17 @@ def _open_dataset(path: str) -> pads.Dataset:
     if not dataset.files:
         raise SourceNotFoundError(f"source.path {path!r} is a directory with no Parquet files")
     return dataset
+
+
+def _partition_keys(path: str, files: list[str]) -> set[str]:
+    """Hive partition keys: the `key` of `key=value` folders below a directory source."""
+    if not os.path.isdir(path):
+        return set()
+    keys = set()
+    for file in files:
+        folders = os.path.relpath(os.path.dirname(file), path).split(os.sep)
+        keys.update(folder.split("=", 1)[0] for folder in folders if "=" in folder)
+    return keys
 
 
 def _read_schema(file: str) -> pa.Schema:

@@ -1,0 +1,175 @@
+import dataclasses
+import subprocess
+import sys
+import typing
+
+import pytest
+
+from seqpipe import config as config_module
+from seqpipe import ConfigError, PipelineConfig, SourceNotFoundError, load_config
+from tests.conftest import base_config
+
+ISSUE_YAML = """
+source:
+  path: data/train.parquet
+  layout: long
+  id_column: patient_id
+  time_column: t
+inputs:
+  vitals: {columns: [hr, bp, spo2]}
+  demographics: {columns: [age, sex], level: sequence}
+outputs:
+  next_hr: {column: hr_next, level: timestep}
+  mortality: {column: died, level: sequence}
+padding:
+  maxlen: 512
+  side: post
+  truncating: post
+  value: 0.0
+batching:
+  batch_size: 64
+  bucket_boundaries: [32, 64, 128, 256]
+  drop_remainder: false
+weights:
+  mode: batch_mean
+shuffle:
+  buffer_size: 10000
+  seed: 42
+"""
+
+
+def test_the_yaml_from_the_contract_loads(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(ISSUE_YAML)
+    config = load_config(path)
+    assert config.inputs["vitals"].columns == ("hr", "bp", "spo2")
+    assert config.inputs["demographics"].level == "sequence"
+    assert config.outputs["mortality"].column == "died"
+    assert config.batching.bucket_boundaries == (32, 64, 128, 256)
+    assert config.shuffle.seed == 42
+    assert config.weight_mode("next_hr") == "batch_mean"
+
+
+def test_config_is_frozen_and_round_trips():
+    config = load_config(base_config("x.parquet"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.padding.maxlen = 3
+    with pytest.raises(TypeError):
+        config.inputs["new"] = None
+    assert load_config(config.to_dict()) == config
+    assert load_config(config) == config
+
+
+def test_defaults_are_documented_and_sensible():
+    config = load_config(base_config("x.parquet"))
+    assert config.padding.side == "post" and config.padding.maxlen is None
+    assert config.batching.bucket_boundaries is None
+    assert config.weights.mode == "batch_mean"
+    assert config.shuffle.buffer_size == 0
+    sections = [t for t in typing.get_type_hints(PipelineConfig).values()
+                if dataclasses.is_dataclass(t)]
+    sections += [config_module.InputConfig, config_module.OutputConfig]
+    assert len(sections) == 7
+    for section in sections:
+        for field in dataclasses.fields(section):
+            assert field.metadata["doc"], f"{section.__name__}.{field.name} has no doc"
+
+
+def test_overrides_set_dotted_keys():
+    config = load_config(base_config("x.parquet"), {"batching.batch_size": 128,
+                                                     "padding.maxlen": 9,
+                                                     "source.path": "y.parquet"})
+    assert config.batching.batch_size == 128
+    assert config.padding.maxlen == 9
+    assert config.source.path == "y.parquet"
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"padding.side": "left"}, r"^padding\.side must be 'pre' or 'post'; got 'left'$"),
+    ({"padding.maxlen": 0}, r"padding\.maxlen must be a positive integer or null; got 0"),
+    ({"padding.value": float("nan")}, r"padding\.value must be a finite number; got nan"),
+    ({"batching.bucket_boundaries": [8, 4]},
+     r"batching\.bucket_boundaries must be .*strictly increasing.*; got \[8, 4\]"),
+    ({"batching.bucket_boundaries": "often"},
+     r"batching\.bucket_boundaries must be a list of integers or 'auto' or null; got 'often'"),
+    ({"batching.batch_size": "64"}, r"batching\.batch_size must be an integer; got '64'"),
+    ({"batching.batch_size": -1}, r"batching\.batch_size must be a positive integer; got -1"),
+    ({"batching.drop_remainder": "yes"}, r"drop_remainder must be true or false; got 'yes'"),
+    ({"weights.mode": "mean"}, r"weights\.mode must be 'binary' or 'batch_mean' or "
+                               r"'global_mean' or 'sequence_mean'; got 'mean'"),
+    ({"shuffle.seed": 1.5}, r"shuffle\.seed must be an integer or null; got 1\.5"),
+    ({"source.layout": "wide"}, r"source\.layout must be 'long' or 'nested'; got 'wide'"),
+    ({"inputs.steps.columns": "code"}, r"inputs\.steps\.columns must be a list of strings"),
+    ({"inputs.steps.columns": []}, r"inputs\.steps\.columns must be a non-empty list of "
+                                   r"distinct column names; got \[\]"),
+    ({"inputs.steps.level": "step"}, r"inputs\.steps\.level must be 'timestep' or 'sequence'"),
+    ({"outputs.y.fill_value": float("inf")}, r"outputs\.y\.fill_value must be a finite"),
+    ({"inputs.steps.fill_value": {"nope": 1.0}},
+     r"inputs\.steps\.fill_value names columns that are not in inputs\.steps\.columns: "
+     r"\['nope'\]"),
+])
+def test_bad_values_name_key_path_and_value(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(base_config("x.parquet"), override)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"batching.batch_sise": 3}, r"unknown key 'batching\.batch_sise'\. Did you mean "
+                                 r"'batch_size'\? Allowed keys in batching: batch_size, "
+                                 r"bucket_boundaries, drop_remainder"),
+    ({"paddings": {}}, r"unknown key 'paddings'\. Did you mean 'padding'\? Allowed keys in "
+                       r"the config: inputs, outputs, source, padding, batching, weights, "
+                       r"shuffle"),
+    ({"inputs.steps.colums": ["a"]}, r"unknown key 'inputs\.steps\.colums'\. Did you mean "
+                                     r"'columns'\?"),
+])
+def test_unknown_keys_list_the_allowed_ones(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(base_config("x.parquet"), override)
+
+
+def test_long_layout_needs_an_id_column():
+    with pytest.raises(ConfigError, match=r"source\.id_column is required when source\.layout "
+                                          r"is 'long'.*Got none"):
+        load_config(base_config("x.parquet"), {"source.id_column": None})
+
+
+def test_missing_required_key():
+    raw = base_config("x.parquet")
+    del raw["inputs"]
+    with pytest.raises(ConfigError, match=r"^inputs is required\."):
+        load_config(raw)
+
+
+def test_cross_field_rules():
+    with pytest.raises(ConfigError, match=r"bucket_boundaries must not exceed padding\.maxlen "
+                                          r"\(10\).*Received: \[4, 16\]"):
+        load_config(base_config("x"), {"padding.maxlen": 10,
+                                       "batching.bucket_boundaries": [4, 16]})
+    with pytest.raises(ConfigError, match=r"at least one input must have level: timestep"):
+        load_config(base_config("x"), {"inputs": {"s": {"columns": ["age"],
+                                                        "level": "sequence"}}})
+    with pytest.raises(ConfigError, match=r"column 'id', which is source\.id_column"):
+        load_config(base_config("x"), {"inputs.steps.columns": ["id"]})
+
+
+def test_yaml_file_errors(tmp_path):
+    with pytest.raises(SourceNotFoundError, match=r"config file not found: '.*nope\.yaml'"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("inputs: [unclosed")
+    with pytest.raises(ConfigError, match=r"is not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list")
+    with pytest.raises(ConfigError, match=r"must hold a mapping of sections.*got list"):
+        load_config(bad)
+
+
+def test_importing_and_loading_a_config_does_not_import_tensorflow(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(ISSUE_YAML)
+    code = ("import sys, seqpipe; seqpipe.load_config(sys.argv[1]); "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "False False"

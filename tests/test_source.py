@@ -1,0 +1,170 @@
+"""Reading: files, directories, hive partitions and globs, checked against pyarrow."""
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from seqpipe import DataError, Pipeline, SourceNotFoundError, build_dataset, load_config
+from seqpipe.source import read_source
+from tests.conftest import base_config, long_table, raw_sequences, write
+
+
+def _codes_by_id(pipeline):
+    sequences = pipeline.sequences
+    codes = sequences.features["steps"][:, 0]
+    return {str(i): codes[a:b] for i, a, b in
+            zip(sequences.ids, sequences.offsets[:-1], sequences.offsets[1:])}
+
+
+def _assert_same_sequences(pipeline, table):
+    expected = raw_sequences(table)
+    got = _codes_by_id(pipeline)
+    assert list(got) == sorted(expected)
+    for key, (codes, _) in expected.items():
+        np.testing.assert_array_equal(got[key], codes)
+
+
+def test_one_file_matches_pyarrow(tmp_path, lengths):
+    table = long_table(lengths)
+    path = write(tmp_path / "d.parquet", table)
+    pipeline = Pipeline(base_config(path))
+    _assert_same_sequences(pipeline, pq.read_table(path))
+    assert pipeline.report.rows == sum(lengths)
+    assert pipeline.report.sequences == len(lengths)
+
+
+def test_directory_glob_and_hive_partitions_read_the_same(tmp_path, lengths):
+    table = long_table(lengths)
+    parts = np.array_split(np.arange(table.num_rows), 3)
+    (tmp_path / "dir").mkdir()
+    for i, rows in enumerate(parts):
+        write(tmp_path / "dir" / f"part-{i}.parquet", table.take(rows), row_group_size=3)
+    hive = tmp_path / "hive"
+    for i, rows in enumerate(parts):
+        (hive / f"shard={i}").mkdir(parents=True)
+        write(hive / f"shard={i}" / "data.parquet", table.take(rows))
+    for path in [tmp_path / "dir", tmp_path / "dir" / "*.parquet", hive]:
+        pipeline = Pipeline(base_config(str(path)))
+        _assert_same_sequences(pipeline, table)
+    assert Pipeline(base_config(str(tmp_path / "dir"))).report.files == 3
+
+
+def test_hive_partition_column_can_be_an_input(tmp_path, lengths):
+    table = long_table(lengths)
+    for shard in (1, 2):
+        rows = [i for i, key in enumerate(table["id"].to_pylist()) if hash(key) % 2 == shard - 1]
+        (tmp_path / f"ward={shard}").mkdir()
+        write(tmp_path / f"ward={shard}" / "d.parquet", table.take(rows))
+    config = base_config(str(tmp_path))
+    config["inputs"]["static"]["columns"] = ["age", "ward"]
+    pipeline = Pipeline(config)
+    assert set(np.unique(pipeline.sequences.features["static"][:, 1])) <= {1.0, 2.0}
+
+
+def test_in_memory_dataframe_and_table_equal_the_file(tmp_path, lengths):
+    table = long_table(lengths)
+    path = write(tmp_path / "d.parquet", table)
+    from_file = list(Pipeline(base_config(path)).batches())
+    for data in (table, table.to_pandas()):
+        from_memory = list(Pipeline(base_config(None), data).batches())
+        assert len(from_memory) == len(from_file)
+        for a, b in zip(from_file, from_memory):
+            np.testing.assert_array_equal(a.x["steps"], b.x["steps"])
+            np.testing.assert_array_equal(a.sample_weight["y"], b.sample_weight["y"])
+
+
+def test_files_with_different_numeric_types_are_unified(tmp_path):
+    first = long_table([3, 2], seed=1)
+    second = long_table([4], seed=2).to_pandas()
+    second["id"] = "s900"
+    second["code"] = second["code"].astype(np.int64)
+    (tmp_path / "d").mkdir()
+    write(tmp_path / "d" / "a.parquet", first)
+    write(tmp_path / "d" / "b.parquet", pa.Table.from_pandas(second, preserve_index=False))
+    pipeline = Pipeline(base_config(str(tmp_path / "d")))
+    assert pipeline.sequences.features["steps"].dtype == np.float32
+    assert list(pipeline.sequences.ids) == ["s000", "s001", "s900"]
+
+
+@pytest.mark.parametrize("path, message", [
+    ("missing.parquet", r"source\.path '.*missing\.parquet' does not exist \(relative paths "
+                        r"are relative to the working directory"),
+    ("*.nothing", r"source\.path '.*\*\.nothing' matched no files"),
+    ("empty_dir", r"source\.path '.*empty_dir' is a directory with no Parquet files"),
+])
+def test_missing_sources(tmp_path, path, message):
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(SourceNotFoundError, match=message):
+        build_dataset(base_config(str(tmp_path / path)))
+
+
+def test_no_path_and_no_data():
+    with pytest.raises(DataError, match=r"source\.path is not set and no in-memory data was "
+                                        r"passed"):
+        Pipeline(base_config(None))
+
+
+def test_not_a_parquet_file(tmp_path):
+    bad = tmp_path / "notes.parquet"
+    bad.write_text("hello")
+    with pytest.raises(DataError, match=r"notes\.parquet' is not readable as Parquet.*Is this a 'parquet' file"):
+        Pipeline(base_config(str(bad)))
+
+
+def test_missing_column_names_column_key_file_and_existing_columns(tmp_path, lengths):
+    table = long_table(lengths)
+    (tmp_path / "d").mkdir()
+    write(tmp_path / "d" / "part-0.parquet", table)
+    write(tmp_path / "d" / "part-3.parquet", table.drop_columns(["x"]))
+    with pytest.raises(DataError, match=r"column 'x' \(inputs\.steps\.columns\) not found in "
+                                        r".*part-3\.parquet; it has columns: id, t, code, y, "
+                                        r"died, age"):
+        build_dataset(base_config(str(tmp_path / "d")))
+
+
+def test_missing_column_in_memory(lengths):
+    with pytest.raises(DataError, match=r"column 'died' \(outputs\.died\.column\) not found in "
+                                        r"the in-memory data"):
+        Pipeline(base_config(None), long_table(lengths).drop_columns(["died"]))
+
+
+def test_non_numeric_input_column(tmp_path, lengths):
+    table = long_table(lengths)
+    table = table.set_column(3, "x", pa.array([str(v) for v in table["x"].to_pylist()]))
+    path = write(tmp_path / "part-3.parquet", table)
+    with pytest.raises(DataError, match=r"column 'x' in .*part-3\.parquet is string; "
+                                        r"inputs\.steps\.columns must be numeric"):
+        build_dataset(base_config(path))
+
+
+def test_time_column_must_be_orderable(tmp_path, lengths):
+    table = long_table(lengths)
+    table = table.set_column(1, "t", pa.array([str(v) for v in table["t"].to_pylist()]))
+    with pytest.raises(DataError, match=r"column 't' in the in-memory data is string; "
+                                        r"source\.time_column must be numeric, a date or a "
+                                        r"timestamp"):
+        Pipeline(base_config(None), table)
+
+
+def test_timestamp_time_column_orders_timesteps(lengths):
+    table = long_table(lengths)
+    times = pd.to_datetime(table["t"].to_numpy(), unit="h")
+    table = table.set_column(1, "t", pa.array(times))
+    pipeline = Pipeline(base_config(None), table)
+    _assert_same_sequences(pipeline, long_table(lengths))
+
+
+def test_nested_list_column_must_be_a_list(lengths):
+    with pytest.raises(DataError, match=r"column 'code' in the in-memory data is double; "
+                                        r"inputs\.steps\.columns must be a list of numbers in "
+                                        r"the nested layout"):
+        Pipeline(load_config(base_config(None, layout="nested"), {"source.time_column": None}),
+                 long_table(lengths))
+
+
+def test_data_of_the_wrong_type():
+    with pytest.raises(DataError, match=r"data must be a pandas DataFrame or a pyarrow Table; "
+                                        r"got list"):
+        read_source(load_config(base_config(None)), [1, 2])
