@@ -37,7 +37,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from seqpipe.demo import run_demo
 
             run_demo(args.cache_dir, epochs=args.epochs, patients=args.patients)
-    except SeqpipeError as e:
+    except (SeqpipeError, OSError) as e:
         print(f"seqpipe: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,99 @@
+"""The tf.data layer: same batches as the NumPy pipeline, and model.fit runs on it."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from seqpipe import Pipeline, build_dataset, element_spec, load_config
+from tests.conftest import base_config, long_table, write
+
+LENGTHS = [5, 1, 9, 3, 12, 7, 2, 8, 4, 6, 11, 3, 10, 4]
+
+
+def _config(**overrides):
+    return load_config(base_config(None), {"shuffle.buffer_size": 100, "shuffle.seed": 9,
+                                           "batching.bucket_boundaries": "auto",
+                                           **overrides})
+
+
+def _as_numpy(element):
+    return tf.nest.map_structure(lambda t: t.numpy(), element)
+
+
+def test_each_pass_is_one_epoch_equal_to_the_numpy_batches():
+    pipeline = Pipeline(_config(), long_table(LENGTHS))
+    dataset = build_dataset(pipeline)
+    for epoch in (0, 1):
+        expected = list(pipeline.batches(epoch))
+        got = [_as_numpy(e) for e in dataset]
+        assert len(got) == len(expected)
+        for (x, y, weights), batch in zip(got, expected):
+            for name in batch.x:
+                np.testing.assert_array_equal(x[name], batch.x[name])
+            for name in batch.y:
+                np.testing.assert_array_equal(y[name], batch.y[name])
+                np.testing.assert_array_equal(weights[name], batch.sample_weight[name])
+
+
+def test_element_spec_and_cardinality():
+    pipeline = Pipeline(_config(), long_table(LENGTHS))
+    dataset = build_dataset(pipeline)
+    x, y, weights = dataset.element_spec
+    assert x["steps"].shape.as_list() == [None, None, 2]
+    assert x["static"].shape.as_list() == [None, 1]
+    assert y["y"].shape.as_list() == [None, None, 1] and y["died"].shape.as_list() == [None, 1]
+    assert weights["y"].shape.as_list() == [None, None]
+    assert weights["died"].shape.as_list() == [None]
+    assert dataset.element_spec == element_spec(pipeline.config)
+    assert dataset.cardinality().numpy() == pipeline.report.batches_per_epoch
+
+
+def test_same_config_and_seed_give_the_same_batches_run_after_run(tmp_path):
+    path = write(tmp_path / "d.parquet", long_table(LENGTHS))
+    config = load_config(_config(), {"source.path": path})
+    runs = [[_as_numpy(e)[0]["steps"] for e in build_dataset(config)] for _ in range(2)]
+    assert len(runs[0]) == len(runs[1])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_in_memory_dataframe_builds_a_dataset():
+    dataset = build_dataset(_config(), long_table(LENGTHS).to_pandas())
+    assert sum(int(x["steps"].shape[0]) for x, _, _ in dataset) == len(LENGTHS)
+
+
+def _two_output_model():
+    steps = keras.Input((None, 2), name="steps")
+    static = keras.Input((1,), name="static")
+    hidden = keras.layers.GRU(8, return_sequences=True)(steps)
+    y = keras.layers.Dense(1, name="y")(hidden)
+    pooled = keras.layers.GlobalAveragePooling1D()(hidden)
+    died = keras.layers.Dense(1, activation="sigmoid", name="died")(
+        keras.layers.Concatenate()([pooled, keras.layers.Rescaling(0.01)(static)]))
+    model = keras.Model({"steps": steps, "static": static}, {"y": y, "died": died})
+    model.compile(optimizer="adam", loss={"y": "mse", "died": "binary_crossentropy"})
+    return model
+
+
+@pytest.mark.slow
+def test_model_fit_on_a_two_output_model_runs_with_finite_loss():
+    config = load_config(_config(), {"inputs.steps.columns": ["x", "age"],
+                                     "padding.maxlen": 8})
+    dataset = build_dataset(config, long_table(LENGTHS * 3, seed=1))
+    history = _two_output_model().fit(dataset, epochs=2, verbose=0)
+    for key in ("loss", "y_loss", "died_loss"):
+        assert np.isfinite(history.history[key]).all(), key
+    assert len(history.history["loss"]) == 2
+
+
+def test_without_outputs_the_dataset_yields_features_for_predict():
+    raw = base_config(None)
+    del raw["outputs"]
+    dataset = build_dataset(raw, long_table(LENGTHS))
+    assert set(dataset.element_spec) == {"steps", "static"}
+    steps = keras.Input((None, 2), name="steps")
+    static = keras.Input((1,), name="static")
+    out = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(steps))
+    model = keras.Model({"steps": steps, "static": static}, out)
+    assert model.predict(dataset, verbose=0).shape == (len(LENGTHS), 1)
