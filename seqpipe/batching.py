@@ -68,9 +68,8 @@ def auto_boundaries(lengths: np.ndarray) -> tuple[int, ...]:
         values = np.unique(np.quantile(ordered, np.linspace(0, 1, AUTO_CANDIDATES),
                                        method="higher")).astype(np.int64)
     # count[j + 1], real[j + 1]: how many lengths are <= values[j], and their sum.
-    below = np.searchsorted(ordered, np.concatenate([[-1], values]), side="right")
-    count = below
-    real = np.concatenate([[0], np.cumsum(ordered)])[below]
+    count = np.searchsorted(ordered, np.concatenate([[-1], values]), side="right")
+    real = np.concatenate([[0], np.cumsum(ordered)])[count]
     # cost[a, j]: padding of one bucket of the lengths in (values[a-1], values[j]], all
     # padded to values[j]; infinite where a > j (an empty bucket).
     a, j = np.arange(len(values))[:, None], np.arange(len(values))[None, :]

@@ -34,9 +34,9 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
     Raises:
       SeqpipeError: bad config or data, before any TensorFlow work.
 
-    Example:
-      >>> ds = build_dataset("configs/demo.yaml")   # doctest: +SKIP
-      >>> model.fit(ds, epochs=3)                    # doctest: +SKIP
+    Example::
+
+      model.fit(build_dataset("configs/train.yaml"), epochs=3, shuffle=False)
     """
     pipeline = config if isinstance(config, Pipeline) else Pipeline(config, data)
     import tensorflow as tf

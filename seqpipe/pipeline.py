@@ -96,7 +96,7 @@ class Report:
         if self.sequences_dropped_per_epoch:
             lines.append(f"dropped per epoch by drop_remainder: "
                          f"{self.sequences_dropped_per_epoch:,} sequences")
-        lines.append(f"shuffle seed: {self.seed}")
+        lines.append(f"shuffle seed: {self.seed}" if self.seed is not None else "shuffle: off")
         return "\n".join(lines)
 
 
@@ -110,10 +110,11 @@ class Pipeline:
     Raises:
       SeqpipeError: any bad config or data, before the first batch.
 
-    Example:
-      >>> pipeline = Pipeline("configs/demo.yaml")          # doctest: +SKIP
-      >>> print(pipeline.report)                            # doctest: +SKIP
-      >>> batch = next(pipeline.batches(epoch=0))           # doctest: +SKIP
+    Example::
+
+      pipeline = Pipeline("configs/train.yaml")
+      print(pipeline.report)
+      batch = next(pipeline.batches(epoch=0))  # batch.x, batch.y, batch.sample_weight, batch.ids
     """
 
     def __init__(self, config: Union[PipelineConfig, Mapping, str, os.PathLike],
