@@ -19,7 +19,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from seqpipe.errors import ConfigError
+from seqpipe.errors import ConfigError, SourceNotFoundError
 
 Level = Literal["timestep", "sequence"]
 WeightMode = Literal["binary", "batch_mean", "global_mean", "sequence_mean"]
@@ -258,8 +258,6 @@ def load_config(source: Union[str, os.PathLike, Mapping, PipelineConfig],
 
 
 def _read_yaml(path) -> dict:
-    from seqpipe.errors import SourceNotFoundError
-
     try:
         with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f)

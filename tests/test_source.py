@@ -168,3 +168,13 @@ def test_data_of_the_wrong_type():
     with pytest.raises(DataError, match=r"data must be a pandas DataFrame or a pyarrow Table; "
                                         r"got list"):
         read_source(load_config(base_config(None)), [1, 2])
+
+
+def test_without_time_column_timesteps_follow_file_names_then_rows(tmp_path):
+    table = long_table([6, 5], shuffle_rows=False)
+    (tmp_path / "d").mkdir()
+    for name, rows in [("b.parquet", [3, 4, 5, 9, 10]), ("a.parquet", [0, 1, 2, 6, 7, 8])]:
+        write(tmp_path / "d" / name, table.take(rows), row_group_size=2)
+    config = load_config(base_config(str(tmp_path / "d")), {"source.time_column": None})
+    codes = Pipeline(config).sequences.features["steps"][:, 0]
+    np.testing.assert_array_equal(codes, table["code"].to_numpy())
