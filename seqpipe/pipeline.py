@@ -18,6 +18,7 @@ import numpy as np
 from seqpipe.batching import (EpochPlan, Windows, auto_boundaries, bucket_of, layout_batch,
                               pad, padding_waste, plan_epoch, truncate)
 from seqpipe.config import PipelineConfig, load_config
+from seqpipe.errors import DataError
 from seqpipe.sequences import group_sequences
 from seqpipe.source import read_source
 from seqpipe.weights import sample_weight
@@ -135,6 +136,12 @@ class Pipeline:
             name: _valid_per_sequence(self.sequences.present[name], spec.level, self.windows)
             for name, spec in self.config.outputs.items()}
         self.report = self._make_report(source.where, len(source.files), counts)
+        if self.report.batches_per_epoch == 0:
+            raise DataError(
+                f"batching.drop_remainder leaves no batch: no bucket holds "
+                f"batching.batch_size={self.config.batching.batch_size} of the "
+                f"{self.report.sequences:,} sequences. Lower batch_size, use fewer buckets, "
+                f"or set drop_remainder: false.")
         logger.info("seqpipe pipeline ready:\n%s", self.report)
         if self.report.changes():
             logger.warning("seqpipe %s; see Pipeline.report", "; ".join(self.report.changes()))

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from seqpipe import Pipeline, load_config
+from seqpipe import DataError, Pipeline, load_config
 from seqpipe.batching import auto_boundaries, bucket_of, padding_waste
 from tests.conftest import base_config, long_table, raw_sequences
 
@@ -126,3 +126,11 @@ def test_truncation_is_counted_in_the_report():
     report = Pipeline(config, long_table([2, 6, 9])).report
     assert (report.truncated_sequences, report.truncated_timesteps) == (2, 2 + 5)
     assert report.timesteps == 17
+
+
+def test_drop_remainder_that_leaves_no_batch_is_an_error():
+    config = load_config(base_config(None), {"batching": {"batch_size": 8,
+                                                          "drop_remainder": True}})
+    with pytest.raises(DataError, match=r"drop_remainder leaves no batch: no bucket holds "
+                                        r"batching\.batch_size=8 of the 3 sequences"):
+        Pipeline(config, long_table([2, 3, 4]))
