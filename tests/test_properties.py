@@ -3,10 +3,11 @@ every kept timestep exactly once, in time order, and padding and missing labels 
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from seqpipe import Pipeline, load_config
+from seqpipe import DataError, Pipeline, load_config
 from tests.conftest import STEP, base_config, nested_from_long
 
 
@@ -116,8 +117,16 @@ def _outcome(table, sequence_id):
 @given(datasets(), configs())
 def test_drop_remainder_keeps_each_sequence_at_most_once_and_counts_the_rest(data, overrides):
     lengths, table = data
+    batch_size = overrides["batching.batch_size"]
+    kept_all = _pipeline(table, overrides)
+    full = sum(len(b.ids) == batch_size for b in kept_all.batches())
     overrides = {**overrides, "batching.drop_remainder": True}
+    if full == 0:
+        with pytest.raises(DataError, match="drop_remainder leaves no batch"):
+            _pipeline(table, overrides)
+        return
     pipeline = _pipeline(table, overrides)
+    assert pipeline.report.batches_per_epoch == full
     ids = [i for batch in pipeline.batches() for i in batch.ids]
     assert len(ids) == len(set(ids))
     assert all(len(b.ids) == pipeline.config.batching.batch_size for b in pipeline.batches())
