@@ -159,11 +159,7 @@ class BatchLayout:
     row: np.ndarray
     col: np.ndarray
     source: np.ndarray
-    real: np.ndarray  # (batch, time) bool: True at real timesteps, False at padding
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.real.shape
+    shape: tuple[int, int]  # (batch, time)
 
 
 def layout_batch(indices: np.ndarray, windows: Windows, side: str) -> BatchLayout:
@@ -174,14 +170,8 @@ def layout_batch(indices: np.ndarray, windows: Windows, side: str) -> BatchLayou
     first = np.cumsum(lengths) - lengths
     within = np.arange(int(lengths.sum())) - first[row]
     source = windows.start[indices][row] + within
-    shift = steps - lengths
-    col = within + shift[row] if side == "pre" else within
-    positions = np.arange(steps)[None, :]
-    if side == "pre":
-        real = positions >= shift[:, None]
-    else:
-        real = positions < lengths[:, None]
-    return BatchLayout(row, col, source, real)
+    col = within + (steps - lengths)[row] if side == "pre" else within
+    return BatchLayout(row, col, source, (len(indices), steps))
 
 
 def pad(flat: np.ndarray, layout: BatchLayout, value) -> np.ndarray:

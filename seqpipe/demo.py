@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from seqpipe.config import load_config
 from seqpipe.pipeline import Pipeline
+from seqpipe.weights import sample_weight
 
 VITALS = ["hr", "sbp", "dbp", "spo2", "resp_rate", "temp"]
 DEMO_FILES = 4
@@ -143,8 +144,6 @@ def run_demo(cache_dir: Path, epochs: int = 3, patients: int = 2000) -> None:
 
 
 def _print_loss_check(model, batch) -> None:
-    from seqpipe.weights import sample_weight
-
     reported = model.test_on_batch(batch.x, batch.y, batch.sample_weight, return_dict=True)
     binary = {name: sample_weight("binary", w > 0) for name, w in batch.sample_weight.items()}
     naive = model.test_on_batch(batch.x, batch.y, binary, return_dict=True)
