@@ -173,3 +173,23 @@ def test_importing_and_loading_a_config_does_not_import_tensorflow(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == "False False"
+
+
+@pytest.mark.parametrize("raw_update, message", [
+    ({"inputs": {}}, r"inputs must name at least one model input; got none"),
+    ({"inputs": ["steps"]}, r"inputs must be a mapping of name -> spec; got \['steps'\]"),
+    ({"padding": 5}, r"padding must be a mapping of keys; got 5"),
+    ({"outputs": {"steps": {"column": "y"}}},
+     r"a name cannot be both an input and an output; got \['steps'\]"),
+])
+def test_bad_section_shapes(raw_update, message):
+    raw = {**base_config("x.parquet"), **raw_update}
+    with pytest.raises(ConfigError, match=message):
+        load_config(raw)
+
+
+def test_override_into_a_value_that_is_not_a_section():
+    with pytest.raises(ConfigError, match=r"override 'padding\.maxlen\.deep': padding\.maxlen "
+                                          r"is 5, not a section"):
+        load_config({**base_config("x.parquet"), "padding": {"maxlen": 5}},
+                    {"padding.maxlen.deep": 1})

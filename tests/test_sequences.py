@@ -230,3 +230,24 @@ def test_features_hold_the_source_values():
                                   [0, 1, 2, STEP, STEP + 1])
     np.testing.assert_allclose(sequences.features["steps"][:, 1], table["x"].to_numpy(),
                                rtol=1e-6)
+
+
+def test_nested_null_list_in_the_column_that_fixes_the_length():
+    nested = nested_from_long(long_table([3, 4]))
+    codes = nested["code"].to_pylist()
+    codes[0] = None
+    nested = nested.set_column(nested.schema.get_field_index("code"), "code", pa.array(codes))
+    with pytest.raises(DataError, match=r"column 'code' \(inputs\.steps\.columns\) is null "
+                                        r"instead of a list in 1 rows of the in-memory data, "
+                                        r"first in sequence 's000'"):
+        Pipeline(base_config(None, layout="nested"), nested)
+
+
+def test_nested_data_whose_sequences_are_all_empty():
+    nested = nested_from_long(long_table([3, 4]))
+    for column in ("t", "code", "x", "y"):
+        nested = nested.set_column(nested.schema.get_field_index(column), column,
+                                   pa.array([[], []], pa.list_(pa.float64())))
+    with pytest.raises(DataError, match=r"no sequences: every sequence in the in-memory data "
+                                        r"is empty"):
+        Pipeline(base_config(None, layout="nested"), nested)

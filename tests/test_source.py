@@ -178,3 +178,11 @@ def test_without_time_column_timesteps_follow_file_names_then_rows(tmp_path):
     config = load_config(base_config(str(tmp_path / "d")), {"source.time_column": None})
     codes = Pipeline(config).sequences.features["steps"][:, 0]
     np.testing.assert_array_equal(codes, table["code"].to_numpy())
+
+
+def test_a_broken_file_in_a_directory_is_named(tmp_path, lengths):
+    (tmp_path / "d").mkdir()
+    write(tmp_path / "d" / "a.parquet", long_table(lengths))
+    (tmp_path / "d" / "b.parquet").write_text("junk")
+    with pytest.raises(DataError, match=r"d/b\.parquet is not a readable Parquet file"):
+        build_dataset(base_config(str(tmp_path / "d")))
