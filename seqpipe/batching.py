@@ -92,53 +92,120 @@ def auto_boundaries(lengths: np.ndarray) -> tuple[int, ...]:
     return tuple(int(values[e]) + 1 for e in reversed(ends))
 
 
+def batch_sizes(lengths: np.ndarray, buckets: np.ndarray, n_buckets: int,
+                batching: BatchingConfig) -> np.ndarray:
+    """Sequences per batch in each bucket: `batch_size`, lowered by `max_timesteps` so that a
+    batch padded to its bucket's longest sequence holds at most that many timesteps.
+
+    Example:
+      >>> batch_sizes(np.array([3, 10, 40]), np.array([0, 1, 1]), 2,
+      ...             BatchingConfig(batch_size=8, max_timesteps=100)).tolist()
+      [8, 2]
+    """
+    sizes = np.full(n_buckets, batching.batch_size, dtype=np.int64)
+    if batching.max_timesteps is not None:
+        longest = np.zeros(n_buckets, dtype=np.int64)
+        np.maximum.at(longest, buckets, lengths)
+        sizes = np.minimum(sizes, batching.max_timesteps // np.maximum(longest, 1))
+    return np.maximum(sizes, 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class EpochPlan:
-    """The batches of one epoch, as arrays of sequence indices, in the order they go out."""
+    """The batches of one epoch, as arrays of sequence indices, in the order they go out.
+
+    `groups[k]` is the assembly group of batch k, non-decreasing: a group's batches are
+    padded together and only draw on sequences near each other in the source, which is
+    what bounds memory when the source is streamed.
+    """
 
     batches: list
+    groups: np.ndarray
     dropped_sequences: int  # left out by drop_remainder
 
 
-def plan_epoch(buckets: np.ndarray, batching: BatchingConfig, shuffle: ShuffleConfig,
+# Without shuffle, batches go out as they fill; one assembly group per this many sequences.
+UNSHUFFLED_GROUP = 2048
+
+
+def plan_epoch(lengths: np.ndarray, buckets: np.ndarray, sizes: np.ndarray,
+               batching: BatchingConfig, shuffle: ShuffleConfig,
                rng: np.random.Generator | None) -> EpochPlan:
     """Groups sequences into batches of one bucket each and orders the batches.
 
-    Without shuffle, sequences keep their order and batches go out in the order of their
-    first sequence. With shuffle, sequences are shuffled within windows of
-    `shuffle.buffer_size` consecutive sequences, then the batches are shuffled.
+    Without shuffle, each bucket fills batches in sequence order and a batch goes out as
+    soon as it is full, like tf.data's `bucket_by_sequence_length`. With shuffle, the
+    sequences are cut into windows of `shuffle.buffer_size` consecutive sequences (the grid
+    moves by a random offset each epoch). Within a window each bucket's sequences are
+    sorted by length, with random ties, and cut into batches, so a batch pads little; the
+    window's batches are shuffled. What does not fill a batch waits for the next window.
+
+    Args:
+      lengths: (n,) timesteps of each sequence after truncation.
+      buckets: (n,) bucket of each sequence.
+      sizes: sequences per batch in each bucket (see `batch_sizes`).
+      batching: for `drop_remainder`.
+      shuffle: for `buffer_size`.
+      rng: the epoch's random generator; None means no shuffle.
     """
-    n = len(buckets)
-    order = np.arange(n)
     if shuffle.buffer_size and rng is not None:
-        order = _window_shuffle(n, shuffle.buffer_size, rng)
-    order = order[np.argsort(buckets[order], kind="stable")]
-    cuts = _batch_cuts(buckets[order], batching.batch_size)
-    batches = np.split(order, cuts)[:len(cuts) + 1]
+        batches, groups, left = _shuffled(lengths, buckets, sizes, shuffle.buffer_size, rng)
+    else:
+        batches, groups, left = _in_order(buckets, sizes)
     dropped = 0
     if batching.drop_remainder:
-        dropped = sum(len(b) for b in batches if len(b) < batching.batch_size)
-        batches = [b for b in batches if len(b) == batching.batch_size]
-    if shuffle.buffer_size and rng is not None:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    else:
-        batches.sort(key=lambda b: b[0])
-    return EpochPlan(batches, dropped)
+        dropped = sum(len(b) for b in left)
+        left = []
+    batches, groups = batches + left, groups + [groups[-1] if groups else 0] * len(left)
+    _, groups = np.unique(np.asarray(groups, dtype=np.int64), return_inverse=True)
+    return EpochPlan(batches, groups.reshape(-1), dropped)
 
 
-def _window_shuffle(n: int, window: int, rng: np.random.Generator) -> np.ndarray:
-    if window >= n:
-        return rng.permutation(n)
-    keys = np.arange(n) // window + rng.random(n)
-    return np.argsort(keys, kind="stable")
+def _shuffled(lengths, buckets, sizes, window, rng):
+    n = len(lengths)
+    offset = int(rng.integers(window)) if window < n else 0
+    edges = np.unique(np.concatenate([[0], np.arange(window - offset, n, window), [n]]))
+    tie = rng.random(n)
+    batches, groups = [], []
+    waiting = np.empty(0, dtype=np.int64)
+    for group, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        pool = np.concatenate([waiting, np.arange(a, b)])
+        pool = pool[np.lexsort((tie[pool], lengths[pool], buckets[pool]))]
+        full, rest = _cut(pool, buckets[pool], sizes, rng)
+        batches += [full[i] for i in rng.permutation(len(full))]
+        groups += [group] * len(full)
+        waiting = np.concatenate(rest) if rest else waiting[:0]
+    # What never filled a batch: one smaller batch per bucket, last.
+    return batches, groups, [r for r in rest if len(r)] if n else []
 
 
-def _batch_cuts(sorted_buckets: np.ndarray, batch_size: int) -> np.ndarray:
-    """Split points: a new batch every batch_size sequences and at every bucket change."""
-    run_starts = np.flatnonzero(np.diff(sorted_buckets)) + 1
-    run_edges = np.concatenate([[0], run_starts, [len(sorted_buckets)]])
-    cuts = [np.arange(a, b, batch_size) for a, b in zip(run_edges[:-1], run_edges[1:])]
-    return np.concatenate(cuts)[1:]
+def _cut(pool, pool_buckets, sizes, rng):
+    """Full batches from each bucket's run of `pool`, and what is left of each run. The
+    left-over sequences come from both ends of a run (random split), so that neither the
+    shortest nor the longest of a bucket always waits."""
+    edges = np.concatenate([[0], np.flatnonzero(np.diff(pool_buckets)) + 1, [len(pool)]])
+    full, rest = [], []
+    for a, b in zip(edges[:-1], edges[1:]):
+        size = int(sizes[pool_buckets[a]])
+        count = (b - a) // size
+        skip = int(rng.integers(b - a - count * size + 1))
+        full += np.split(pool[a + skip:a + skip + count * size], count) if count else []
+        rest.append(np.concatenate([pool[a:a + skip], pool[a + skip + count * size:b]]))
+    return full, rest
+
+
+def _in_order(buckets, sizes):
+    batches = []
+    for bucket in np.unique(buckets):
+        members = np.flatnonzero(buckets == bucket)
+        size = int(sizes[bucket])
+        batches += np.split(members, np.arange(size, len(members), size))
+    full = [b for b in batches if len(b) == sizes[buckets[b[0]]]]
+    left = [b for b in batches if len(b) < sizes[buckets[b[0]]]]
+    full.sort(key=lambda b: b[-1])  # a batch goes out when its last sequence arrives
+    left.sort(key=lambda b: b[-1])
+    groups = [int(b[-1]) // UNSHUFFLED_GROUP for b in full]
+    return full, groups, left
 
 
 def padding_waste(lengths: np.ndarray, batches: list) -> float:

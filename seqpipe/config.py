@@ -125,8 +125,9 @@ class PaddingConfig:
 class BatchingConfig:
     """How sequences are grouped into batches."""
 
-    batch_size: int = _field(64, "Sequences per batch.", check=_positive,
-                             rule="must be a positive integer")
+    batch_size: int = _field(
+        64, "Sequences per batch; with max_timesteps, the most sequences per batch.",
+        check=_positive, rule="must be a positive integer")
     bucket_boundaries: Union[tuple[int, ...], Literal["auto"], None] = _field(
         None, "Length boundaries: bucket i holds lengths in [b[i-1], b[i]), so a batch only "
         "mixes similar lengths. 'auto' picks them from the data; null means one bucket.",
@@ -136,6 +137,10 @@ class BatchingConfig:
         "integers")
     drop_remainder: bool = _field(
         False, "Drop the last, smaller batch of each bucket; counted in the report.")
+    max_timesteps: Optional[int] = _field(
+        None, "Token budget: each batch holds at most this many padded timesteps, so "
+        "buckets of short sequences get larger batches. null: batch_size alone decides.",
+        check=lambda v: v is None or v > 0, rule="must be a positive integer or null")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,8 +221,15 @@ def _check_cross_fields(config: PipelineConfig) -> None:
                 raise ConfigError(
                     f"inputs.{name}.columns uses column {column!r}, which is "
                     f"{keys[column]}; a sequence key cannot also be a feature")
-    boundaries = config.batching.bucket_boundaries
+    batching = config.batching
+    boundaries = batching.bucket_boundaries
     maxlen = config.padding.maxlen
+    if batching.max_timesteps is not None and maxlen is not None \
+            and batching.max_timesteps < maxlen:
+        raise ConfigError(
+            f"batching.max_timesteps ({batching.max_timesteps}) is smaller than padding.maxlen "
+            f"({maxlen}), so a sequence of maxlen timesteps fits in no batch. Raise "
+            f"max_timesteps to at least {maxlen} or lower maxlen.")
     if isinstance(boundaries, tuple) and maxlen is not None and boundaries[-1] > maxlen:
         raise ConfigError(
             f"batching.bucket_boundaries must not exceed padding.maxlen ({maxlen}), because "

@@ -7,6 +7,7 @@ first batch. `seqpipe.dataset` wraps this in tf.data.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -14,14 +15,16 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Optional, Union
 
 import numpy as np
+import pyarrow as pa
 
-from seqpipe.batching import (EpochPlan, Windows, auto_boundaries, bucket_of, layout_batch,
-                              pad, padding_waste, plan_epoch, truncate)
+from seqpipe.assemble import Assembler, Group
+from seqpipe.batching import (EpochPlan, Windows, auto_boundaries, batch_sizes, bucket_of,
+                              padding_waste, plan_epoch, truncate)
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import DataError
-from seqpipe.sequences import group_sequences
-from seqpipe.source import read_source
-from seqpipe.weights import sample_weight
+from seqpipe.sequences import Sequences, group_sequences, list_columns, sequence_lengths
+from seqpipe.source import SourceTable, column_roles, open_source, read_source
+from seqpipe.stream import StreamOrder, stream_chunks, stream_order
 
 logger = logging.getLogger("seqpipe")
 
@@ -49,14 +52,15 @@ class Report:
     empty_sequences_dropped: int
     truncated_sequences: int
     truncated_timesteps: int
-    filled_values: Mapping[str, int]
-    missing_labels: Mapping[str, tuple[int, int]]  # output -> (missing, labels)
+    filled_values: Optional[Mapping[str, int]]  # None until a streamed epoch has read them
+    missing_labels: Optional[Mapping[str, tuple[int, int]]]  # output -> (missing, labels)
     bucket_boundaries: tuple[int, ...]
     batches_per_epoch: int
     sequences_dropped_per_epoch: int  # by batching.drop_remainder
     padding_waste: float  # padded / all timesteps in the first epoch's batches
-    padding_waste_unbucketed: float  # the same batches without bucketing, for comparison
+    padding_waste_unbucketed: float  # batches cut with no regard to length, for comparison
     seed: Optional[int]
+    streamed: bool = False  # read one row group at a time rather than grouped whole
 
     def changes(self) -> list[str]:
         """What seqpipe dropped or changed, one phrase each; empty when nothing."""
@@ -84,9 +88,15 @@ class Report:
         ]
         if self.empty_sequences_dropped:
             lines.append(f"dropped: {self.empty_sequences_dropped:,} empty sequences")
-        for key, count in self.filled_values.items():
+        if self.filled_values is None:
+            lines.append("filled: counted as the features stream in, during the first "
+                         "epoch")
+        for key, count in (self.filled_values or {}).items():
             lines.append(f"filled: {count:,} NaN/null/infinite values in {key}")
-        for name, (missing, total) in self.missing_labels.items():
+        if self.missing_labels is None:
+            lines.append("missing labels: counted as the labels stream in, during the first "
+                         "epoch")
+        for name, (missing, total) in (self.missing_labels or {}).items():
             share = missing / total if total else 0.0
             lines.append(f"missing labels: {name}: {missing:,} of {total:,} ({share:.1%}), "
                          f"weight 0")
@@ -102,14 +112,20 @@ class Report:
 
 
 class Pipeline:
-    """Reads and checks the data once, then makes the batches of any epoch in NumPy.
+    """Reads the source's index once, then makes the batches of any epoch in NumPy.
+
+    A Parquet source whose row groups hold disjoint id ranges (rows sorted by id) is
+    streamed: building reads only ids, times and labels, and each epoch reads one row
+    group at a time, so memory does not grow with the data. Otherwise (and for in-memory
+    `data`) the sequences are grouped whole, in memory; a file source then logs a warning.
 
     Args:
       config: a `PipelineConfig`, a YAML path or a mapping (see `load_config`).
       data: a pandas DataFrame or pyarrow Table to use instead of `source.path`.
 
     Raises:
-      SeqpipeError: any bad config or data, before the first batch.
+      SeqpipeError: a bad config, schema, id, time or label, before the first batch. A bad
+        feature value in a streamed source is found when its row group is read.
 
     Example::
 
@@ -121,87 +137,244 @@ class Pipeline:
     def __init__(self, config: Union[PipelineConfig, Mapping, str, os.PathLike],
                  data: Any = None) -> None:
         self.config = config if isinstance(config, PipelineConfig) else load_config(config)
-        source = read_source(self.config, data)
-        self.sequences, counts = group_sequences(source, self.config)
-        self.windows = truncate(self.sequences.offsets, self.config.padding)
+        self._whole: Optional[Sequences] = None
+        self._stream: Optional[StreamOrder] = None
+        self._counted: Optional[dict] = None  # filled features and missing labels
+        if data is not None:
+            source = read_source(self.config, data)
+            self._group_whole(source)
+            where, files = source.where, 0
+        else:
+            self._files = open_source(self.config)
+            where, files = self._files.where, len(self._files.files)
+            order = stream_order(self._files, self.config)
+            if order.whole_because is None:
+                self._stream = order
+                self._index = self._scan(order)
+            else:
+                logger.warning(
+                    "seqpipe groups %s whole, in memory: %s. Sort the rows by %s (and write "
+                    "the files in that order) to stream it with bounded memory.",
+                    where, order.whole_because, self.config.source.id_column)
+                self._group_whole(read_source(self.config))
+        index = self._index
+        self.windows = truncate(index.offsets, self.config.padding)
         boundaries = self.config.batching.bucket_boundaries
         if boundaries == "auto":
             boundaries = auto_boundaries(self.windows.length)
         self.bucket_boundaries: tuple[int, ...] = tuple(boundaries or ())
         self._buckets = bucket_of(self.windows.length, self.bucket_boundaries)
+        self._sizes = self._batch_sizes(self._buckets)
         self.seed = self.config.shuffle.seed
         if self.seed is None and self.config.shuffle.buffer_size:
             self.seed = int(np.random.SeedSequence().entropy % 2**31)
         self._valid_counts = {
-            name: _valid_per_sequence(self.sequences.present[name], spec.level, self.windows)
-            for name, spec in self.config.outputs.items()}
-        self.report = self._make_report(source.where, len(source.files), counts)
-        if self.report.batches_per_epoch == 0:
+            name: _valid_per_sequence(index.present[name], spec.level, self.windows)
+            for name, spec in self.config.outputs.items()
+            if self.config.weight_mode(name) == "global_mean"}
+        self._first_plan = self.plan(0)
+        self._report = self._make_report(where, files)
+        if self._report.batches_per_epoch == 0:
             raise DataError(
                 f"batching.drop_remainder leaves no batch: no bucket holds "
                 f"batching.batch_size={self.config.batching.batch_size} of the "
-                f"{self.report.sequences:,} sequences. Lower batch_size, use fewer buckets, "
+                f"{self._report.sequences:,} sequences. Lower batch_size, use fewer buckets, "
                 f"or set drop_remainder: false.")
         logger.info("seqpipe pipeline ready:\n%s", self.report)
-        if self.report.changes():
-            logger.warning("seqpipe %s; see Pipeline.report", "; ".join(self.report.changes()))
+        self._warn_changes()
+
+    @property
+    def report(self) -> Report:
+        """What was read, kept, dropped and filled; see `Report`."""
+        if self._counted is None:
+            return self._report
+        return dataclasses.replace(self._report, **self._counted)
+
+    @property
+    def sequences(self) -> Sequences:
+        """All sequences, grouped whole. For a streamed source this reads it all into memory."""
+        if self._whole is None:
+            self._whole, _ = group_sequences(read_source(self.config), self.config)
+        return self._whole
 
     def plan(self, epoch: int = 0) -> EpochPlan:
         """The batches of one epoch; the same (seed, epoch) always gives the same plan."""
+        if epoch == 0 and getattr(self, "_first_plan", None) is not None:
+            return self._first_plan
         rng = np.random.default_rng([self.seed, epoch]) if self.seed is not None else None
-        return plan_epoch(self._buckets, self.config.batching, self.config.shuffle, rng)
+        return plan_epoch(self.windows.length, self._buckets, self._sizes,
+                          self.config.batching, self.config.shuffle, rng)
+
+    def groups(self, epoch: int = 0) -> Iterator[Group]:
+        """Yields the epoch's batches in assembly groups: padded batches end to end."""
+        plan = self.plan(epoch)
+        mean_valid = {name: self._mean_valid_per_batch(name, plan)
+                      for name in self.config.outputs}
+        assembler = Assembler(self.config, plan, self._index.lengths, self.windows.length,
+                              mean_valid)
+        yield from assembler.groups(self._chunks())
 
     def batches(self, epoch: int = 0) -> Iterator[Batch]:
         """Yields the padded, weighted batches of one epoch."""
-        plan = self.plan(epoch)
-        mean_valid = {name: self._mean_valid_per_batch(name, plan) for name in self._valid_counts}
-        for indices in plan.batches:
-            yield self.make_batch(indices, mean_valid)
+        ids, kept = self._index.ids, self.windows.length
+        for group in self.groups(epoch):
+            for j, members in enumerate(group.members):
+                x, y, weights = group.batch_view(j, self.config)
+                yield Batch(x, y, weights, ids[members], kept[members])
 
-    def make_batch(self, indices: np.ndarray, mean_valid: Mapping[str, float]) -> Batch:
-        """Pads and weights the sequences `indices` into one batch."""
-        config, sequences = self.config, self.sequences
-        layout = layout_batch(indices, self.windows, config.padding.side)
-        value = config.padding.value
-        x = {name: pad(sequences.features[name], layout, value) if spec.level == "timestep"
-             else sequences.features[name][indices] for name, spec in config.inputs.items()}
-        y, weights = {}, {}
-        for name, spec in config.outputs.items():
-            if spec.level == "timestep":
-                y[name] = pad(sequences.labels[name], layout, value)[..., None]
-                valid = pad(sequences.present[name], layout, False)
+    def _group_whole(self, source: SourceTable) -> None:
+        self._whole, counts = group_sequences(source, self.config)
+        self._counted = {"filled_values": dict(counts.filled_values),
+                         "missing_labels": _missing_labels(self._whole.present)}
+        self._index = _Index.of(self._whole, counts.rows, counts.empty_sequences_dropped)
+
+    def _scan(self, order: StreamOrder) -> "_Index":
+        """Reads the ids (and the labels, when needed up front), row group by row group."""
+        config, roles = self.config, column_roles(self.config)
+        labels = config.source.layout == "nested" or any(
+            config.weight_mode(name) == "global_mean" for name in config.outputs)
+        names = [r.column for r in roles if r.key.startswith("source.")
+                 or (labels and r.key.startswith("outputs."))]
+        if config.source.layout == "nested":
+            names.append(list_columns(config)[0][0])
+        schema = pa.schema([self._files.schema.field(n) for n in dict.fromkeys(names)])
+        if not labels:  # the time column only orders rows, which lengths do not need
+            schema = pa.schema([schema.field(config.source.id_column)])
+        pieces, rows, dropped = [], 0, 0
+        for table in stream_chunks(order, config, schema):
+            if labels:
+                sequences, counts = group_sequences(table, config, with_inputs=False,
+                                                    chunk=True)
+                dropped += counts.empty_sequences_dropped
             else:
-                y[name] = sequences.labels[name][indices][:, None]
-                valid = sequences.present[name][indices]
-            weights[name] = sample_weight(config.weight_mode(name), valid, mean_valid[name])
-        return Batch(x, y, weights, sequences.ids[indices], self.windows.length[indices])
+                ids, lengths = sequence_lengths(table, config)
+                sequences = Sequences(ids, np.concatenate([[0], np.cumsum(lengths)]), {}, {},
+                                      {})
+            pieces.append(sequences)
+            rows += table.table.num_rows
+        if not rows:
+            raise DataError(f"no sequences: {self._files.where} has no rows")
+        if not any(len(p) for p in pieces):
+            raise DataError(f"no sequences: every sequence in {self._files.where} is empty")
+        return _Index.concat(pieces, rows, dropped)
+
+    def _chunks(self) -> Iterator[tuple[int, Sequences]]:
+        """The sequences in source order, a chunk at a time, with the index of the first."""
+        if self._stream is None:
+            yield from _slices(self._whole, self.config)
+            return
+        first, filled = 0, collections.Counter()
+        missing = {name: np.zeros(2, dtype=np.int64) for name in self.config.outputs}
+        for table in stream_chunks(self._stream, self.config, self._files.schema):
+            chunk, counts = group_sequences(table, self.config, chunk=True)
+            filled.update(counts.filled_values)
+            for name, present in chunk.present.items():
+                missing[name] += ((~present).sum(), present.size)
+            yield first, chunk
+            first += len(chunk)
+        if self._counted is None:
+            self._counted = {"filled_values": dict(filled), "missing_labels": {
+                name: (int(m), int(t)) for name, (m, t) in missing.items()}}
+            self._warn_changes()
+
+    def _batch_sizes(self, buckets: np.ndarray) -> np.ndarray:
+        sizes = batch_sizes(self.windows.length, buckets, len(self.bucket_boundaries) + 1,
+                            self.config.batching)
+        budget = self.config.batching.max_timesteps
+        if budget is not None and self.windows.length.max() > budget:
+            longest = int(np.argmax(self.windows.length))
+            raise DataError(
+                f"sequence {self._index.ids[longest]!r} keeps {self.windows.length[longest]:,} "
+                f"timesteps, more than batching.max_timesteps={budget:,}, so it fits in no "
+                f"batch. Raise max_timesteps or set padding.maxlen to at most {budget:,}.")
+        return sizes
+
+    def _warn_changes(self) -> None:
+        changes = self.report.changes()
+        if changes:
+            logger.warning("seqpipe %s; see Pipeline.report", "; ".join(changes))
 
     def _mean_valid_per_batch(self, output: str, plan: EpochPlan) -> float:
-        if not plan.batches:
+        if output not in self._valid_counts or not plan.batches:
             return 0.0
         total = self._valid_counts[output][np.concatenate(plan.batches)].sum()
         return float(total) / len(plan.batches)
 
-    def _make_report(self, where: str, files: int, counts) -> Report:
-        lengths, kept = self.sequences.lengths, self.windows.length
-        plan = self.plan(0)
-        unbucketed = plan_epoch(np.zeros(len(kept), dtype=np.int64), self.config.batching,
-                                self.config.shuffle, np.random.default_rng(0))
-        missing = {name: (int((~present).sum()), int(present.size))
-                   for name, present in self.sequences.present.items()}
+    def _make_report(self, where: str, files: int) -> Report:
+        index, kept = self._index, self.windows.length
+        lengths = index.lengths
+        plan = self._first_plan
+        # For comparison: batches cut with no regard to length, as a plain shuffle makes them.
+        size = int(self._batch_sizes(np.zeros(len(kept), dtype=np.int64))[0])
+        order = (np.random.default_rng(0).permutation(len(kept))
+                 if self.config.shuffle.buffer_size else np.arange(len(kept)))
+        blind = np.split(order, np.arange(size, len(kept), size))
         return Report(
-            source=where, files=files, rows=counts.rows, sequences=len(lengths),
+            source=where, files=files, rows=index.rows, sequences=len(lengths),
             timesteps=int(lengths.sum()),
-            empty_sequences_dropped=counts.empty_sequences_dropped,
+            empty_sequences_dropped=index.empty_sequences_dropped,
             truncated_sequences=int((kept < lengths).sum()),
             truncated_timesteps=int((lengths - kept).sum()),
-            filled_values=dict(counts.filled_values), missing_labels=missing,
+            filled_values=None,
+            missing_labels=_missing_labels(index.present) if index.present else None,
             bucket_boundaries=self.bucket_boundaries, batches_per_epoch=len(plan.batches),
             sequences_dropped_per_epoch=plan.dropped_sequences,
             padding_waste=padding_waste(kept, plan.batches),
-            padding_waste_unbucketed=padding_waste(kept, unbucketed.batches), seed=self.seed)
+            padding_waste_unbucketed=padding_waste(kept, blind), seed=self.seed,
+            streamed=self._stream is not None)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Index:
+    """What building keeps of every sequence: id, length and where its labels are present."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    present: Mapping[str, np.ndarray]
+    rows: int
+    empty_sequences_dropped: int
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @classmethod
+    def of(cls, sequences: Sequences, rows: int, dropped: int) -> "_Index":
+        return cls(sequences.ids, sequences.offsets, sequences.present, rows, dropped)
+
+    @classmethod
+    def concat(cls, pieces: list, rows: int, dropped: int) -> "_Index":
+        lengths = np.concatenate([p.lengths for p in pieces])
+        return cls(np.concatenate([p.ids for p in pieces]),
+                   np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                   {name: np.concatenate([p.present[name] for p in pieces])
+                    for name in pieces[0].present}, rows, dropped)
+
+
+def _missing_labels(present: Mapping[str, np.ndarray]) -> dict:
+    return {name: (int((~p).sum()), int(p.size)) for name, p in present.items()}
+
+
+# Whole-mode epochs are assembled in slices of about this many timesteps, like row groups.
+SLICE_TIMESTEPS = 1 << 20
+
+
+def _slices(sequences: Sequences, config: PipelineConfig) -> Iterator[tuple[int, Sequences]]:
+    offsets = sequences.offsets
+    cuts = np.unique(np.searchsorted(offsets, np.arange(0, offsets[-1], SLICE_TIMESTEPS)))
+    cuts = np.append(cuts[cuts < len(sequences)], len(sequences))
+    levels = {**{n: s.level for n, s in config.inputs.items()},
+              **{n: s.level for n, s in config.outputs.items()}}
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        t0, t1 = offsets[a], offsets[b]
+
+        def cut(arrays):
+            return {name: values[t0:t1] if levels[name] == "timestep" else values[a:b]
+                    for name, values in arrays.items()}
+
+        yield int(a), Sequences(sequences.ids[a:b], offsets[a:b + 1] - t0,
+                                cut(sequences.features), cut(sequences.labels),
+                                cut(sequences.present))
 def _valid_per_sequence(present: np.ndarray, level: str, windows: Windows) -> np.ndarray:
     """Present labels of one output inside each sequence's kept window."""
     if level == "sequence":

@@ -60,12 +60,18 @@ class GroupingCounts:
     filled_values: Mapping[str, int]  # "inputs.<name>.<column>" -> values replaced
 
 
-def group_sequences(source: SourceTable, config: PipelineConfig) -> tuple[Sequences, GroupingCounts]:
+def group_sequences(source: SourceTable, config: PipelineConfig,
+                    with_inputs: bool = True,
+                    chunk: bool = False) -> tuple[Sequences, GroupingCounts]:
     """Groups the source rows into sequences ordered by id, timesteps ordered by time.
 
     Args:
-      source: the table `read_source` returned.
+      source: the table `read_source` returned, or one chunk of whole sequences.
       config: the pipeline config.
+      with_inputs: False groups only ids, times and labels (features stay empty); then
+        `source` needs only those columns (and, nested, the first input list column).
+      chunk: `source` is one chunk of a streamed source, which may hold only empty
+        sequences.
 
     Returns:
       The sequences and the counts of what was filled or dropped.
@@ -80,15 +86,34 @@ def group_sequences(source: SourceTable, config: PipelineConfig) -> tuple[Sequen
     if table.num_rows == 0:
         raise DataError(f"no sequences: {source.where} has no rows")
     if config.source.layout == "long":
-        ids, offsets, columns, dropped = _group_long(table, config, source.where)
+        ids, offsets, columns, dropped = _group_long(table, config, source.where, with_inputs)
     else:
-        ids, offsets, columns, dropped = _group_nested(table, config, source.where)
-    if len(ids) == 0:
+        ids, offsets, columns, dropped = _group_nested(table, config, source.where,
+                                                       with_inputs)
+    if len(ids) == 0 and not chunk:
         raise DataError(f"no sequences: every sequence in {source.where} is empty")
-    features, filled = _features(columns, ids, offsets, config, source.where)
+    features, filled = ({}, {}) if not with_inputs else _features(
+        columns, ids, offsets, config, source.where)
     labels, present = _labels(columns, config, source.where)
     sequences = Sequences(ids, offsets, features, labels, present)
     return sequences, GroupingCounts(table.num_rows, dropped, filled)
+
+
+def sequence_lengths(source: SourceTable, config: PipelineConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The ids (ascending) and row counts of the sequences of a long-layout table, from its
+    id column alone: what a streamed source's index needs, without grouping the rest."""
+    id_name = config.source.id_column
+    _check_no_nulls(source.table[id_name], "source.id_column", id_name, source.where)
+    ids = source.table[id_name].combine_chunks()
+    if pc.all(pc.less_equal(ids[:-1], ids[1:])).as_py() is not False:
+        new = pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
+        starts = np.flatnonzero(np.concatenate([[True], new]))
+        lengths = np.diff(np.append(starts, len(ids)))
+        return ids.take(pa.array(starts)).to_numpy(zero_copy_only=False), lengths
+    counts = pc.value_counts(ids)
+    order = pc.sort_indices(counts.field("values"))
+    return (counts.field("values").take(order).to_numpy(zero_copy_only=False),
+            counts.field("counts").take(order).to_numpy().astype(np.int64))
 
 
 def _check_no_nulls(column: pa.ChunkedArray, key: str, name: str, where: str) -> None:
@@ -103,7 +128,7 @@ def _check_no_nulls(column: pa.ChunkedArray, key: str, name: str, where: str) ->
                         f"every row needs one")
 
 
-def _group_long(table: pa.Table, config: PipelineConfig, where: str):
+def _group_long(table: pa.Table, config: PipelineConfig, where: str, with_inputs: bool):
     id_name, time_name = config.source.id_column, config.source.time_column
     _check_no_nulls(table[id_name], "source.id_column", id_name, where)
     if time_name:
@@ -119,7 +144,7 @@ def _group_long(table: pa.Table, config: PipelineConfig, where: str):
         times = table[time_name].to_numpy()
         _check_unique_times(times, new_sequence, sequence_ids, offsets, time_name, where)
     columns = {}
-    for column, key, level in _value_columns(config):
+    for column, key, level in _value_columns(config, with_inputs):
         values = table[column].to_numpy()
         if level == "sequence":
             values = _one_value_per_sequence(values, starts, sequence_ids, column, key, where)
@@ -153,10 +178,10 @@ def _check_unique_times(times, new_sequence, sequence_ids, offsets, time_name, w
             f"them before reading.")
 
 
-def _value_columns(config: PipelineConfig):
+def _value_columns(config: PipelineConfig, with_inputs: bool = True):
     """(column, config key, level) for every feature and label column, each once per level."""
     seen = set()
-    for name, spec in config.inputs.items():
+    for name, spec in config.inputs.items() if with_inputs else ():
         for column in spec.columns:
             seen.add((column, spec.level))
             yield column, f"inputs.{name}.columns", spec.level
@@ -181,7 +206,7 @@ def _one_value_per_sequence(values, starts, sequence_ids, column, key, where) ->
     return low
 
 
-def _group_nested(table: pa.Table, config: PipelineConfig, where: str):
+def _group_nested(table: pa.Table, config: PipelineConfig, where: str, with_inputs: bool):
     id_name = config.source.id_column
     if id_name:
         _check_no_nulls(table[id_name], "source.id_column", id_name, where)
@@ -190,20 +215,22 @@ def _group_nested(table: pa.Table, config: PipelineConfig, where: str):
         _check_unique_ids(sequence_ids, id_name, where)
     else:
         sequence_ids = np.arange(table.num_rows)
-    list_columns = _list_columns(config)
-    reference = list_columns[0][0]
+    lists = list_columns(config)
+    if not with_inputs:  # the first list column still gives the lengths
+        lists = lists[:1] + [c for c in lists[1:] if not c[1].startswith("inputs.")]
+    reference = lists[0][0]
     lengths = _list_lengths(table[reference])
     if (lengths < 0).any():
-        raise _null_list_error(table, reference, list_columns[0][1], lengths, sequence_ids, where)
+        raise _null_list_error(table, reference, lists[0][1], lengths, sequence_ids, where)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     columns = {}
-    for column, key, may_be_null in list_columns:
+    for column, key, may_be_null in lists:
         columns[column, "timestep"] = _flatten(table[column], lengths, offsets, column, key,
                                                may_be_null, reference, sequence_ids, where)
     if config.source.time_column:
         _order_nested_by_time(columns, config.source.time_column, offsets, sequence_ids, where)
     keep = lengths > 0
-    for column, _, level in _value_columns(config):
+    for column, _, level in _value_columns(config, with_inputs):
         if level == "sequence":
             columns[column, level] = table[column].to_numpy()[keep]
     if not keep.all():
@@ -222,7 +249,7 @@ def _check_unique_ids(sequence_ids: np.ndarray, id_name: str, where: str) -> Non
             f"row per timestep.")
 
 
-def _list_columns(config: PipelineConfig):
+def list_columns(config: PipelineConfig):
     """(column, key, may_be_null) for each list column; the first fixes the sequence length."""
     found = {}
     for name, spec in config.inputs.items():

@@ -64,6 +64,40 @@ def _value_kind(nested: bool, level: str) -> str:
     return "list of numbers" if nested and level == "timestep" else "number"
 
 
+@dataclasses.dataclass(frozen=True)
+class SourceFiles:
+    """The Parquet files of `source.path`, their schemas checked against the config."""
+
+    dataset: pads.Dataset  # the files, with their hive partitioning
+    where: str
+    schema: pa.Schema  # the columns the config reads, with the types they are cast to
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(self.dataset.files)
+
+
+def open_source(config: PipelineConfig) -> SourceFiles:
+    """Finds the files of `source.path` and checks each one's schema, reading only footers.
+
+    Raises:
+      SourceNotFoundError: the path names no file or matches no Parquet file.
+      DataError: a column is missing or has a type the config cannot use.
+    """
+    if not config.source.path:
+        raise DataError("source.path is not set and no in-memory data was passed. Set "
+                        "source.path to a Parquet file, directory or glob, or pass data=.")
+    found = _open_dataset(config.source.path)
+    roles = column_roles(config)
+    partition_fields = _partition_keys(config.source.path, found.files)
+    for file in found.files:
+        _check_schema(_read_schema(file), roles, file, partition_fields)
+    schema = _target_schema(found.schema, roles)
+    dataset = pads.dataset(found.files, schema=schema, format="parquet",
+                           partitioning=found.partitioning)
+    return SourceFiles(dataset, config.source.path, schema)
+
+
 def read_source(config: PipelineConfig, data: Any = None) -> SourceTable:
     """Reads the columns the config needs from `source.path` or from in-memory `data`.
 
@@ -78,26 +112,17 @@ def read_source(config: PipelineConfig, data: Any = None) -> SourceTable:
       SourceNotFoundError: the path names no file or matches no Parquet file.
       DataError: a column is missing or has a type the config cannot use.
     """
-    roles = column_roles(config)
     if data is not None:
+        roles = column_roles(config)
         table = _as_table(data)
         _check_schema(table.schema, roles, "the in-memory data", set())
         return SourceTable(_cast(table, roles), "the in-memory data", ())
-    if not config.source.path:
-        raise DataError("source.path is not set and no in-memory data was passed. Set "
-                        "source.path to a Parquet file, directory or glob, or pass data=.")
-    dataset = _open_dataset(config.source.path)
-    partition_fields = _partition_keys(config.source.path, dataset.files)
-    for file in dataset.files:
-        _check_schema(_read_schema(file), roles, file, partition_fields)
-    schema = _target_schema(dataset.schema, roles)
+    source = open_source(config)
     try:
-        table = pads.dataset(dataset.files, schema=schema, format="parquet",
-                             partitioning=dataset.partitioning).to_table(
-                                 columns=list(schema.names))
+        table = source.dataset.to_table(columns=list(source.schema.names))
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"could not read {config.source.path!r}: {e}") from e
-    return SourceTable(table, config.source.path, tuple(dataset.files))
+        raise DataError(f"could not read {source.where!r}: {e}") from e
+    return SourceTable(table, source.where, source.files)
 
 
 def _as_table(data: Any) -> pa.Table:

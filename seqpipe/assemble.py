@@ -1,0 +1,185 @@
+"""Assembly: writes each chunk of sequences straight into the padded batches it belongs to.
+
+An epoch's plan says where every kept timestep lands: batch, row and column. The batches of
+one assembly group lie end to end in flat arrays (one per input and output), so a chunk of
+sequences, as it arrives from the source, is scattered into them with one index operation
+per column: each timestep is read once and written once, and no batch is copied again.
+A group goes out when its last sequence has arrived; until then only the chunk in hand and
+the groups being filled are in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
+
+import numpy as np
+
+from seqpipe.batching import EpochPlan
+from seqpipe.config import PipelineConfig
+from seqpipe.errors import DataError
+from seqpipe.sequences import Sequences
+from seqpipe.weights import sample_weight
+
+
+@dataclasses.dataclass
+class Group:
+    """Padded batches end to end. Batch j is rows `t0 : t0 + B * T` of a per-timestep array
+    (reshaped to (B, T, ...)) and rows `s0 : s0 + B` of a per-sequence one, where
+    `t0, s0, B, T = table[j]`."""
+
+    table: np.ndarray  # (batches, 4) int64
+    members: list  # sequence indices of each batch, in row order
+    x: dict
+    y: dict
+    valid: dict
+    sample_weight: dict
+    remaining: int  # sequences still to arrive
+
+    def batch_view(self, j: int, config: PipelineConfig):
+        """The arrays of batch j, shaped for Keras; views into the group."""
+        t0, s0, size, steps = (int(v) for v in self.table[j])
+
+        def shaped(flat, level, *tail):
+            if level == "sequence":
+                return flat[s0:s0 + size].reshape((size,) + tail)
+            return flat[t0:t0 + size * steps].reshape((size, steps) + tail)
+
+        x = {name: shaped(self.x[name], spec.level, len(spec.columns))
+             for name, spec in config.inputs.items()}
+        y = {name: shaped(self.y[name], spec.level, 1) for name, spec in config.outputs.items()}
+        weights = {name: shaped(self.sample_weight[name], spec.level)
+                   for name, spec in config.outputs.items()}
+        return x, y, weights
+
+
+class Assembler:
+    """Turns chunks of sequences, in source order, into the planned epoch's groups.
+
+    Args:
+      config: the pipeline config.
+      plan: the epoch's plan.
+      lengths: (n,) every sequence's timesteps before truncation.
+      kept: (n,) timesteps kept by truncation.
+      mean_valid: output -> valid labels per batch over the epoch (for global_mean).
+    """
+
+    def __init__(self, config: PipelineConfig, plan: EpochPlan, lengths: np.ndarray,
+                 kept: np.ndarray, mean_valid: Mapping[str, float]) -> None:
+        self.config, self.plan, self.mean_valid = config, plan, mean_valid
+        self.lengths, self.kept = lengths, kept
+        sizes = np.array([len(b) for b in plan.batches], dtype=np.int64)
+        members = np.concatenate(plan.batches) if plan.batches else np.empty(0, np.int64)
+        first = np.cumsum(sizes) - sizes
+        steps = (np.maximum.reduceat(kept[members], first) if len(members)
+                 else np.empty(0, np.int64))
+        batch_rows = np.repeat(np.arange(len(sizes)), sizes)
+        row = np.arange(len(members)) - first[batch_rows]
+        t0 = _exclusive_cumsum_within(sizes * steps, plan.groups)
+        s0 = _exclusive_cumsum_within(sizes, plan.groups)
+        self.tables = [np.stack([t0, s0, sizes, steps], axis=1)[plan.groups == g]
+                       for g in range(int(plan.groups.max()) + 1 if len(sizes) else 0)]
+        n = len(lengths)
+        self.group_of = np.full(n, -1, dtype=np.int64)
+        self.group_of[members] = plan.groups[batch_rows]
+        lead = steps[batch_rows] - kept[members] if config.padding.side == "pre" else 0
+        self.time_dest = np.zeros(n, dtype=np.int64)
+        self.time_dest[members] = t0[batch_rows] + row * steps[batch_rows] + lead
+        self.sequence_dest = np.zeros(n, dtype=np.int64)
+        self.sequence_dest[members] = s0[batch_rows] + row
+        self.skip = lengths - kept if config.padding.truncating == "pre" else np.zeros_like(
+            lengths)
+        self.members_per_group = np.bincount(self.group_of[members],
+                                             minlength=len(self.tables))
+        self._batch_groups = [np.flatnonzero(plan.groups == g) for g in range(len(self.tables))]
+        self._open: dict[int, Group] = {}
+        self._next = 0
+
+    def groups(self, chunks: Iterable[tuple[int, Sequences]]) -> Iterator[Group]:
+        """Yields the finished groups, in plan order, as the chunks arrive."""
+        for first, chunk in chunks:
+            self._add(first, chunk)
+            yield from self._finished()
+        if self._next < len(self.tables):
+            raise DataError(f"the source ended before sequence {self._missing()} arrived; "
+                            f"it changed since the pipeline was built. Build it again.")
+
+    def _finished(self) -> Iterator[Group]:
+        while self._next in self._open and self._open[self._next].remaining == 0:
+            group = self._open.pop(self._next)
+            self._weigh(group)
+            self._next += 1
+            yield group
+
+    def _missing(self) -> int:
+        return int(min(g.remaining for g in self._open.values())) if self._open else -1
+
+    def _add(self, first: int, chunk: Sequences) -> None:
+        index = np.arange(first, first + len(chunk))
+        if not np.array_equal(chunk.lengths, self.lengths[index]):
+            raise DataError("the source changed since the pipeline was built (sequence "
+                            "lengths differ); build the pipeline again")
+        group_of = self.group_of[index]
+        for g in np.unique(group_of[group_of >= 0]):
+            local = np.flatnonzero(group_of == g)
+            self._scatter(self._group(int(g)), chunk, local, index[local])
+
+    def _group(self, g: int) -> Group:
+        if g not in self._open:
+            self._open[g] = self._allocate(g)
+        return self._open[g]
+
+    def _allocate(self, g: int) -> Group:
+        table = self.tables[g]
+        rows = {"timestep": int((table[:, 2] * table[:, 3]).sum()),
+                "sequence": int(table[:, 2].sum())}
+        config, value = self.config, self.config.padding.value
+        x = {name: np.full((rows[spec.level], len(spec.columns)), value, dtype=np.float32)
+             for name, spec in config.inputs.items()}
+        y = {name: np.full(rows[spec.level], value, dtype=np.float32)
+             for name, spec in config.outputs.items()}
+        valid = {name: np.zeros(rows[spec.level], dtype=bool)
+                 for name, spec in config.outputs.items()}
+        members = [self.plan.batches[k] for k in self._batch_groups[g]]
+        return Group(table, members, x, y, valid, {}, int(self.members_per_group[g]))
+
+    def _scatter(self, group: Group, chunk: Sequences, local: np.ndarray,
+                 index: np.ndarray) -> None:
+        kept = self.kept[index]
+        within = np.arange(int(kept.sum())) - np.repeat(np.cumsum(kept) - kept, kept)
+        source = np.repeat(chunk.offsets[local] + self.skip[index], kept) + within
+        dest = np.repeat(self.time_dest[index], kept) + within
+        sequence_dest = self.sequence_dest[index]
+        for name, spec in self.config.inputs.items():
+            if spec.level == "timestep":
+                group.x[name][dest] = chunk.features[name][source]
+            else:
+                group.x[name][sequence_dest] = chunk.features[name][local]
+        for name, spec in self.config.outputs.items():
+            at, rows = (dest, source) if spec.level == "timestep" else (sequence_dest, local)
+            group.y[name][at] = chunk.labels[name][rows]
+            group.valid[name][at] = chunk.present[name][rows]
+        group.remaining -= len(index)
+
+    def _weigh(self, group: Group) -> None:
+        for name, spec in self.config.outputs.items():
+            mode = self.config.weight_mode(name)
+            weights = np.empty(group.valid[name].shape, dtype=np.float32)
+            for t0, s0, size, steps in group.table:
+                if spec.level == "timestep":
+                    rows = slice(t0, t0 + size * steps)
+                    valid = group.valid[name][rows].reshape(size, steps)
+                else:
+                    rows = slice(s0, s0 + size)
+                    valid = group.valid[name][rows]
+                weights[rows] = sample_weight(mode, valid, self.mean_valid[name]).reshape(-1)
+            group.sample_weight[name] = weights
+
+
+def _exclusive_cumsum_within(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Running total of `values` before each position, restarting at each new group."""
+    total = np.cumsum(values) - values
+    if not len(values):
+        return total
+    starts = np.flatnonzero(np.concatenate([[True], groups[1:] != groups[:-1]]))
+    return total - np.repeat(total[starts], np.diff(np.append(starts, len(values))))
