@@ -35,6 +35,24 @@ class Group:
     valid: dict
     sample_weight: dict
     remaining: int  # sequences still to arrive
+    levels: Mapping[str, str]  # input or output name -> "timestep" or "sequence"
+
+    def pieces(self, batches: int) -> Iterator[tuple]:
+        """(table, x, y, sample_weight) for each run of up to `batches` batches: views of
+        the flat arrays, with the table's row starts counted from the piece."""
+        for a in range(0, len(self.table), batches):
+            table = self.table[a:a + batches].copy()
+            t0, s0 = table[0, 0], table[0, 1]
+            last = table[-1]
+            t1, s1 = last[0] + last[2] * last[3], last[1] + last[2]
+            table[:, 0] -= t0
+            table[:, 1] -= s0
+
+            def cut(flat):
+                return {name: values[s0:s1] if self.levels[name] == "sequence" else
+                        values[t0:t1] for name, values in flat.items()}
+
+            yield table, cut(self.x), cut(self.y), cut(self.sample_weight)
 
     def batch_view(self, j: int, config: PipelineConfig):
         """The arrays of batch j, shaped for Keras; views into the group."""
@@ -141,7 +159,9 @@ class Assembler:
         valid = {name: np.zeros(rows[spec.level], dtype=bool)
                  for name, spec in config.outputs.items()}
         members = [self.plan.batches[k] for k in self._batch_groups[g]]
-        return Group(table, members, x, y, valid, {}, int(self.members_per_group[g]))
+        levels = {name: spec.level for specs in (config.inputs, config.outputs)
+                  for name, spec in specs.items()}
+        return Group(table, members, x, y, valid, {}, int(self.members_per_group[g]), levels)
 
     def _scatter(self, group: Group, chunk: Sequences, local: np.ndarray,
                  index: np.ndarray) -> None:

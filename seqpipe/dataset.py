@@ -13,6 +13,7 @@ from typing import Any, Union
 
 from seqpipe.config import PipelineConfig
 from seqpipe.pipeline import Pipeline
+from seqpipe.stream import in_background
 
 
 def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathLike],
@@ -43,11 +44,14 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
 
     config, epochs = pipeline.config, itertools.count()
 
-    def one_epoch():
-        for group in pipeline.groups(next(epochs)):
-            yield group.table, group.x, group.y, group.sample_weight
+    def pieces(epoch):
+        for group in pipeline.groups(epoch):
+            yield from group.pieces(BATCHES_PER_ELEMENT)
 
-    # One generator element per assembly group, not per batch: crossing from Python into
+    def one_epoch():
+        yield from in_background(pieces(next(epochs)))
+
+    # A generator element holds several batches, not one: crossing from Python into
     # tf.data costs about a millisecond per element, more than padding a batch does.
     groups = tf.data.Dataset.from_generator(one_epoch, output_signature=_group_spec(config))
     dataset = groups.prefetch(1).flat_map(_split_group(config))
@@ -56,6 +60,11 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(
         pipeline.report.batches_per_epoch))
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+# Batches per element crossing from Python into tf.data: enough to make the crossing cheap,
+# few enough that the copy tf.data makes of each element stays small.
+BATCHES_PER_ELEMENT = 32
 
 
 def _group_spec(config: PipelineConfig):
@@ -68,30 +77,50 @@ def _group_spec(config: PipelineConfig):
 
 
 def _split_group(config: PipelineConfig):
-    """The tf.data function that cuts one group's flat arrays into its padded batches."""
+    """The tf.data function that cuts one group's flat arrays into its padded batches.
+
+    Each flat array becomes a RaggedTensor with one row per batch, so slicing out the
+    batches is one tf.data op for all of them, and each batch then needs only reshapes.
+    """
     import tensorflow as tf
 
+    levels = {**{n: s.level for n, s in config.inputs.items()},
+              **{n: s.level for n, s in config.outputs.items()}}
+
     def split(table, x, y, weights):
-        def batch(j):
-            t0, s0, size, steps = table[j, 0], table[j, 1], table[j, 2], table[j, 3]
+        sizes, steps = table[:, 2], table[:, 3]
+        splits = {"timestep": tf.concat([[0], tf.cumsum(sizes * steps)], 0),
+                  "sequence": tf.concat([[0], tf.cumsum(sizes)], 0)}
 
-            def shaped(flat, level, *tail):
-                if level == "sequence":
-                    return tf.reshape(flat[s0:s0 + size], tf.stack([size, *tail]))
-                return tf.reshape(flat[t0:t0 + size * steps], tf.stack([size, steps, *tail]))
+        def rows(flat):
+            return {name: tf.RaggedTensor.from_row_splits(values, splits[levels[name]],
+                                                          validate=False)
+                    for name, values in flat.items()}
 
-            xs = {name: shaped(x[name], spec.level, len(spec.columns))
-                  for name, spec in config.inputs.items()}
-            if not config.outputs:
-                return xs
-            ys = {name: shaped(y[name], spec.level, 1) for name, spec in config.outputs.items()}
-            ws = {name: shaped(weights[name], spec.level)
-                  for name, spec in config.outputs.items()}
-            return xs, ys, ws
-
-        return tf.data.Dataset.range(tf.shape(table, out_type=tf.int64)[0]).map(batch)
+        parts = (steps, rows(x), rows(y), rows(weights))
+        return tf.data.Dataset.from_tensor_slices(parts).map(_shape_batch(config))
 
     return split
+
+
+def _shape_batch(config: PipelineConfig):
+    import tensorflow as tf
+
+    def shape_batch(steps, x, y, weights):
+        def shaped(values, level, *tail):
+            if level == "sequence":
+                return tf.reshape(values, [-1, *tail])
+            return tf.reshape(values, [-1, steps, *tail])
+
+        xs = {name: shaped(x[name], spec.level, len(spec.columns))
+              for name, spec in config.inputs.items()}
+        if not config.outputs:
+            return xs
+        ys = {name: shaped(y[name], spec.level, 1) for name, spec in config.outputs.items()}
+        ws = {name: shaped(weights[name], spec.level) for name, spec in config.outputs.items()}
+        return xs, ys, ws
+
+    return shape_batch
 
 
 def element_spec(config: PipelineConfig):

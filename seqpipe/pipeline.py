@@ -24,7 +24,7 @@ from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import DataError
 from seqpipe.sequences import Sequences, group_sequences, list_columns, sequence_lengths
 from seqpipe.source import SourceTable, column_roles, open_source, read_source
-from seqpipe.stream import StreamOrder, stream_chunks, stream_order
+from seqpipe.stream import StreamOrder, ordered_map, stream_chunks, stream_order
 
 logger = logging.getLogger("seqpipe")
 
@@ -265,8 +265,8 @@ class Pipeline:
             return
         first, filled = 0, collections.Counter()
         missing = {name: np.zeros(2, dtype=np.int64) for name in self.config.outputs}
-        for table in stream_chunks(self._stream, self.config, self._files.schema):
-            chunk, counts = group_sequences(table, self.config, chunk=True)
+        tables = stream_chunks(self._stream, self.config, self._files.schema)
+        for chunk, counts in ordered_map(self._group_chunk, tables, ahead=1):
             filled.update(counts.filled_values)
             for name, present in chunk.present.items():
                 missing[name] += ((~present).sum(), present.size)
@@ -276,6 +276,9 @@ class Pipeline:
             self._counted = {"filled_values": dict(filled), "missing_labels": {
                 name: (int(m), int(t)) for name, (m, t) in missing.items()}}
             self._warn_changes()
+
+    def _group_chunk(self, table: SourceTable):
+        return group_sequences(table, self.config, chunk=True)
 
     def _batch_sizes(self, buckets: np.ndarray) -> np.ndarray:
         sizes = batch_sizes(self.windows.length, buckets, len(self.bucket_boundaries) + 1,

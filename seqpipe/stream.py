@@ -12,7 +12,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from typing import Any, Optional
 
 import pyarrow as pa
@@ -93,24 +94,104 @@ def stream_chunks(order: StreamOrder, config: PipelineConfig,
     """
     parts = order.parts
     long_layout = config.source.layout == "long"
-    id_name = config.source.id_column
     with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
         pending = collections.deque(pool.submit(_read, p, schema) for p in parts[:READ_AHEAD])
-        waiting = None
+        waiting = []  # rows of a sequence that began in an earlier row group
         for k, part in enumerate(parts):
             table = pending.popleft().result()
             if k + READ_AHEAD < len(parts):
                 pending.append(pool.submit(_read, parts[k + READ_AHEAD], schema))
-            if waiting is not None:
-                table = pa.concat_tables([waiting, table])
-                waiting = None
             following = parts[k + 1] if k + 1 < len(parts) else None
-            if long_layout and following is not None and following.first == part.last:
-                # The last sequence goes on in the next row group: hold its rows back.
-                last = pc.equal(table[id_name], pa.scalar(part.last, table[id_name].type))
-                waiting, table = table.filter(last), table.filter(pc.invert(last))
+            goes_on = long_layout and following is not None and following.first == part.last
+            if waiting:
+                head, table = _split(table, config.source.id_column, part.first, at_start=True)
+                waiting.append(head)
+                if table.num_rows == 0 and goes_on:
+                    continue
+                # The sequence that spans row groups is handed on alone, so that the big
+                # chunks stay single Arrow chunks that NumPy can view without copying.
+                yield SourceTable(pa.concat_tables(waiting).combine_chunks(), part.where,
+                                  (part.file,))
+                waiting = []
+            if goes_on:
+                table, tail = _split(table, config.source.id_column, part.last, at_start=False)
+                waiting = [tail]
             if table.num_rows:
                 yield SourceTable(table, part.where, (part.file,))
+
+
+def _split(table: pa.Table, id_name: str, value: Any, at_start: bool) -> tuple[pa.Table, pa.Table]:
+    """Splits off the rows whose id is `value`: (those rows, the rest) when `at_start`, else
+    (the rest, those rows). Rows sorted by id make this a zero-copy slice."""
+    ids = table[id_name]
+    match = pc.equal(ids, pa.scalar(value, ids.type))
+    count = pc.sum(match).as_py() or 0
+    edge = table.slice(0, count) if at_start else table.slice(table.num_rows - count)
+    if pc.all(pc.equal(edge[id_name], pa.scalar(value, ids.type))).as_py() is not False:
+        rest = table.slice(count) if at_start else table.slice(0, table.num_rows - count)
+    else:
+        edge, rest = table.filter(match), table.filter(pc.invert(match))
+    return (edge, rest) if at_start else (rest, edge)
+
+
+def ordered_map(function, items: Iterable, ahead: int = READ_AHEAD) -> Iterator:
+    """`map(function, items)` run `ahead` items ahead in threads, results in order: NumPy
+    and Arrow release the GIL for whole-column work, so grouping the next chunk overlaps
+    with padding this one."""
+    with concurrent.futures.ThreadPoolExecutor(ahead) as pool:
+        pending = collections.deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def in_background(items: Iterable, depth: int = 2) -> Iterator:
+    """Iterates `items` in a thread of its own, up to `depth` items ahead of the consumer.
+
+    The consumer (tf.data's generator thread) then only takes finished items off a queue,
+    and the producer is never stalled waiting for the consumer to ask.
+    """
+    queue: "collections.deque" = collections.deque()
+    ready = threading.Condition()
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                with ready:
+                    ready.wait_for(lambda: len(queue) < depth or stop.is_set())
+                    if stop.is_set():
+                        return
+                    queue.append((item, None))
+                    ready.notify_all()
+            result = (done, None)
+        except BaseException as e:  # handed to the consumer, which raises it
+            result = (done, e)
+        with ready:
+            queue.append(result)
+            ready.notify_all()
+
+    thread = threading.Thread(target=produce, name="seqpipe-producer", daemon=True)
+    thread.start()
+    try:
+        while True:
+            with ready:
+                ready.wait_for(lambda: queue)
+                item, error = queue.popleft()
+                ready.notify_all()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        with ready:
+            ready.notify_all()
 
 
 def _read(part: Part, schema: pa.Schema) -> pa.Table:

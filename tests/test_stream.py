@@ -1,0 +1,156 @@
+"""Streaming: a sorted Parquet source read row group by row group gives exactly the batches
+of the same data grouped whole in memory; what cannot be streamed is grouped whole, loudly."""
+
+import logging
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import tensorflow as tf
+
+from seqpipe import DataError, Pipeline, build_dataset, load_config
+from seqpipe.batching import bucket_of
+from tests.conftest import base_config, long_table, write
+
+LENGTHS = np.random.default_rng(5).integers(1, 30, 80)
+
+
+def _by_id(table: pa.Table) -> pa.Table:
+    """Rows sorted by id, but each sequence's timesteps newest first: row groups hold
+    disjoint id ranges, and within them the rows still need ordering by time."""
+    return table.take(pc.sort_indices(table, [("id", "ascending"), ("t", "descending")]))
+
+
+def _config(path, **overrides):
+    return load_config(base_config(path), {"batching.bucket_boundaries": "auto", **overrides})
+
+
+def _same_batches(a: Pipeline, b: Pipeline, epoch: int) -> int:
+    count = 0
+    for left, right in zip(a.batches(epoch), b.batches(epoch), strict=True):
+        assert left.ids.tolist() == right.ids.tolist()
+        for part in ("x", "y", "sample_weight"):
+            for name, values in getattr(left, part).items():
+                np.testing.assert_array_equal(values, getattr(right, part)[name])
+        count += 1
+    return count
+
+
+@pytest.mark.parametrize("row_group_size", [1, 7, 50, 10_000], ids=lambda n: f"rg{n}")
+@pytest.mark.parametrize("shuffle", [0, 25], ids=["in-order", "shuffled"])
+def test_streamed_file_gives_the_batches_of_the_whole_table(tmp_path, row_group_size,
+                                                            shuffle):
+    table = long_table(LENGTHS)
+    path = write(tmp_path / "d.parquet", _by_id(table), row_group_size=row_group_size)
+    overrides = {"shuffle.buffer_size": shuffle, "shuffle.seed": 3, "padding.maxlen": 20,
+                 "padding.truncating": "pre", "padding.side": "pre"}
+    streamed = Pipeline(_config(path, **overrides))
+    whole = Pipeline(_config(None, **overrides), table)
+    assert streamed.report.streamed and not whole.report.streamed
+    for epoch in (0, 1):
+        assert _same_batches(streamed, whole, epoch) == whole.report.batches_per_epoch
+
+
+def test_a_directory_of_files_streams_in_id_order(tmp_path):
+    table = _by_id(long_table(LENGTHS))
+    (tmp_path / "dir").mkdir()
+    cuts = [0, 300, 301, 700, table.num_rows]  # file boundaries inside sequences too
+    # Named against id order, so the reader must order the files by their id ranges.
+    for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+        write(tmp_path / "dir" / f"part-{9 - k}.parquet", table.slice(a, b - a))
+    config = _config(str(tmp_path / "dir"), **{"shuffle.buffer_size": 30, "shuffle.seed": 1})
+    streamed = Pipeline(config)
+    assert streamed.report.streamed and streamed.report.files == 4
+    _same_batches(streamed, Pipeline(_config(None, **{"shuffle.buffer_size": 30,
+                                                      "shuffle.seed": 1}), table), 0)
+
+
+def test_row_groups_that_share_sequences_are_grouped_whole_with_a_warning(tmp_path, caplog):
+    table = long_table(LENGTHS)  # rows shuffled: every row group holds every id range
+    path = write(tmp_path / "d.parquet", table, row_group_size=100)
+    with caplog.at_level(logging.WARNING, logger="seqpipe"):
+        pipeline = Pipeline(_config(path))
+    assert not pipeline.report.streamed
+    warning = (r"seqpipe groups .*d\.parquet whole, in memory: rows of the same sequences "
+               r"are spread over row groups: .*d\.parquet \(row group \d\) holds ids 's000' "
+               r"to 's\d+' and .*\(row group \d\).*Sort the rows by id")
+    assert any(re.match(warning, r.getMessage()) for r in caplog.records)
+    _same_batches(pipeline, Pipeline(_config(None), table), 0)
+
+
+def test_streamed_report_counts_fills_and_missing_labels_during_the_first_epoch(tmp_path):
+    table = _by_id(long_table(LENGTHS)).to_pandas()
+    table.loc[[3, 40, 500], "x"] = np.nan
+    path = write(tmp_path / "d.parquet", pa.Table.from_pandas(table, preserve_index=False))
+    config = load_config(_config(path), {"inputs.steps.fill_value": 0.0})
+    pipeline = Pipeline(config)
+    assert pipeline.report.filled_values is None and pipeline.report.missing_labels is None
+    assert "counted as the features stream in" in str(pipeline.report)
+    for _ in pipeline.batches(0):
+        pass
+    assert pipeline.report.filled_values == {"inputs.steps.x": 3}
+    missing, total = pipeline.report.missing_labels["y"]
+    assert (missing, total) == (int(table["y"].isna().sum()), len(table))
+
+
+def test_a_bad_feature_in_a_streamed_file_names_its_row_group(tmp_path):
+    table = _by_id(long_table(LENGTHS)).to_pandas()
+    table.loc[len(table) - 2, "x"] = np.inf  # in the last row group
+    path = write(tmp_path / "d.parquet", pa.Table.from_pandas(table, preserve_index=False),
+                 row_group_size=200)
+    pipeline = Pipeline(_config(path))  # building reads ids only
+    message = (r"inputs\.steps: 1 NaN, null or infinite values in 1 rows of .*d\.parquet "
+               r"\(row group \d+\).*Set inputs\.steps\.fill_value")
+    with pytest.raises(DataError, match=message):
+        for _ in pipeline.batches(0):
+            pass
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        for _ in build_dataset(pipeline):
+            pass
+
+
+def test_shuffled_batches_pad_little_and_still_change_order_every_epoch():
+    lengths = np.clip(np.random.default_rng(0).lognormal(np.log(60), 0.9, 3000), 1, 900)
+    config = load_config(base_config(None), {
+        "batching": {"batch_size": 32, "bucket_boundaries": "auto"}, "padding.maxlen": 256,
+        "shuffle.buffer_size": 2000, "shuffle.seed": 0})
+    pipeline = Pipeline(config, long_table(lengths.astype(int), label_missing=0))
+    assert pipeline.report.padding_waste < 0.05 < pipeline.report.padding_waste_unbucketed
+    firsts = [[b.ids[0] for b in pipeline.batches(epoch)] for epoch in (0, 1)]
+    assert firsts[0] != firsts[1] and sorted(firsts[0]) != firsts[0]
+    longest = [b.lengths.max() for b in pipeline.batches(0)]
+    assert longest != sorted(longest)  # batch order is not by length
+
+
+def test_max_timesteps_caps_padded_timesteps_and_lets_short_buckets_grow():
+    config = load_config(base_config(None), {
+        "batching": {"batch_size": 100, "max_timesteps": 60, "bucket_boundaries": [5, 15]},
+        "shuffle.buffer_size": 50, "shuffle.seed": 2})
+    pipeline = Pipeline(config, long_table(LENGTHS))
+    sizes = {}
+    for batch in pipeline.batches():
+        steps = batch.x["steps"].shape[1]
+        assert len(batch.ids) * steps <= 60
+        sizes.setdefault(int(bucket_of(batch.lengths[:1], (5, 15))[0]), set()).add(
+            len(batch.ids))
+    assert max(sizes[0]) > max(sizes[1]) > max(sizes[2]) >= 1
+    seen = [i for b in pipeline.batches() for i in b.ids]
+    assert sorted(seen) == sorted(set(seen)) and len(seen) == len(LENGTHS)
+
+
+def test_a_sequence_longer_than_max_timesteps_is_an_error():
+    config = load_config(base_config(None), {"batching.max_timesteps": 10})
+    with pytest.raises(DataError, match=r"sequence 's002' keeps 12 timesteps, more than "
+                                        r"batching\.max_timesteps=10.*padding\.maxlen"):
+        Pipeline(config, long_table([3, 4, 12]))
+
+
+def test_max_timesteps_below_maxlen_is_a_config_error():
+    from seqpipe import ConfigError
+
+    with pytest.raises(ConfigError, match=r"batching\.max_timesteps \(100\) is smaller than "
+                                          r"padding\.maxlen \(512\).*at least 512"):
+        load_config(base_config(None), {"batching.max_timesteps": 100,
+                                        "padding.maxlen": 512})
