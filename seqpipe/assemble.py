@@ -37,23 +37,6 @@ class Group:
     remaining: int  # sequences still to arrive
     levels: Mapping[str, str]  # input or output name -> "timestep" or "sequence"
 
-    def pieces(self, batches: int) -> Iterator[tuple]:
-        """(table, x, y, sample_weight) for each run of up to `batches` batches: views of
-        the flat arrays, with the table's row starts counted from the piece."""
-        for a in range(0, len(self.table), batches):
-            table = self.table[a:a + batches].copy()
-            t0, s0 = table[0, 0], table[0, 1]
-            last = table[-1]
-            t1, s1 = last[0] + last[2] * last[3], last[1] + last[2]
-            table[:, 0] -= t0
-            table[:, 1] -= s0
-
-            def cut(flat):
-                return {name: values[s0:s1] if self.levels[name] == "sequence" else
-                        values[t0:t1] for name, values in flat.items()}
-
-            yield table, cut(self.x), cut(self.y), cut(self.sample_weight)
-
     def batch_view(self, j: int, config: PipelineConfig):
         """The arrays of batch j, shaped for Keras; views into the group."""
         t0, s0, size, steps = (int(v) for v in self.table[j])
@@ -110,6 +93,13 @@ class Assembler:
         self.members_per_group = np.bincount(self.group_of[members],
                                              minlength=len(self.tables))
         self._batch_groups = [np.flatnonzero(plan.groups == g) for g in range(len(self.tables))]
+        # A group's store is allocated once the stream reaches its median member. Members
+        # that come earlier (sequences waiting for a batch of their bucket to fill) are
+        # parked unpadded until then, so a group that waits does not hold a whole store.
+        by_group = np.lexsort((members, self.group_of[members]))
+        ordered, counts = members[by_group], self.members_per_group
+        self.open_at = ordered[np.cumsum(counts) - counts + counts // 2] if len(members) else []
+        self._parked: dict[int, list] = {}
         self._open: dict[int, Group] = {}
         self._next = 0
 
@@ -119,8 +109,9 @@ class Assembler:
             self._add(first, chunk)
             yield from self._finished()
         if self._next < len(self.tables):
-            raise DataError(f"the source ended before sequence {self._missing()} arrived; "
-                            f"it changed since the pipeline was built. Build it again.")
+            raise DataError(f"the source ended with {self._missing():,} sequences of the epoch "
+                            f"still to arrive; it changed since the pipeline was built. Build "
+                            f"the pipeline again.")
 
     def _finished(self) -> Iterator[Group]:
         while self._next in self._open and self._open[self._next].remaining == 0:
@@ -130,7 +121,9 @@ class Assembler:
             yield group
 
     def _missing(self) -> int:
-        return int(min(g.remaining for g in self._open.values())) if self._open else -1
+        waiting = range(self._next, len(self.tables))
+        return sum(self._open[g].remaining if g in self._open else
+                   int(self.members_per_group[g]) for g in waiting)
 
     def _add(self, first: int, chunk: Sequences) -> None:
         index = np.arange(first, first + len(chunk))
@@ -138,14 +131,17 @@ class Assembler:
             raise DataError("the source changed since the pipeline was built (sequence "
                             "lengths differ); build the pipeline again")
         group_of = self.group_of[index]
-        for g in np.unique(group_of[group_of >= 0]):
+        for g in np.unique(group_of[group_of >= 0]).tolist():
             local = np.flatnonzero(group_of == g)
-            self._scatter(self._group(int(g)), chunk, local, index[local])
-
-    def _group(self, g: int) -> Group:
-        if g not in self._open:
-            self._open[g] = self._allocate(g)
-        return self._open[g]
+            if g not in self._open and index[-1] < self.open_at[g]:
+                self._parked.setdefault(g, []).append(
+                    (_take(chunk, local, self.config), index[local]))
+                continue
+            if g not in self._open:
+                self._open[g] = self._allocate(g)
+                for parked, parked_index in self._parked.pop(g, []):
+                    self._scatter(self._open[g], parked, np.arange(len(parked)), parked_index)
+            self._scatter(self._open[g], chunk, local, index[local])
 
     def _allocate(self, g: int) -> Group:
         table = self.tables[g]
@@ -171,10 +167,13 @@ class Assembler:
         dest = np.repeat(self.time_dest[index], kept) + within
         sequence_dest = self.sequence_dest[index]
         for name, spec in self.config.inputs.items():
-            if spec.level == "timestep":
-                group.x[name][dest] = chunk.features[name][source]
+            at, rows = (dest, source) if spec.level == "timestep" else (sequence_dest, local)
+            values = chunk.features[name]
+            if isinstance(values, tuple):  # columns: one strided write each, no matrix
+                for j, column in enumerate(values):
+                    group.x[name][at, j] = column[rows]
             else:
-                group.x[name][sequence_dest] = chunk.features[name][local]
+                group.x[name][at] = values[rows]
         for name, spec in self.config.outputs.items():
             at, rows = (dest, source) if spec.level == "timestep" else (sequence_dest, local)
             group.y[name][at] = chunk.labels[name][rows]
@@ -194,6 +193,26 @@ class Assembler:
                     valid = group.valid[name][rows]
                 weights[rows] = sample_weight(mode, valid, self.mean_valid[name]).reshape(-1)
             group.sample_weight[name] = weights
+
+
+def _take(chunk: Sequences, local: np.ndarray, config: PipelineConfig) -> Sequences:
+    """A copy of the sequences `local` of a chunk, end to end."""
+    lengths = chunk.lengths[local]
+    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    rows = np.repeat(chunk.offsets[local], lengths) + within
+    levels = {name: spec.level for specs in (config.inputs, config.outputs)
+              for name, spec in specs.items()}
+
+    def take(arrays):
+        taken = {}
+        for name, values in arrays.items():
+            at = rows if levels[name] == "timestep" else local
+            taken[name] = (tuple(v[at] for v in values) if isinstance(values, tuple)
+                           else values[at])
+        return taken
+
+    return Sequences(chunk.ids[local], np.concatenate([[0], np.cumsum(lengths)]),
+                     take(chunk.features), take(chunk.labels), take(chunk.present))
 
 
 def _exclusive_cumsum_within(values: np.ndarray, groups: np.ndarray) -> np.ndarray:

@@ -157,8 +157,25 @@ def plan_epoch(lengths: np.ndarray, buckets: np.ndarray, sizes: np.ndarray,
         dropped = sum(len(b) for b in left)
         left = []
     batches, groups = batches + left, groups + [groups[-1] if groups else 0] * len(left)
-    _, groups = np.unique(np.asarray(groups, dtype=np.int64), return_inverse=True)
-    return EpochPlan(batches, groups.reshape(-1), dropped)
+    return EpochPlan(batches, _split_groups(np.asarray(groups, dtype=np.int64)), dropped)
+
+
+# Batches per assembly group at most. Groups are padded into arrays of their own: a few MB
+# each, which the allocator reuses from one group to the next instead of mapping fresh
+# memory (and taking page faults) for every window.
+BATCHES_PER_GROUP = 32
+
+
+def _split_groups(groups: np.ndarray) -> np.ndarray:
+    """Consecutive group numbers, with each group cut into runs of `BATCHES_PER_GROUP`."""
+    if not len(groups):
+        return groups
+    starts = np.flatnonzero(np.concatenate([[True], groups[1:] != groups[:-1]]))
+    sizes = np.diff(np.append(starts, len(groups)))
+    within = np.arange(len(groups)) - np.repeat(starts, sizes)
+    runs = np.concatenate([[True], (groups[1:] != groups[:-1]) | (within[1:] %
+                                                                  BATCHES_PER_GROUP == 0)])
+    return np.cumsum(runs) - 1
 
 
 def _shuffled(lengths, buckets, sizes, window, rng):

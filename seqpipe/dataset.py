@@ -46,25 +46,20 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
 
     def pieces(epoch):
         for group in pipeline.groups(epoch):
-            yield from group.pieces(BATCHES_PER_ELEMENT)
+            yield group.table, group.x, group.y, group.sample_weight
 
     def one_epoch():
         yield from in_background(pieces(next(epochs)))
 
-    # A generator element holds several batches, not one: crossing from Python into
-    # tf.data costs about a millisecond per element, more than padding a batch does.
+    # A generator element is an assembly group of batches, not one batch: crossing from
+    # Python into tf.data costs about a millisecond per element, more than padding a batch.
     groups = tf.data.Dataset.from_generator(one_epoch, output_signature=_group_spec(config))
     dataset = groups.prefetch(1).flat_map(_split_group(config))
     # Every epoch has the same number of batches (bucket sizes do not change), and saying
     # so lets Keras show progress from the first epoch instead of warning at its end.
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(
         pipeline.report.batches_per_epoch))
-    return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-# Batches per element crossing from Python into tf.data: enough to make the crossing cheap,
-# few enough that the copy tf.data makes of each element stays small.
-BATCHES_PER_ELEMENT = 32
+    return dataset.prefetch(2)
 
 
 def _group_spec(config: PipelineConfig):
@@ -77,50 +72,32 @@ def _group_spec(config: PipelineConfig):
 
 
 def _split_group(config: PipelineConfig):
-    """The tf.data function that cuts one group's flat arrays into its padded batches.
-
-    Each flat array becomes a RaggedTensor with one row per batch, so slicing out the
-    batches is one tf.data op for all of them, and each batch then needs only reshapes.
-    """
+    """The tf.data function that cuts one group's flat arrays into its padded batches:
+    each batch is a slice of every flat array, reshaped; no data is copied."""
     import tensorflow as tf
-
-    levels = {**{n: s.level for n, s in config.inputs.items()},
-              **{n: s.level for n, s in config.outputs.items()}}
 
     def split(table, x, y, weights):
-        sizes, steps = table[:, 2], table[:, 3]
-        splits = {"timestep": tf.concat([[0], tf.cumsum(sizes * steps)], 0),
-                  "sequence": tf.concat([[0], tf.cumsum(sizes)], 0)}
+        def batch(row):
+            t0, s0, size, steps = tf.unstack(row)
+            t1, s1 = t0 + size * steps, s0 + size
 
-        def rows(flat):
-            return {name: tf.RaggedTensor.from_row_splits(values, splits[levels[name]],
-                                                          validate=False)
-                    for name, values in flat.items()}
+            def shaped(flat, level, *tail):
+                if level == "sequence":
+                    return tf.reshape(flat[s0:s1], [-1, *tail])
+                return tf.reshape(flat[t0:t1], [-1, steps, *tail])
 
-        parts = (steps, rows(x), rows(y), rows(weights))
-        return tf.data.Dataset.from_tensor_slices(parts).map(_shape_batch(config))
+            xs = {name: shaped(x[name], spec.level, len(spec.columns))
+                  for name, spec in config.inputs.items()}
+            if not config.outputs:
+                return xs
+            ys = {name: shaped(y[name], spec.level, 1) for name, spec in config.outputs.items()}
+            ws = {name: shaped(weights[name], spec.level)
+                  for name, spec in config.outputs.items()}
+            return xs, ys, ws
+
+        return tf.data.Dataset.from_tensor_slices(table).map(batch)
 
     return split
-
-
-def _shape_batch(config: PipelineConfig):
-    import tensorflow as tf
-
-    def shape_batch(steps, x, y, weights):
-        def shaped(values, level, *tail):
-            if level == "sequence":
-                return tf.reshape(values, [-1, *tail])
-            return tf.reshape(values, [-1, steps, *tail])
-
-        xs = {name: shaped(x[name], spec.level, len(spec.columns))
-              for name, spec in config.inputs.items()}
-        if not config.outputs:
-            return xs
-        ys = {name: shaped(y[name], spec.level, 1) for name, spec in config.outputs.items()}
-        ws = {name: shaped(weights[name], spec.level) for name, spec in config.outputs.items()}
-        return xs, ys, ws
-
-    return shape_batch
 
 
 def element_spec(config: PipelineConfig):

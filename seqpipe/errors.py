@@ -1,8 +1,9 @@
 """The exceptions seqpipe raises for user mistakes.
 
-Every seqpipe error is raised before the first batch, states the rule, echoes the value
-received and says where (key path, file, column or sequence), so that nobody has to read a
-TensorFlow traceback to learn that a column is missing.
+Every seqpipe error states the rule, echoes the value received and says where (key path,
+file, row group, column or sequence), so that nobody has to read a TensorFlow traceback to
+learn that a column is missing. Config, schema and id errors come before the first batch;
+a streamed source's bad values come when their row group is read.
 """
 
 

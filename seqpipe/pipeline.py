@@ -1,8 +1,9 @@
 """Pipeline: source -> sequences -> truncation and buckets -> padded, weighted NumPy batches.
 
 Everything up to the finished `(x, y, sample_weight)` batch happens here in NumPy, without
-TensorFlow, and every user mistake surfaces while the `Pipeline` is built, before the
-first batch. `seqpipe.dataset` wraps this in tf.data.
+TensorFlow. Building reads the index (every sequence's id and length); each epoch plans its
+batches from the index and assembles them as the source streams in. `seqpipe.dataset` wraps
+this in tf.data.
 """
 
 from __future__ import annotations
@@ -124,8 +125,9 @@ class Pipeline:
       data: a pandas DataFrame or pyarrow Table to use instead of `source.path`.
 
     Raises:
-      SeqpipeError: a bad config, schema, id, time or label, before the first batch. A bad
-        feature value in a streamed source is found when its row group is read.
+      SeqpipeError: a bad config, schema or id, before the first batch. In a streamed
+        source, bad times, labels and feature values are found when their row group is
+        read; grouped whole, before the first batch.
 
     Example::
 

@@ -31,7 +31,8 @@ class Sequences:
       ids: (n,) sequence ids, ascending when the source has an id column.
       offsets: (n + 1,) int64; sequence i is timesteps `offsets[i]:offsets[i + 1]`.
       features: input name -> float32 `(timesteps, k)` for a timestep input, `(n, k)` for a
-        sequence input. Always finite.
+        sequence input (for a chunk of a streamed source, a tuple of its k columns instead).
+        Always finite.
       labels: output name -> float32 `(timesteps,)` or `(n,)`. Always finite: missing labels
         hold their output's `fill_value`.
       present: output name -> bool, shaped like `labels`: False where the label was missing.
@@ -71,7 +72,7 @@ def group_sequences(source: SourceTable, config: PipelineConfig,
       with_inputs: False groups only ids, times and labels (features stay empty); then
         `source` needs only those columns (and, nested, the first input list column).
       chunk: `source` is one chunk of a streamed source, which may hold only empty
-        sequences.
+        sequences; its features come as a tuple of columns rather than a matrix.
 
     Returns:
       The sequences and the counts of what was filled or dropped.
@@ -93,7 +94,7 @@ def group_sequences(source: SourceTable, config: PipelineConfig,
     if len(ids) == 0 and not chunk:
         raise DataError(f"no sequences: every sequence in {source.where} is empty")
     features, filled = ({}, {}) if not with_inputs else _features(
-        columns, ids, offsets, config, source.where)
+        columns, ids, offsets, config, source.where, as_columns=chunk)
     labels, present = _labels(columns, config, source.where)
     sequences = Sequences(ids, offsets, features, labels, present)
     return sequences, GroupingCounts(table.num_rows, dropped, filled)
@@ -314,7 +315,9 @@ def _order_nested_by_time(columns, time_name, offsets, sequence_ids, where) -> N
         columns[key] = values[order]
 
 
-def _features(columns, ids, offsets, config, where):
+def _features(columns, ids, offsets, config, where, as_columns: bool = False):
+    if as_columns:
+        return _feature_columns(columns, config, where)
     features, filled = {}, {}
     for name, spec in config.inputs.items():
         rows = len(ids) if spec.level == "sequence" else int(offsets[-1])
@@ -333,6 +336,28 @@ def _features(columns, ids, offsets, config, where):
                     matrix[bad[:, j], j] = fills[j]
                     filled[f"inputs.{name}.{column}"] = int(counts[j])
         features[name] = matrix
+    return features, filled
+
+
+def _feature_columns(columns, config, where):
+    """Like `_features`, but each input as a tuple of its columns: no matrix is built, and
+    columns read straight from Arrow are not copied unless a value has to be filled."""
+    features, filled = {}, {}
+    for name, spec in config.inputs.items():
+        values = [np.asarray(columns[c, spec.level], dtype=np.float32) for c in spec.columns]
+        counts = np.array([v.size - np.count_nonzero(np.isfinite(v)) for v in values])
+        if counts.any():
+            fills = [spec.fill_for(c) for c in spec.columns]
+            unfilled = [j for j, n in enumerate(counts) if n and fills[j] is None]
+            if unfilled:
+                bad = ~np.isfinite(np.stack(values, axis=1))
+                raise _bad_feature_error(name, spec, counts, unfilled, bad, where)
+            for j, column in enumerate(spec.columns):
+                if counts[j]:
+                    values[j] = np.where(np.isfinite(values[j]), values[j],
+                                         np.float32(fills[j]))
+                    filled[f"inputs.{name}.{column}"] = int(counts[j])
+        features[name] = tuple(values)
     return features, filled
 
 
