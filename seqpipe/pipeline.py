@@ -82,7 +82,8 @@ class Report:
     def __str__(self) -> str:
         lines = [
             f"source: {self.source} ({f'{self.files} files, ' if self.files else ''}"
-            f"{self.rows:,} rows)",
+            f"{self.rows:,} rows; "
+            f"{'streamed by row group' if self.streamed else 'grouped whole, in memory'})",
             f"sequences: {self.sequences:,}, timesteps: {self.timesteps:,}",
             f"truncated: {self.truncated_timesteps:,} timesteps in "
             f"{self.truncated_sequences:,} sequences (padding.maxlen)",
