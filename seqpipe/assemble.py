@@ -127,7 +127,8 @@ class Assembler:
 
     def _add(self, first: int, chunk: Sequences) -> None:
         index = np.arange(first, first + len(chunk))
-        if not np.array_equal(chunk.lengths, self.lengths[index]):
+        if index[-1] >= len(self.lengths) or not np.array_equal(chunk.lengths,
+                                                                self.lengths[index]):
             raise DataError("the source changed since the pipeline was built (sequence "
                             "lengths differ); build the pipeline again")
         group_of = self.group_of[index]

@@ -198,4 +198,6 @@ def _read(part: Part, schema: pa.Schema) -> pa.Table:
     try:
         return part.fragment.to_table(schema=schema, columns=list(schema.names))
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"could not read {part.where}: {e}") from e
+        detail = " ".join(str(e).split()).rstrip(".")
+        raise DataError(f"could not read {part.where}: {detail}. If the file was "
+                        f"rewritten since the pipeline was built, build it again.") from e

@@ -154,3 +154,14 @@ def test_max_timesteps_below_maxlen_is_a_config_error():
                                           r"padding\.maxlen \(512\).*at least 512"):
         load_config(base_config(None), {"batching.max_timesteps": 100,
                                         "padding.maxlen": 512})
+
+
+def test_a_file_rewritten_after_building_is_a_clear_error(tmp_path):
+    path = write(tmp_path / "d.parquet", _by_id(long_table([3, 4, 5])))
+    pipeline = Pipeline(_config(path))
+    write(tmp_path / "d.parquet", _by_id(long_table([3, 6, 5, 2])))
+    # The footer read at build time no longer matches the file.
+    with pytest.raises(DataError, match=r"could not read .*d\.parquet \(row group 0\): .*If "
+                                        r"the file was rewritten since the pipeline was built"):
+        for _ in pipeline.batches(0):
+            pass
