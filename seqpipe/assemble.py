@@ -149,16 +149,35 @@ class Assembler:
         rows = {"timestep": int((table[:, 2] * table[:, 3]).sum()),
                 "sequence": int(table[:, 2].sum())}
         config, value = self.config, self.config.padding.value
-        x = {name: np.full((rows[spec.level], len(spec.columns)), value, dtype=np.float32)
+        # Every real position is written by a chunk later; only the padding is set here.
+        x = {name: np.empty((rows[spec.level], len(spec.columns)), dtype=np.float32)
              for name, spec in config.inputs.items()}
-        y = {name: np.full(rows[spec.level], value, dtype=np.float32)
+        y = {name: np.empty(rows[spec.level], dtype=np.float32)
              for name, spec in config.outputs.items()}
         valid = {name: np.zeros(rows[spec.level], dtype=bool)
                  for name, spec in config.outputs.items()}
         members = [self.plan.batches[k] for k in self._batch_groups[g]]
+        padding = self._padding_positions(np.concatenate(members), table)
+        for name, spec in config.inputs.items():
+            if spec.level == "timestep":
+                x[name][padding] = value
+        for name, spec in config.outputs.items():
+            if spec.level == "timestep":
+                y[name][padding] = value
         levels = {name: spec.level for specs in (config.inputs, config.outputs)
                   for name, spec in specs.items()}
         return Group(table, members, x, y, valid, {}, int(self.members_per_group[g]), levels)
+
+    def _padding_positions(self, members: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """The padded timestep rows of a group, given its members in batch order."""
+        steps = np.repeat(table[:, 3], table[:, 2])
+        kept = self.kept[members]
+        missing = steps - kept
+        start = self.time_dest[members] + (kept if self.config.padding.side == "post"
+                                           else -missing)
+        within = np.arange(int(missing.sum())) - np.repeat(np.cumsum(missing) - missing,
+                                                           missing)
+        return np.repeat(start, missing) + within
 
     def _scatter(self, group: Group, chunk: Sequences, local: np.ndarray,
                  index: np.ndarray) -> None:
