@@ -150,10 +150,9 @@ class Assembler:
                 "sequence": int(table[:, 2].sum())}
         config, value = self.config, self.config.padding.value
         # Every real position is written by a chunk later; only the padding is set here.
-        x = {name: np.empty((rows[spec.level], len(spec.columns)), dtype=np.float32)
+        x = {name: _aligned_empty((rows[spec.level], len(spec.columns)))
              for name, spec in config.inputs.items()}
-        y = {name: np.empty(rows[spec.level], dtype=np.float32)
-             for name, spec in config.outputs.items()}
+        y = {name: _aligned_empty((rows[spec.level],)) for name, spec in config.outputs.items()}
         valid = {name: np.zeros(rows[spec.level], dtype=bool)
                  for name, spec in config.outputs.items()}
         members = [self.plan.batches[k] for k in self._batch_groups[g]]
@@ -203,7 +202,7 @@ class Assembler:
     def _weigh(self, group: Group) -> None:
         for name, spec in self.config.outputs.items():
             mode = self.config.weight_mode(name)
-            weights = np.empty(group.valid[name].shape, dtype=np.float32)
+            weights = _aligned_empty(group.valid[name].shape)
             for t0, s0, size, steps in group.table:
                 if spec.level == "timestep":
                     rows = slice(t0, t0 + size * steps)
@@ -213,6 +212,19 @@ class Assembler:
                     valid = group.valid[name][rows]
                 weights[rows] = sample_weight(mode, valid, self.mean_valid[name]).reshape(-1)
             group.sample_weight[name] = weights
+
+
+# TensorFlow takes over a NumPy array without copying it when its data is aligned to this
+# many bytes (Eigen's widest vectors); tf.data's generator otherwise copies every group.
+ALIGNMENT = 64
+
+
+def _aligned_empty(shape: tuple) -> np.ndarray:
+    """An uninitialised float32 array whose data starts on an `ALIGNMENT`-byte boundary."""
+    count = int(np.prod(shape))
+    buffer = np.empty(count * 4 + ALIGNMENT, dtype=np.uint8)
+    start = -buffer.ctypes.data % ALIGNMENT
+    return buffer[start:start + count * 4].view(np.float32).reshape(shape)
 
 
 def _take(chunk: Sequences, local: np.ndarray, config: PipelineConfig) -> Sequences:
