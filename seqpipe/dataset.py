@@ -51,55 +51,15 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
     def one_epoch():
         yield from in_background(pieces(next(epochs)))
 
-    # An element crossing from Python is an assembly group of batches, not one batch:
-    # crossing costs about a millisecond per element, more than padding a batch does.
-    groups = _from_python(one_epoch, _group_spec(config))
+    # A generator element is an assembly group of batches, not one batch: crossing from
+    # Python into tf.data costs about a millisecond per element, more than padding a batch.
+    groups = tf.data.Dataset.from_generator(one_epoch, output_signature=_group_spec(config))
     dataset = groups.prefetch(1).flat_map(_split_group(config))
     # Every epoch has the same number of batches (bucket sizes do not change), and saying
     # so lets Keras show progress from the first epoch instead of warning at its end.
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(
         pipeline.report.batches_per_epoch))
     return dataset.prefetch(2)
-
-
-def _from_python(epoch_items, spec):
-    """A dataset whose every pass yields the items of a new `epoch_items()` iterator.
-
-    Like `tf.data.Dataset.from_generator`, without it: the generator dataset sets glibc's
-    M_TRIM_THRESHOLD to 128 KB for the whole process, after which every large NumPy array
-    is mapped afresh, and padding an epoch took 4x the page faults (measured).
-    """
-    import numpy as np
-    import tensorflow as tf
-
-    flat_spec = tf.nest.flatten(spec)
-    dtypes = [tf.bool] + [s.dtype for s in flat_spec]
-    empty = [np.zeros([0] + [d or 0 for d in s.shape[1:]], s.dtype.as_numpy_dtype)
-             for s in flat_spec]
-    state = {}
-
-    def begin(token):
-        state["items"] = iter(epoch_items())
-        return token
-
-    def pull(_):
-        item = next(state["items"], None)
-        if item is None:
-            return [np.bool_(True)] + empty
-        return [np.bool_(False)] + tf.nest.flatten(item)
-
-    def shaped(done, *values):
-        return tf.nest.pack_sequence_as(
-            spec, [tf.ensure_shape(v, s.shape) for v, s in zip(values, flat_spec)])
-
-    def one_pass(token):
-        pulls = tf.data.Dataset.from_tensors(token).repeat().map(
-            lambda t: tf.numpy_function(pull, [t], dtypes, stateful=True))
-        return pulls.take_while(lambda done, *_: tf.logical_not(done)).map(shaped)
-
-    start = tf.data.Dataset.from_tensors(np.int64(0)).map(
-        lambda t: tf.numpy_function(begin, [t], tf.int64, stateful=True))
-    return start.flat_map(one_pass)
 
 
 def _group_spec(config: PipelineConfig):
