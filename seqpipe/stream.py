@@ -18,7 +18,6 @@ from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
