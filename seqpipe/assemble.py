@@ -18,7 +18,7 @@ import numpy as np
 from seqpipe.batching import EpochPlan
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
-from seqpipe.sequences import Sequences
+from seqpipe.sequences import Sequences, ranges
 from seqpipe.weights import sample_weight
 
 
@@ -163,9 +163,8 @@ class Assembler:
         for name, spec in config.outputs.items():
             if spec.level == "timestep":
                 y[name][padding] = value
-        levels = {name: spec.level for specs in (config.inputs, config.outputs)
-                  for name, spec in specs.items()}
-        return Group(table, members, x, y, valid, {}, int(self.members_per_group[g]), levels)
+        return Group(table, members, x, y, valid, {}, int(self.members_per_group[g]),
+                     config.levels)
 
     def _padding_positions(self, members: np.ndarray, table: np.ndarray) -> np.ndarray:
         """The padded timestep rows of a group, given its members in batch order."""
@@ -174,9 +173,7 @@ class Assembler:
         missing = steps - kept
         start = self.time_dest[members] + (kept if self.config.padding.side == "post"
                                            else -missing)
-        within = np.arange(int(missing.sum())) - np.repeat(np.cumsum(missing) - missing,
-                                                           missing)
-        return np.repeat(start, missing) + within
+        return ranges(start, missing)
 
     def _scatter(self, group: Group, chunk: Sequences, local: np.ndarray,
                  index: np.ndarray) -> None:
@@ -231,10 +228,8 @@ def _aligned_empty(shape: tuple) -> np.ndarray:
 def _take(chunk: Sequences, local: np.ndarray, config: PipelineConfig) -> Sequences:
     """A copy of the sequences `local` of a chunk, end to end."""
     lengths = chunk.lengths[local]
-    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    rows = np.repeat(chunk.offsets[local], lengths) + within
-    levels = {name: spec.level for specs in (config.inputs, config.outputs)
-              for name, spec in specs.items()}
+    rows = ranges(chunk.offsets[local], lengths)
+    levels = config.levels
 
     def take(arrays):
         taken = {}

@@ -1,9 +1,8 @@
-"""Batching: truncates, buckets, plans the batches of an epoch and pads them.
+"""Batching: truncates, buckets and plans the batches of an epoch.
 
 Truncation moves no data: it only narrows each sequence to a window `(start, length)` of
-the flat timestep arrays. Padding gathers a whole batch at once with index arithmetic, so
-each padded batch is written exactly once. Truncation and padding follow
-`keras.utils.pad_sequences` (`maxlen`, `padding` = `side`, `truncating`, `value`).
+the flat timestep arrays, following `keras.utils.pad_sequences` (`maxlen`, `truncating`).
+`seqpipe.assemble` pads the planned batches.
 """
 
 from __future__ import annotations
@@ -234,32 +233,3 @@ def padding_waste(lengths: np.ndarray, batches: list) -> float:
     longest = np.maximum.reduceat(members, np.concatenate([[0], np.cumsum(sizes)[:-1]]))
     total = float((sizes * longest).sum())
     return 1.0 - float(members.sum()) / total if total else 0.0
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchLayout:
-    """Where the timesteps of one batch go: `padded[row, col] = flat[source]`."""
-
-    row: np.ndarray
-    col: np.ndarray
-    source: np.ndarray
-    shape: tuple[int, int]  # (batch, time)
-
-
-def layout_batch(indices: np.ndarray, windows: Windows, side: str) -> BatchLayout:
-    """Computes once per batch where every kept timestep lands in the padded batch."""
-    lengths = windows.length[indices]
-    steps = int(lengths.max())
-    row = np.repeat(np.arange(len(indices)), lengths)
-    first = np.cumsum(lengths) - lengths
-    within = np.arange(int(lengths.sum())) - first[row]
-    source = windows.start[indices][row] + within
-    col = within + (steps - lengths)[row] if side == "pre" else within
-    return BatchLayout(row, col, source, (len(indices), steps))
-
-
-def pad(flat: np.ndarray, layout: BatchLayout, value) -> np.ndarray:
-    """Pads flat timestep values `(timesteps, ...)` into `(batch, time, ...)`."""
-    padded = np.full(layout.shape + flat.shape[1:], value, dtype=flat.dtype)
-    padded[layout.row, layout.col] = flat[layout.source]
-    return padded

@@ -186,6 +186,12 @@ class PipelineConfig:
         """The weight mode of one output: its own, or `weights.mode`."""
         return self.outputs[output].weights or self.weights.mode
 
+    @property
+    def levels(self) -> dict:
+        """Input or output name -> "timestep" or "sequence"."""
+        return {name: spec.level for specs in (self.inputs, self.outputs)
+                for name, spec in specs.items()}
+
     def to_dict(self) -> dict:
         """A plain, YAML-ready dict that `load_config` turns back into an equal config."""
         return _to_plain(self)

@@ -23,7 +23,8 @@ from seqpipe.batching import (EpochPlan, Windows, auto_boundaries, batch_sizes, 
                               padding_waste, plan_epoch, truncate)
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import DataError
-from seqpipe.sequences import Sequences, group_sequences, list_columns, sequence_lengths
+from seqpipe.sequences import (Sequences, group_sequences, list_columns, sequence_lengths,
+                               show_id)
 from seqpipe.source import SourceTable, column_roles, open_source, read_source
 from seqpipe.stream import StreamOrder, ordered_map, stream_chunks, stream_order
 
@@ -143,6 +144,7 @@ class Pipeline:
         self._whole: Optional[Sequences] = None
         self._stream: Optional[StreamOrder] = None
         self._counted: Optional[dict] = None  # filled features and missing labels
+        self._first_plan: Optional[EpochPlan] = None
         if data is not None:
             source = read_source(self.config, data)
             self._group_whole(source)
@@ -202,7 +204,7 @@ class Pipeline:
 
     def plan(self, epoch: int = 0) -> EpochPlan:
         """The batches of one epoch; the same (seed, epoch) always gives the same plan."""
-        if epoch == 0 and getattr(self, "_first_plan", None) is not None:
+        if epoch == 0 and self._first_plan is not None:
             return self._first_plan
         rng = np.random.default_rng([self.seed, epoch]) if self.seed is not None else None
         return plan_epoch(self.windows.length, self._buckets, self._sizes,
@@ -290,7 +292,7 @@ class Pipeline:
         if budget is not None and self.windows.length.max() > budget:
             longest = int(np.argmax(self.windows.length))
             raise DataError(
-                f"sequence {self._index.ids[longest]!r} keeps {self.windows.length[longest]:,} "
+                f"sequence {show_id(self._index.ids[longest])} keeps {self.windows.length[longest]:,} "
                 f"timesteps, more than batching.max_timesteps={budget:,}, so it fits in no "
                 f"batch. Raise max_timesteps or set padding.maxlen to at most {budget:,}.")
         return sizes
@@ -369,8 +371,7 @@ def _slices(sequences: Sequences, config: PipelineConfig) -> Iterator[tuple[int,
     offsets = sequences.offsets
     cuts = np.unique(np.searchsorted(offsets, np.arange(0, offsets[-1], SLICE_TIMESTEPS)))
     cuts = np.append(cuts[cuts < len(sequences)], len(sequences))
-    levels = {**{n: s.level for n, s in config.inputs.items()},
-              **{n: s.level for n, s in config.outputs.items()}}
+    levels = config.levels
     for a, b in zip(cuts[:-1], cuts[1:]):
         t0, t1 = offsets[a], offsets[b]
 
@@ -381,6 +382,8 @@ def _slices(sequences: Sequences, config: PipelineConfig) -> Iterator[tuple[int,
         yield int(a), Sequences(sequences.ids[a:b], offsets[a:b + 1] - t0,
                                 cut(sequences.features), cut(sequences.labels),
                                 cut(sequences.present))
+
+
 def _valid_per_sequence(present: np.ndarray, level: str, windows: Windows) -> np.ndarray:
     """Present labels of one output inside each sequence's kept window."""
     if level == "sequence":

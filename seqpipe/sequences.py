@@ -173,7 +173,7 @@ def _check_unique_times(times, new_sequence, sequence_ids, offsets, time_name, w
         row = repeated[0] + 1
         sequence = sequence_ids[np.searchsorted(offsets, row, side="right") - 1]
         raise DataError(
-            f"sequence {_show_id(sequence)} has two rows at time {_show_id(times[row])} "
+            f"sequence {show_id(sequence)} has two rows at time {show_id(times[row])} "
             f"(source.time_column {time_name!r}) in {where}; each timestep needs one row. "
             f"{len(repeated):,} repeated (id, time) pairs in all. Deduplicate or aggregate "
             f"them before reading.")
@@ -201,7 +201,7 @@ def _one_value_per_sequence(values, starts, sequence_ids, column, key, where) ->
         first = conflicts[0]
         raise DataError(
             f"column {column!r} ({key}, level: sequence) has two different values in sequence "
-            f"{_show_id(sequence_ids[first])} of {where}: {low[first]:g} and {high[first]:g}. "
+            f"{show_id(sequence_ids[first])} of {where}: {low[first]:g} and {high[first]:g}. "
             f"A per-sequence column must repeat one value on the rows of its sequence "
             f"(missing rows are fine). {len(conflicts):,} sequences conflict.")
     return low
@@ -244,7 +244,7 @@ def _check_unique_ids(sequence_ids: np.ndarray, id_name: str, where: str) -> Non
     repeated = np.flatnonzero(sequence_ids[1:] == sequence_ids[:-1])
     if len(repeated):
         raise DataError(
-            f"sequence id {_show_id(sequence_ids[repeated[0]])} (source.id_column {id_name!r}) "
+            f"sequence id {show_id(sequence_ids[repeated[0]])} (source.id_column {id_name!r}) "
             f"appears in more than one row of {where}; in the nested layout each sequence is "
             f"one row. {len(repeated):,} repeated ids in all. Use source.layout: long for one "
             f"row per timestep.")
@@ -275,7 +275,7 @@ def _flatten(column, lengths, offsets, name, key, may_be_null, reference, sequen
     if len(mismatch):
         row = mismatch[0]
         raise DataError(
-            f"sequence {_show_id(sequence_ids[row])} in {where} has {own[row]} values in column "
+            f"sequence {show_id(sequence_ids[row])} in {where} has {own[row]} values in column "
             f"{name!r} ({key}) but {lengths[row]} in {reference!r}; every list column of a "
             f"row must have one value per timestep. {len(mismatch):,} rows differ.")
     if (own < 0).any() and not may_be_null:
@@ -285,7 +285,7 @@ def _flatten(column, lengths, offsets, name, key, may_be_null, reference, sequen
         return values
     # A null label list means every label of that sequence is missing.
     full = np.full(offsets[-1], np.nan, dtype=values.dtype)
-    full[_positions(offsets[:-1][own >= 0], own[own >= 0])] = values
+    full[ranges(offsets[:-1][own >= 0], own[own >= 0])] = values
     return full
 
 
@@ -293,10 +293,10 @@ def _null_list_error(column, name, key, own, sequence_ids, where) -> DataError:
     rows = np.flatnonzero(own < 0)
     return DataError(
         f"column {name!r} ({key}) is null instead of a list in {len(rows):,} rows of {where}, "
-        f"first in sequence {_show_id(sequence_ids[rows[0]])}; it needs one value per timestep")
+        f"first in sequence {show_id(sequence_ids[rows[0]])}; it needs one value per timestep")
 
 
-def _positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The flat indices of the ranges starts[i] : starts[i] + lengths[i], end to end."""
     total = int(lengths.sum())
     range_of = np.repeat(np.arange(len(lengths)), lengths)
@@ -387,7 +387,7 @@ def _labels(columns, config, where):
     return labels, present
 
 
-def _show_id(value) -> str:
+def show_id(value) -> str:
     """A sequence id or time as the user wrote it: 's01', 7, not np.int64(7)."""
     if isinstance(value, np.datetime64):
         return str(value)
