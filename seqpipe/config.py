@@ -165,6 +165,29 @@ class ShuffleConfig:
         check=lambda v: v is None or v >= 0, rule="must be an integer >= 0 or null")
 
 
+def _fraction(value) -> bool:
+    return 0 <= value < 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    """Train/validation/test split by sequence id: deterministic and leak-free."""
+
+    validation: float = _field(
+        0.0, "Share of sequences in the validation part.", check=_fraction,
+        rule="must be a number in [0, 1)")
+    test: float = _field(
+        0.0, "Share of sequences in the test part.", check=_fraction,
+        rule="must be a number in [0, 1)")
+    seed: int = _field(
+        0, "Another seed gives another split; the same seed, the same split everywhere.",
+        check=lambda v: v >= 0, rule="must be an integer >= 0")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.validation or self.test)
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     """The whole pipeline: one field per YAML section."""
@@ -178,6 +201,7 @@ class PipelineConfig:
     batching: BatchingConfig = _field(BatchingConfig(), "Batch size and buckets.")
     weights: WeightsConfig = _field(WeightsConfig(), "Sample weight mode.")
     shuffle: ShuffleConfig = _field(ShuffleConfig(), "Shuffling.")
+    split: SplitConfig = _field(SplitConfig(), "Train/validation/test parts by sequence id.")
 
     def __post_init__(self) -> None:
         _check_cross_fields(self)
@@ -211,6 +235,15 @@ def _check_cross_fields(config: PipelineConfig) -> None:
             "source.id_column is required when source.layout is 'long' (one row per "
             "timestep): it says which rows belong to which sequence. Got none. Set "
             "source.id_column, or use source.layout: nested for one row per sequence.")
+    split = config.split
+    if split.validation + split.test >= 1:
+        raise ConfigError(
+            f"split.validation + split.test must be below 1, leaving sequences to train on; "
+            f"got {split.validation} + {split.test}")
+    if split.enabled and not source.id_column:
+        raise ConfigError(
+            "split needs source.id_column: a sequence's part is decided by its id, so that "
+            "it does not change with row order or file layout. Set source.id_column.")
     clash = set(config.inputs) & set(config.outputs)
     if clash:
         raise ConfigError(f"a name cannot be both an input and an output; got {sorted(clash)}")

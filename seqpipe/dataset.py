@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from seqpipe.config import PipelineConfig
 from seqpipe.pipeline import Pipeline
@@ -17,7 +17,7 @@ from seqpipe.stream import in_background
 
 
 def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathLike],
-                  data: Any = None):
+                  data: Any = None, split: Optional[str] = None):
     """Builds the `tf.data.Dataset` of `(x, y, sample_weight)` batches for `model.fit`.
 
     Every pass over the dataset is one epoch; epoch k is reshuffled with (seed, k), so the
@@ -26,6 +26,8 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
     Args:
       config: a `PipelineConfig`, YAML path or mapping; or a `Pipeline` already built.
       data: a pandas DataFrame or pyarrow Table to use instead of `source.path`.
+      split: 'train', 'validation' or 'test': the part of the data to read, when the config
+        has a `split` section (see `seqpipe.split`).
 
     Returns:
       A dataset whose elements are `(x, y, sample_weight)`: `x` maps input names to float32
@@ -39,7 +41,7 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
 
       model.fit(build_dataset("configs/train.yaml"), epochs=3, shuffle=False)
     """
-    pipeline = config if isinstance(config, Pipeline) else Pipeline(config, data)
+    pipeline = config if isinstance(config, Pipeline) else Pipeline(config, data, split)
     import tensorflow as tf
 
     config, epochs = pipeline.config, itertools.count()

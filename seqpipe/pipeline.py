@@ -26,6 +26,7 @@ from seqpipe.errors import DataError
 from seqpipe.sequences import (Sequences, group_sequences, list_columns, sequence_lengths,
                                show_id)
 from seqpipe.source import SourceTable, column_roles, open_source, read_source
+from seqpipe.split import PARTS, check_part, part_of
 from seqpipe.stream import StreamOrder, ordered_map, stream_chunks, stream_order
 
 logger = logging.getLogger("seqpipe")
@@ -63,6 +64,8 @@ class Report:
     padding_waste_unbucketed: float  # batches cut with no regard to length, for comparison
     seed: Optional[int]
     streamed: bool = False  # read one row group at a time rather than grouped whole
+    split: Optional[str] = None  # the part read: train, validation or test; None for all
+    source_sequences: Optional[int] = None  # sequences in the source, all parts together
 
     def changes(self) -> list[str]:
         """What seqpipe dropped or changed, one phrase each; empty when nothing."""
@@ -85,7 +88,9 @@ class Report:
             f"source: {self.source} ({f'{self.files} files, ' if self.files else ''}"
             f"{self.rows:,} rows; "
             f"{'streamed by row group' if self.streamed else 'grouped whole, in memory'})",
-            f"sequences: {self.sequences:,}, timesteps: {self.timesteps:,}",
+            f"sequences: {self.sequences:,}, timesteps: {self.timesteps:,}"
+            + (f" (split {self.split!r}: {self.sequences:,} of the source's "
+               f"{self.source_sequences:,} sequences)" if self.split else ""),
             f"truncated: {self.truncated_timesteps:,} timesteps in "
             f"{self.truncated_sequences:,} sequences (padding.maxlen)",
         ]
@@ -94,8 +99,9 @@ class Report:
         if self.filled_values is None:
             lines.append("filled: counted as the features stream in, during the first "
                          "epoch")
+        every = " (counted over every split)" if self.split else ""
         for key, count in (self.filled_values or {}).items():
-            lines.append(f"filled: {count:,} NaN/null/infinite values in {key}")
+            lines.append(f"filled: {count:,} NaN/null/infinite values in {key}{every}")
         if self.missing_labels is None:
             lines.append("missing labels: counted as the labels stream in, during the first "
                          "epoch")
@@ -125,6 +131,8 @@ class Pipeline:
     Args:
       config: a `PipelineConfig`, a YAML path or a mapping (see `load_config`).
       data: a pandas DataFrame or pyarrow Table to use instead of `source.path`.
+      split: 'train', 'validation' or 'test' when the config has a `split` section (it
+        must then be given); None reads every sequence.
 
     Raises:
       SeqpipeError: a bad config, schema or id, before the first batch. In a streamed
@@ -139,8 +147,9 @@ class Pipeline:
     """
 
     def __init__(self, config: Union[PipelineConfig, Mapping, str, os.PathLike],
-                 data: Any = None) -> None:
+                 data: Any = None, split: Optional[str] = None) -> None:
         self.config = config if isinstance(config, PipelineConfig) else load_config(config)
+        self.split = check_part(split, self.config.split)
         self._whole: Optional[Sequences] = None
         self._stream: Optional[StreamOrder] = None
         self._counted: Optional[dict] = None  # filled features and missing labels
@@ -164,11 +173,19 @@ class Pipeline:
                 self._group_whole(read_source(self.config))
         index = self._index
         self.windows = truncate(index.offsets, self.config.padding)
+        self._in_part = self._part_mask(where)
+        # Plans are made over the part's sequences alone (`_members` maps them back to the
+        # source's index), so a part's batches do not depend on the other parts.
+        self._members = np.flatnonzero(self._in_part)
+        if self._counted is not None:
+            self._counted["missing_labels"] = _missing_labels(
+                self._whole.present, self._in_part, index.lengths, self.config.levels)
+        kept = self.windows.length[self._members]
         boundaries = self.config.batching.bucket_boundaries
         if boundaries == "auto":
-            boundaries = auto_boundaries(self.windows.length)
+            boundaries = auto_boundaries(kept)
         self.bucket_boundaries: tuple[int, ...] = tuple(boundaries or ())
-        self._buckets = bucket_of(self.windows.length, self.bucket_boundaries)
+        self._buckets = bucket_of(kept, self.bucket_boundaries)
         self._sizes = self._batch_sizes(self._buckets)
         self.seed = self.config.shuffle.seed
         if self.seed is None and self.config.shuffle.buffer_size:
@@ -207,8 +224,11 @@ class Pipeline:
         if epoch == 0 and self._first_plan is not None:
             return self._first_plan
         rng = np.random.default_rng([self.seed, epoch]) if self.seed is not None else None
-        return plan_epoch(self.windows.length, self._buckets, self._sizes,
+        plan = plan_epoch(self.windows.length[self._members], self._buckets, self._sizes,
                           self.config.batching, self.config.shuffle, rng)
+        if len(self._members) == len(self.windows.length):
+            return plan
+        return dataclasses.replace(plan, batches=[self._members[b] for b in plan.batches])
 
     def groups(self, epoch: int = 0) -> Iterator[Group]:
         """Yields the epoch's batches in assembly groups: padded batches end to end."""
@@ -229,8 +249,7 @@ class Pipeline:
 
     def _group_whole(self, source: SourceTable) -> None:
         self._whole, counts = group_sequences(source, self.config)
-        self._counted = {"filled_values": dict(counts.filled_values),
-                         "missing_labels": _missing_labels(self._whole.present)}
+        self._counted = {"filled_values": dict(counts.filled_values)}  # labels: by part
         self._index = _Index.of(self._whole, counts.rows, counts.empty_sequences_dropped)
 
     def _scan(self, order: StreamOrder) -> "_Index":
@@ -271,9 +290,14 @@ class Pipeline:
         first, filled = 0, collections.Counter()
         missing = {name: np.zeros(2, dtype=np.int64) for name in self.config.outputs}
         tables = stream_chunks(self._stream, self.config, self._files.schema)
+        levels = self.config.levels
         for chunk, counts in ordered_map(self._group_chunk, tables, ahead=1):
             filled.update(counts.filled_values)
+            mine = self._in_part[first:first + len(chunk)]
             for name, present in chunk.present.items():
+                if not mine.all():
+                    present = present[mine if levels[name] == "sequence"
+                                      else np.repeat(mine, chunk.lengths)]
                 missing[name] += ((~present).sum(), present.size)
             yield first, chunk
             first += len(chunk)
@@ -285,16 +309,31 @@ class Pipeline:
     def _group_chunk(self, table: SourceTable):
         return group_sequences(table, self.config, chunk=True)
 
+    def _part_mask(self, where: str) -> np.ndarray:
+        """(n,) True for the sequences of the part this pipeline reads."""
+        n = len(self._index.ids)
+        if self.split is None:
+            return np.ones(n, dtype=bool)
+        mask = part_of(self._index.ids, self.config.split) == PARTS.index(self.split)
+        if not mask.any():
+            raise DataError(
+                f"split {self.split!r} holds none of the {n:,} sequences in {where}; raise "
+                f"split.{self.split if self.split != 'train' else 'validation or test'} "
+                f"or use more data")
+        return mask
+
     def _batch_sizes(self, buckets: np.ndarray) -> np.ndarray:
-        sizes = batch_sizes(self.windows.length, buckets, len(self.bucket_boundaries) + 1,
+        kept = self.windows.length[self._members]
+        sizes = batch_sizes(kept, buckets, len(self.bucket_boundaries) + 1,
                             self.config.batching)
         budget = self.config.batching.max_timesteps
-        if budget is not None and self.windows.length.max() > budget:
-            longest = int(np.argmax(self.windows.length))
+        if budget is not None and kept.max() > budget:
+            longest = int(self._members[np.argmax(kept)])
             raise DataError(
-                f"sequence {show_id(self._index.ids[longest])} keeps {self.windows.length[longest]:,} "
-                f"timesteps, more than batching.max_timesteps={budget:,}, so it fits in no "
-                f"batch. Raise max_timesteps or set padding.maxlen to at most {budget:,}.")
+                f"sequence {show_id(self._index.ids[longest])} keeps "
+                f"{self.windows.length[longest]:,} timesteps, more than "
+                f"batching.max_timesteps={budget:,}, so it fits in no batch. Raise "
+                f"max_timesteps or set padding.maxlen to at most {budget:,}.")
         return sizes
 
     def _warn_changes(self) -> None:
@@ -309,8 +348,8 @@ class Pipeline:
         return float(total) / len(plan.batches)
 
     def _make_report(self, where: str, files: int) -> Report:
-        index, kept = self._index, self.windows.length
-        lengths = index.lengths
+        index, members = self._index, self._members
+        kept, lengths = self.windows.length[members], index.lengths[members]
         plan = self._first_plan
         # For comparison: batches cut with no regard to length, as a plain shuffle makes them.
         size = int(self._batch_sizes(np.zeros(len(kept), dtype=np.int64))[0])
@@ -324,12 +363,14 @@ class Pipeline:
             truncated_sequences=int((kept < lengths).sum()),
             truncated_timesteps=int((lengths - kept).sum()),
             filled_values=None,
-            missing_labels=_missing_labels(index.present) if index.present else None,
+            missing_labels=(_missing_labels(index.present, self._in_part, index.lengths,
+                                            self.config.levels) if index.present else None),
             bucket_boundaries=self.bucket_boundaries, batches_per_epoch=len(plan.batches),
             sequences_dropped_per_epoch=plan.dropped_sequences,
-            padding_waste=padding_waste(kept, plan.batches),
+            padding_waste=padding_waste(self.windows.length, plan.batches),
             padding_waste_unbucketed=padding_waste(kept, blind), seed=self.seed,
-            streamed=self._stream is not None)
+            streamed=self._stream is not None, split=self.split,
+            source_sequences=len(index.ids))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,8 +400,15 @@ class _Index:
                     for name in pieces[0].present}, rows, dropped)
 
 
-def _missing_labels(present: Mapping[str, np.ndarray]) -> dict:
-    return {name: (int((~p).sum()), int(p.size)) for name, p in present.items()}
+def _missing_labels(present: Mapping[str, np.ndarray], in_part: Optional[np.ndarray] = None,
+                    lengths: Optional[np.ndarray] = None, levels: Mapping = None) -> dict:
+    """output -> (missing, all) labels, over the sequences `in_part` when given."""
+    counts = {}
+    for name, p in present.items():
+        if in_part is not None and not in_part.all():
+            p = p[in_part if levels[name] == "sequence" else np.repeat(in_part, lengths)]
+        counts[name] = (int((~p).sum()), int(p.size))
+    return counts
 
 
 # Whole-mode epochs are assembled in slices of about this many timesteps, like row groups.

@@ -69,7 +69,8 @@ def test_defaults_are_documented_and_sensible():
     sections = [t for t in typing.get_type_hints(PipelineConfig).values()
                 if dataclasses.is_dataclass(t)]
     sections += [config_module.InputConfig, config_module.OutputConfig]
-    assert len(sections) == 7
+    assert len(sections) == 8
+    assert not config.split.enabled  # no split unless asked for
     for section in sections:
         for field in dataclasses.fields(section):
             assert field.metadata["doc"], f"{section.__name__}.{field.name} has no doc"
