@@ -7,6 +7,7 @@
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.dataset import build_dataset, element_spec
 from seqpipe.errors import ConfigError, DataError, SeqpipeError, SourceNotFoundError
+from seqpipe.materialize import load_materialized, materialize
 from seqpipe.pipeline import Batch, Pipeline, Report
 
 __version__ = "0.1.0"
@@ -14,4 +15,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Batch", "ConfigError", "DataError", "Pipeline", "PipelineConfig", "Report",
     "SeqpipeError", "SourceNotFoundError", "build_dataset", "element_spec", "load_config",
+    "load_materialized", "materialize",
 ]

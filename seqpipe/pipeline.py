@@ -147,14 +147,20 @@ class Pipeline:
     """
 
     def __init__(self, config: Union[PipelineConfig, Mapping, str, os.PathLike],
-                 data: Any = None, split: Optional[str] = None) -> None:
+                 data: Any = None, split: Optional[str] = None, *, records: Any = None) -> None:
         self.config = config if isinstance(config, PipelineConfig) else load_config(config)
         self.split = check_part(split, self.config.split)
         self._whole: Optional[Sequences] = None
         self._stream: Optional[StreamOrder] = None
+        self._records = records  # a materialized part (`seqpipe.materialized`)
         self._counted: Optional[dict] = None  # filled features and missing labels
         self._first_plan: Optional[EpochPlan] = None
-        if data is not None:
+        if records is not None:
+            self._index = _Index(records.ids, np.concatenate([[0], np.cumsum(records.lengths)])
+                                 .astype(np.int64), {}, records.rows, 0)
+            self._counted = dict(records.counted)
+            where, files = records.where, len(records.files)
+        elif data is not None:
             source = read_source(self.config, data)
             self._group_whole(source)
             where, files = source.where, 0
@@ -177,7 +183,7 @@ class Pipeline:
         # Plans are made over the part's sequences alone (`_members` maps them back to the
         # source's index), so a part's batches do not depend on the other parts.
         self._members = np.flatnonzero(self._in_part)
-        if self._counted is not None:
+        if self._whole is not None:
             self._counted["missing_labels"] = _missing_labels(
                 self._whole.present, self._in_part, index.lengths, self.config.levels)
         kept = self.windows.length[self._members]
@@ -191,11 +197,14 @@ class Pipeline:
         if self.seed is None and self.config.shuffle.buffer_size:
             self.seed = int(np.random.SeedSequence().entropy % 2**31)
         self._valid_counts = {
-            name: _valid_per_sequence(index.present[name], spec.level, self.windows)
+            name: records.valid[name] if records is not None else
+            _valid_per_sequence(index.present[name], spec.level, self.windows)
             for name, spec in self.config.outputs.items()
             if self.config.weight_mode(name) == "global_mean"}
         self._first_plan = self.plan(0)
         self._report = self._make_report(where, files)
+        if records is not None:  # counted when the part was written, before truncation
+            self._report = dataclasses.replace(self._report, **records.report_fields)
         if self._report.batches_per_epoch == 0:
             raise DataError(
                 f"batching.drop_remainder leaves no batch: no bucket holds "
@@ -237,7 +246,7 @@ class Pipeline:
                       for name in self.config.outputs}
         assembler = Assembler(self.config, plan, self._index.lengths, self.windows.length,
                               mean_valid)
-        yield from assembler.groups(self._chunks())
+        yield from assembler.groups(self.chunks())
 
     def batches(self, epoch: int = 0) -> Iterator[Batch]:
         """Yields the padded, weighted batches of one epoch."""
@@ -282,8 +291,13 @@ class Pipeline:
             raise DataError(f"no sequences: every sequence in {self._files.where} is empty")
         return _Index.concat(pieces, rows, dropped)
 
-    def _chunks(self) -> Iterator[tuple[int, Sequences]]:
-        """The sequences in source order, a chunk at a time, with the index of the first."""
+    def chunks(self) -> Iterator[tuple[int, Sequences]]:
+        """Every sequence of the source (all parts), grouped, in index order, a chunk at a
+        time, with the index of the chunk's first sequence. Untruncated: `windows` says
+        which timesteps each sequence keeps."""
+        if self._records is not None:
+            yield from self._records.chunks()
+            return
         if self._stream is None:
             yield from _slices(self._whole, self.config)
             return
@@ -304,7 +318,7 @@ class Pipeline:
         if self._counted is None:
             self._counted = {"filled_values": dict(filled), "missing_labels": {
                 name: (int(m), int(t)) for name, (m, t) in missing.items()}}
-            self._warn_changes()
+            self._warn_changes(fills_only=True)  # the rest was said when building
 
     def _group_chunk(self, table: SourceTable):
         return group_sequences(table, self.config, chunk=True)
@@ -336,8 +350,8 @@ class Pipeline:
                 f"max_timesteps or set padding.maxlen to at most {budget:,}.")
         return sizes
 
-    def _warn_changes(self) -> None:
-        changes = self.report.changes()
+    def _warn_changes(self, fills_only: bool = False) -> None:
+        changes = [c for c in self.report.changes() if not fills_only or c.startswith("filled")]
         if changes:
             logger.warning("seqpipe %s; see Pipeline.report", "; ".join(changes))
 

@@ -1,0 +1,417 @@
+"""Materialize: the preprocessing step. Writes the processed sequences once, as sharded
+TFRecord files plus a manifest, so that many training runs read them without Parquet.
+
+Output layout (one folder per part of the split; `all` when the config does not split):
+
+    DIR/manifest.json                  config, its hash, counts, element spec, version
+    DIR/<part>/index.parquet           id, kept length and valid labels of each sequence
+    DIR/<part>/part-00000.tfrecord     one tf.train.Example per sequence (`seqpipe.records`)
+
+Everything is written into a hidden temporary folder next to DIR and renamed to DIR at the
+end, manifest last: an interrupted run never leaves a DIR that looks complete.
+`load_materialized` batches the records exactly as `build_dataset` batches the Parquet
+source: the same plan, padding and weights, batch for batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from seqpipe.config import PipelineConfig, SplitConfig, load_config
+from seqpipe.errors import ConfigError, DataError, SourceNotFoundError
+from seqpipe.pipeline import Pipeline
+from seqpipe.progress import Progress
+from seqpipe.records import encode_chunk, read_chunks
+from seqpipe.sequences import ranges
+from seqpipe.split import PARTS, part_of
+
+FORMAT = "seqpipe.materialized"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+# A new shard starts once the current one holds this many bytes: big enough to read
+# efficiently, small enough to share among workers.
+SHARD_BYTES = 64 << 20
+
+# Config keys that decide what the records hold. The rest (batching, shuffle, weights,
+# padding side and value, label fill values) is applied when the records are loaded.
+FROZEN = ("source.layout", "source.id_column", "source.time_column", "inputs",
+          "outputs.*.column", "outputs.*.level", "padding.maxlen", "padding.truncating",
+          "split")
+
+
+def config_hash(config: PipelineConfig) -> str:
+    """sha256 of the config's canonical JSON: equal configs, equal hashes."""
+    text = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
+                out: Union[str, os.PathLike], overwrite: bool = False,
+                shard_bytes: int = SHARD_BYTES, progress: Any = None) -> dict:
+    """Writes the config's processed sequences to `out` and returns the manifest.
+
+    Args:
+      config: the pipeline config (its `split` section decides the parts).
+      out: the output folder; it must not exist unless `overwrite`.
+      overwrite: replace an existing `out` (only once the new output is complete).
+      shard_bytes: start a new TFRecord file after this many bytes.
+      progress: a `Progress`-like object with `update(n)` and `close()`, or None.
+
+    Raises:
+      SeqpipeError: bad config or data (before anything is written); `out` exists.
+    """
+    import tensorflow as tf
+
+    config = config if isinstance(config, PipelineConfig) else load_config(config)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise DataError(f"{out} already exists; pass --overwrite (overwrite=True) to replace "
+                        f"it, or choose another --out")
+    pipeline = Pipeline(dataclasses.replace(config, split=SplitConfig()))
+    report = pipeline.report
+    parts = [p for p in PARTS if _share(config.split, p) > 0] if config.split.enabled \
+        else ["all"]
+    temp = _temporary(out)
+    writers = {part: _PartWriter(temp / part, config, shard_bytes, tf) for part in parts}
+    try:
+        kept_all = pipeline.windows.length
+        for first, chunk in pipeline.chunks():
+            n = len(chunk)
+            kept = kept_all[first:first + n]
+            skip = chunk.lengths - kept if config.padding.truncating == "pre" else 0
+            start = chunk.offsets[:-1] + skip
+            which = (part_of(chunk.ids, config.split) if config.split.enabled
+                     else np.zeros(n, dtype=np.int8))
+            for part, writer in writers.items():
+                local = np.flatnonzero(which == (PARTS.index(part) if part != "all" else 0))
+                if len(local):
+                    writer.add(chunk, local, start[local], kept[local])
+            if progress is not None:
+                progress.update(n)
+        if progress is not None:
+            progress.close()
+        report = pipeline.report  # now with the fills counted during the pass
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "seqpipe_version": _version(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "config": config.to_dict(), "config_sha256": config_hash(config),
+            "source": {"where": report.source, "files": report.files, "rows": report.rows,
+                       "sequences": report.sequences, "streamed": report.streamed,
+                       "empty_sequences_dropped": report.empty_sequences_dropped},
+            "filled_values": dict(report.filled_values or {}),
+            "element_spec": plain_element_spec(config),
+            "record": record_layout(config),
+            "parts": {part: w.close() for part, w in writers.items()},
+        }
+        with open(temp / MANIFEST, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2)
+        _publish(temp, out)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _share(split: SplitConfig, part: str) -> float:
+    return {"train": 1 - split.validation - split.test, "validation": split.validation,
+            "test": split.test}[part]
+
+
+def _version() -> str:
+    from seqpipe import __version__
+
+    return __version__
+
+
+class _PartWriter:
+    """Writes one part's records into shards, and its index."""
+
+    def __init__(self, folder: Path, config: PipelineConfig, shard_bytes: int, tf) -> None:
+        folder.mkdir(parents=True)
+        self.folder, self.config, self.shard_bytes, self.tf = folder, config, shard_bytes, tf
+        self.shards: list[str] = []
+        self.writer, self.written = None, 0
+        self.ids, self.kept, self.lengths = [], [], []
+        self.valid = {name: [] for name in config.outputs}
+        self.missing = {name: np.zeros(2, dtype=np.int64) for name in config.outputs}
+        self.bytes = 0
+
+    def add(self, chunk, local: np.ndarray, start: np.ndarray, kept: np.ndarray) -> None:
+        for record in encode_chunk(chunk, local, start, kept, self.config):
+            if self.writer is None or self.written >= self.shard_bytes:
+                self._next_shard()
+            self.writer.write(record)
+            self.written += len(record)
+            self.bytes += len(record)
+        self.ids.append(chunk.ids[local])
+        self.kept.append(kept)
+        lengths = chunk.lengths[local]
+        self.lengths.append(lengths)
+        for name, spec in self.config.outputs.items():
+            present = chunk.present[name]
+            if spec.level == "sequence":
+                mine = present[local]
+                self.valid[name].append(mine.astype(np.int64))
+            else:
+                running = np.concatenate([[0], np.cumsum(present, dtype=np.int64)])
+                self.valid[name].append(running[start + kept] - running[start])
+                mine = present if len(local) == len(chunk) else present[
+                    ranges(chunk.offsets[local], lengths)]
+            self.missing[name] += ((~mine).sum(), mine.size)
+
+    def _next_shard(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        name = f"part-{len(self.shards):05d}.tfrecord"
+        self.shards.append(name)
+        self.writer = self.tf.io.TFRecordWriter(str(self.folder / name))
+        self.written = 0
+
+    def close(self) -> dict:
+        if self.writer is not None:
+            self.writer.close()
+        ids = np.concatenate(self.ids) if self.ids else np.empty(0)
+        kept = np.concatenate(self.kept) if self.kept else np.empty(0, np.int64)
+        lengths = np.concatenate(self.lengths) if self.lengths else np.empty(0, np.int64)
+        columns = {"id": pa.array(ids), "length": pa.array(kept, pa.int64())}
+        for name, valid in self.valid.items():
+            columns[f"valid/{name}"] = pa.array(
+                np.concatenate(valid) if valid else np.empty(0, np.int64), pa.int64())
+        pq.write_table(pa.table(columns), self.folder / "index.parquet")
+        return {"folder": self.folder.name, "sequences": int(len(ids)),
+                "timesteps": int(lengths.sum()), "kept_timesteps": int(kept.sum()),
+                "truncated_sequences": int((kept < lengths).sum()),
+                "truncated_timesteps": int((lengths - kept).sum()),
+                "missing_labels": {n: [int(m), int(t)] for n, (m, t) in self.missing.items()},
+                "shards": self.shards, "bytes": self.bytes}
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _temporary(out: Path) -> Path:
+    """A fresh hidden folder beside `out` (same file system, so the final rename is
+    atomic). Leftovers of killed runs for the same `out` are removed first."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{out.name}.seqpipe-tmp-"
+    for stale in out.parent.glob(prefix + "*"):
+        pid = stale.name[len(prefix):]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    temp = out.parent / f"{prefix}{os.getpid()}"
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir()
+    return temp
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _publish(temp: Path, out: Path) -> None:
+    if not out.exists():
+        temp.rename(out)
+        return
+    old = out.parent / f".{out.name}.seqpipe-old-{os.getpid()}"
+    out.rename(old)
+    temp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def record_layout(config: PipelineConfig) -> dict:
+    """What each record holds, for readers that are not seqpipe."""
+    layout = {"length": "int64: kept timesteps", "id": "bytes: the sequence id as text"}
+    for name, spec in config.inputs.items():
+        width = len(spec.columns)
+        layout[f"x/{name}"] = (f"float32 list, length x {width} ({', '.join(spec.columns)}), "
+                               f"timestep-major" if spec.level == "timestep" else
+                               f"float32 list of {width} ({', '.join(spec.columns)})")
+    for name, spec in config.outputs.items():
+        layout[f"y/{name}"] = (f"float32 list of `length` labels, NaN where missing"
+                               if spec.level == "timestep" else
+                               "float32: one label, NaN when missing")
+    return layout
+
+
+def plain_element_spec(config: PipelineConfig) -> dict:
+    """The batch structure as plain JSON (what `seqpipe.element_spec` gives as TensorSpecs)."""
+    def spec(*shape):
+        return {"shape": list(shape), "dtype": "float32"}
+
+    x = {name: spec(None, None, len(s.columns)) if s.level == "timestep"
+         else spec(None, len(s.columns)) for name, s in config.inputs.items()}
+    y = {name: spec(None, None, 1) if s.level == "timestep" else spec(None, 1)
+         for name, s in config.outputs.items()}
+    w = {name: spec(None, None) if s.level == "timestep" else spec(None)
+         for name, s in config.outputs.items()}
+    return {"x": x, "y": y, "sample_weight": w} if config.outputs else {"x": x}
+
+
+@dataclasses.dataclass(frozen=True)
+class MaterializedPart:
+    """One part of a materialized output, as `Pipeline(records=...)` reads it."""
+
+    config: PipelineConfig
+    where: str
+    files: tuple
+    ids: np.ndarray
+    lengths: np.ndarray  # kept timesteps
+    valid: Mapping[str, np.ndarray]
+    rows: int
+    counted: Mapping[str, Any]
+    report_fields: Mapping[str, Any]
+
+    def chunks(self):
+        return read_chunks(list(self.files), self.config, self.ids)
+
+
+def read_manifest(path: Union[str, os.PathLike]) -> dict:
+    """The manifest of a materialized output folder.
+
+    Raises:
+      SourceNotFoundError: no such folder, or no manifest in it.
+      DataError: the manifest is not one seqpipe wrote, or from a newer format.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise SourceNotFoundError(f"materialized output not found: {str(folder)!r} is not a "
+                                  f"folder")
+    file = folder / MANIFEST
+    if not file.exists():
+        raise SourceNotFoundError(
+            f"{str(folder)!r} holds no {MANIFEST}: it is not the output of seqpipe "
+            f"materialize, or a run that did not finish. Run seqpipe materialize again.")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{file} is not readable JSON: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{file} is not a seqpipe materialize manifest")
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise DataError(f"{file} has format version {manifest['format_version']}, newer than "
+                        f"this seqpipe reads ({FORMAT_VERSION}); upgrade seqpipe")
+    return manifest
+
+
+def _frozen_differences(written: dict, wanted: dict) -> list[str]:
+    differences = []
+    for key in FROZEN:
+        section, _, rest = key.partition(".")
+        if rest.startswith("*."):
+            names = sorted(set(written.get(section, {})) | set(wanted.get(section, {})))
+            pairs = [(f"{section}.{n}.{rest[2:]}",
+                      written.get(section, {}).get(n, {}).get(rest[2:]),
+                      wanted.get(section, {}).get(n, {}).get(rest[2:])) for n in names]
+        elif rest:
+            pairs = [(key, written.get(section, {}).get(rest), wanted.get(section, {}).get(rest))]
+        else:
+            pairs = [(key, written.get(section), wanted.get(section))]
+        differences += [f"{k}: written with {a!r}, asked for {b!r}" for k, a, b in pairs if a != b]
+    return differences
+
+
+def open_part(path: Union[str, os.PathLike], config: Any = None,
+              split: Optional[str] = None) -> MaterializedPart:
+    """Reads the manifest and index of one part of a materialized output."""
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    written = load_config(manifest["config"])
+    parts = manifest["parts"]
+    if split is None:
+        if len(parts) > 1:
+            raise ConfigError(f"{str(folder)!r} holds the parts {', '.join(parts)}; say which "
+                              f"to read: split='train' (or --split train)")
+        split = next(iter(parts))
+    if split not in parts:
+        raise ConfigError(f"{str(folder)!r} holds no part {split!r}; it holds "
+                          f"{', '.join(parts)}")
+    if config is None:
+        config = written
+    else:
+        config = config if isinstance(config, PipelineConfig) else load_config(config)
+        differences = _frozen_differences(written.to_dict(), config.to_dict())
+        if differences:
+            raise ConfigError(
+                f"the config differs from the one {str(folder)!r} was materialized with, in "
+                f"keys that decide what the records hold: {'; '.join(differences)}. "
+                f"Materialize again with this config, or change only batching, shuffle, "
+                f"weights, padding.side, padding.value and outputs' fill_value or weights.")
+    config = dataclasses.replace(config, split=SplitConfig())
+    info = parts[split]
+    part_folder = folder / info["folder"]
+    files = tuple(part_folder / shard for shard in info["shards"])
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise DataError(f"{str(folder)!r} is incomplete: {missing[0]} is missing "
+                        f"({len(missing)} of {len(files)} shards). Materialize again.")
+    index = pq.read_table(part_folder / "index.parquet")
+    if index.num_rows != info["sequences"]:
+        raise DataError(f"{part_folder / 'index.parquet'} lists {index.num_rows:,} sequences, "
+                        f"the manifest {info['sequences']:,}; materialize again")
+    if not index.num_rows:
+        raise DataError(f"part {split!r} of {str(folder)!r} holds no sequences")
+    valid = {name: index[f"valid/{name}"].to_numpy() for name in config.outputs}
+    counted = {"filled_values": manifest["filled_values"],
+               "missing_labels": {n: tuple(v) for n, v in info["missing_labels"].items()}}
+    source = manifest["source"]
+    report_fields = {
+        "source": f"{folder} (part {split!r}, materialized from {source['where']})",
+        "timesteps": info["timesteps"], "truncated_sequences": info["truncated_sequences"],
+        "truncated_timesteps": info["truncated_timesteps"],
+        "empty_sequences_dropped": source["empty_sequences_dropped"],
+        "split": split if split != "all" else None, "source_sequences": source["sequences"]}
+    return MaterializedPart(config, str(part_folder), files,
+                            index["id"].to_numpy(zero_copy_only=False),
+                            index["length"].to_numpy(), valid, source["rows"], counted,
+                            report_fields)
+
+
+def load_materialized(path: Union[str, os.PathLike], config: Any = None,
+                      split: Optional[str] = None):
+    """The `(x, y, sample_weight)` dataset of a materialized output, batched on the fly.
+
+    With the same config and seed, it yields exactly the batches `build_dataset` yields
+    from the Parquet source, in the same order, epoch after epoch.
+
+    Args:
+      path: the folder `seqpipe materialize` wrote.
+      config: None uses the config it was written with. Another config may change
+        batching, shuffle, weights, padding side and value, and label fill values; the
+        keys that decide what the records hold (`FROZEN`) must match.
+      split: the part to read ('train', 'validation', 'test'); needed when there are several.
+
+    Raises:
+      SeqpipeError: no such output, an unfinished one, or a config that does not fit it.
+
+    Example::
+
+      model.fit(seqpipe.load_materialized("out/", split="train"),
+                validation_data=seqpipe.load_materialized("out/", split="validation"))
+    """
+    from seqpipe.dataset import build_dataset
+
+    part = open_part(path, config, split)
+    return build_dataset(Pipeline(part.config, records=part))
