@@ -1,4 +1,13 @@
-"""The `seqpipe` command. User mistakes print one line on stderr and exit 2, no traceback."""
+"""The `seqpipe` command. User mistakes print one line on stderr and exit 2, no traceback.
+
+    seqpipe inspect PATH_OR_CONFIG [--plot FILE.png]
+    seqpipe validate CONFIG
+    seqpipe materialize CONFIG --out DIR [--overwrite]
+    seqpipe demo
+
+Every subcommand takes `--set KEY=VALUE` (repeatable) to override a config key. Only
+`materialize` and `demo` import TensorFlow.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +16,20 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from seqpipe.errors import SeqpipeError
+import yaml
+
+from seqpipe.errors import ConfigError, SeqpipeError
+
+
+def _override(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE, such as batching.batch_size=128; got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value) if value else None
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f"the value of {key} is not valid YAML: {e}") from e
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -15,8 +37,53 @@ def _parser() -> argparse.ArgumentParser:
         prog="seqpipe",
         description="Variable-length time series from Parquet to Keras-ready batches.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument(
+        "--set", dest="overrides", metavar="KEY=VALUE", type=_override, action="append",
+        default=[], help="override a config key, e.g. --set batching.batch_size=128 "
+        "(the value is read as YAML; repeatable)")
+
+    inspect = commands.add_parser(
+        "inspect", parents=[overrides],
+        help="sequence lengths, missing labels and what padding will cost",
+        description="Prints the schema, sequence and timestep counts, length percentiles "
+        "and a histogram, the share of missing labels per output, and the padding waste "
+        "with no buckets, with the config's boundaries and with 'auto'. Reads only the id "
+        "and label columns; does not import TensorFlow.")
+    inspect.add_argument("target", metavar="PATH_OR_CONFIG",
+                         help="a YAML config, or a Parquet file, directory or glob")
+    inspect.add_argument("--plot", metavar="FILE.png", type=Path,
+                         help="also write a length histogram with the bucket boundaries "
+                         "(needs matplotlib: pip install 'seqpipe[plot]')")
+
+    validate = commands.add_parser(
+        "validate", parents=[overrides],
+        help="check a config and the data's schema, from the Parquet footers alone",
+        description="Checks every config key, then every file's schema against the config "
+        "(columns exist, types fit), and says whether the source will stream. Reads only "
+        "the Parquet footers; does not import TensorFlow.")
+    validate.add_argument("config", metavar="CONFIG", help="the YAML config")
+
+    materialize = commands.add_parser(
+        "materialize", parents=[overrides],
+        help="write the processed sequences as TFRecord shards, one folder per split",
+        description="The preprocessing step: groups, orders, truncates and fills the "
+        "sequences once and writes them as sharded TFRecord files (one tf.train.Example "
+        "per sequence) with a manifest, one folder per part of the config's split. Read "
+        "them back with seqpipe.load_materialized(DIR, split=...). The output appears "
+        "only when complete.")
+    materialize.add_argument("config", metavar="CONFIG", help="the YAML config")
+    materialize.add_argument("--out", required=True, type=Path, metavar="DIR",
+                             help="the output folder (must not exist, unless --overwrite)")
+    materialize.add_argument("--overwrite", action="store_true",
+                             help="replace DIR, once the new output is complete")
+    materialize.add_argument("--shard-mb", type=float, default=64, metavar="MB",
+                             help="start a new TFRecord file after this many MB "
+                             "(default: %(default)s)")
+
     demo = commands.add_parser(
-        "demo", help="generate ICU-style data, build the pipeline, train a small model",
+        "demo", parents=[overrides],
+        help="generate ICU-style data, build the pipeline, train a small model",
         description="Writes a small ICU-style dataset to a cache folder (once), builds the "
         "pipeline from the packaged configs/demo.yaml, trains a two-output GRU and prints "
         "what seqpipe read and the loss Keras reports beside the true masked mean.")
@@ -30,14 +97,70 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config(path: str, overrides: dict):
+    from seqpipe.config import load_config
+
+    if not str(path).endswith((".yaml", ".yml")) and Path(path).is_dir():
+        raise ConfigError(f"{path} is a folder; this command takes a YAML config file")
+    return load_config(path, overrides)
+
+
+def _inspect(args, overrides: dict) -> None:
+    from seqpipe.inspection import config_for, format_inspection, inspect, plot
+
+    found = inspect(*config_for(args.target, overrides))
+    print(format_inspection(found))
+    if args.plot is not None:
+        plot(found, args.plot)
+        print(f"wrote {args.plot}")
+
+
+def _validate(args, overrides: dict) -> None:
+    from seqpipe.validate import validate
+
+    config = _config(args.config, overrides)
+    print(f"config: {args.config}: every key known, every value within its rule")
+    for line in validate(config):
+        print(line)
+    print("valid (read nothing but the config and the Parquet footers)")
+
+
+def _materialize(args, overrides: dict) -> None:
+    from seqpipe.materialize import materialize
+
+    if args.shard_mb <= 0:
+        raise ConfigError(f"--shard-mb must be positive; got {args.shard_mb}")
+    config = _config(args.config, overrides)
+    manifest = materialize(config, args.out, overwrite=args.overwrite,
+                           shard_bytes=int(args.shard_mb * 2**20), progress=True)
+    print(f"wrote {args.out}:")
+    for part, info in manifest["parts"].items():
+        print(f"  {part}: {info['sequences']:,} sequences, {info['kept_timesteps']:,} "
+              f"timesteps, {len(info['shards'])} shard{'s' if len(info['shards']) != 1 else ''}"
+              f", {info['bytes'] / 2**20:,.1f} MB")
+    print(f"  manifest: {args.out / 'manifest.json'} (config sha256 "
+          f"{manifest['config_sha256'][:12]}...)")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    overrides = dict(args.overrides)
     try:
-        if args.command == "demo":
+        if args.command == "inspect":
+            _inspect(args, overrides)
+        elif args.command == "validate":
+            _validate(args, overrides)
+        elif args.command == "materialize":
+            _materialize(args, overrides)
+        elif args.command == "demo":
             from seqpipe.demo import run_demo
 
-            run_demo(args.cache_dir, epochs=args.epochs, patients=args.patients)
+            run_demo(args.cache_dir, epochs=args.epochs, patients=args.patients,
+                     overrides=overrides)
     except (SeqpipeError, OSError) as e:
         print(f"seqpipe: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("seqpipe: interrupted", file=sys.stderr)
+        return 130
     return 0

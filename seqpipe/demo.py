@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib.resources
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -120,7 +122,8 @@ def elementwise_loss(output: str, y: np.ndarray, prediction: np.ndarray) -> np.n
     return ((y - prediction) ** 2).mean(axis=-1)
 
 
-def run_demo(cache_dir: Path, epochs: int = 3, patients: int = 2000) -> None:
+def run_demo(cache_dir: Path, epochs: int = 3, patients: int = 2000,
+             overrides: Optional[Mapping[str, Any]] = None) -> None:
     """Generates the data if needed, trains for `epochs`, prints what a user wants to see."""
     started = time.perf_counter()
     data_dir = cache_dir / f"icu2-{patients}"  # icu2: one patient range per file
@@ -128,7 +131,7 @@ def run_demo(cache_dir: Path, epochs: int = 3, patients: int = 2000) -> None:
         rows = make_icu_data(data_dir, patients)
         print(f"wrote {rows:,} rows of ICU-style vitals to {data_dir} ({DEMO_FILES} files, "
               f"one range of patients each, rows shuffled)")
-    config = load_config(demo_config_path(), {"source.path": str(data_dir)})
+    config = load_config(demo_config_path(), {"source.path": str(data_dir), **(overrides or {})})
     pipeline = Pipeline(config)
     from seqpipe.dataset import build_dataset
 

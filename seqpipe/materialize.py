@@ -59,7 +59,7 @@ def config_hash(config: PipelineConfig) -> str:
 
 def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
                 out: Union[str, os.PathLike], overwrite: bool = False,
-                shard_bytes: int = SHARD_BYTES, progress: Any = None) -> dict:
+                shard_bytes: int = SHARD_BYTES, progress: bool = False) -> dict:
     """Writes the config's processed sequences to `out` and returns the manifest.
 
     Args:
@@ -67,7 +67,7 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
       out: the output folder; it must not exist unless `overwrite`.
       overwrite: replace an existing `out` (only once the new output is complete).
       shard_bytes: start a new TFRecord file after this many bytes.
-      progress: a `Progress`-like object with `update(n)` and `close()`, or None.
+      progress: show a progress bar on stderr (log lines when it is not a terminal).
 
     Raises:
       SeqpipeError: bad config or data (before anything is written); `out` exists.
@@ -81,6 +81,7 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
                         f"it, or choose another --out")
     pipeline = Pipeline(dataclasses.replace(config, split=SplitConfig()))
     report = pipeline.report
+    progress = Progress(report.sequences) if progress else None
     parts = [p for p in PARTS if _share(config.split, p) > 0] if config.split.enabled \
         else ["all"]
     temp = _temporary(out)
@@ -250,7 +251,7 @@ def record_layout(config: PipelineConfig) -> dict:
                                f"timestep-major" if spec.level == "timestep" else
                                f"float32 list of {width} ({', '.join(spec.columns)})")
     for name, spec in config.outputs.items():
-        layout[f"y/{name}"] = (f"float32 list of `length` labels, NaN where missing"
+        layout[f"y/{name}"] = ("float32 list of `length` labels, NaN where missing"
                                if spec.level == "timestep" else
                                "float32: one label, NaN when missing")
     return layout

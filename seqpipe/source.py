@@ -98,6 +98,11 @@ def open_source(config: PipelineConfig) -> SourceFiles:
     return SourceFiles(dataset, config.source.path, schema)
 
 
+def source_schema(path: str) -> pa.Schema:
+    """The schema of the Parquet files at `path` (a file, directory or glob), from footers."""
+    return _open_dataset(path).schema
+
+
 def read_source(config: PipelineConfig, data: Any = None) -> SourceTable:
     """Reads the columns the config needs from `source.path` or from in-memory `data`.
 
@@ -187,10 +192,10 @@ def _check_schema(schema: pa.Schema, roles: list[ColumnRole], where: str,
         if not _fits(field_type, role.kind):
             raise DataError(
                 f"column {role.column!r} in {where} is {field_type}; {role.key} must be "
-                f"{_KIND_TEXT[role.kind]}")
+                f"{KIND_TEXT[role.kind]}")
 
 
-_KIND_TEXT = {
+KIND_TEXT = {
     "key": "any type",
     "time": "numeric, a date or a timestamp, so timesteps can be ordered",
     "list of times": "a list of numbers, dates or timestamps in the nested layout",

@@ -1,10 +1,22 @@
 """The command line, driven as a user would: a subprocess, real files, output checked."""
 
+import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
+import yaml
+
+from tests.conftest import base_config, long_table, nested_from_long, write
+
+SUBCOMMANDS = ["inspect", "validate", "materialize", "demo"]
 
 
 def _seqpipe(*args, timeout=240):
@@ -12,10 +24,30 @@ def _seqpipe(*args, timeout=240):
                           text=True, timeout=timeout)
 
 
+def _without_tensorflow(*args):
+    """Runs the command in a process that fails if anything imported TensorFlow."""
+    code = ("import sys; from seqpipe.cli import main; rc = main(sys.argv[1:]); "
+            "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'; "
+            "sys.exit(rc)")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def _config_file(tmp_path, config, name="config.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.fixture
+def table():
+    return long_table(np.random.default_rng(2).integers(1, 40, 200), seed=2)
+
+
 @pytest.mark.slow
 def test_demo_trains_and_keras_reports_the_true_masked_mean(tmp_path):
     result = _seqpipe("demo", "--cache-dir", str(tmp_path), "--patients", "300",
-                      "--epochs", "1")
+                      "--epochs", "1", "--set", "batching.batch_size=32")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert re.search(r"wrote [\d,]+ rows of ICU-style vitals", out)
@@ -31,11 +63,13 @@ def test_demo_trains_and_keras_reports_the_true_masked_mean(tmp_path):
     assert again.returncode == 0 and "wrote" not in again.stdout  # the cached data is reused
 
 
-def test_help_lists_the_demo():
+def test_every_subcommand_has_help_with_set():
     result = _seqpipe("--help", timeout=60)
-    assert result.returncode == 0 and "demo" in result.stdout
-    result = _seqpipe("demo", "--help", timeout=60)
-    assert result.returncode == 0 and "--cache-dir" in result.stdout
+    assert result.returncode == 0
+    for command in SUBCOMMANDS:
+        assert command in result.stdout
+        sub = _seqpipe(command, "--help", timeout=60)
+        assert sub.returncode == 0 and "--set KEY=VALUE" in sub.stdout, command
 
 
 def test_a_user_error_is_one_line_on_stderr_without_traceback(tmp_path):
@@ -45,3 +79,129 @@ def test_a_user_error_is_one_line_on_stderr_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert re.search(r"^seqpipe: error: .*file/sub", result.stderr, re.M)
+
+
+def test_inspect_a_parquet_path_counts_what_pyarrow_counts(tmp_path, table):
+    path = write(tmp_path / "data.parquet", table, 100)
+    result = _without_tensorflow("inspect", path, "--set", "padding.maxlen=30",
+                                 "--set", "batching.batch_size=8")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    lengths = pc.value_counts(table["id"]).field("counts").to_numpy()
+    assert f"sequences: {len(lengths):,}, timesteps: {table.num_rows:,}" in out
+    assert re.search(rf"min {lengths.min()}, .* p50 {int(np.percentile(lengths, 50, method='lower'))}"
+                     rf", .* max {lengths.max()}$", out, re.M)
+    assert f"truncated by padding.maxlen=30: {int((lengths > 30).sum())} sequences" in out
+    histogram = re.findall(r"^\s+([\d,]+)-([\d,]+) #* +([\d,]+)$", out, re.M)
+    assert sum(int(c) for _, _, c in histogram) == len(lengths)
+    assert re.search(r"^\s+id\s+string\s+source.id_column$", out, re.M)
+    waste = dict((label.split(":")[0].split(",")[0], float(share)) for share, label in
+                 re.findall(r"^\s+([\d.]+)%\s+(.+)$", out, re.M))
+    assert set(waste) == {"no buckets", "auto"}
+    assert waste["auto"] < waste["no buckets"]
+
+
+def test_inspect_a_config_reports_missing_labels_and_draws_the_boundaries(tmp_path, table):
+    path = write(tmp_path / "nested.parquet", nested_from_long(table), 50)
+    config = base_config(path, "nested", batching={"batch_size": 8,
+                                                   "bucket_boundaries": [10, 20]})
+    result = _without_tensorflow("inspect", _config_file(tmp_path, config), "--plot",
+                                 str(tmp_path / "plots/lengths.png"))
+    assert result.returncode == 0, result.stderr
+    y = table["y"].to_numpy(zero_copy_only=False)
+    died = table.group_by("id").aggregate([("died", "max")])["died_max"].to_numpy()
+    assert f"missing labels: y: {int(np.isnan(y).sum()):,} of {len(y):,}" in result.stdout
+    assert f"missing labels: died: {int(np.isnan(died).sum()):,} of {len(died):,}" in \
+        result.stdout
+    assert re.search(r"^\s+[\d.]+%\s+the config's bucket_boundaries \(\[10, 20\]\)$",
+                     result.stdout, re.M)
+    png = (tmp_path / "plots/lengths.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_inspect_asks_for_the_id_column_when_it_cannot_tell(tmp_path, table):
+    path = write(tmp_path / "data.parquet", table.rename_columns(
+        ["key" if c == "id" else c for c in table.column_names]), 100)
+    result = _seqpipe("inspect", path, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--set source.id_column=NAME" in result.stderr
+    fixed = _seqpipe("inspect", path, "--set", "source.id_column=key", timeout=60)
+    assert fixed.returncode == 0, fixed.stderr
+
+
+def test_validate_checks_every_column_from_the_footers(tmp_path, table):
+    path = write(tmp_path / "data.parquet", table.sort_by("id"), 100)
+    config = _config_file(tmp_path, base_config(path, split={"validation": 0.1}))
+    result = _without_tensorflow("validate", config)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for column, key in [("id", "source.id_column"), ("t", "source.time_column"),
+                        ("code", "inputs.steps.columns"), ("age", "inputs.static.columns"),
+                        ("died", "outputs.died.column")]:
+        assert re.search(rf"^  ok  {column}\s+\S+: {re.escape(key)} must be", out, re.M)
+    assert f"{table.num_rows:,} rows in" in out
+    assert "streams by row group" in out
+    assert "split by id: train 90%, validation 10%, test 0%" in out
+
+    missing = _without_tensorflow("validate", config, "--set", "outputs.y.column=label")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "column 'label' (outputs.y.column) not found in" in missing.stderr
+    typo = _seqpipe("validate", config, "--set", "batching.batch_sise=3", timeout=60)
+    assert typo.returncode == 2 and "Did you mean 'batch_size'" in typo.stderr
+    bad = _seqpipe("validate", config, "--set", "batching.batch_size", timeout=60)
+    assert bad.returncode == 2 and "expected KEY=VALUE" in bad.stderr
+
+
+@pytest.mark.slow
+def test_materialize_writes_one_folder_per_split_and_refuses_to_overwrite(tmp_path, table):
+    path = write(tmp_path / "data.parquet", table, 100)
+    config = _config_file(tmp_path, base_config(
+        path, split={"validation": 0.2, "test": 0.1, "seed": 1}))
+    out = tmp_path / "out"
+    result = _seqpipe("materialize", config, "--out", str(out), "--set",
+                      "padding.maxlen=20")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["padding"]["maxlen"] == 20
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "test", "train",
+                                                     "validation"]
+    for part, info in manifest["parts"].items():
+        assert re.search(rf"^  {part}: {info['sequences']:,} sequences", result.stdout, re.M)
+    # Not a terminal: progress comes as plain log lines, the last one with the total.
+    assert re.search(r"^seqpipe: 200/200 sequences \(100%\), [\d,]+/s, took 0:\d\d$",
+                     result.stderr, re.M)
+    again = _seqpipe("materialize", config, "--out", str(out))
+    assert again.returncode == 2 and "already exists; pass --overwrite" in again.stderr
+    replaced = _seqpipe("materialize", config, "--out", str(out), "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert json.loads((out / "manifest.json").read_text())["config"]["padding"]["maxlen"] is None
+
+
+@pytest.mark.slow
+def test_a_killed_materialize_leaves_nothing_that_looks_complete(tmp_path):
+    rng = np.random.default_rng(0)
+    table = long_table(rng.integers(50, 400, 3000), seed=0, shuffle_rows=False)
+    path = write(tmp_path / "data.parquet", table, 50_000)
+    config = _config_file(tmp_path, base_config(path))
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "seqpipe", "materialize", config,
+                                "--out", str(out), "--shard-mb", "0.2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    shards = []
+    while time.monotonic() < deadline and process.poll() is None:
+        shards = list(tmp_path.glob(".out.seqpipe-tmp-*/all/*.tfrecord"))
+        if len(shards) >= 2:  # halfway through writing
+            break
+        time.sleep(0.05)
+    assert len(shards) >= 2 and process.poll() is None, "materialize ended before the kill"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not out.exists()
+    assert not list(tmp_path.rglob("manifest.json"))
+    result = _seqpipe("materialize", config, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert (out / "manifest.json").exists()
+    assert not list(tmp_path.glob(".out.seqpipe-tmp-*"))  # the dead run's folder is gone
+    ids = pq.read_table(out / "all/index.parquet")["id"]
+    assert len(ids) == 3000 == len(pc.unique(table["id"]))

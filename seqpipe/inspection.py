@@ -1,0 +1,307 @@
+"""Inspection: what a dataset looks like before a config is frozen, and what padding costs.
+
+Reads only the id column (one list column in the nested layout) and the label columns,
+never the features, and never imports TensorFlow, so it takes seconds on millions of rows.
+The padding estimates come from the same planner the pipeline uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from seqpipe.batching import (auto_boundaries, batch_sizes, bucket_of, padding_waste,
+                              plan_epoch)
+from seqpipe.config import PipelineConfig, load_config
+from seqpipe.errors import ConfigError, DataError
+from seqpipe.source import column_roles, open_source, source_schema
+from seqpipe.stream import stream_order
+
+PERCENTILES = (0, 5, 25, 50, 75, 90, 95, 99, 100)
+HISTOGRAM_BINS = 12
+BAR = 40
+# Column names taken for the sequence id when inspecting a bare path.
+ID_NAMES = ("id", "sequence_id", "seq_id")
+
+
+@dataclasses.dataclass(frozen=True)
+class Padding:
+    """Padding waste of one way of batching."""
+
+    label: str
+    boundaries: Optional[tuple[int, ...]]  # None: batches cut with no regard to length
+    waste: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Inspection:
+    """What `seqpipe inspect` found."""
+
+    where: str
+    files: int
+    rows: int
+    row_groups: int
+    schema: list  # (column, type, the config keys that use it)
+    streamed: Optional[str]  # None when the source streams, else why it is grouped whole
+    lengths: np.ndarray  # timesteps per sequence, before truncation
+    maxlen: Optional[int]
+    batch_size: int
+    shuffle_buffer: int
+    missing_labels: Mapping[str, tuple[int, int]]  # output -> (missing, all)
+    padding: list
+
+    @property
+    def kept(self) -> np.ndarray:
+        return self.lengths if self.maxlen is None else np.minimum(self.lengths, self.maxlen)
+
+    @property
+    def auto(self) -> tuple[int, ...]:
+        return next(p.boundaries for p in self.padding if p.label.startswith("auto"))
+
+
+def config_for(target: str, overrides: Optional[Mapping[str, Any]] = None
+               ) -> tuple[PipelineConfig, bool]:
+    """The config to inspect, and whether it came from a file: a YAML file as it is, or for
+    a Parquet path a stand-in config that names its id column (found by name, or from
+    `--set source.id_column=...`) and one numeric column as a feature."""
+    if str(target).endswith((".yaml", ".yml")):
+        return load_config(target, overrides), True
+    schema = source_schema(str(target))
+    overrides = dict(overrides or {})
+    layout = overrides.get("source.layout") or (
+        "nested" if any(pa.types.is_list(f.type) or pa.types.is_large_list(f.type)
+                        for f in schema) else "long")
+    id_column = overrides.get("source.id_column") or _guess_id(schema, layout, target)
+    numeric = [f.name for f in schema if f.name != id_column and _plain_or_list_number(f.type)]
+    if not numeric:
+        raise DataError(f"{target} has no numeric columns to use as features; it has "
+                        f"{', '.join(schema.names)}")
+    level_of = {f.name: f.type for f in schema}
+    if layout == "nested":
+        numeric = [c for c in numeric if pa.types.is_list(level_of[c]) or
+                   pa.types.is_large_list(level_of[c])] or numeric
+    raw = {"source": {"path": str(target), "layout": layout, "id_column": id_column},
+           "inputs": {"columns": {"columns": numeric[:1]}}}
+    return load_config(raw, overrides), False
+
+
+def _plain_or_list_number(t: pa.DataType) -> bool:
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        t = t.value_type
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def _guess_id(schema: pa.Schema, layout: str, target) -> Optional[str]:
+    names = [n for n in schema.names if n.lower() in ID_NAMES] or \
+        [n for n in schema.names if n.lower().endswith("_id")]
+    if len(names) == 1:
+        return names[0]
+    if layout == "nested":
+        return None
+    found = f"candidates: {', '.join(names)}" if names else \
+        f"no column is named id or *_id; columns: {', '.join(schema.names)}"
+    raise ConfigError(f"which column of {target} is the sequence id? ({found}). Say it with "
+                      f"--set source.id_column=NAME, or inspect a config file.")
+
+
+def inspect(config: PipelineConfig, from_file: bool = True) -> Inspection:
+    """Reads what inspection needs from the config's source.
+
+    Args:
+      config: the config to inspect.
+      from_file: False for the stand-in config of a bare Parquet path: its feature and
+        bucket boundaries are not the user's, so they are not shown.
+    """
+    files = open_source(config)
+    order = stream_order(files, config)
+    roles = [r for r in column_roles(config) if from_file or r.key.startswith("source.")]
+    used: dict = {}
+    for role in roles:
+        used.setdefault(role.column, []).append(role.key)
+    first_schema = pq.read_schema(files.files[0]) if files.files else files.dataset.schema
+    schema = [(f.name, str(f.type), used.get(f.name, [])) for f in first_schema]
+    row_groups = sum(len(p.row_groups) for p in files.dataset.get_fragments())
+    source = config.source
+    outputs = config.outputs
+    if source.layout == "long":
+        columns = [source.id_column] + [s.column for s in outputs.values()]
+        table = files.dataset.to_table(columns=list(dict.fromkeys(columns)))
+        counts = pc.value_counts(table[source.id_column])
+        lengths = counts.field("counts").to_numpy().astype(np.int64)
+        rows = table.num_rows
+        missing = _missing_long(table, config)
+    else:
+        from seqpipe.sequences import list_columns
+
+        length_column = list_columns(config)[0][0]
+        columns = [length_column] + [s.column for s in outputs.values()]
+        table = files.dataset.to_table(columns=list(dict.fromkeys(columns)))
+        lengths = pc.fill_null(pc.list_value_length(table[length_column]), 0).to_numpy(
+            zero_copy_only=False).astype(np.int64)
+        rows = table.num_rows
+        missing = _missing_nested(table, config)
+    if not len(lengths):
+        raise DataError(f"no sequences: {files.where} has no rows")
+    inspection = Inspection(files.where, len(files.files), rows, row_groups, schema,
+                            order.whole_because, lengths, config.padding.maxlen,
+                            config.batching.batch_size, config.shuffle.buffer_size, missing,
+                            [])
+    return dataclasses.replace(inspection, padding=_paddings(inspection.kept, config,
+                                                             from_file))
+
+
+def _nan_to_null(values) -> Any:
+    if pa.types.is_floating(values.type):
+        return pc.if_else(pc.is_nan(values), pa.scalar(None, values.type), values)
+    return values
+
+
+def _missing_long(table: pa.Table, config: PipelineConfig) -> dict:
+    missing = {}
+    id_name = config.source.id_column
+    for name, spec in config.outputs.items():
+        values = _nan_to_null(table[spec.column])
+        if spec.level == "timestep":
+            missing[name] = (int(values.null_count), len(values))
+            continue
+        labelled = pa.table({"id": table[id_name], "label": values}).group_by("id").aggregate(
+            [("label", "count")])
+        present = labelled["label_count"].to_numpy() > 0
+        missing[name] = (int((~present).sum()), len(present))
+    return missing
+
+
+def _missing_nested(table: pa.Table, config: PipelineConfig) -> dict:
+    missing = {}
+    for name, spec in config.outputs.items():
+        values = table[spec.column]
+        if spec.level == "timestep":
+            values = pc.list_flatten(values)
+        values = _nan_to_null(values)
+        missing[name] = (int(values.null_count), len(values))
+    return missing
+
+
+def _paddings(kept: np.ndarray, config: PipelineConfig, from_file: bool) -> list:
+    batching, shuffle = config.batching, config.shuffle
+    rng = np.random.default_rng(shuffle.seed if shuffle.seed is not None else 0)
+    size = int(batch_sizes(kept, np.zeros(len(kept), dtype=np.int64), 1, batching)[0])
+    blind = np.split(rng.permutation(len(kept)), np.arange(size, len(kept), size))
+    found = [Padding("no buckets, batches cut in random order", None,
+                     padding_waste(kept, blind))]
+    configured = batching.bucket_boundaries
+    if configured != "auto" and from_file:
+        boundaries = tuple(configured or ())
+        found.append(Padding(f"the config's bucket_boundaries ({list(boundaries) or 'null'})",
+                             boundaries, _waste(kept, boundaries, config, rng)))
+    auto = auto_boundaries(kept)
+    found.append(Padding(f"auto{' (the config)' if configured == 'auto' else ''}: {list(auto)}",
+                         auto, _waste(kept, auto, config, rng)))
+    return found
+
+
+def _waste(kept: np.ndarray, boundaries: tuple, config: PipelineConfig, rng) -> float:
+    buckets = bucket_of(kept, boundaries)
+    sizes = batch_sizes(kept, buckets, len(boundaries) + 1, config.batching)
+    shuffled = rng if config.shuffle.buffer_size else None
+    plan = plan_epoch(kept, buckets, sizes, config.batching, config.shuffle, shuffled)
+    return padding_waste(kept, plan.batches)
+
+
+def histogram(lengths: np.ndarray, bins: int = HISTOGRAM_BINS) -> list[tuple[int, int, int]]:
+    """(low, high, count) per bin, bins evenly spaced on a log scale: lengths of time
+    series are skewed, and a linear scale puts nearly everything in the first bin."""
+    low, high = int(lengths.min()), int(lengths.max())
+    edges = np.unique(np.round(np.geomspace(max(low, 1), high + 1, bins + 1)).astype(np.int64))
+    if len(edges) < 2:
+        edges = np.array([low, high + 1])
+    edges[0], edges[-1] = min(edges[0], low), max(edges[-1], high + 1)
+    counts = np.histogram(lengths, bins=edges)[0]
+    return [(int(a), int(b) - 1, int(c)) for a, b, c in zip(edges[:-1], edges[1:], counts)]
+
+
+def format_inspection(found: Inspection) -> str:
+    """The text `seqpipe inspect` prints."""
+    lengths, kept = found.lengths, found.kept
+    lines = [f"source: {found.where} ({found.files} file{'s' if found.files != 1 else ''}, "
+             f"{found.rows:,} rows, {found.row_groups} row groups)"]
+    lines.append("  streams by row group (row groups hold disjoint id ranges)"
+                 if found.streamed is None else
+                 f"  grouped whole, in memory: {found.streamed}")
+    lines.append("schema:")
+    width = max(len(name) for name, _, _ in found.schema)
+    for name, kind, keys in found.schema:
+        lines.append(f"  {name:<{width}}  {kind:<14} {', '.join(keys)}".rstrip())
+    lines.append(f"sequences: {len(lengths):,}, timesteps: {int(lengths.sum()):,}, "
+                 f"mean length {lengths.mean():,.1f}")
+    values = np.percentile(lengths, PERCENTILES, method="lower")
+    lines.append("length percentiles: " + ", ".join(
+        f"{'min' if p == 0 else 'max' if p == 100 else f'p{p}'} {int(v):,}"
+        for p, v in zip(PERCENTILES, values)))
+    if found.maxlen is not None:
+        cut = lengths > found.maxlen
+        lines.append(f"truncated by padding.maxlen={found.maxlen}: {int(cut.sum()):,} "
+                     f"sequences, {int((lengths - kept).sum()):,} timesteps")
+    lines.append("length histogram:")
+    bins = histogram(lengths)
+    top = max(c for _, _, c in bins) or 1
+    label = max(len(f"{a:,}-{b:,}") for a, b, _ in bins)
+    for a, b, c in bins:
+        lines.append(f"  {f'{a:,}-{b:,}':>{label}} {'#' * round(BAR * c / top):<{BAR}} {c:,}")
+    for name, (missing, total) in found.missing_labels.items():
+        share = missing / total if total else 0.0
+        lines.append(f"missing labels: {name}: {missing:,} of {total:,} ({share:.1%})")
+    shuffle = (f"sorted by length within shuffle windows of {found.shuffle_buffer:,}"
+               if found.shuffle_buffer else "no shuffle: buckets fill in id order")
+    lines.append(f"padding waste (padded / all timesteps), batch_size {found.batch_size}"
+                 f"{'' if found.maxlen is None else f', maxlen {found.maxlen}'}, {shuffle}:")
+    for p in found.padding:
+        lines.append(f"  {p.waste:6.1%}  {p.label}")
+    return "\n".join(lines)
+
+
+def plot(found: Inspection, path: os.PathLike) -> None:
+    """Writes a length histogram with the bucket boundaries drawn (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise DataError("--plot needs matplotlib: pip install 'seqpipe[plot]'") from e
+    kept = found.kept
+    figure, axes = plt.subplots(figsize=(8, 4))
+    low, high = max(int(kept.min()), 1), int(kept.max()) + 1
+    if high / low > 20:  # skewed lengths read better on a log scale
+        axes.hist(kept, bins=np.geomspace(low, high, 80), color="0.6")
+        axes.set_xscale("log")
+    else:
+        axes.hist(kept, bins=min(80, high - low), color="0.6")
+    for p in found.padding:
+        for b in p.boundaries or ():
+            axes.axvline(b, color="C0" if p.label.startswith("auto") else "C3", lw=1)
+    handles = [plt.Line2D([], [], color="C0",
+                          label=f"auto boundaries ({found.padding[-1].waste:.1%} padding)")]
+    configured = [p for p in found.padding if p.boundaries is not None and
+                  not p.label.startswith("auto") and p.boundaries]
+    if configured:
+        handles.append(plt.Line2D([], [], color="C3",
+                                  label=f"config boundaries ({configured[0].waste:.1%} padding)"))
+    axes.legend(handles=handles)
+    axes.set_xlabel("timesteps per sequence" + (f" (after maxlen {found.maxlen})"
+                                                 if found.maxlen else ""))
+    axes.set_ylabel("sequences")
+    axes.set_title(f"{len(kept):,} sequences in {found.where}")
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+

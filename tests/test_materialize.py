@@ -1,0 +1,152 @@
+"""Materialize and load_materialized: the TFRecord output batches exactly like Parquet."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+
+from seqpipe import (ConfigError, DataError, SourceNotFoundError, build_dataset, load_config,
+                     load_materialized, materialize)
+from seqpipe.materialize import config_hash
+from tests.conftest import base_config, long_table, nested_from_long, raw_sequences, write
+
+LENGTHS = np.random.default_rng(11).integers(1, 25, 150)
+SPLIT = {"validation": 0.2, "test": 0.2, "seed": 5}
+
+
+def _assert_same_epochs(expected, got, epochs=2):
+    """Both datasets, iterated `epochs` times (each pass is one epoch), give equal batches."""
+    batches = 0
+    for _ in range(epochs):
+        for a, b in zip(expected, got, strict=True):
+            tf.nest.assert_same_structure(a, b)
+            for u, v in zip(tf.nest.flatten(a), tf.nest.flatten(b)):
+                np.testing.assert_array_equal(u.numpy(), v.numpy())
+            batches += 1
+    assert batches > 2 * epochs
+
+
+def _sources(tmp_path, table):
+    """The same sequences three ways: sorted by id in one file (streamed), rows shuffled
+    over three files (grouped whole), and one row per sequence with lists (nested)."""
+    sorted_file = write(tmp_path / "sorted.parquet",
+                        table.sort_by([("id", "ascending"), ("t", "ascending")]), 300)
+    folder = tmp_path / "scattered"
+    folder.mkdir()
+    file_of = np.random.default_rng(1).integers(0, 3, table.num_rows)
+    for k in range(3):
+        pq.write_table(table.filter(pa.array(file_of == k)), folder / f"f{k}.parquet",
+                       row_group_size=100)
+    nested = write(tmp_path / "nested.parquet", nested_from_long(table), 40)
+    return {"long, streamed": (sorted_file, "long"), "long, grouped whole": (str(folder), "long"),
+            "nested": (nested, "nested")}
+
+
+@pytest.mark.parametrize("source", ["long, streamed", "long, grouped whole", "nested"])
+def test_load_materialized_equals_build_dataset_batch_for_batch(tmp_path, source):
+    table = long_table(LENGTHS, seed=2)
+    path, layout = _sources(tmp_path, table)[source]
+    config = load_config(base_config(
+        path, layout, split=SPLIT, padding={"maxlen": 15, "side": "pre", "truncating": "pre"},
+        batching={"batch_size": 4, "bucket_boundaries": "auto"},
+        shuffle={"buffer_size": 30, "seed": 3},
+        outputs={"y": {"column": "y", "weights": "global_mean"},
+                 "died": {"column": "died", "level": "sequence"}}))
+    out = tmp_path / "out"
+    manifest = materialize(config, out)
+    assert set(manifest["parts"]) == {"train", "validation", "test"}
+    assert sum(p["sequences"] for p in manifest["parts"].values()) == len(LENGTHS)
+    for part in ("train", "validation", "test"):
+        _assert_same_epochs(build_dataset(config, split=part),
+                            load_materialized(out, split=part))
+
+
+def test_a_record_holds_the_sequence_pyarrow_reads(tmp_path):
+    """Any TensorFlow job can parse the records: each holds the sequence in time order,
+    truncated, with NaN where its label is missing."""
+    table = long_table(LENGTHS[:40], seed=4)
+    path = write(tmp_path / "a.parquet", table, 50)
+    config = load_config(base_config(path, padding={"maxlen": 10, "truncating": "pre"}))
+    materialize(config, tmp_path / "out")
+    raw = raw_sequences(table)
+    records = list(tf.data.TFRecordDataset(str(tmp_path / "out/all/part-00000.tfrecord")))
+    assert len(records) == len(raw)
+    for record in records:
+        example = tf.train.Example.FromString(record.numpy()).features.feature
+        key = example["id"].bytes_list.value[0].decode()
+        codes, labels = raw[key][0][-10:], raw[key][1][-10:]
+        steps = np.array(example["x/steps"].float_list.value).reshape(-1, 2)
+        assert example["length"].int64_list.value[0] == len(codes)
+        np.testing.assert_array_equal(steps[:, 0], codes.astype(np.float32))
+        np.testing.assert_array_equal(np.array(example["y/y"].float_list.value),
+                                      labels.astype(np.float32))  # NaN stays NaN
+
+
+def test_loading_may_change_batching_but_not_what_the_records_hold(tmp_path):
+    table = long_table(LENGTHS, seed=6)
+    path = write(tmp_path / "a.parquet", table.sort_by("id"), 200)
+    config = load_config(base_config(path, shuffle={"buffer_size": 40, "seed": 1}))
+    materialize(config, tmp_path / "out")
+    other = load_config(config, {"batching.batch_size": 7, "weights.mode": "sequence_mean",
+                                 "padding.side": "pre", "shuffle.seed": 9})
+    _assert_same_epochs(build_dataset(other), load_materialized(tmp_path / "out", other))
+    changed = load_config(config, {"padding.maxlen": 5, "inputs.steps.columns": ["x"]})
+    with pytest.raises(ConfigError, match=r"padding.maxlen: written with None, asked for 5"):
+        load_materialized(tmp_path / "out", changed)
+
+
+def test_the_manifest_says_what_was_written(tmp_path):
+    table = long_table(LENGTHS, seed=7)
+    path = write(tmp_path / "a.parquet", table, 200)
+    config = load_config(base_config(path, split=SPLIT, padding={"maxlen": 12}))
+    materialize(config, tmp_path / "out", shard_bytes=2000)
+    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert manifest["config_sha256"] == config_hash(config)
+    assert load_config(manifest["config"]) == config
+    assert manifest["seqpipe_version"]
+    assert manifest["element_spec"]["x"]["steps"] == {"shape": [None, None, 2],
+                                                      "dtype": "float32"}
+    lengths = pc.value_counts(table["id"]).field("counts").to_numpy()
+    parts = manifest["parts"]
+    assert sum(p["timesteps"] for p in parts.values()) == int(lengths.sum())
+    assert sum(p["truncated_timesteps"] for p in parts.values()) == \
+        int(np.maximum(lengths - 12, 0).sum())
+    labels = table["y"].to_numpy(zero_copy_only=False)
+    assert sum(p["missing_labels"]["y"][0] for p in parts.values()) == \
+        int(np.isnan(labels).sum())
+    assert len(parts["train"]["shards"]) > 1  # shard_bytes starts new files
+    for part in parts.values():
+        for shard in part["shards"]:
+            assert (tmp_path / "out" / part["folder"] / shard).stat().st_size > 0
+
+
+def test_an_existing_output_is_refused_unless_overwritten(tmp_path):
+    path = write(tmp_path / "a.parquet", long_table(LENGTHS[:20]), 50)
+    config = load_config(base_config(path))
+    materialize(config, tmp_path / "out")
+    with pytest.raises(DataError, match="already exists; pass --overwrite"):
+        materialize(config, tmp_path / "out")
+    materialize(load_config(config, {"padding.maxlen": 3}), tmp_path / "out", overwrite=True)
+    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert manifest["config"]["padding"]["maxlen"] == 3
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_loading_something_that_is_not_a_finished_output_is_an_error(tmp_path):
+    with pytest.raises(SourceNotFoundError, match="is not a folder"):
+        load_materialized(tmp_path / "nothing")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(SourceNotFoundError, match="holds no manifest.json"):
+        load_materialized(tmp_path / "half")
+    path = write(tmp_path / "a.parquet", long_table(LENGTHS[:20]), 50)
+    config = load_config(base_config(path, split=SPLIT))
+    materialize(config, tmp_path / "out")
+    with pytest.raises(ConfigError, match="holds the parts train, validation, test; say which"):
+        load_materialized(tmp_path / "out")
+    next((tmp_path / "out/test").glob("*.tfrecord")).unlink()
+    with pytest.raises(DataError, match="is incomplete: .*part-00000.tfrecord is missing"):
+        load_materialized(tmp_path / "out", split="test")
