@@ -95,10 +95,12 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
             start = chunk.offsets[:-1] + skip
             which = (part_of(chunk.ids, config.split) if config.split.enabled
                      else np.zeros(n, dtype=np.int8))
+            records = list(encode_chunk(chunk, np.arange(n), start, kept, config))
             for part, writer in writers.items():
                 local = np.flatnonzero(which == (PARTS.index(part) if part != "all" else 0))
                 if len(local):
-                    writer.add(chunk, local, start[local], kept[local])
+                    writer.add(chunk, local, start[local], kept[local],
+                               [records[i] for i in local.tolist()])
             if progress is not None:
                 progress.update(n)
         if progress is not None:
@@ -152,8 +154,10 @@ class _PartWriter:
         self.missing = {name: np.zeros(2, dtype=np.int64) for name in config.outputs}
         self.bytes = 0
 
-    def add(self, chunk, local: np.ndarray, start: np.ndarray, kept: np.ndarray) -> None:
-        for record in encode_chunk(chunk, local, start, kept, self.config):
+    def add(self, chunk, local: np.ndarray, start: np.ndarray, kept: np.ndarray,
+            records: list) -> None:
+        """Writes the records of sequences `local` of a chunk and notes their index rows."""
+        for record in records:
             if self.writer is None or self.written >= self.shard_bytes:
                 self._next_shard()
             self.writer.write(record)
