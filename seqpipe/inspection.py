@@ -22,6 +22,7 @@ from seqpipe.batching import (auto_boundaries, batch_sizes, bucket_of, padding_w
                               plan_epoch)
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError
+from seqpipe.split import PARTS, part_of
 from seqpipe.source import column_roles, open_source, source_schema
 from seqpipe.stream import stream_order
 
@@ -56,6 +57,7 @@ class Inspection:
     batch_size: int
     shuffle_buffer: int
     missing_labels: Mapping[str, tuple[int, int]]  # output -> (missing, all)
+    parts: Mapping[str, int]  # split part -> sequences; empty without a split
     padding: list
 
     @property
@@ -136,6 +138,7 @@ def inspect(config: PipelineConfig, from_file: bool = True) -> Inspection:
         table = files.dataset.to_table(columns=list(dict.fromkeys(columns)))
         counts = pc.value_counts(table[source.id_column])
         lengths = counts.field("counts").to_numpy().astype(np.int64)
+        ids = counts.field("values")
         rows = table.num_rows
         missing = _missing_long(table, config)
     else:
@@ -146,6 +149,8 @@ def inspect(config: PipelineConfig, from_file: bool = True) -> Inspection:
         table = files.dataset.to_table(columns=list(dict.fromkeys(columns)))
         lengths = pc.fill_null(pc.list_value_length(table[length_column]), 0).to_numpy(
             zero_copy_only=False).astype(np.int64)
+        ids = (files.dataset.to_table(columns=[source.id_column])[source.id_column]
+               if source.id_column else None)
         rows = table.num_rows
         missing = _missing_nested(table, config)
     if not len(lengths):
@@ -153,9 +158,16 @@ def inspect(config: PipelineConfig, from_file: bool = True) -> Inspection:
     inspection = Inspection(files.where, len(files.files), rows, row_groups, schema,
                             order.whole_because, lengths, config.padding.maxlen,
                             config.batching.batch_size, config.shuffle.buffer_size, missing,
-                            [])
+                            _parts(ids, config), [])
     return dataclasses.replace(inspection, padding=_paddings(inspection.kept, config,
                                                              from_file))
+
+
+def _parts(ids, config: PipelineConfig) -> dict:
+    if ids is None or not config.split.enabled:
+        return {}
+    counts = np.bincount(part_of(ids, config.split), minlength=len(PARTS))
+    return dict(zip(PARTS, counts.tolist()))
 
 
 def _nan_to_null(values) -> Any:
@@ -259,6 +271,9 @@ def format_inspection(found: Inspection) -> str:
     for name, (missing, total) in found.missing_labels.items():
         share = missing / total if total else 0.0
         lines.append(f"missing labels: {name}: {missing:,} of {total:,} ({share:.1%})")
+    if found.parts:
+        lines.append("split by id: " + ", ".join(f"{part} {count:,}"
+                                                 for part, count in found.parts.items()))
     shuffle = (f"sorted by length within shuffle windows of {found.shuffle_buffer:,}"
                if found.shuffle_buffer else "no shuffle: buckets fill in id order")
     lines.append(f"padding waste (padded / all timesteps), batch_size {found.batch_size}"

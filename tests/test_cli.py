@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from seqpipe import Pipeline
 from tests.conftest import base_config, long_table, nested_from_long, write
 
 SUBCOMMANDS = ["inspect", "validate", "materialize", "demo"]
@@ -104,7 +105,8 @@ def test_inspect_a_parquet_path_counts_what_pyarrow_counts(tmp_path, table):
 def test_inspect_a_config_reports_missing_labels_and_draws_the_boundaries(tmp_path, table):
     path = write(tmp_path / "nested.parquet", nested_from_long(table), 50)
     config = base_config(path, "nested", batching={"batch_size": 8,
-                                                   "bucket_boundaries": [10, 20]})
+                                                   "bucket_boundaries": [10, 20]},
+                         split={"validation": 0.25, "test": 0.25, "seed": 3})
     result = _without_tensorflow("inspect", _config_file(tmp_path, config), "--plot",
                                  str(tmp_path / "plots/lengths.png"))
     assert result.returncode == 0, result.stderr
@@ -115,6 +117,10 @@ def test_inspect_a_config_reports_missing_labels_and_draws_the_boundaries(tmp_pa
         result.stdout
     assert re.search(r"^\s+[\d.]+%\s+the config's bucket_boundaries \(\[10, 20\]\)$",
                      result.stdout, re.M)
+    parts = {part: Pipeline(config, split=part).report.sequences
+             for part in ("train", "validation", "test")}
+    assert (f"split by id: train {parts['train']}, validation {parts['validation']}, "
+            f"test {parts['test']}") in result.stdout
     png = (tmp_path / "plots/lengths.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
