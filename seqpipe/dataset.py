@@ -106,8 +106,15 @@ def element_spec(config: PipelineConfig):
     """The `tf.TensorSpec` structure of one batch, from the config alone."""
     import tensorflow as tf
 
+    return _map_specs(lambda s: tf.TensorSpec(shape=s["shape"], dtype=s["dtype"]),
+                      batch_structure(config))
+
+
+def batch_structure(config: PipelineConfig) -> Any:
+    """One batch's structure as plain data: `{"shape": [...], "dtype": "float32"}` leaves
+    in the `(x, y, sample_weight)` tuple (x alone without outputs). No TensorFlow."""
     def spec(*shape):
-        return tf.TensorSpec(shape=shape, dtype=tf.float32)
+        return {"shape": list(shape), "dtype": "float32"}
 
     x = {name: spec(None, None, len(s.columns)) if s.level == "timestep"
          else spec(None, len(s.columns)) for name, s in config.inputs.items()}
@@ -118,3 +125,9 @@ def element_spec(config: PipelineConfig):
     weights = {name: spec(None, None) if s.level == "timestep" else spec(None)
                for name, s in config.outputs.items()}
     return x, y, weights
+
+
+def _map_specs(function, structure):
+    if isinstance(structure, tuple):
+        return tuple(_map_specs(function, part) for part in structure)
+    return {name: function(leaf) for name, leaf in structure.items()}

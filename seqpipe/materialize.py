@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from seqpipe.config import PipelineConfig, SplitConfig, load_config
+from seqpipe.dataset import batch_structure
 from seqpipe.errors import ConfigError, DataError, SourceNotFoundError
 from seqpipe.pipeline import Pipeline
 from seqpipe.progress import Progress
@@ -115,7 +116,7 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
                        "sequences": report.sequences, "streamed": report.streamed,
                        "empty_sequences_dropped": report.empty_sequences_dropped},
             "filled_values": dict(report.filled_values or {}),
-            "element_spec": plain_element_spec(config),
+            "element_spec": _named(batch_structure(config)),
             "record": record_layout(config),
             "parts": {part: w.close() for part, w in writers.items()},
         }
@@ -246,6 +247,13 @@ def _publish(temp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _named(structure) -> dict:
+    """The batch structure with its parts named, for JSON."""
+    if isinstance(structure, tuple):
+        return dict(zip(("x", "y", "sample_weight"), structure))
+    return {"x": structure}
+
+
 def record_layout(config: PipelineConfig) -> dict:
     """What each record holds, for readers that are not seqpipe."""
     layout = {"length": "int64: kept timesteps", "id": "bytes: the sequence id as text"}
@@ -259,20 +267,6 @@ def record_layout(config: PipelineConfig) -> dict:
                                if spec.level == "timestep" else
                                "float32: one label, NaN when missing")
     return layout
-
-
-def plain_element_spec(config: PipelineConfig) -> dict:
-    """The batch structure as plain JSON (what `seqpipe.element_spec` gives as TensorSpecs)."""
-    def spec(*shape):
-        return {"shape": list(shape), "dtype": "float32"}
-
-    x = {name: spec(None, None, len(s.columns)) if s.level == "timestep"
-         else spec(None, len(s.columns)) for name, s in config.inputs.items()}
-    y = {name: spec(None, None, 1) if s.level == "timestep" else spec(None, 1)
-         for name, s in config.outputs.items()}
-    w = {name: spec(None, None) if s.level == "timestep" else spec(None)
-         for name, s in config.outputs.items()}
-    return {"x": x, "y": y, "sample_weight": w} if config.outputs else {"x": x}
 
 
 @dataclasses.dataclass(frozen=True)

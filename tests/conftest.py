@@ -64,6 +64,18 @@ def write(path, table: pa.Table, row_group_size: int = 7) -> str:
     return str(path)
 
 
+def scatter(table: pa.Table, folder, files: int = 3, seed: int = 0,
+            row_group_size: int = 50) -> str:
+    """Deals the rows of `table` at random over `files` Parquet files in `folder`, so that
+    every file holds a bit of most sequences (a source that has to be grouped whole)."""
+    os.makedirs(folder, exist_ok=True)
+    file_of = np.random.default_rng(seed).integers(0, files, table.num_rows)
+    for k in range(files):
+        pq.write_table(table.filter(pa.array(file_of == k)), os.path.join(folder, f"part-{k}.parquet"),
+                       row_group_size=row_group_size)
+    return str(folder)
+
+
 def base_config(path=None, layout: str = "long", **sections) -> dict:
     """A config over `long_table` columns; keyword sections replace whole sections."""
     config = {

@@ -3,16 +3,15 @@
 import json
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
 from seqpipe import (ConfigError, DataError, SourceNotFoundError, build_dataset, load_config,
                      load_materialized, materialize)
 from seqpipe.materialize import config_hash
-from tests.conftest import base_config, long_table, nested_from_long, raw_sequences, write
+from tests.conftest import (base_config, long_table, nested_from_long, raw_sequences, scatter,
+                            write)
 
 LENGTHS = np.random.default_rng(11).integers(1, 25, 150)
 SPLIT = {"validation": 0.2, "test": 0.2, "seed": 5}
@@ -35,14 +34,9 @@ def _sources(tmp_path, table):
     over three files (grouped whole), and one row per sequence with lists (nested)."""
     sorted_file = write(tmp_path / "sorted.parquet",
                         table.sort_by([("id", "ascending"), ("t", "ascending")]), 300)
-    folder = tmp_path / "scattered"
-    folder.mkdir()
-    file_of = np.random.default_rng(1).integers(0, 3, table.num_rows)
-    for k in range(3):
-        pq.write_table(table.filter(pa.array(file_of == k)), folder / f"f{k}.parquet",
-                       row_group_size=100)
+    folder = scatter(table, tmp_path / "scattered", seed=1, row_group_size=100)
     nested = write(tmp_path / "nested.parquet", nested_from_long(table), 40)
-    return {"long, streamed": (sorted_file, "long"), "long, grouped whole": (str(folder), "long"),
+    return {"long, streamed": (sorted_file, "long"), "long, grouped whole": (folder, "long"),
             "nested": (nested, "nested")}
 
 

@@ -3,13 +3,12 @@
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
 from seqpipe import ConfigError, Pipeline, build_dataset, load_config
 from seqpipe.config import SplitConfig
 from seqpipe.split import part_of
-from tests.conftest import base_config, long_table, write
+from tests.conftest import base_config, long_table, scatter, write
 
 SPLIT = {"validation": 0.2, "test": 0.1, "seed": 7}
 
@@ -34,12 +33,7 @@ def test_every_sequence_is_in_exactly_one_part_whatever_the_layout(tmp_path, tab
     one = write(tmp_path / "sorted.parquet", table.sort_by([("id", "ascending"), ("t", "ascending")]),
                 row_group_size=500)
     # Layout 2: rows shuffled and dealt at random over three files (grouped whole).
-    folder = tmp_path / "scattered"
-    folder.mkdir()
-    file_of = np.random.default_rng(0).integers(0, 3, table.num_rows)
-    for k in range(3):
-        pq.write_table(table.filter(pa.array(file_of == k)), folder / f"part-{k}.parquet",
-                       row_group_size=50)
+    folder = scatter(table, tmp_path / "scattered")
     layouts = [_ids_by_part(base_config(str(path), split=SPLIT, shuffle={"buffer_size": 64,
                                                                           "seed": 1}))
                for path in (one, folder)]
