@@ -12,10 +12,12 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import itertools
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, Optional
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -116,7 +118,27 @@ def stream_chunks(order: StreamOrder, config: PipelineConfig,
                 table, tail = _split(table, config.source.id_column, part.last, at_start=False)
                 waiting = [tail]
             if table.num_rows:
-                yield SourceTable(table, part.where, (part.file,))
+                for piece in _pieces(table, config) if long_layout else [table]:
+                    yield SourceTable(piece, part.where, (part.file,))
+
+
+# A row group sorted by id is handed on in pieces of about this many rows, cut between
+# sequences: the first batches can be assembled before the whole row group is grouped.
+PIECE_ROWS = 1 << 17
+
+
+def _pieces(table: pa.Table, config: PipelineConfig) -> list:
+    """Zero-copy slices of `table`, each of whole sequences, when its ids are sorted."""
+    if PIECE_ROWS is None or table.num_rows <= 2 * PIECE_ROWS:
+        return [table]
+    ids = table[config.source.id_column]
+    if ids.null_count or pc.all(pc.less_equal(ids[:-1], ids[1:])).as_py() is False:
+        return [table]  # rows of one sequence may be anywhere in the row group
+    starts = np.flatnonzero(pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)) + 1
+    cuts = np.unique(starts[np.minimum(np.searchsorted(
+        starts, np.arange(PIECE_ROWS, table.num_rows, PIECE_ROWS)), len(starts) - 1)])
+    edges = np.concatenate([[0], cuts, [table.num_rows]])
+    return [table.slice(a, b - a) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
 def _split(table: pa.Table, id_name: str, value: Any, at_start: bool) -> tuple[pa.Table, pa.Table]:
@@ -136,15 +158,16 @@ def _split(table: pa.Table, id_name: str, value: Any, at_start: bool) -> tuple[p
 def ordered_map(function, items: Iterable, ahead: int = READ_AHEAD) -> Iterator:
     """`map(function, items)` run `ahead` items ahead in threads, results in order: NumPy
     and Arrow release the GIL for whole-column work, so grouping the next chunk overlaps
-    with padding this one."""
+    with padding this one. A result is handed on as soon as it is ready, before the next
+    item is pulled from `items` (which may have to wait for a read)."""
     with concurrent.futures.ThreadPoolExecutor(ahead) as pool:
-        pending = collections.deque()
-        for item in items:
-            pending.append(pool.submit(function, item))
-            if len(pending) > ahead:
-                yield pending.popleft().result()
+        items = iter(items)
+        pending = collections.deque(pool.submit(function, item)
+                                    for item in itertools.islice(items, ahead + 1))
         while pending:
             yield pending.popleft().result()
+            for item in itertools.islice(items, 1):
+                pending.append(pool.submit(function, item))
 
 
 def in_background(items: Iterable, depth: int = 2) -> Iterator:

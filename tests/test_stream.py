@@ -53,6 +53,32 @@ def test_streamed_file_gives_the_batches_of_the_whole_table(tmp_path, row_group_
         assert _same_batches(streamed, whole, epoch) == whole.report.batches_per_epoch
 
 
+@pytest.mark.parametrize("order", ["sorted by id", "shuffled within each row group"])
+def test_big_row_groups_are_handed_on_in_pieces_of_whole_sequences(tmp_path, monkeypatch,
+                                                                    order):
+    from seqpipe import stream
+
+    table = _by_id(long_table(LENGTHS))
+    if order != "sorted by id":  # id ranges still disjoint between row groups
+        halves = [table.slice(0, 600), table.slice(600)]
+        table = pa.concat_tables([h.take(np.random.default_rng(0).permutation(h.num_rows))
+                                  for h in halves])
+    path = write(tmp_path / "d.parquet", table, row_group_size=600)
+    monkeypatch.setattr(stream, "PIECE_ROWS", 40)
+    config = _config(path, **{"shuffle.buffer_size": 25, "shuffle.seed": 2})
+    streamed = Pipeline(config)
+    assert streamed.report.streamed
+    chunks = [len(c) for _, c in streamed.chunks()]
+    assert sum(chunks) == len(LENGTHS)
+    if order == "sorted by id":
+        assert len(chunks) > 10 and max(chunks) < 10  # pieces of about 40 rows
+    else:
+        assert len(chunks) <= 3  # a row group in pieces would split sequences: kept whole
+    for epoch in (0, 1):
+        _same_batches(streamed, Pipeline(_config(None, **{"shuffle.buffer_size": 25,
+                                                          "shuffle.seed": 2}), table), epoch)
+
+
 def test_a_directory_of_files_streams_in_id_order(tmp_path):
     table = _by_id(long_table(LENGTHS))
     (tmp_path / "dir").mkdir()
