@@ -85,9 +85,10 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
     progress = Progress(report.sequences) if progress else None
     parts = [p for p in PARTS if _share(config.split, p) > 0] if config.split.enabled \
         else ["all"]
-    temp = _temporary(out)
-    writers = {part: _PartWriter(temp / part, config, shard_bytes, tf) for part in parts}
+    temp, writers = _temporary(out), {}
     try:
+        for part in parts:
+            writers[part] = _PartWriter(temp / part, config, shard_bytes, tf)
         kept_all = pipeline.windows.length
         for first, chunk in pipeline.chunks():
             n = len(chunk)
