@@ -39,8 +39,8 @@ def validate(config: PipelineConfig) -> list[str]:
         kind = found.get(role.column, "partition key")
         target = files.schema.field(role.column).type
         read_as = "" if str(target) == kind or role.kind == "key" else f", read as {target}"
-        lines.append(f"  ok  {role.column:<{width}}  {kind}: {role.key} must be "
-                     f"{KIND_TEXT[role.kind]}{read_as}")
+        lines.append(f"  ok  {role.column:<{width}}  {kind}: {role.key} ("
+                     f"{KIND_TEXT[role.kind]}{read_as})")
     order = stream_order(files, config)
     lines.append("streaming: row groups hold disjoint id ranges; the source streams by row "
                  "group" if order.whole_because is None else

@@ -144,7 +144,7 @@ def test_validate_checks_every_column_from_the_footers(tmp_path, table):
     for column, key in [("id", "source.id_column"), ("t", "source.time_column"),
                         ("code", "inputs.steps.columns"), ("age", "inputs.static.columns"),
                         ("died", "outputs.died.column")]:
-        assert re.search(rf"^  ok  {column}\s+\S+: {re.escape(key)} must be", out, re.M)
+        assert re.search(rf"^  ok  {column}\s+\S+: {re.escape(key)} \(", out, re.M)
     assert f"{table.num_rows:,} rows in" in out
     assert "streams by row group" in out
     assert "split by id: train 90%, validation 10%, test 0%" in out
