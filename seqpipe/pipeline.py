@@ -303,7 +303,7 @@ class Pipeline:
             return
         first, filled = 0, collections.Counter()
         missing = {name: np.zeros(2, dtype=np.int64) for name in self.config.outputs}
-        tables = stream_chunks(self._stream, self.config, self._files.schema)
+        tables = stream_chunks(self._stream, self.config, self._files.schema, in_pieces=True)
         levels = self.config.levels
         for chunk, counts in ordered_map(self._group_chunk, tables, ahead=1):
             filled.update(counts.filled_values)

@@ -84,14 +84,15 @@ def stream_order(files: SourceFiles, config: PipelineConfig) -> StreamOrder:
     return StreamOrder(tuple(parts), None)
 
 
-def stream_chunks(order: StreamOrder, config: PipelineConfig,
-                  schema: pa.Schema) -> Iterator[SourceTable]:
+def stream_chunks(order: StreamOrder, config: PipelineConfig, schema: pa.Schema,
+                  in_pieces: bool = False) -> Iterator[SourceTable]:
     """Yields the source as tables of whole sequences, in id order, reading ahead.
 
     Args:
       order: a streamable `StreamOrder`.
       config: the pipeline config.
       schema: the columns to read and the types to cast them to.
+      in_pieces: hand sorted row groups on in pieces of about `PIECE_ROWS` rows.
     """
     parts = order.parts
     long_layout = config.source.layout == "long"
@@ -118,7 +119,7 @@ def stream_chunks(order: StreamOrder, config: PipelineConfig,
                 table, tail = _split(table, config.source.id_column, part.last, at_start=False)
                 waiting = [tail]
             if table.num_rows:
-                for piece in _pieces(table, config) if long_layout else [table]:
+                for piece in _pieces(table, config) if long_layout and in_pieces else [table]:
                     yield SourceTable(piece, part.where, (part.file,))
 
 
