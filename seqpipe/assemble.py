@@ -93,12 +93,14 @@ class Assembler:
         self.members_per_group = np.bincount(self.group_of[members],
                                              minlength=len(self.tables))
         self._batch_groups = [np.flatnonzero(plan.groups == g) for g in range(len(self.tables))]
-        # A group's store is allocated once the stream reaches its median member. Members
-        # that come earlier (sequences waiting for a batch of their bucket to fill) are
-        # parked unpadded until then, so a group that waits does not hold a whole store.
+        # A group's store is allocated once the stream reaches its first members, past the
+        # few (`PARKED_SHARE`) that come much earlier: sequences that waited windows long
+        # for a batch of their bucket to fill. Those are parked unpadded until then, so a
+        # group that waits does not hold a whole store, and little is copied twice.
         by_group = np.lexsort((members, self.group_of[members]))
         ordered, counts = members[by_group], self.members_per_group
-        self.open_at = ordered[np.cumsum(counts) - counts + counts // 2] if len(members) else []
+        early = (counts * PARKED_SHARE).astype(np.int64)
+        self.open_at = ordered[np.cumsum(counts) - counts + early] if len(members) else []
         self._parked: dict[int, list] = {}
         self._open: dict[int, Group] = {}
         self._next = 0
@@ -211,6 +213,9 @@ class Assembler:
                 weights[rows] = sample_weight(mode, valid, self.mean_valid[name]).reshape(-1)
             group.sample_weight[name] = weights
 
+
+# The share of a group's members, earliest first, parked before its store is allocated.
+PARKED_SHARE = 0.05
 
 # TensorFlow takes over a NumPy array without copying it when its data is aligned to this
 # many bytes (Eigen's widest vectors); tf.data's generator otherwise copies every group.
