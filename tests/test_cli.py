@@ -186,28 +186,33 @@ def test_materialize_writes_one_folder_per_split_and_refuses_to_overwrite(tmp_pa
 @pytest.mark.slow
 def test_a_killed_materialize_leaves_nothing_that_looks_complete(tmp_path):
     rng = np.random.default_rng(0)
-    table = long_table(rng.integers(50, 400, 3000), seed=0, shuffle_rows=False)
+    sequences = 6000
+    table = long_table(rng.integers(50, 400, sequences), seed=0, shuffle_rows=False)
     path = write(tmp_path / "data.parquet", table, 50_000)
     config = _config_file(tmp_path, base_config(path))
     out = tmp_path / "out"
+    # About 60 MB of records in 0.5 MB shards: the kill lands after some shards are
+    # written and long before the last.
     process = subprocess.Popen([sys.executable, "-m", "seqpipe", "materialize", config,
-                                "--out", str(out), "--shard-mb", "0.2"],
+                                "--out", str(out), "--shard-mb", "0.5"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     shards = []
     while time.monotonic() < deadline and process.poll() is None:
         shards = list(tmp_path.glob(".out.seqpipe-tmp-*/all/*.tfrecord"))
-        if len(shards) >= 2:  # halfway through writing
+        if len(shards) >= 4:
             break
-        time.sleep(0.05)
-    assert len(shards) >= 2 and process.poll() is None, "materialize ended before the kill"
+        time.sleep(0.005)
+    assert len(shards) >= 4 and process.poll() is None, "materialize ended before the kill"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not out.exists()
     assert not list(tmp_path.rglob("manifest.json"))
-    result = _seqpipe("materialize", config, "--out", str(out))
+    result = _seqpipe("materialize", config, "--out", str(out), "--shard-mb", "0.5")
     assert result.returncode == 0, result.stderr
     assert (out / "manifest.json").exists()
     assert not list(tmp_path.glob(".out.seqpipe-tmp-*"))  # the dead run's folder is gone
     ids = pq.read_table(out / "all/index.parquet")["id"]
-    assert len(ids) == 3000 == len(pc.unique(table["id"]))
+    assert len(ids) == sequences == len(pc.unique(table["id"]))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["parts"]["all"]["shards"]) > 2 * len(shards)  # killed well before the end
