@@ -64,10 +64,6 @@ class Inspection:
     def kept(self) -> np.ndarray:
         return self.lengths if self.maxlen is None else np.minimum(self.lengths, self.maxlen)
 
-    @property
-    def auto(self) -> tuple[int, ...]:
-        return next(p.boundaries for p in self.padding if p.label.startswith("auto"))
-
 
 def config_for(target: str, overrides: Optional[Mapping[str, Any]] = None
                ) -> tuple[PipelineConfig, bool]:
