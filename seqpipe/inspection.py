@@ -22,6 +22,7 @@ from seqpipe.batching import (auto_boundaries, batch_sizes, bucket_of, padding_w
                               plan_epoch)
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError
+from seqpipe.sequences import list_columns
 from seqpipe.split import PARTS, part_of
 from seqpipe.source import column_roles, open_source, source_schema
 from seqpipe.stream import stream_order
@@ -128,27 +129,23 @@ def inspect(config: PipelineConfig, from_file: bool = True) -> Inspection:
     schema = [(f.name, str(f.type), used.get(f.name, [])) for f in first_schema]
     row_groups = sum(len(p.row_groups) for p in files.dataset.get_fragments())
     source = config.source
-    outputs = config.outputs
+    labels = [s.column for s in config.outputs.values()]
     if source.layout == "long":
-        columns = [source.id_column] + [s.column for s in outputs.values()]
-        table = files.dataset.to_table(columns=list(dict.fromkeys(columns)))
+        table = files.dataset.to_table(columns=list(dict.fromkeys([source.id_column] + labels)))
         counts = pc.value_counts(table[source.id_column])
         lengths = counts.field("counts").to_numpy().astype(np.int64)
         ids = counts.field("values")
-        rows = table.num_rows
         missing = _missing_long(table, config)
     else:
-        from seqpipe.sequences import list_columns
-
         length_column = list_columns(config)[0][0]
-        columns = [length_column] + [s.column for s in outputs.values()]
-        table = files.dataset.to_table(columns=list(dict.fromkeys(columns)))
+        keys = [source.id_column] if source.id_column else []
+        table = files.dataset.to_table(columns=list(dict.fromkeys(keys + [length_column]
+                                                                  + labels)))
         lengths = pc.fill_null(pc.list_value_length(table[length_column]), 0).to_numpy(
             zero_copy_only=False).astype(np.int64)
-        ids = (files.dataset.to_table(columns=[source.id_column])[source.id_column]
-               if source.id_column else None)
-        rows = table.num_rows
+        ids = table[source.id_column] if source.id_column else None
         missing = _missing_nested(table, config)
+    rows = table.num_rows
     if not len(lengths):
         raise DataError(f"no sequences: {files.where} has no rows")
     inspection = Inspection(files.where, len(files.files), rows, row_groups, schema,

@@ -32,10 +32,10 @@ import pyarrow.parquet as pq
 from seqpipe.config import PipelineConfig, SplitConfig, load_config
 from seqpipe.dataset import batch_structure
 from seqpipe.errors import ConfigError, DataError, SourceNotFoundError
-from seqpipe.pipeline import Pipeline
+from seqpipe.batching import Windows
+from seqpipe.pipeline import Pipeline, missing_labels, valid_per_sequence
 from seqpipe.progress import Progress
 from seqpipe.records import encode_chunk, read_chunks
-from seqpipe.sequences import ranges
 from seqpipe.split import PARTS, part_of
 
 FORMAT = "seqpipe.materialized"
@@ -98,11 +98,17 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
             which = (part_of(chunk.ids, config.split) if config.split.enabled
                      else np.zeros(n, dtype=np.int8))
             records = list(encode_chunk(chunk, np.arange(n), start, kept, config))
+            valid = {name: valid_per_sequence(chunk.present[name], spec.level,
+                                              Windows(start, kept))
+                     for name, spec in config.outputs.items()}
             for part, writer in writers.items():
-                local = np.flatnonzero(which == (PARTS.index(part) if part != "all" else 0))
-                if len(local):
-                    writer.add(chunk, local, start[local], kept[local],
-                               [records[i] for i in local.tolist()])
+                mine = which == (PARTS.index(part) if part != "all" else 0)
+                if mine.any():
+                    local = np.flatnonzero(mine)
+                    writer.add(chunk.ids[local], kept[local], chunk.lengths[local],
+                               [records[i] for i in local.tolist()],
+                               {name: v[local] for name, v in valid.items()},
+                               missing_labels(chunk.present, mine, chunk.lengths, config.levels))
             if progress is not None:
                 progress.update(n)
         if progress is not None:
@@ -156,30 +162,21 @@ class _PartWriter:
         self.missing = {name: np.zeros(2, dtype=np.int64) for name in config.outputs}
         self.bytes = 0
 
-    def add(self, chunk, local: np.ndarray, start: np.ndarray, kept: np.ndarray,
-            records: list) -> None:
-        """Writes the records of sequences `local` of a chunk and notes their index rows."""
+    def add(self, ids: np.ndarray, kept: np.ndarray, lengths: np.ndarray, records: list,
+            valid: dict, missing: dict) -> None:
+        """Writes some sequences' records and notes their index rows and label counts."""
         for record in records:
             if self.writer is None or self.written >= self.shard_bytes:
                 self._next_shard()
             self.writer.write(record)
             self.written += len(record)
             self.bytes += len(record)
-        self.ids.append(chunk.ids[local])
+        self.ids.append(ids)
         self.kept.append(kept)
-        lengths = chunk.lengths[local]
         self.lengths.append(lengths)
-        for name, spec in self.config.outputs.items():
-            present = chunk.present[name]
-            if spec.level == "sequence":
-                mine = present[local]
-                self.valid[name].append(mine.astype(np.int64))
-            else:
-                running = np.concatenate([[0], np.cumsum(present, dtype=np.int64)])
-                self.valid[name].append(running[start + kept] - running[start])
-                mine = present if len(local) == len(chunk) else present[
-                    ranges(chunk.offsets[local], lengths)]
-            self.missing[name] += ((~mine).sum(), mine.size)
+        for name in self.config.outputs:
+            self.valid[name].append(valid[name])
+            self.missing[name] += missing[name]
 
     def _next_shard(self) -> None:
         if self.writer is not None:

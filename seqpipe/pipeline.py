@@ -184,7 +184,7 @@ class Pipeline:
         # source's index), so a part's batches do not depend on the other parts.
         self._members = np.flatnonzero(self._in_part)
         if self._whole is not None:
-            self._counted["missing_labels"] = _missing_labels(
+            self._counted["missing_labels"] = missing_labels(
                 self._whole.present, self._in_part, index.lengths, self.config.levels)
         kept = self.windows.length[self._members]
         boundaries = self.config.batching.bucket_boundaries
@@ -198,7 +198,7 @@ class Pipeline:
             self.seed = int(np.random.SeedSequence().entropy % 2**31)
         self._valid_counts = {
             name: records.valid[name] if records is not None else
-            _valid_per_sequence(index.present[name], spec.level, self.windows)
+            valid_per_sequence(index.present[name], spec.level, self.windows)
             for name, spec in self.config.outputs.items()
             if self.config.weight_mode(name) == "global_mean"}
         self._first_plan = self.plan(0)
@@ -304,15 +304,12 @@ class Pipeline:
         first, filled = 0, collections.Counter()
         missing = {name: np.zeros(2, dtype=np.int64) for name in self.config.outputs}
         tables = stream_chunks(self._stream, self.config, self._files.schema, in_pieces=True)
-        levels = self.config.levels
         for chunk, counts in ordered_map(self._group_chunk, tables, ahead=1):
             filled.update(counts.filled_values)
             mine = self._in_part[first:first + len(chunk)]
-            for name, present in chunk.present.items():
-                if not mine.all():
-                    present = present[mine if levels[name] == "sequence"
-                                      else np.repeat(mine, chunk.lengths)]
-                missing[name] += ((~present).sum(), present.size)
+            for name, pair in missing_labels(chunk.present, mine, chunk.lengths,
+                                             self.config.levels).items():
+                missing[name] += pair
             yield first, chunk
             first += len(chunk)
         if self._counted is None:
@@ -377,7 +374,7 @@ class Pipeline:
             truncated_sequences=int((kept < lengths).sum()),
             truncated_timesteps=int((lengths - kept).sum()),
             filled_values=None,
-            missing_labels=(_missing_labels(index.present, self._in_part, index.lengths,
+            missing_labels=(missing_labels(index.present, self._in_part, index.lengths,
                                             self.config.levels) if index.present else None),
             bucket_boundaries=self.bucket_boundaries, batches_per_epoch=len(plan.batches),
             sequences_dropped_per_epoch=plan.dropped_sequences,
@@ -414,7 +411,7 @@ class _Index:
                     for name in pieces[0].present}, rows, dropped)
 
 
-def _missing_labels(present: Mapping[str, np.ndarray], in_part: Optional[np.ndarray] = None,
+def missing_labels(present: Mapping[str, np.ndarray], in_part: Optional[np.ndarray] = None,
                     lengths: Optional[np.ndarray] = None, levels: Mapping = None) -> dict:
     """output -> (missing, all) labels, over the sequences `in_part` when given."""
     counts = {}
@@ -446,7 +443,7 @@ def _slices(sequences: Sequences, config: PipelineConfig) -> Iterator[tuple[int,
                                 cut(sequences.present))
 
 
-def _valid_per_sequence(present: np.ndarray, level: str, windows: Windows) -> np.ndarray:
+def valid_per_sequence(present: np.ndarray, level: str, windows: Windows) -> np.ndarray:
     """Present labels of one output inside each sequence's kept window."""
     if level == "sequence":
         return present.astype(np.int64)

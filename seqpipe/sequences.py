@@ -106,15 +106,28 @@ def sequence_lengths(source: SourceTable, config: PipelineConfig) -> tuple[np.nd
     id_name = config.source.id_column
     _check_no_nulls(source.table[id_name], "source.id_column", id_name, source.where)
     ids = source.table[id_name].combine_chunks()
-    if pc.all(pc.less_equal(ids[:-1], ids[1:])).as_py() is not False:
-        new = pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
-        starts = np.flatnonzero(np.concatenate([[True], new]))
+    if ascending(ids):
+        starts = sequence_starts(ids)
         lengths = np.diff(np.append(starts, len(ids)))
         return ids.take(pa.array(starts)).to_numpy(zero_copy_only=False), lengths
     counts = pc.value_counts(ids)
     order = pc.sort_indices(counts.field("values"))
     return (counts.field("values").take(order).to_numpy(zero_copy_only=False),
             counts.field("counts").take(order).to_numpy().astype(np.int64))
+
+
+def ascending(values) -> bool:
+    """True when an Arrow array or column never decreases."""
+    return pc.all(pc.less_equal(values[:-1], values[1:])).as_py() is not False
+
+
+def sequence_starts(ids) -> np.ndarray:
+    """The row where each run of equal ids begins: with rows sorted by id, where each
+    sequence begins."""
+    if len(ids) == 0:
+        return np.empty(0, dtype=np.int64)
+    new = pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
+    return np.flatnonzero(np.concatenate([[True], new]))
 
 
 def _check_no_nulls(column: pa.ChunkedArray, key: str, name: str, where: str) -> None:
@@ -136,13 +149,13 @@ def _group_long(table: pa.Table, config: PipelineConfig, where: str, with_inputs
         _check_no_nulls(table[time_name], "source.time_column", time_name, where)
     table = _sorted_by_id_and_time(table, id_name, time_name)
     ids = table[id_name].combine_chunks()
-    new_sequence = np.concatenate(
-        [[True], pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)])
-    starts = np.flatnonzero(new_sequence)
+    starts = sequence_starts(ids)
     offsets = np.append(starts, table.num_rows).astype(np.int64)
     sequence_ids = ids.take(pa.array(starts)).to_numpy(zero_copy_only=False)
     if time_name:
         times = table[time_name].to_numpy()
+        new_sequence = np.zeros(table.num_rows, dtype=bool)
+        new_sequence[starts] = True
         _check_unique_times(times, new_sequence, sequence_ids, offsets, time_name, where)
     columns = {}
     for column, key, level in _value_columns(config, with_inputs):
@@ -156,7 +169,7 @@ def _group_long(table: pa.Table, config: PipelineConfig, where: str, with_inputs
 def _sorted_by_id_and_time(table: pa.Table, id_name: str, time_name) -> pa.Table:
     keys = [(id_name, "ascending")] + ([(time_name, "ascending")] if time_name else [])
     ids = table[id_name]
-    in_order = pc.all(pc.less_equal(ids[:-1], ids[1:])).as_py() is not False
+    in_order = ascending(ids)
     if in_order and time_name:
         times = table[time_name]
         same_id = pc.equal(ids[:-1], ids[1:])

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
+from seqpipe.sequences import ascending, sequence_starts
 from seqpipe.source import SourceFiles, SourceTable
 
 # Row groups read ahead of the one being grouped, and the threads reading them. pyarrow
@@ -130,12 +131,12 @@ PIECE_ROWS = 1 << 17
 
 def _pieces(table: pa.Table, config: PipelineConfig) -> list:
     """Zero-copy slices of `table`, each of whole sequences, when its ids are sorted."""
-    if PIECE_ROWS is None or table.num_rows <= 2 * PIECE_ROWS:
+    if table.num_rows <= 2 * PIECE_ROWS:
         return [table]
     ids = table[config.source.id_column]
-    if ids.null_count or pc.all(pc.less_equal(ids[:-1], ids[1:])).as_py() is False:
+    if ids.null_count or not ascending(ids):
         return [table]  # rows of one sequence may be anywhere in the row group
-    starts = np.flatnonzero(pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)) + 1
+    starts = sequence_starts(ids)[1:]
     cuts = np.unique(starts[np.minimum(np.searchsorted(
         starts, np.arange(PIECE_ROWS, table.num_rows, PIECE_ROWS)), len(starts) - 1)])
     edges = np.concatenate([[0], cuts, [table.num_rows]])

@@ -8,6 +8,12 @@ from seqpipe import DataError, Pipeline, build_dataset, load_config
 from tests.conftest import STEP, base_config, long_table, nested_from_long, raw_sequences, write
 
 
+def _replaced(table: pa.Table, column: str, values) -> pa.Table:
+    """`table` with `column` replaced by `values` (a list or an Arrow array)."""
+    values = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+    return table.set_column(table.schema.get_field_index(column), column, values)
+
+
 def _batches(pipeline, epoch=0):
     return list(pipeline.batches(epoch))
 
@@ -49,7 +55,7 @@ def test_nested_time_column_orders_timesteps_within_each_sequence(lengths):
     reversed_lists = {c: pa.array([v[::-1] for v in nested[c].to_pylist()])
                       for c in ("t", "code", "x", "y")}
     for column, values in reversed_lists.items():
-        nested = nested.set_column(nested.schema.get_field_index(column), column, values)
+        nested = _replaced(nested, column, values)
     pipeline = Pipeline(base_config(None, layout="nested"), nested)
     expected = raw_sequences(long_table(lengths))
     codes = pipeline.sequences.features["steps"][:, 0]
@@ -179,7 +185,7 @@ def test_nested_list_length_mismatch():
     nested = nested_from_long(long_table([3, 4]))
     xs = nested["x"].to_pylist()
     xs[1] = xs[1][:-1]
-    nested = nested.set_column(nested.schema.get_field_index("x"), "x", pa.array(xs))
+    nested = _replaced(nested, "x", xs)
     with pytest.raises(DataError, match=r"sequence 's001' in the in-memory data has 3 values in "
                                         r"column 'x' \(inputs\.steps\.columns\) but 4 in 'code'"):
         build_dataset(base_config(None, layout="nested"), nested)
@@ -197,12 +203,12 @@ def test_nested_null_lists():
     nested = nested_from_long(long_table([3, 4], label_missing=0.0))
     ys = nested["y"].to_pylist()
     ys[0] = None  # a null label list: every label of s000 is missing
-    labelled = nested.set_column(nested.schema.get_field_index("y"), "y", pa.array(ys))
+    labelled = _replaced(nested, "y", ys)
     pipeline = Pipeline(base_config(None, layout="nested"), labelled)
     assert pipeline.sequences.present["y"].tolist() == [False] * 3 + [True] * 4
     xs = nested["x"].to_pylist()
     xs[1] = None
-    broken = nested.set_column(nested.schema.get_field_index("x"), "x", pa.array(xs))
+    broken = _replaced(nested, "x", xs)
     with pytest.raises(DataError, match=r"column 'x' \(inputs\.steps\.columns\) is null instead "
                                         r"of a list in 1 rows of the in-memory data, first in "
                                         r"sequence 's001'"):
@@ -214,8 +220,7 @@ def test_nested_empty_sequences_are_dropped_and_counted():
     empty = {c: (nested[c].to_pylist()[:1] + [[]] + nested[c].to_pylist()[2:])
              for c in ("t", "code", "x", "y")}
     for column, values in empty.items():
-        nested = nested.set_column(nested.schema.get_field_index(column), column,
-                                   pa.array(values))
+        nested = _replaced(nested, column, values)
     pipeline = Pipeline(base_config(None, layout="nested"), nested)
     assert pipeline.sequences.ids.tolist() == ["s000", "s002"]
     assert pipeline.sequences.features["static"][:, 0].tolist() == [40.0, 42.0]
@@ -236,7 +241,7 @@ def test_nested_null_list_in_the_column_that_fixes_the_length():
     nested = nested_from_long(long_table([3, 4]))
     codes = nested["code"].to_pylist()
     codes[0] = None
-    nested = nested.set_column(nested.schema.get_field_index("code"), "code", pa.array(codes))
+    nested = _replaced(nested, "code", codes)
     with pytest.raises(DataError, match=r"column 'code' \(inputs\.steps\.columns\) is null "
                                         r"instead of a list in 1 rows of the in-memory data, "
                                         r"first in sequence 's000'"):
@@ -246,8 +251,7 @@ def test_nested_null_list_in_the_column_that_fixes_the_length():
 def test_nested_data_whose_sequences_are_all_empty():
     nested = nested_from_long(long_table([3, 4]))
     for column in ("t", "code", "x", "y"):
-        nested = nested.set_column(nested.schema.get_field_index(column), column,
-                                   pa.array([[], []], pa.list_(pa.float64())))
+        nested = _replaced(nested, column, pa.array([[], []], pa.list_(pa.float64())))
     with pytest.raises(DataError, match=r"no sequences: every sequence in the in-memory data "
                                         r"is empty"):
         Pipeline(base_config(None, layout="nested"), nested)
