@@ -137,6 +137,8 @@ def _pieces(table: pa.Table, config: PipelineConfig) -> list:
     if ids.null_count or not ascending(ids):
         return [table]  # rows of one sequence may be anywhere in the row group
     starts = sequence_starts(ids)[1:]
+    if not len(starts):
+        return [table]  # one sequence: nothing to cut between
     cuts = np.unique(starts[np.minimum(np.searchsorted(
         starts, np.arange(PIECE_ROWS, table.num_rows, PIECE_ROWS)), len(starts) - 1)])
     edges = np.concatenate([[0], cuts, [table.num_rows]])

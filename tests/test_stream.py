@@ -79,6 +79,17 @@ def test_big_row_groups_are_handed_on_in_pieces_of_whole_sequences(tmp_path, mon
                                                           "shuffle.seed": 2}), table), epoch)
 
 
+def test_a_row_group_of_one_long_sequence_is_handed_on_whole(tmp_path, monkeypatch):
+    from seqpipe import stream
+
+    table = _by_id(long_table([200, 3]))
+    path = write(tmp_path / "d.parquet", table, row_group_size=200)  # s000 fills row group 0
+    monkeypatch.setattr(stream, "PIECE_ROWS", 40)
+    streamed = Pipeline(_config(path))
+    assert [len(c) for _, c in streamed.chunks()] == [1, 1]
+    _same_batches(streamed, Pipeline(_config(None), table), 0)
+
+
 def test_a_directory_of_files_streams_in_id_order(tmp_path):
     table = _by_id(long_table(LENGTHS))
     (tmp_path / "dir").mkdir()
