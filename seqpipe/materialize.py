@@ -306,7 +306,9 @@ def read_manifest(path: Union[str, os.PathLike]) -> dict:
     except (OSError, ValueError) as e:
         raise DataError(f"{file} is not readable JSON: {e}") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DataError(f"{file} is not a seqpipe materialize manifest")
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise DataError(f"{file} is not a seqpipe materialize manifest: its format is "
+                        f"{found!r}, not {FORMAT!r}")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise DataError(f"{file} has format version {manifest['format_version']}, newer than "
                         f"this seqpipe reads ({FORMAT_VERSION}); upgrade seqpipe")

@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -216,3 +217,20 @@ def test_a_killed_materialize_leaves_nothing_that_looks_complete(tmp_path):
     assert len(ids) == sequences == len(pc.unique(table["id"]))
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["parts"]["all"]["shards"]) > 2 * len(shards)  # killed well before the end
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, table):
+    path = write(tmp_path / "data.parquet", table, 100)
+    config = _config_file(tmp_path, base_config(path))
+    shards = _seqpipe("materialize", config, "--out", str(tmp_path / "out"), "--shard-mb", "0",
+                      timeout=60)
+    assert shards.returncode == 2 and "Traceback" not in shards.stderr
+    assert "seqpipe: error: --shard-mb must be positive; got 0.0" in shards.stderr
+    folder = _seqpipe("validate", str(tmp_path), timeout=60)
+    assert folder.returncode == 2
+    assert "is a folder; this command takes a YAML config file" in folder.stderr
+    words = write(tmp_path / "words.parquet", pa.table({"id": ["a", "b"], "word": ["x", "y"]}))
+    nothing = _seqpipe("inspect", words, timeout=60)
+    assert nothing.returncode == 2 and "Traceback" not in nothing.stderr
+    assert "words.parquet has no numeric columns to use as features; it has id, word" in \
+        nothing.stderr

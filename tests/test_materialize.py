@@ -144,3 +144,30 @@ def test_loading_something_that_is_not_a_finished_output_is_an_error(tmp_path):
     next((tmp_path / "out/test").glob("*.tfrecord")).unlink()
     with pytest.raises(DataError, match="is incomplete: .*part-00000.tfrecord is missing"):
         load_materialized(tmp_path / "out", split="test")
+
+
+def test_a_damaged_or_foreign_output_is_a_clear_error(tmp_path):
+    path = write(tmp_path / "a.parquet", long_table(LENGTHS[:20]), 50)
+    out = tmp_path / "out"
+    materialize(load_config(base_config(path)), out)
+    manifest = (out / "manifest.json").read_text()
+    with pytest.raises(ConfigError, match=r"holds no part 'train'; it holds all"):
+        load_materialized(out, split="train")
+    (out / "manifest.json").write_text(manifest[:40])
+    with pytest.raises(DataError, match=r"manifest.json is not readable JSON"):
+        load_materialized(out)
+    (out / "manifest.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(DataError, match=r"is not a seqpipe materialize manifest: its format "
+                                        r"is 'something else', not 'seqpipe.materialized'"):
+        load_materialized(out)
+    newer = dict(json.loads(manifest), format_version=99)
+    (out / "manifest.json").write_text(json.dumps(newer))
+    with pytest.raises(DataError, match=r"has format version 99, newer than this seqpipe reads "
+                                        r"\(1\); upgrade seqpipe"):
+        load_materialized(out)
+    fewer = json.loads(manifest)
+    fewer["parts"]["all"]["sequences"] += 1
+    (out / "manifest.json").write_text(json.dumps(fewer))
+    with pytest.raises(DataError, match=r"index.parquet lists 20 sequences, the manifest 21; "
+                                        r"materialize again"):
+        load_materialized(out)

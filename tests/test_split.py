@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from seqpipe import ConfigError, Pipeline, build_dataset, load_config
+from seqpipe import ConfigError, DataError, Pipeline, build_dataset, load_config
 from seqpipe.config import SplitConfig
 from seqpipe.split import part_of
 from tests.conftest import base_config, long_table, scatter, write
@@ -122,3 +122,19 @@ def test_split_needs_an_id_column():
     config["source"] = {"layout": "nested"}
     with pytest.raises(ConfigError, match="split needs source.id_column"):
         load_config(config)
+
+
+def test_a_part_that_gets_no_sequence_is_an_error():
+    table = long_table([3, 4, 5])
+    with pytest.raises(DataError, match=r"split 'test' holds none of the 3 sequences in the "
+                                        r"in-memory data; raise split.test or use more data"):
+        Pipeline(base_config(split={"test": 0.001, "seed": 0}), data=table, split="test")
+
+
+def test_ids_of_a_type_that_cannot_be_hashed_are_an_error():
+    table = long_table([3, 4])
+    table = table.set_column(0, "id", pc.equal(table["id"], "s000"))  # True or False
+    with pytest.raises(DataError, match=r"split needs sequence ids that are integers, strings, "
+                                        r"floats, dates or timestamps; source.id_column has "
+                                        r"type bool"):
+        Pipeline(base_config(split=SPLIT), data=table, split="train")
