@@ -234,3 +234,14 @@ def test_bad_arguments_are_one_line_errors(tmp_path, table):
     assert nothing.returncode == 2 and "Traceback" not in nothing.stderr
     assert "words.parquet has no numeric columns to use as features; it has id, word" in \
         nothing.stderr
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, table, monkeypatch):
+    from seqpipe import DataError
+    from seqpipe.inspection import config_for, inspect, plot
+
+    path = write(tmp_path / "data.parquet", table, 100)
+    found = inspect(*config_for(path))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    with pytest.raises(DataError, match=r"--plot needs matplotlib: pip install 'seqpipe\[plot\]'"):
+        plot(found, tmp_path / "lengths.png")
