@@ -2,8 +2,8 @@
 
 An epoch's plan says where every kept timestep lands: batch, row and column. The batches of
 one assembly group lie end to end in flat arrays (one per input and output), so a chunk of
-sequences, as it arrives from the source, is scattered into them with one index operation
-per column: each timestep is read once and written once, and no batch is copied again.
+sequences, as it arrives from the source, is copied into them run by run (`seqpipe.runs`):
+each timestep is read once and written once, and no batch is copied again.
 A group goes out when its last sequence has arrived; until then only the chunk in hand and
 the groups being filled are in memory.
 """
@@ -179,24 +179,28 @@ class Assembler:
 
     def _scatter(self, group: Group, chunk: Sequences, local: np.ndarray,
                  index: np.ndarray) -> None:
-        kept = self.kept[index]
-        within = np.arange(int(kept.sum())) - np.repeat(np.cumsum(kept) - kept, kept)
-        source = np.repeat(chunk.offsets[local] + self.skip[index], kept) + within
-        dest = np.repeat(self.time_dest[index], kept) + within
+        from seqpipe.runs import copy_runs  # numba, imported when batches are first made
+
+        kept, dest = self.kept[index], self.time_dest[index]
+        source = chunk.offsets[local] + self.skip[index]
         sequence_dest = self.sequence_dest[index]
         for name, spec in self.config.inputs.items():
-            at, rows = (dest, source) if spec.level == "timestep" else (sequence_dest, local)
             values = chunk.features[name]
-            if isinstance(values, tuple):  # columns: one strided write each, no matrix
+            if spec.level == "timestep":
+                copy_runs(values, source, group.x[name], dest, kept)
+            elif isinstance(values, tuple):  # one row per sequence: few, NumPy is enough
                 for j, column in enumerate(values):
-                    # A 1-D view takes NumPy's faster path than indexing (at, j).
-                    group.x[name][:, j][at] = column[rows]
+                    group.x[name][sequence_dest, j] = column[local]
             else:
-                group.x[name][at] = values[rows]
+                group.x[name][sequence_dest] = values[local]
         for name, spec in self.config.outputs.items():
-            at, rows = (dest, source) if spec.level == "timestep" else (sequence_dest, local)
-            group.y[name][at] = chunk.labels[name][rows]
-            group.valid[name][at] = chunk.present[name][rows]
+            labels, present = chunk.labels[name], chunk.present[name]
+            if spec.level == "timestep":
+                copy_runs(labels, source, group.y[name], dest, kept)
+                copy_runs(present, source, group.valid[name], dest, kept)
+            else:
+                group.y[name][sequence_dest] = labels[local]
+                group.valid[name][sequence_dest] = present[local]
         group.remaining -= len(index)
 
     def _weigh(self, group: Group) -> None:

@@ -49,6 +49,16 @@ def test_element_spec_and_cardinality():
     assert dataset.cardinality().numpy() == pipeline.report.batches_per_epoch
 
 
+def test_autotuning_is_off_and_a_user_can_turn_it_back_on():
+    """Off because deleting an iterator waits for the autotuner's thread, often for about a
+    second (benchmarks/iterator_deletion.py); the user's later option wins."""
+    dataset = build_dataset(Pipeline(_config(), long_table(LENGTHS)))
+    assert dataset.options().autotune.enabled is False
+    options = tf.data.Options()
+    options.autotune.enabled = True
+    assert dataset.with_options(options).options().autotune.enabled is True
+
+
 def test_same_config_and_seed_give_the_same_batches_run_after_run(tmp_path):
     path = write(tmp_path / "d.parquet", long_table(LENGTHS))
     config = load_config(_config(), {"source.path": path})

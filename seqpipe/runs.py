@@ -1,0 +1,79 @@
+"""Runs: the copy at the heart of assembly, compiled.
+
+A chunk's sequences land in their batches as runs of rows: sequence i's kept timesteps are
+rows `source[i] : source[i] + count[i]` of the chunk and rows `dest[i] : dest[i] + count[i]`
+of its group's padded arrays. NumPy can only move them with an index per timestep: build
+8-byte source and destination indices for every row, gather, then scatter, once per
+column. Compiled, each run is one copy, all of a row's columns together, and the GIL is
+released while it runs, so the copy overlaps the Parquet reads and tf.data. Measured on
+43 k timesteps of 8 columns: 1.0-1.4 ms with NumPy indexing (plus 0.1 ms for the indices),
+0.2 ms here. One epoch of the reference file (build_dataset, every batch): 0.90x the time
+and 13 % less CPU, median of 10 alternating rounds in one process.
+
+numba is imported here and only here, when a pipeline first assembles batches: importing
+seqpipe, inspecting and validating stay as fast as before. Compiled code is cached next to
+this file (or in numba's user cache): the first epoch on a new machine takes about 4 s
+longer while it compiles, later processes load it in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import numba
+import numpy as np
+
+
+def copy_runs(values: Union[np.ndarray, tuple], source: np.ndarray, out: np.ndarray,
+              dest: np.ndarray, count: np.ndarray) -> None:
+    """Copies rows `source[i] : source[i] + count[i]` of `values` to rows
+    `dest[i] : dest[i] + count[i]` of `out`, for every i.
+
+    Args:
+      values: a 1-D or 2-D array, or a tuple of k 1-D columns (then `out` is `(rows, k)`).
+      source, dest, count: int64 arrays of one length.
+      out: the array written to; its dtype wins (values are cast as by assignment).
+
+    Raises:
+      IndexError: a run reaches past the end of `values` or `out`. The compiled loop does
+        not check bounds, so this is checked for all runs before any is copied.
+
+    >>> out = np.zeros(6, np.float32)
+    >>> copy_runs(np.arange(5, dtype=np.float32), np.array([3, 0]), out,
+    ...           np.array([0, 4]), np.array([2, 1]))
+    >>> out.tolist()
+    [3.0, 4.0, 0.0, 0.0, 0.0, 0.0]
+    """
+    source, dest, count = (np.ascontiguousarray(a, dtype=np.int64)
+                           for a in (source, dest, count))
+    rows = len(values[0]) if isinstance(values, tuple) else len(values)
+    _check(source, count, rows, "source")
+    _check(dest, count, len(out), "destination")
+    if not isinstance(values, tuple):
+        _rows(values, source, out, dest, count)
+    elif len({numba.typeof(column) for column in values}) == 1:
+        _columns(values, source, out, dest, count)
+    else:  # columns of different types (say, one read-only): no one tuple type
+        for j, column in enumerate(values):
+            _rows(column, source, out[:, j], dest, count)
+
+
+def _check(start: np.ndarray, count: np.ndarray, rows: int, what: str) -> None:
+    if len(start) and (start.min() < 0 or (start + count).max() > rows):
+        raise IndexError(f"a {what} run reaches past row {rows} (a seqpipe bug; please "
+                         f"report it)")
+
+
+@numba.njit(nogil=True, cache=True)
+def _rows(values, source, out, dest, count):  # pragma: no cover - compiled
+    for i in range(len(count)):
+        out[dest[i]:dest[i] + count[i]] = values[source[i]:source[i] + count[i]]
+
+
+@numba.njit(nogil=True, cache=True)
+def _columns(columns, source, out, dest, count):  # pragma: no cover - compiled
+    for i in range(len(count)):
+        s, d = source[i], dest[i]
+        for t in range(count[i]):
+            for j in range(len(columns)):
+                out[d + t, j] = columns[j][s + t]
