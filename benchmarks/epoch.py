@@ -200,7 +200,7 @@ def run_one(name: str, path: Path, repeats: int) -> dict:
         pq.read_table(path)
         reads.append(time.perf_counter() - start)
     return {"seconds": statistics.median(times), "read_table": statistics.median(reads),
-            "padding": 1 - real / padded, "peak_mb": peak}
+            "padding": 1 - real / padded, "peak_mb": peak, "runs": times, "reads": reads}
 
 
 def _first(batch):

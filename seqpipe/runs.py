@@ -51,11 +51,17 @@ def copy_runs(values: Union[np.ndarray, tuple], source: np.ndarray, out: np.ndar
     _check(dest, count, len(out), "destination")
     if not isinstance(values, tuple):
         _rows(values, source, out, dest, count)
-    elif len({numba.typeof(column) for column in values}) == 1:
+    elif len({_kind(column) for column in values}) == 1:
         _columns(values, source, out, dest, count)
     else:  # columns of different types (say, one read-only): no one tuple type
         for j, column in enumerate(values):
             _rows(column, source, out[:, j], dest, count)
+
+
+def _kind(column: np.ndarray) -> tuple:
+    """What decides a column's numba type (`numba.typeof` itself is slower than a copy)."""
+    flags = column.flags
+    return column.dtype, column.ndim, flags.c_contiguous, flags.writeable, flags.aligned
 
 
 def _check(start: np.ndarray, count: np.ndarray, rows: int, what: str) -> None:
