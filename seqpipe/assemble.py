@@ -63,18 +63,27 @@ class Assembler:
       lengths: (n,) every sequence's timesteps before truncation.
       kept: (n,) timesteps kept by truncation.
       mean_valid: output -> valid labels per batch over the epoch (for global_mean).
+      same_shape_first: pad the epoch's first this many batches to `batching.batch_size`
+        rows of `padding.maxlen` timesteps, rows past their sequences left empty (all
+        padding, weight 0). For several replicas: Keras 3 averages the first batch of every
+        replica to build the model, which needs them all the same shape.
     """
 
     def __init__(self, config: PipelineConfig, plan: EpochPlan, lengths: np.ndarray,
-                 kept: np.ndarray, mean_valid: Mapping[str, float]) -> None:
+                 kept: np.ndarray, mean_valid: Mapping[str, float],
+                 same_shape_first: int = 0) -> None:
         self.config, self.plan, self.mean_valid = config, plan, mean_valid
         self.lengths, self.kept = lengths, kept
-        sizes = np.array([len(b) for b in plan.batches], dtype=np.int64)
+        counts = np.array([len(b) for b in plan.batches], dtype=np.int64)
         members = np.concatenate(plan.batches) if plan.batches else np.empty(0, np.int64)
-        first = np.cumsum(sizes) - sizes
+        first = np.cumsum(counts) - counts
         steps = (np.maximum.reduceat(kept[members], first) if len(members)
                  else np.empty(0, np.int64))
-        batch_rows = np.repeat(np.arange(len(sizes)), sizes)
+        sizes = counts.copy()  # rows of each batch: its sequences, and empty rows
+        if same_shape_first:
+            sizes[:same_shape_first] = config.batching.batch_size
+            steps[:same_shape_first] = config.padding.maxlen
+        batch_rows = np.repeat(np.arange(len(counts)), counts)
         row = np.arange(len(members)) - first[batch_rows]
         t0 = _exclusive_cumsum_within(sizes * steps, plan.groups)
         s0 = _exclusive_cumsum_within(sizes, plan.groups)
@@ -158,24 +167,25 @@ class Assembler:
         valid = {name: np.zeros(rows[spec.level], dtype=bool)
                  for name, spec in config.outputs.items()}
         members = [self.plan.batches[k] for k in self._batch_groups[g]]
-        padding = self._padding_positions(np.concatenate(members), table)
+        padding = self._padding_positions(members, table)
+        empty = _empty_rows(members, table)
         for name, spec in config.inputs.items():
-            if spec.level == "timestep":
-                x[name][padding] = value
+            x[name][padding if spec.level == "timestep" else empty[spec.level]] = value
         for name, spec in config.outputs.items():
-            if spec.level == "timestep":
-                y[name][padding] = value
+            y[name][padding if spec.level == "timestep" else empty[spec.level]] = value
         return Group(table, members, x, y, valid, {}, int(self.members_per_group[g]),
                      config.levels)
 
-    def _padding_positions(self, members: np.ndarray, table: np.ndarray) -> np.ndarray:
-        """The padded timestep rows of a group, given its members in batch order."""
-        steps = np.repeat(table[:, 3], table[:, 2])
+    def _padding_positions(self, batches: list, table: np.ndarray) -> np.ndarray:
+        """The padded timestep rows of a group, given each batch's members: the padding
+        after (or before) every sequence, then the empty rows."""
+        steps = np.repeat(table[:, 3], [len(m) for m in batches])
+        members = np.concatenate(batches)
         kept = self.kept[members]
         missing = steps - kept
         start = self.time_dest[members] + (kept if self.config.padding.side == "post"
                                            else -missing)
-        return ranges(start, missing)
+        return np.concatenate([ranges(start, missing), _empty_rows(batches, table)["timestep"]])
 
     def _scatter(self, group: Group, chunk: Sequences, local: np.ndarray,
                  index: np.ndarray) -> None:
@@ -250,6 +260,16 @@ def _take(chunk: Sequences, local: np.ndarray, config: PipelineConfig) -> Sequen
 
     return Sequences(chunk.ids[local], np.concatenate([[0], np.cumsum(lengths)]),
                      take(chunk.features), take(chunk.labels), take(chunk.present))
+
+
+def _empty_rows(batches: list, table: np.ndarray) -> dict:
+    """Per level, the positions of the rows of a group that no sequence fills: the rows past
+    each batch's members (`same_shape_first`)."""
+    t0, s0, size, steps = table.T
+    filled = np.array([len(b) for b in batches], dtype=np.int64)
+    empty = size - filled
+    return {"timestep": ranges(t0 + filled * steps, empty * steps),
+            "sequence": ranges(s0 + filled, empty)}
 
 
 def _exclusive_cumsum_within(values: np.ndarray, groups: np.ndarray) -> np.ndarray:

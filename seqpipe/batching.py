@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 
 from seqpipe.config import BatchingConfig, PaddingConfig, ShuffleConfig
+from seqpipe.errors import DataError
 
 MAX_AUTO_BUCKETS = 8
 # "auto" stops adding buckets once one more would cut padding by less than this share of
@@ -163,6 +164,30 @@ def plan_epoch(lengths: np.ndarray, buckets: np.ndarray, sizes: np.ndarray,
 # each, which the allocator reuses from one group to the next instead of mapping fresh
 # memory (and taking page faults) for every window.
 BATCHES_PER_GROUP = 32
+
+
+def in_multiples(plan: EpochPlan, multiple: int) -> EpochPlan:
+    """The plan with its largest batches halved until the batch count is a multiple of
+    `multiple`: tf.distribute hands each of `multiple` local replicas one batch per step,
+    and pads a last step it cannot fill with empty batches, which recurrent layers reject.
+
+    Raises:
+      DataError: too few sequences to make that many batches.
+
+    >>> plan = EpochPlan([np.arange(4), np.arange(4, 6), np.arange(6, 7)], np.zeros(3, int), 0)
+    >>> [b.tolist() for b in in_multiples(plan, 2).batches]
+    [[0, 1], [2, 3], [4, 5], [6]]
+    """
+    batches, groups = list(plan.batches), list(plan.groups)
+    while len(batches) % multiple:
+        k = max(range(len(batches)), key=lambda j: len(batches[j]))
+        if len(batches[k]) < 2:
+            raise DataError(f"{len(batches)} sequences cannot be cut into batches for "
+                            f"{multiple} replicas in equal steps; use more data")
+        half = (len(batches[k]) + 1) // 2
+        batches[k:k + 1] = [batches[k][:half], batches[k][half:]]
+        groups[k:k + 1] = [groups[k]] * 2
+    return dataclasses.replace(plan, batches=batches, groups=np.asarray(groups, dtype=np.int64))
 
 
 def _split_groups(groups: np.ndarray) -> np.ndarray:

@@ -13,13 +13,15 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from seqpipe.config import PipelineConfig
+from seqpipe.config import PipelineConfig, load_config
+from seqpipe.errors import ConfigError
 from seqpipe.pipeline import Pipeline
+from seqpipe.shard import Shard, per_replica
 from seqpipe.stream import in_background
 
 
 def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathLike],
-                  data: Any = None, split: Optional[str] = None):
+                  data: Any = None, split: Optional[str] = None, *, input_context: Any = None):
     """Builds the `tf.data.Dataset` of `(x, y, sample_weight)` batches for `model.fit`.
 
     Every pass over the dataset is one epoch; epoch k is reshuffled with (seed, k), so the
@@ -30,6 +32,10 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
       data: a pandas DataFrame or pyarrow Table to use instead of `source.path`.
       split: 'train', 'validation' or 'test': the part of the data to read, when the config
         has a `split` section (see `seqpipe.split`).
+      input_context: the `tf.distribute.InputContext` that
+        `strategy.distribute_datasets_from_function` passes: this input pipeline then reads
+        its own share of the sequences (`seqpipe.shard`), and `batching.batch_size` is the
+        global batch, divided over the replicas.
 
     Returns:
       A dataset whose elements are `(x, y, sample_weight)`: `x` maps input names to float32
@@ -42,8 +48,18 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
     Example::
 
       model.fit(build_dataset("configs/train.yaml"), epochs=3, shuffle=False)
+
+      strategy = tf.distribute.MirroredStrategy()
+      dataset = strategy.distribute_datasets_from_function(
+          lambda context: build_dataset("configs/train.yaml", input_context=context))
     """
-    pipeline = config if isinstance(config, Pipeline) else Pipeline(config, data, split)
+    if isinstance(config, Pipeline):
+        if input_context is not None:
+            raise ConfigError("input_context needs a config, not a Pipeline already built: "
+                              "each input pipeline builds its own share")
+        pipeline = config
+    else:
+        pipeline = sharded_pipeline(config, input_context, data=data, split=split)
     import tensorflow as tf
 
     config, epochs = pipeline.config, itertools.count()
@@ -77,6 +93,17 @@ def _options():
     options = tf.data.Options()
     options.autotune.enabled = False
     return options
+
+
+def sharded_pipeline(config: Any, input_context: Any, **kwargs) -> Pipeline:
+    """The `Pipeline` of one input pipeline: its share of the sequences, per-replica batches."""
+    config = config if isinstance(config, PipelineConfig) else load_config(config)
+    local_replicas = 0
+    if input_context is not None and input_context.num_replicas_in_sync > 1:
+        local_replicas = (input_context.num_replicas_in_sync //
+                          input_context.num_input_pipelines)
+    return Pipeline(per_replica(config, input_context), shard=Shard.of(input_context),
+                    same_shape_first=local_replicas, **kwargs)
 
 
 def _cuts(table: np.ndarray, config: PipelineConfig) -> dict:

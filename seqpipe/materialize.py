@@ -36,6 +36,7 @@ from seqpipe.batching import Windows
 from seqpipe.pipeline import Pipeline, missing_labels, valid_per_sequence
 from seqpipe.progress import Progress
 from seqpipe.records import encode_chunk, read_chunks
+from seqpipe.shard import Shard, contiguous_runs
 from seqpipe.split import PARTS, part_of
 
 FORMAT = "seqpipe.materialized"
@@ -157,6 +158,7 @@ class _PartWriter:
         self.folder, self.config, self.shard_bytes, self.tf = folder, config, shard_bytes, tf
         self.shards: list[str] = []
         self.writer, self.written = None, 0
+        self.shard_sequences: list[int] = []  # records in each shard: sharing out by file
         self.ids, self.kept, self.lengths = [], [], []
         self.valid = {name: [] for name in config.outputs}
         self.missing = {name: np.zeros(2, dtype=np.int64) for name in config.outputs}
@@ -169,6 +171,7 @@ class _PartWriter:
             if self.writer is None or self.written >= self.shard_bytes:
                 self._next_shard()
             self.writer.write(record)
+            self.shard_sequences[-1] += 1
             self.written += len(record)
             self.bytes += len(record)
         self.ids.append(ids)
@@ -183,6 +186,7 @@ class _PartWriter:
             self.writer.close()
         name = f"part-{len(self.shards):05d}.tfrecord"
         self.shards.append(name)
+        self.shard_sequences.append(0)
         self.writer = self.tf.io.TFRecordWriter(str(self.folder / name))
         self.written = 0
 
@@ -202,7 +206,8 @@ class _PartWriter:
                 "truncated_sequences": int((kept < lengths).sum()),
                 "truncated_timesteps": int((lengths - kept).sum()),
                 "missing_labels": {n: [int(m), int(t)] for n, (m, t) in self.missing.items()},
-                "shards": self.shards, "bytes": self.bytes}
+                "shards": self.shards, "shard_sequences": self.shard_sequences,
+                "bytes": self.bytes}
 
     def abort(self) -> None:
         if self.writer is not None:
@@ -280,9 +285,25 @@ class MaterializedPart:
     rows: int
     counted: Mapping[str, Any]
     report_fields: Mapping[str, Any]
+    file_sequences: Optional[tuple] = None  # records per file; None from older outputs
 
     def chunks(self):
         return read_chunks(list(self.files), self.config, self.ids)
+
+    def share(self, shard: Shard) -> Optional["MaterializedPart"]:
+        """This part cut down to `shard`'s run of files (`seqpipe.shard`); None when there are
+        fewer files than pipelines, or the output does not record records per file."""
+        if self.file_sequences is None or len(self.files) < shard.count:
+            return None
+        counts = np.asarray(self.file_sequences, dtype=np.int64)
+        runs = contiguous_runs(counts, shard.count)
+        start, stop = int(runs[shard.index]), int(runs[shard.index + 1])
+        first, last = int(counts[:start].sum()), int(counts[:stop].sum())
+        return dataclasses.replace(
+            self, files=self.files[start:stop], ids=self.ids[first:last],
+            lengths=self.lengths[first:last],
+            valid={name: v[first:last] for name, v in self.valid.items()},
+            file_sequences=tuple(self.file_sequences[start:stop]))
 
 
 def read_manifest(path: Union[str, os.PathLike]) -> dict:
@@ -385,11 +406,22 @@ def open_part(path: Union[str, os.PathLike], config: Any = None,
     return MaterializedPart(config, str(part_folder), files,
                             index["id"].to_numpy(zero_copy_only=False),
                             index["length"].to_numpy(), valid, source["rows"], counted,
-                            report_fields)
+                            report_fields, _file_sequences(info, index.num_rows))
+
+
+def _file_sequences(info: dict, sequences: int) -> Optional[tuple]:
+    counts = info.get("shard_sequences")  # absent from outputs written before it was kept
+    if counts is None:
+        return None
+    if len(counts) != len(info["shards"]) or sum(counts) != sequences:
+        raise DataError(f"the manifest's shard_sequences ({sum(counts):,} records in "
+                        f"{len(counts)} files) disagree with its index ({sequences:,} sequences "
+                        f"in {len(info['shards'])} files); materialize again")
+    return tuple(int(c) for c in counts)
 
 
 def load_materialized(path: Union[str, os.PathLike], config: Any = None,
-                      split: Optional[str] = None):
+                      split: Optional[str] = None, *, input_context: Any = None):
     """The `(x, y, sample_weight)` dataset of a materialized output, batched on the fly.
 
     With the same config and seed, it yields exactly the batches `build_dataset` yields
@@ -401,6 +433,8 @@ def load_materialized(path: Union[str, os.PathLike], config: Any = None,
         batching, shuffle, weights, padding side and value, and label fill values; the
         keys that decide what the records hold (`FROZEN`) must match.
       split: the part to read ('train', 'validation', 'test'); needed when there are several.
+      input_context: a `tf.distribute.InputContext`: read this input pipeline's share of
+        the shard files and batch per replica, as `build_dataset` does.
 
     Raises:
       SeqpipeError: no such output, an unfinished one, or a config that does not fit it.
@@ -410,7 +444,7 @@ def load_materialized(path: Union[str, os.PathLike], config: Any = None,
       model.fit(seqpipe.load_materialized("out/", split="train"),
                 validation_data=seqpipe.load_materialized("out/", split="validation"))
     """
-    from seqpipe.dataset import build_dataset
+    from seqpipe.dataset import build_dataset, sharded_pipeline
 
     part = open_part(path, config, split)
-    return build_dataset(Pipeline(part.config, records=part))
+    return build_dataset(sharded_pipeline(part.config, input_context, records=part))

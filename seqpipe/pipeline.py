@@ -20,12 +20,14 @@ import pyarrow as pa
 
 from seqpipe.assemble import Assembler, Group
 from seqpipe.batching import (EpochPlan, Windows, auto_boundaries, batch_sizes, bucket_of,
+                              in_multiples,
                               padding_waste, plan_epoch, truncate)
 from seqpipe.config import PipelineConfig, load_config
-from seqpipe.errors import DataError
+from seqpipe.errors import ConfigError, DataError
 from seqpipe.sequences import (Sequences, group_sequences, list_columns, sequence_lengths,
                                show_id)
 from seqpipe.source import SourceTable, column_roles, open_source, read_source
+from seqpipe.shard import Shard, hash_mask, shard_order
 from seqpipe.split import PARTS, check_part, part_of
 from seqpipe.stream import StreamOrder, ordered_map, stream_chunks, stream_order
 
@@ -39,7 +41,7 @@ class Batch:
     x: dict
     y: dict
     sample_weight: dict
-    ids: np.ndarray  # the sequence ids, in batch order
+    ids: np.ndarray  # the sequence ids, in batch order; rows past them are empty
     lengths: np.ndarray  # real timesteps per sequence, after truncation
 
 
@@ -133,6 +135,11 @@ class Pipeline:
       data: a pandas DataFrame or pyarrow Table to use instead of `source.path`.
       split: 'train', 'validation' or 'test' when the config has a `split` section (it
         must then be given); None reads every sequence.
+      shard: `Shard(index, count)`: read only this input pipeline's share of the sequences
+        (see `seqpipe.shard`); None reads them all.
+      same_shape_first: pad each epoch's first this many batches to `batch_size` rows of
+        `padding.maxlen` timesteps (see `Assembler`); `build_dataset` sets it for several
+        replicas.
 
     Raises:
       SeqpipeError: a bad config, schema or id, before the first batch. In a streamed
@@ -147,15 +154,27 @@ class Pipeline:
     """
 
     def __init__(self, config: Union[PipelineConfig, Mapping, str, os.PathLike],
-                 data: Any = None, split: Optional[str] = None, *, records: Any = None) -> None:
+                 data: Any = None, split: Optional[str] = None, *, records: Any = None,
+                 shard: Optional[Shard] = None, same_shape_first: int = 0) -> None:
         self.config = config if isinstance(config, PipelineConfig) else load_config(config)
+        if same_shape_first and self.config.padding.maxlen is None:
+            raise ConfigError(
+                "training on several replicas needs padding.maxlen: Keras 3 averages the "
+                "first batch of every replica to build the model, so seqpipe pads those to "
+                "batch_size x maxlen. Set padding.maxlen (the longest sequence you keep).")
+        self.same_shape_first = same_shape_first
         self.split = check_part(split, self.config.split)
+        self.shard = shard
+        self._shard_by_hash = shard is not None  # unless whole row groups can be shared out
         self._whole: Optional[Sequences] = None
         self._stream: Optional[StreamOrder] = None
         self._records = records  # a materialized part (`seqpipe.materialized`)
         self._counted: Optional[dict] = None  # filled features and missing labels
         self._first_plan: Optional[EpochPlan] = None
         if records is not None:
+            if shard is not None and records.share(shard) is not None:
+                records, self._shard_by_hash = records.share(shard), False
+                self._records = records
             self._index = _Index(records.ids, np.concatenate([[0], np.cumsum(records.lengths)])
                                  .astype(np.int64), {}, records.rows, 0)
             self._counted = dict(records.counted)
@@ -169,6 +188,10 @@ class Pipeline:
             where, files = self._files.where, len(self._files.files)
             order = stream_order(self._files, self.config)
             if order.whole_because is None:
+                if shard is not None:
+                    ranged = shard_order(order, shard, self.config.source.layout)
+                    order = ranged or order
+                    self._shard_by_hash = ranged is None
                 self._stream = order
                 self._index = self._scan(order)
             else:
@@ -235,6 +258,8 @@ class Pipeline:
         rng = np.random.default_rng([self.seed, epoch]) if self.seed is not None else None
         plan = plan_epoch(self.windows.length[self._members], self._buckets, self._sizes,
                           self.config.batching, self.config.shuffle, rng)
+        if self.same_shape_first > 1:  # local replicas: every step a batch for each
+            plan = in_multiples(plan, self.same_shape_first)
         if len(self._members) == len(self.windows.length):
             return plan
         return dataclasses.replace(plan, batches=[self._members[b] for b in plan.batches])
@@ -245,7 +270,7 @@ class Pipeline:
         mean_valid = {name: self._mean_valid_per_batch(name, plan)
                       for name in self.config.outputs}
         assembler = Assembler(self.config, plan, self._index.lengths, self.windows.length,
-                              mean_valid)
+                              mean_valid, min(self.same_shape_first, len(plan.batches)))
         yield from assembler.groups(self.chunks())
 
     def batches(self, epoch: int = 0) -> Iterator[Batch]:
@@ -321,16 +346,23 @@ class Pipeline:
         return group_sequences(table, self.config, chunk=True)
 
     def _part_mask(self, where: str) -> np.ndarray:
-        """(n,) True for the sequences of the part this pipeline reads."""
+        """(n,) True for the sequences of the part (and shard) this pipeline reads."""
         n = len(self._index.ids)
-        if self.split is None:
-            return np.ones(n, dtype=bool)
-        mask = part_of(self._index.ids, self.config.split) == PARTS.index(self.split)
-        if not mask.any():
+        mask = np.ones(n, dtype=bool)
+        if self.split is not None:
+            mask = part_of(self._index.ids, self.config.split) == PARTS.index(self.split)
+            if not mask.any():
+                raise DataError(
+                    f"split {self.split!r} holds none of the {n:,} sequences in {where}; raise "
+                    f"split.{self.split if self.split != 'train' else 'validation or test'} "
+                    f"or use more data")
+        if self._shard_by_hash:
+            mask &= hash_mask(self._index.ids, self.shard)
+        if self.shard is not None and not mask.any():
             raise DataError(
-                f"split {self.split!r} holds none of the {n:,} sequences in {where}; raise "
-                f"split.{self.split if self.split != 'train' else 'validation or test'} "
-                f"or use more data")
+                f"input pipeline {self.shard.index} of {self.shard.count} gets none of the "
+                f"{n:,} sequences it reads from {where}: there are too few sequences for "
+                f"{self.shard.count} input pipelines. Use fewer workers or more data.")
         return mask
 
     def _batch_sizes(self, buckets: np.ndarray) -> np.ndarray:

@@ -50,11 +50,31 @@ class Part:
 
 
 @dataclasses.dataclass(frozen=True)
+class IdBounds:
+    """The ids a pipeline keeps from the row groups it reads: above `low` (or equal, when
+    `low_inclusive`) and below `high` (or equal, when `high_inclusive`); None is open."""
+
+    low: Any = None
+    low_inclusive: bool = True
+    high: Any = None
+    high_inclusive: bool = False
+
+    def holds_all(self, first: Any, last: Any) -> bool:
+        """Whether every id from `first` to `last` is kept."""
+        above = self.low is None or first > self.low or (self.low_inclusive and first == self.low)
+        below = self.high is None or last < self.high or (
+            self.high_inclusive and last == self.high)
+        return above and below
+
+
+@dataclasses.dataclass(frozen=True)
 class StreamOrder:
-    """The row groups in the order to read them, or why the source cannot be streamed."""
+    """The row groups in the order to read them, or why the source cannot be streamed;
+    for one of several input pipelines, also the ids it keeps (`seqpipe.shard`)."""
 
     parts: tuple[Part, ...]
     whole_because: Optional[str]  # None when the parts can be streamed
+    bounds: Optional[IdBounds] = None
 
 
 def stream_order(files: SourceFiles, config: PipelineConfig) -> StreamOrder:
@@ -95,7 +115,7 @@ def stream_chunks(order: StreamOrder, config: PipelineConfig, schema: pa.Schema,
       schema: the columns to read and the types to cast them to.
       in_pieces: hand sorted row groups on in pieces of about `PIECE_ROWS` rows.
     """
-    parts = order.parts
+    parts, id_name = order.parts, config.source.id_column
     long_layout = config.source.layout == "long"
     with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
         pending = collections.deque(pool.submit(_read, p, schema) for p in parts[:READ_AHEAD])
@@ -107,18 +127,22 @@ def stream_chunks(order: StreamOrder, config: PipelineConfig, schema: pa.Schema,
             following = parts[k + 1] if k + 1 < len(parts) else None
             goes_on = long_layout and following is not None and following.first == part.last
             if waiting:
-                head, table = _split(table, config.source.id_column, part.first, at_start=True)
+                head, table = _split(table, id_name, part.first, at_start=True)
                 waiting.append(head)
                 if table.num_rows == 0 and goes_on:
                     continue
                 # The sequence that spans row groups is handed on alone, so that the big
                 # chunks stay single Arrow chunks that NumPy can view without copying.
-                yield SourceTable(pa.concat_tables(waiting).combine_chunks(), part.where,
-                                  (part.file,))
+                spanning = _within(pa.concat_tables(waiting).combine_chunks(), order.bounds,
+                                   id_name)
+                if spanning.num_rows:
+                    yield SourceTable(spanning, part.where, (part.file,))
                 waiting = []
             if goes_on:
-                table, tail = _split(table, config.source.id_column, part.last, at_start=False)
+                table, tail = _split(table, id_name, part.last, at_start=False)
                 waiting = [tail]
+            if order.bounds is not None and not order.bounds.holds_all(part.first, part.last):
+                table = _within(table, order.bounds, id_name)
             if table.num_rows:
                 for piece in _pieces(table, config) if long_layout and in_pieces else [table]:
                     yield SourceTable(piece, part.where, (part.file,))
@@ -143,6 +167,21 @@ def _pieces(table: pa.Table, config: PipelineConfig) -> list:
         starts, np.arange(PIECE_ROWS, table.num_rows, PIECE_ROWS)), len(starts) - 1)])
     edges = np.concatenate([[0], cuts, [table.num_rows]])
     return [table.slice(a, b - a) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def _within(table: pa.Table, bounds: Optional[IdBounds], id_name: str) -> pa.Table:
+    """The rows of `table` whose ids `bounds` keeps."""
+    if bounds is None:
+        return table
+    ids, keep = table[id_name], None
+    if bounds.low is not None:
+        low = pa.scalar(bounds.low, ids.type)
+        keep = pc.greater_equal(ids, low) if bounds.low_inclusive else pc.greater(ids, low)
+    if bounds.high is not None:
+        high = pa.scalar(bounds.high, ids.type)
+        below = pc.less_equal(ids, high) if bounds.high_inclusive else pc.less(ids, high)
+        keep = below if keep is None else pc.and_(keep, below)
+    return table if keep is None else table.filter(keep)
 
 
 def _split(table: pa.Table, id_name: str, value: Any, at_start: bool) -> tuple[pa.Table, pa.Table]:
