@@ -316,7 +316,7 @@ def print_table(results: dict, lstm: dict, args) -> None:
     print(f"| pyarrow.parquet.read_table (warm cache), median over the processes | "
           f"{statistics.median(r['read_table'] for r in results.values()):.2f} | 1.0 | - | - |")
     for name, r in results.items():
-        print(f"| {name} | {r['seconds']:.2f} | {r['seconds'] / r['read_table']:.1f} | "
+        print(f"| {name} | {r['seconds']:.2f} | {r['seconds'] / r['read_table']:.2f} | "
               f"{r['padding']:.1%} | {r['peak_mb']:,.0f} |")
     print()
     print(f"LSTM(32), one training epoch over {args.lstm_sequences:,} sequences: batches "
