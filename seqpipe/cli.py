@@ -3,10 +3,12 @@
     seqpipe inspect PATH_OR_CONFIG [--plot FILE.png]
     seqpipe validate CONFIG
     seqpipe materialize CONFIG --out DIR [--overwrite]
+    seqpipe serve dispatcher --port P
+    seqpipe serve worker --dispatcher HOST:P
     seqpipe demo
 
-Every subcommand takes `--set KEY=VALUE` (repeatable) to override a config key. Only
-`materialize` and `demo` import TensorFlow.
+Every subcommand but `serve` takes `--set KEY=VALUE` (repeatable) to override a config key.
+Only `materialize`, `serve` and `demo` import TensorFlow.
 """
 
 from __future__ import annotations
@@ -81,6 +83,28 @@ def _parser() -> argparse.ArgumentParser:
                              help="start a new TFRecord file after this many MB "
                              "(default: %(default)s)")
 
+    serve = commands.add_parser(
+        "serve", help="run a tf.data service dispatcher or worker (a container entry point)",
+        description="Starts a tf.data service server and serves until stopped. Trainers "
+        "then read with seqpipe.load_materialized(DIR, service='grpc://HOST:PORT'); every "
+        "worker must be able to read DIR at the same path.")
+    servers = serve.add_subparsers(dest="server", required=True, metavar="SERVER")
+    dispatcher = servers.add_parser("dispatcher", help="the dispatcher: hands out work")
+    dispatcher.add_argument("--port", type=int, default=5050,
+                            help="port to listen on (default: %(default)s; 0 picks one)")
+    dispatcher.add_argument("--worker-timeout", type=float, default=10, metavar="SECONDS",
+                            help="a worker silent this long is taken for dead and its "
+                            "work given to others (default: %(default)s)")
+    worker = servers.add_parser("worker", help="a worker: runs the input pipelines")
+    worker.add_argument("--dispatcher", required=True, metavar="HOST:PORT",
+                        help="the dispatcher's address")
+    worker.add_argument("--port", type=int, default=0,
+                        help="port to listen on (default: 0, any free port)")
+    worker.add_argument("--address", default="localhost:%port%", metavar="HOST:%port%",
+                        help="how consumers reach this worker; %%port%% is replaced by the "
+                        "port (default: %(default)s; give the host's name when trainers "
+                        "run elsewhere)")
+
     demo = commands.add_parser(
         "demo", parents=[overrides],
         help="generate ICU-style data, build the pipeline, train a small model",
@@ -144,7 +168,7 @@ def _materialize(args, overrides: dict) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    overrides = dict(args.overrides)
+    overrides = dict(getattr(args, "overrides", []))
     try:
         if args.command == "inspect":
             _inspect(args, overrides)
@@ -152,6 +176,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _validate(args, overrides)
         elif args.command == "materialize":
             _materialize(args, overrides)
+        elif args.command == "serve":
+            from seqpipe.service import serve
+
+            serve(args)
         elif args.command == "demo":
             from seqpipe.demo import run_demo
 

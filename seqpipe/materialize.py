@@ -421,7 +421,9 @@ def _file_sequences(info: dict, sequences: int) -> Optional[tuple]:
 
 
 def load_materialized(path: Union[str, os.PathLike], config: Any = None,
-                      split: Optional[str] = None, *, input_context: Any = None):
+                      split: Optional[str] = None, *, input_context: Any = None,
+                      service: Optional[str] = None, processing_mode: str = "distributed_epoch",
+                      job_name: Optional[str] = None):
     """The `(x, y, sample_weight)` dataset of a materialized output, batched on the fly.
 
     With the same config and seed, it yields exactly the batches `build_dataset` yields
@@ -435,6 +437,13 @@ def load_materialized(path: Union[str, os.PathLike], config: Any = None,
       split: the part to read ('train', 'validation', 'test'); needed when there are several.
       input_context: a `tf.distribute.InputContext`: read this input pipeline's share of
         the shard files and batch per replica, as `build_dataset` does.
+      service: a tf.data service dispatcher, 'grpc://HOST:PORT': the workers read and
+        batch, in TensorFlow ops alone (`seqpipe.service`), so the batches are not the
+        NumPy plan's (see there). Every worker must read `path` at the same path.
+      processing_mode: with `service`: 'distributed_epoch' hands each shard file to one
+        worker, so all consumers together get every sequence once per epoch;
+        'parallel_epochs' has every worker run whole epochs.
+      job_name: with `service`: consumers that give the same name share one job.
 
     Raises:
       SeqpipeError: no such output, an unfinished one, or a config that does not fit it.
@@ -447,4 +456,17 @@ def load_materialized(path: Union[str, os.PathLike], config: Any = None,
     from seqpipe.dataset import build_dataset, sharded_pipeline
 
     part = open_part(path, config, split)
-    return build_dataset(sharded_pipeline(part.config, input_context, records=part))
+    if service is None:
+        return build_dataset(sharded_pipeline(part.config, input_context, records=part))
+    from seqpipe.service import PROCESSING_MODES, records_dataset
+
+    if processing_mode not in PROCESSING_MODES:
+        raise ConfigError(f"processing_mode must be one of {', '.join(PROCESSING_MODES)}; "
+                          f"got {processing_mode!r}")
+    if input_context is not None:
+        raise ConfigError("give service or input_context, not both: with the tf.data "
+                          "service the dispatcher shares out the files")
+    import tensorflow as tf
+
+    return records_dataset(part).apply(tf.data.experimental.service.distribute(
+        processing_mode, service, job_name=job_name))

@@ -1,0 +1,170 @@
+"""Service: materialized records batched in TensorFlow ops alone, for tf.data service workers.
+
+`load_materialized(DIR, service=...)` cannot ship seqpipe's NumPy planner to a worker: a
+tf.data service worker runs a serialized graph and no Python. So this pipeline is built
+from TensorFlow ops only: the shard files (the unit the dispatcher hands out in
+`distributed_epoch` mode), `parse_single_example`, a shuffle buffer, then windows of
+records sorted by length and cut into batches (`records_dataset`), padding, and the sample
+weights made with the same rules as `seqpipe.weights`.
+
+What differs from `build_dataset`: the batches are not the NumPy plan's, the order is not
+reproducible from the seed, bucket boundaries and `max_timesteps` are not used, and
+`global_mean` divides by the part's valid labels per batch estimated from the index.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from seqpipe.errors import ConfigError
+
+PROCESSING_MODES = ("distributed_epoch", "parallel_epochs")
+
+
+def records_dataset(part: Any):
+    """The `(x, y, sample_weight)` batches of a materialized part, in TensorFlow ops only.
+
+    Records are shuffled in a buffer of `shuffle.buffer_size`, taken `WINDOW_BATCHES`
+    batches' worth at a time, sorted by length within that window and cut into batches of
+    `batch_size`, which go out in random order: padding stays low without bucket
+    boundaries. (tf.data's `bucket_by_sequence_length` after a shuffle delivered every
+    sequence once per worker under `distributed_epoch` in our tests, TF 2.21, so it is not
+    used.)
+
+    Raises:
+      ConfigError: `batching.max_timesteps` is set; the service path cannot size batches by
+        a token budget yet.
+    """
+    import tensorflow as tf
+
+    from seqpipe.records import parse_spec
+
+    config = part.config
+    if config.batching.max_timesteps is not None:
+        raise ConfigError("batching.max_timesteps is not supported with the tf.data service "
+                          "yet; set it to null and use batch_size (or read without service)")
+    size = config.batching.batch_size
+    spec = parse_spec(config)
+    pad = np.float32(config.padding.value)
+    batches = max(1, -(-len(part.lengths) // size))
+    mean_valid = {name: float(np.asarray(part.valid[name]).sum()) / batches
+                  for name in config.outputs}
+
+    def parse(record):
+        example = tf.io.parse_single_example(record, spec)
+        length = tf.cast(example["length"], tf.int32)
+        element = {"length": length}
+        for name, s in config.inputs.items():
+            values = example[f"x/{name}"]
+            width = len(s.columns)
+            element[f"x/{name}"] = (tf.reshape(values, [length, width])
+                                    if s.level == "timestep" else tf.reshape(values, [width]))
+        for name, s in config.outputs.items():
+            element[f"y/{name}"] = tf.reshape(example[f"y/{name}"], [-1])
+        return element
+
+    def cut(window):
+        """One window of records, sorted by length and cut into batches in random order."""
+        order = tf.argsort(window["length"], stable=True)
+        window = {key: tf.gather(values, order) for key, values in window.items()}
+        count = tf.shape(order)[0]
+        starts = tf.range(0, count, size)
+        if config.batching.drop_remainder:
+            starts = starts[:count // size]
+
+        def batch(start):
+            stop = tf.minimum(start + size, count)
+            steps = tf.reduce_max(window["length"][start:stop])
+            return {key: values[start:stop, :steps] if values.shape.rank > 1 and
+                    key in timestep_keys else values[start:stop]
+                    for key, values in window.items()}
+
+        if config.shuffle.buffer_size:
+            starts = tf.random.shuffle(starts)
+        return tf.data.Dataset.from_tensor_slices(starts).map(batch)
+
+    timestep_keys = {f"x/{n}" for n, s in config.inputs.items() if s.level == "timestep"} | {
+        f"y/{n}" for n, s in config.outputs.items() if s.level == "timestep"}
+    files = tf.data.Dataset.from_tensor_slices([str(f) for f in part.files])
+    dataset = files.interleave(tf.data.TFRecordDataset, cycle_length=1).map(parse)
+    if config.shuffle.buffer_size:
+        dataset = dataset.shuffle(config.shuffle.buffer_size, seed=config.shuffle.seed)
+    padding_values = {key: (tf.constant(0, tf.int32) if key == "length" else
+                            tf.constant(np.nan if key.startswith("y/") else pad, tf.float32))
+                      for key in dataset.element_spec}
+    dataset = dataset.padded_batch(WINDOW_BATCHES * size, padding_values=padding_values)
+    return dataset.flat_map(cut).map(_finish(config, config.padding.side, pad, mean_valid))
+
+
+# Batches sorted together: more pads less, and holds more padded records in memory.
+WINDOW_BATCHES = 32
+
+
+def _finish(config, side: str, pad: np.float32, mean_valid: dict):
+    """Turns a padded batch of parsed records into `(x, y, sample_weight)`."""
+    import tensorflow as tf
+
+    timestep_input = next(n for n, s in config.inputs.items() if s.level == "timestep")
+
+    def weights(mode, valid, name):
+        valid = tf.cast(valid, tf.float32)
+        elements = tf.cast(tf.size(valid), tf.float32)
+        if mode == "binary":
+            return valid
+        if mode == "global_mean":
+            return valid * (elements / mean_valid[name]) if mean_valid[name] else valid * 0
+        if mode == "sequence_mean" and valid.shape.rank == 2:
+            per_row = tf.reduce_sum(valid, axis=1, keepdims=True)
+            rows = tf.reduce_sum(tf.cast(per_row > 0, tf.float32))
+            return tf.math.divide_no_nan(valid * elements, rows * tf.maximum(per_row, 1.0))
+        return tf.math.divide_no_nan(valid * elements, tf.reduce_sum(valid))  # batch_mean
+
+    def finish(batch):
+        length = batch["length"]
+        steps = tf.shape(batch[f"x/{timestep_input}"])[1]  # the config requires one
+        real = tf.sequence_mask(length, steps)
+
+        def to_side(values):  # post-padded by batching; pre padding moves the real part
+            if side == "post":
+                return values
+            return tf.reverse(tf.reverse_sequence(values, length, seq_axis=1, batch_axis=0),
+                              axis=[1])
+
+        x = {name: to_side(batch[f"x/{name}"]) if s.level == "timestep" else batch[f"x/{name}"]
+             for name, s in config.inputs.items()}
+        if not config.outputs:
+            return x
+        y, w = {}, {}
+        for name, s in config.outputs.items():
+            labels = batch[f"y/{name}"]
+            if s.level == "timestep":
+                present = real & ~tf.math.is_nan(labels)
+                filled = tf.where(present, labels, tf.where(real, np.float32(s.fill_value), pad))
+                present, filled = to_side(present), to_side(filled)
+                y[name] = filled[:, :, None]
+            else:
+                labels = labels[:, 0]
+                present = ~tf.math.is_nan(labels)
+                y[name] = tf.where(present, labels, np.float32(s.fill_value))[:, None]
+            w[name] = weights(config.weight_mode(name), present, name)
+        return x, y, w
+
+    return finish
+
+
+def serve(args: Any) -> None:
+    """`seqpipe serve dispatcher|worker`: starts the server and blocks until it stops."""
+    import tensorflow as tf
+
+    service = tf.data.experimental.service
+    if args.server == "dispatcher":
+        server = service.DispatchServer(service.DispatcherConfig(
+            port=args.port, worker_timeout_ms=int(args.worker_timeout * 1000)))
+        print(f"seqpipe: tf.data service dispatcher at {server.target}", flush=True)
+    else:
+        server = service.WorkerServer(service.WorkerConfig(
+            dispatcher_address=args.dispatcher, worker_address=args.address, port=args.port))
+        print(f"seqpipe: tf.data service worker for {args.dispatcher}", flush=True)
+    server.join()

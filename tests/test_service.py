@@ -1,0 +1,132 @@
+"""The tf.data service: materialized records batched in TensorFlow ops alone, served by real
+dispatcher and worker processes on localhost."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import keras
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+import tensorflow as tf
+
+from seqpipe import ConfigError, load_config, load_materialized, materialize
+from seqpipe.materialize import open_part
+from seqpipe.service import records_dataset
+from tests.conftest import base_config, long_table, raw_sequences, write
+
+LENGTHS = np.random.default_rng(4).integers(1, 40, 90)
+
+
+def _materialized(tmp_path, shard_bytes=3_000, **overrides):
+    table = long_table(LENGTHS)
+    table = table.take(pc.sort_indices(table, [("id", "ascending"), ("t", "ascending")]))
+    config = load_config(base_config(write(tmp_path / "d.parquet", table, 50)),
+                         {"batching.bucket_boundaries": "auto", "shuffle.buffer_size": 30,
+                          "shuffle.seed": 1, **overrides})
+    out = tmp_path / "out"
+    materialize(config, out, shard_bytes=shard_bytes)
+    return table, out
+
+
+def _rows(x, y, w):
+    """(sequence number, row) of each real row: "age" is 40 + the sequence number."""
+    age = x["static"][:, 0].numpy()
+    return [(int(a) - 40, row) for row, a in enumerate(age) if a > 0]
+
+
+@pytest.mark.parametrize("side", ["post", "pre"])
+def test_pure_tensorflow_batches_hold_every_sequence_once_as_pyarrow_has_it(tmp_path, side):
+    table, out = _materialized(tmp_path, **{"padding.side": side, "padding.value": -1.0})
+    raw = raw_sequences(table)
+    seen = set()
+    for x, y, w in records_dataset(open_part(out)):
+        steps = x["steps"].numpy()
+        for sequence, row in _rows(x, y, w):
+            assert sequence not in seen
+            seen.add(sequence)
+            codes, labels = raw[f"s{sequence:03d}"]
+            n, width = len(codes), steps.shape[1]
+            real = slice(0, n) if side == "post" else slice(width - n, width)
+            pad = slice(n, width) if side == "post" else slice(0, width - n)
+            np.testing.assert_array_equal(steps[row, real, 0], codes)
+            assert (steps[row, pad] == -1).all()
+            weights = w["y"].numpy()[row]
+            np.testing.assert_array_equal(weights[real] > 0, ~np.isnan(labels))
+            assert (weights[pad] == 0).all()
+    assert seen == set(range(len(LENGTHS)))
+
+
+def test_the_loss_keras_reports_is_the_mean_over_present_labels(tmp_path):
+    table, out = _materialized(tmp_path)
+    raw = raw_sequences(table)
+    steps = keras.Input((None, 2), name="steps")
+    static = keras.Input((1,), name="static")
+    model = keras.Model({"steps": steps, "static": static},
+                        {"y": keras.layers.Dense(1, kernel_initializer="zeros", name="y")(steps),
+                         "died": keras.layers.Dense(1, kernel_initializer="zeros",
+                                                    name="died")(static)})
+    model.compile(loss={"y": "mse", "died": "mse"})
+    died = {f"s{i:03d}": d for i, d in enumerate(
+        table.to_pandas().groupby("id")["died"].first().to_numpy())}
+    checked = 0
+    for x, y, w in records_dataset(open_part(out)).take(4):
+        names = [f"s{s:03d}" for s, _ in _rows(x, y, w)]
+        labels = np.concatenate([raw[name][1] for name in names])
+        outcomes = np.array([died[name] for name in names])
+        loss = model.test_on_batch(x, y, sample_weight=w, return_dict=True)
+        np.testing.assert_allclose(loss["y_loss"], np.nanmean(labels ** 2), rtol=1e-5)
+        if not np.isnan(outcomes).all():
+            np.testing.assert_allclose(loss["died_loss"], np.nanmean(outcomes ** 2), rtol=1e-5)
+        checked += 1
+    assert checked == 4
+
+
+def test_a_bad_processing_mode_and_service_with_input_context_are_config_errors(tmp_path):
+    _, out = _materialized(tmp_path)
+    with pytest.raises(ConfigError, match="processing_mode must be one of distributed_epoch"):
+        load_materialized(out, service="grpc://localhost:1", processing_mode="everything")
+    context = tf.distribute.InputContext(2, 0, 2)
+    with pytest.raises(ConfigError, match="give service or input_context, not both"):
+        load_materialized(out, service="grpc://localhost:1", input_context=context)
+
+
+def _worker(port):
+    return subprocess.Popen([sys.executable, "-m", "seqpipe", "serve", "worker",
+                             "--dispatcher", f"localhost:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _consume(dataset, seen, batches, done):
+    for element in dataset:
+        seen.extend(s for s, _ in _rows(*element))
+        batches.append(time.monotonic())
+    done.set()
+
+
+@pytest.fixture
+def dispatcher():
+    service = tf.data.experimental.service
+    server = service.DispatchServer(service.DispatcherConfig(port=0, worker_timeout_ms=3000))
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+def test_distributed_epoch_over_two_worker_processes_delivers_every_sequence_once(
+        tmp_path, dispatcher):
+    _, out = _materialized(tmp_path)
+    assert len(os.listdir(out / "all")) > 4  # several files to hand out
+    port = int(dispatcher.target.rsplit(":", 1)[1])
+    workers = [_worker(port) for _ in range(2)]
+    try:
+        seen, batches, done = [], [], threading.Event()
+        _consume(load_materialized(out, service=dispatcher.target), seen, batches, done)
+        assert sorted(seen) == list(range(len(LENGTHS)))
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
