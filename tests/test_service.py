@@ -174,3 +174,31 @@ def test_a_worker_killed_mid_epoch_and_restarted_lets_the_epoch_end(tmp_path, di
         for worker in workers:
             worker.kill()
             worker.wait()
+
+
+@pytest.mark.parametrize("mode", ["binary", "global_mean", "sequence_mean"])
+def test_each_weight_mode_gives_the_loss_it_promises_in_keras(tmp_path, mode):
+    """The loss Keras's default reduction reports on the pure-TF batches, for a model that
+    predicts 0, against the same mean computed from pyarrow's labels (see seqpipe.weights)."""
+    table, out = _materialized(tmp_path, **{"weights.mode": mode})
+    raw = raw_sequences(table)
+    part = open_part(out)
+    steps = keras.Input((None, 2), name="steps")
+    static = keras.Input((1,), name="static")
+    model = keras.Model({"steps": steps, "static": static},
+                        {"y": keras.layers.Dense(1, kernel_initializer="zeros", name="y")(steps)})
+    model.compile(loss={"y": "mse"})
+    total_valid = sum(int((~np.isnan(labels)).sum()) for _, labels in raw.values())
+    batches = -(-len(LENGTHS) // 4)  # batch_size 4
+    for x, y, w in records_dataset(part).take(5):
+        labels = [raw[f"s{s:03d}"][1] for s, _ in _rows(x, y, w)]
+        squares = [lab[~np.isnan(lab)] ** 2 for lab in labels]
+        elements = x["steps"].shape[0] * x["steps"].shape[1]
+        if mode == "binary":
+            expected = sum(s.sum() for s in squares) / elements
+        elif mode == "global_mean":
+            expected = sum(s.sum() for s in squares) / (total_valid / batches)
+        else:
+            expected = np.mean([s.mean() for s in squares if len(s)])
+        loss = model.test_on_batch(x, {"y": y["y"]}, sample_weight={"y": w["y"]})
+        np.testing.assert_allclose(loss, expected, rtol=1e-5)
