@@ -202,3 +202,18 @@ def test_each_weight_mode_gives_the_loss_it_promises_in_keras(tmp_path, mode):
             expected = np.mean([s.mean() for s in squares if len(s)])
         loss = model.test_on_batch(x, {"y": y["y"]}, sample_weight={"y": w["y"]})
         np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_seqpipe_serve_dispatcher_starts_and_says_where(tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "seqpipe", "serve", "dispatcher",
+                                "--port", "0", "--worker-timeout", "5"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("seqpipe: tf.data service dispatcher at grpc://localhost:"), line
+        assert int(line.rsplit(":", 1)[1]) > 0  # the port it bound, not the 0 it was given
+        assert process.poll() is None  # still serving
+    finally:
+        process.kill()
+        process.wait()
