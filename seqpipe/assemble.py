@@ -167,8 +167,8 @@ class Assembler:
         valid = {name: np.zeros(rows[spec.level], dtype=bool)
                  for name, spec in config.outputs.items()}
         members = [self.plan.batches[k] for k in self._batch_groups[g]]
-        padding = self._padding_positions(members, table)
         empty = _empty_rows(members, table)
+        padding = np.concatenate([self._padding_positions(members, table), empty["timestep"]])
         for name, spec in config.inputs.items():
             x[name][padding if spec.level == "timestep" else empty[spec.level]] = value
         for name, spec in config.outputs.items():
@@ -177,15 +177,15 @@ class Assembler:
                      config.levels)
 
     def _padding_positions(self, batches: list, table: np.ndarray) -> np.ndarray:
-        """The padded timestep rows of a group, given each batch's members: the padding
-        after (or before) every sequence, then the empty rows."""
+        """The padded timestep rows after (or before) every sequence of a group, given each
+        batch's members."""
         steps = np.repeat(table[:, 3], [len(m) for m in batches])
         members = np.concatenate(batches)
         kept = self.kept[members]
         missing = steps - kept
         start = self.time_dest[members] + (kept if self.config.padding.side == "post"
                                            else -missing)
-        return np.concatenate([ranges(start, missing), _empty_rows(batches, table)["timestep"]])
+        return ranges(start, missing)
 
     def _scatter(self, group: Group, chunk: Sequences, local: np.ndarray,
                  index: np.ndarray) -> None:

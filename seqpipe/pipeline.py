@@ -172,9 +172,9 @@ class Pipeline:
         self._counted: Optional[dict] = None  # filled features and missing labels
         self._first_plan: Optional[EpochPlan] = None
         if records is not None:
-            if shard is not None and records.share(shard) is not None:
-                records, self._shard_by_hash = records.share(shard), False
-                self._records = records
+            share = records.share(shard) if shard is not None else None
+            if share is not None:
+                records, self._records, self._shard_by_hash = share, share, False
             self._index = _Index(records.ids, np.concatenate([[0], np.cumsum(records.lengths)])
                                  .astype(np.int64), {}, records.rows, 0)
             self._counted = dict(records.counted)
@@ -270,7 +270,7 @@ class Pipeline:
         mean_valid = {name: self._mean_valid_per_batch(name, plan)
                       for name in self.config.outputs}
         assembler = Assembler(self.config, plan, self._index.lengths, self.windows.length,
-                              mean_valid, min(self.same_shape_first, len(plan.batches)))
+                              mean_valid, self.same_shape_first)
         yield from assembler.groups(self.chunks())
 
     def batches(self, epoch: int = 0) -> Iterator[Batch]:

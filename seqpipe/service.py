@@ -77,9 +77,8 @@ def records_dataset(part: Any):
         def batch(start):
             stop = tf.minimum(start + size, count)
             steps = tf.reduce_max(window["length"][start:stop])
-            return {key: values[start:stop, :steps] if values.shape.rank > 1 and
-                    key in timestep_keys else values[start:stop]
-                    for key, values in window.items()}
+            return {key: values[start:stop, :steps] if key in timestep_keys
+                    else values[start:stop] for key, values in window.items()}
 
         if config.shuffle.buffer_size:
             starts = tf.random.shuffle(starts)
@@ -95,16 +94,18 @@ def records_dataset(part: Any):
                             tf.constant(np.nan if key.startswith("y/") else pad, tf.float32))
                       for key in dataset.element_spec}
     dataset = dataset.padded_batch(WINDOW_BATCHES * size, padding_values=padding_values)
-    return dataset.flat_map(cut).map(_finish(config, config.padding.side, pad, mean_valid))
+    return dataset.flat_map(cut).map(_finish(config, mean_valid))
 
 
 # Batches sorted together: more pads less, and holds more padded records in memory.
 WINDOW_BATCHES = 32
 
 
-def _finish(config, side: str, pad: np.float32, mean_valid: dict):
+def _finish(config, mean_valid: dict):
     """Turns a padded batch of parsed records into `(x, y, sample_weight)`."""
     import tensorflow as tf
+
+    side, pad = config.padding.side, np.float32(config.padding.value)
 
     timestep_input = next(n for n, s in config.inputs.items() if s.level == "timestep")
 
