@@ -93,8 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     dispatcher.add_argument("--port", type=int, default=5050,
                             help="port to listen on (default: %(default)s; 0 picks one)")
     dispatcher.add_argument("--worker-timeout", type=float, default=10, metavar="SECONDS",
-                            help="a worker silent this long is taken for dead and its "
-                            "work given to others (default: %(default)s)")
+                            help="a worker silent this long is dropped from its jobs; an "
+                            "epoch it had work in ends once it is back at its address "
+                            "(default: %(default)s)")
     worker = servers.add_parser("worker", help="a worker: runs the input pipelines")
     worker.add_argument("--dispatcher", required=True, metavar="HOST:PORT",
                         help="the dispatcher's address")

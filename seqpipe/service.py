@@ -156,16 +156,53 @@ def _finish(config, mean_valid: dict):
 
 
 def serve(args: Any) -> None:
-    """`seqpipe serve dispatcher|worker`: starts the server and blocks until it stops."""
+    """`seqpipe serve dispatcher|worker`: starts the server and blocks until it stops.
+
+    Raises:
+      ConfigError: a port out of range or in use, a worker timeout that is not positive,
+        a dispatcher address that is not HOST:PORT, or a server TensorFlow cannot start.
+    """
+    _check_port(args.port, "--port", free=args.port != 0)
+    if args.server == "dispatcher":
+        if not args.worker_timeout > 0:
+            raise ConfigError(f"--worker-timeout must be a positive number of seconds; got "
+                              f"{args.worker_timeout}")
+    else:
+        host, _, port = args.dispatcher.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--dispatcher must be HOST:PORT, such as localhost:5050; got "
+                              f"{args.dispatcher!r}")
+        _check_port(int(port), "the --dispatcher port")
     import tensorflow as tf
 
     service = tf.data.experimental.service
-    if args.server == "dispatcher":
-        server = service.DispatchServer(service.DispatcherConfig(
-            port=args.port, worker_timeout_ms=int(args.worker_timeout * 1000)))
-        print(f"seqpipe: tf.data service dispatcher at {server.target}", flush=True)
-    else:
-        server = service.WorkerServer(service.WorkerConfig(
-            dispatcher_address=args.dispatcher, worker_address=args.address, port=args.port))
-        print(f"seqpipe: tf.data service worker for {args.dispatcher}", flush=True)
+    try:
+        if args.server == "dispatcher":
+            server = service.DispatchServer(service.DispatcherConfig(
+                port=args.port, worker_timeout_ms=int(args.worker_timeout * 1000)))
+            print(f"seqpipe: tf.data service dispatcher at {server.target}", flush=True)
+        else:
+            server = service.WorkerServer(service.WorkerConfig(
+                dispatcher_address=args.dispatcher, worker_address=args.address,
+                port=args.port))
+            print(f"seqpipe: tf.data service worker for {args.dispatcher}", flush=True)
+    except RuntimeError as e:
+        raise ConfigError(f"could not start the tf.data service {args.server} on port "
+                          f"{args.port}: {e}") from e
     server.join()
+
+
+def _check_port(port: int, what: str, free: bool = False) -> None:
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{what} must be a port number from 0 to 65535; got {port}")
+    if free:  # gRPC reuses ports, so a second server would start beside the first unseen
+        import socket
+
+        with socket.socket() as probe:
+            # Past connections in TIME_WAIT (a restarted worker's) do not make it busy.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("", port))
+            except OSError as e:
+                raise ConfigError(f"{what} {port} is in use ({e.strerror}); pick another, or "
+                                  f"0 for any free port") from e

@@ -126,7 +126,8 @@ def per_replica(config: PipelineConfig, input_context: Any) -> PipelineConfig:
             f"{budget} per replica, below padding.maxlen={config.padding.maxlen}: a batch "
             f"could not hold a sequence of maxlen. Raise max_timesteps.")
     size = input_context.get_per_replica_batch_size(batching.batch_size)
-    if replicas > 1 and budget is not None and size * config.padding.maxlen > budget:
+    maxlen = config.padding.maxlen  # None: Pipeline says several replicas need it
+    if replicas > 1 and budget is not None and maxlen is not None and size * maxlen > budget:
         raise ConfigError(
             f"on {replicas} replicas the first batch of each is padded to batch_size x maxlen "
             f"= {size} x {config.padding.maxlen} timesteps (Keras 3 builds the model from "

@@ -245,3 +245,26 @@ def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, table, monkeyp
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
     with pytest.raises(DataError, match=r"--plot needs matplotlib: pip install 'seqpipe\[plot\]'"):
         plot(found, tmp_path / "lengths.png")
+
+
+def test_serve_refuses_bad_ports_timeouts_and_addresses_in_one_line():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cases = [
+            (["dispatcher", "--port", "70000"], "--port must be a port number from 0 to 65535; "
+                                                "got 70000"),
+            (["dispatcher", "--port", "0", "--worker-timeout", "0"],
+             "--worker-timeout must be a positive number of seconds; got 0.0"),
+            (["dispatcher", "--port", str(port)], f"--port {port} is in use"),
+            (["worker", "--dispatcher", "nohost"], "--dispatcher must be HOST:PORT, such as "
+                                                   "localhost:5050; got 'nohost'"),
+        ]
+        for args, message in cases:
+            done = _seqpipe("serve", *args, timeout=60)
+            assert done.returncode == 2, (args, done.stderr)
+            assert done.stderr.startswith(f"seqpipe: error: {message}"), done.stderr
+            assert "Traceback" not in done.stderr

@@ -217,3 +217,11 @@ def test_seqpipe_serve_dispatcher_starts_and_says_where(tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+def test_max_timesteps_on_the_service_is_a_config_error(tmp_path):
+    _, out = _materialized(tmp_path)
+    config = load_config(open_part(out).config.to_dict(), {"batching.max_timesteps": 200})
+    with pytest.raises(ConfigError, match="batching.max_timesteps is not supported with the "
+                                          "tf.data service yet"):
+        load_materialized(out, config=config, service="grpc://localhost:1")

@@ -282,3 +282,57 @@ def test_on_several_replicas_the_first_batches_share_one_shape_and_steps_fill(tm
         labels = np.concatenate([raw[f"s{int(a) - 40:03d}"][1] for a in age[age > 0]])
         loss = model.test_on_batch(x, {"y": y["y"]}, sample_weight={"y": w["y"]})
         np.testing.assert_allclose(loss, np.nanmean(labels ** 2), rtol=1e-5)
+
+
+def test_replica_settings_that_cannot_work_are_config_errors(tmp_path):
+    path = _one_file(tmp_path, long_table(LENGTHS), 7)
+    cases = [
+        ({"batching.max_timesteps": 100, "padding.maxlen": 40},
+         r"batching.max_timesteps=100 over 4 replicas leaves 25 per replica, below "
+         r"padding.maxlen=40"),
+        ({"batching.max_timesteps": 240, "padding.maxlen": 40},
+         r"on 4 replicas the first batch of each is padded to batch_size x maxlen = 2 x 40 "
+         r"timesteps .* above max_timesteps per replica \(60\)"),
+        ({}, r"training on several replicas needs padding.maxlen"),
+        ({"batching.max_timesteps": 400}, r"training on several replicas needs padding.maxlen"),
+    ]
+    for overrides, message in cases:
+        config = _config(path, **{"batching.batch_size": 8, **overrides})
+        with pytest.raises(ConfigError, match=message):
+            build_dataset(config, input_context=_context(0, 1, 4))
+
+
+def test_an_input_context_with_a_pipeline_already_built_is_a_config_error(tmp_path):
+    pipeline = Pipeline(_config(_one_file(tmp_path, long_table(LENGTHS), 7)))
+    with pytest.raises(ConfigError, match="input_context needs a config, not a Pipeline"):
+        build_dataset(pipeline, input_context=_context(0, 2, 2))
+
+
+def test_a_shard_outside_its_count_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"input pipeline id must be in \[0, 3\); got 3"):
+        Shard(3, 3)
+    with pytest.raises(ConfigError, match="number of input pipelines must be a positive "
+                                          "integer; got 0"):
+        Shard(0, 0)
+
+
+def test_too_few_sequences_for_a_batch_per_replica_is_a_data_error(tmp_path):
+    config = _config(_one_file(tmp_path, long_table([3]), 7),
+                     **{"batching.batch_size": 4, "padding.maxlen": 40})
+    with pytest.raises(DataError, match="1 sequences cannot be cut into batches for 2 "
+                                        "replicas in equal steps"):
+        build_dataset(config, input_context=_context(0, 1, 2))
+
+
+def test_a_manifest_whose_file_counts_disagree_with_its_index_is_a_data_error(tmp_path):
+    import json
+
+    config = _config(_one_file(tmp_path, long_table(LENGTHS), 7))
+    out = tmp_path / "out"
+    materialize(config, out, shard_bytes=2_000)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["parts"]["all"]["shard_sequences"][0] += 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"the manifest's shard_sequences \(61 records in \d+ "
+                                        r"files\) disagree with its index \(60 sequences"):
+        load_materialized(out)
