@@ -36,6 +36,7 @@ from seqpipe.batching import Windows
 from seqpipe.pipeline import Pipeline, missing_labels, valid_per_sequence
 from seqpipe.progress import Progress
 from seqpipe.records import encode_chunk, read_chunks
+from seqpipe.sequences import Sequences
 from seqpipe.shard import Shard, contiguous_runs
 from seqpipe.split import PARTS, part_of
 
@@ -84,52 +85,31 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
     pipeline = Pipeline(dataclasses.replace(config, split=SplitConfig()))
     report = pipeline.report
     progress = Progress(report.sequences) if progress else None
-    parts = [p for p in PARTS if _share(config.split, p) > 0] if config.split.enabled \
-        else ["all"]
+    parts = output_parts(config.split)
     temp, writers = _temporary(out), {}
     try:
         for part in parts:
             writers[part] = _PartWriter(temp / part, config, shard_bytes, tf)
         kept_all = pipeline.windows.length
         for first, chunk in pipeline.chunks():
-            n = len(chunk)
-            kept = kept_all[first:first + n]
-            skip = chunk.lengths - kept if config.padding.truncating == "pre" else 0
-            start = chunk.offsets[:-1] + skip
-            which = (part_of(chunk.ids, config.split) if config.split.enabled
-                     else np.zeros(n, dtype=np.int8))
-            records = list(encode_chunk(chunk, np.arange(n), start, kept, config))
-            valid = {name: valid_per_sequence(chunk.present[name], spec.level,
-                                              Windows(start, kept))
-                     for name, spec in config.outputs.items()}
+            encoded = encode_for_parts(chunk, kept_all[first:first + len(chunk)], config)
             for part, writer in writers.items():
-                mine = which == (PARTS.index(part) if part != "all" else 0)
+                mine = encoded.part == part_number(part)
                 if mine.any():
-                    local = np.flatnonzero(mine)
-                    writer.add(chunk.ids[local], kept[local], chunk.lengths[local],
-                               [records[i] for i in local.tolist()],
-                               {name: v[local] for name, v in valid.items()},
+                    writer.add(encoded.select(np.flatnonzero(mine)),
                                missing_labels(chunk.present, mine, chunk.lengths, config.levels))
             if progress is not None:
-                progress.update(n)
+                progress.update(len(chunk))
         if progress is not None:
             progress.close()
         report = pipeline.report  # now with the fills counted during the pass
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "seqpipe_version": _version(),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "config": config.to_dict(), "config_sha256": config_hash(config),
-            "source": {"where": report.source, "files": report.files, "rows": report.rows,
-                       "sequences": report.sequences, "streamed": report.streamed,
-                       "empty_sequences_dropped": report.empty_sequences_dropped},
-            "filled_values": dict(report.filled_values or {}),
-            "element_spec": _named(batch_structure(config)),
-            "record": record_layout(config),
-            "parts": {part: w.close() for part, w in writers.items()},
-        }
-        with open(temp / MANIFEST, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2)
+        manifest = build_manifest(
+            config, {"where": report.source, "files": report.files, "rows": report.rows,
+                     "sequences": report.sequences, "streamed": report.streamed,
+                     "empty_sequences_dropped": report.empty_sequences_dropped},
+            dict(report.filled_values or {}),
+            {part: w.close() for part, w in writers.items()})
+        write_manifest(str(temp), manifest)
         _publish(temp, out)
     except BaseException:
         for writer in writers.values():
@@ -142,6 +122,94 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
 def _share(split: SplitConfig, part: str) -> float:
     return {"train": 1 - split.validation - split.test, "validation": split.validation,
             "test": split.test}[part]
+
+
+def part_number(part: str) -> int:
+    """The `part_of` number of a part folder's name ('all' when the config does not split)."""
+    return PARTS.index(part) if part != "all" else 0
+
+
+def output_parts(split: SplitConfig) -> list[str]:
+    """The part folders an output holds: those with a share of the ids, or 'all'."""
+    return [p for p in PARTS if _share(split, p) > 0] if split.enabled else ["all"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedChunk:
+    """A chunk's sequences as records, with what each part's index needs."""
+
+    ids: np.ndarray
+    part: np.ndarray  # `part_of` number of each sequence
+    kept: np.ndarray  # timesteps written
+    lengths: np.ndarray  # timesteps before truncation
+    records: list  # serialized tf.train.Example of each sequence
+    valid: Mapping[str, np.ndarray]  # output -> valid labels among the kept timesteps
+
+    def select(self, local: np.ndarray) -> "EncodedChunk":
+        return EncodedChunk(self.ids[local], self.part[local], self.kept[local],
+                            self.lengths[local], [self.records[i] for i in local.tolist()],
+                            {name: v[local] for name, v in self.valid.items()})
+
+
+def encode_for_parts(chunk: Sequences, kept: np.ndarray, config: PipelineConfig) -> EncodedChunk:
+    """Encodes grouped sequences as records, each keeping `kept` timesteps (truncation), and
+    says which part of the split each belongs to: the one step both materialize paths
+    (local and Beam) share, so they write the same records."""
+    n = len(chunk)
+    skip = chunk.lengths - kept if config.padding.truncating == "pre" else 0
+    start = chunk.offsets[:-1] + skip
+    records = list(encode_chunk(chunk, np.arange(n), start, kept, config))
+    valid = {name: valid_per_sequence(chunk.present[name], spec.level, Windows(start, kept))
+             for name, spec in config.outputs.items()}
+    return EncodedChunk(chunk.ids, part_of(chunk.ids, config.split), kept, chunk.lengths,
+                        records, valid)
+
+
+def build_manifest(config: PipelineConfig, source: dict, filled_values: dict,
+                   parts: dict) -> dict:
+    """The manifest of an output: `source` holds where, files, rows, sequences, streamed and
+    empty_sequences_dropped; `parts` each part's `write_part_index` summary."""
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "seqpipe_version": _version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": config.to_dict(), "config_sha256": config_hash(config),
+        "source": source, "filled_values": filled_values,
+        "element_spec": _named(batch_structure(config)),
+        "record": record_layout(config),
+        "parts": parts,
+    }
+
+
+def write_manifest(folder: str, manifest: dict) -> None:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(f"{folder}/{MANIFEST}", "w") as f:
+        f.write(json.dumps(manifest, indent=2))
+
+
+def write_part_index(folder: str, config: PipelineConfig, ids: np.ndarray, kept: np.ndarray,
+                     lengths: np.ndarray, valid: Mapping[str, np.ndarray],
+                     missing: Mapping[str, np.ndarray], shards: list,
+                     shard_sequences: list, written_bytes: int) -> dict:
+    """Writes a part's index.parquet (ids in the order of their records across the shards)
+    and returns the part's manifest entry. `folder` may be any path TensorFlow writes."""
+    import tensorflow as tf
+
+    columns = {"id": pa.array(ids), "length": pa.array(kept, pa.int64())}
+    for name in config.outputs:
+        columns[f"valid/{name}"] = pa.array(valid[name], pa.int64())
+    buffer = pa.BufferOutputStream()  # pyarrow does not write to a GFile directly
+    pq.write_table(pa.table(columns), buffer)
+    with tf.io.gfile.GFile(f"{folder}/index.parquet", "wb") as f:
+        f.write(buffer.getvalue().to_pybytes())
+    return {"folder": folder.rstrip("/").rsplit("/", 1)[-1], "sequences": int(len(ids)),
+            "timesteps": int(lengths.sum()), "kept_timesteps": int(kept.sum()),
+            "truncated_sequences": int((kept < lengths).sum()),
+            "truncated_timesteps": int((lengths - kept).sum()),
+            "missing_labels": {n: [int(m), int(t)] for n, (m, t) in missing.items()},
+            "shards": list(shards), "shard_sequences": list(shard_sequences),
+            "bytes": int(written_bytes)}
 
 
 def _version() -> str:
@@ -164,21 +232,20 @@ class _PartWriter:
         self.missing = {name: np.zeros(2, dtype=np.int64) for name in config.outputs}
         self.bytes = 0
 
-    def add(self, ids: np.ndarray, kept: np.ndarray, lengths: np.ndarray, records: list,
-            valid: dict, missing: dict) -> None:
+    def add(self, encoded: EncodedChunk, missing: dict) -> None:
         """Writes some sequences' records and notes their index rows and label counts."""
-        for record in records:
+        for record in encoded.records:
             if self.writer is None or self.written >= self.shard_bytes:
                 self._next_shard()
             self.writer.write(record)
             self.shard_sequences[-1] += 1
             self.written += len(record)
             self.bytes += len(record)
-        self.ids.append(ids)
-        self.kept.append(kept)
-        self.lengths.append(lengths)
+        self.ids.append(encoded.ids)
+        self.kept.append(encoded.kept)
+        self.lengths.append(encoded.lengths)
         for name in self.config.outputs:
-            self.valid[name].append(valid[name])
+            self.valid[name].append(encoded.valid[name])
             self.missing[name] += missing[name]
 
     def _next_shard(self) -> None:
@@ -193,21 +260,15 @@ class _PartWriter:
     def close(self) -> dict:
         if self.writer is not None:
             self.writer.close()
-        ids = np.concatenate(self.ids) if self.ids else np.empty(0)
-        kept = np.concatenate(self.kept) if self.kept else np.empty(0, np.int64)
-        lengths = np.concatenate(self.lengths) if self.lengths else np.empty(0, np.int64)
-        columns = {"id": pa.array(ids), "length": pa.array(kept, pa.int64())}
-        for name, valid in self.valid.items():
-            columns[f"valid/{name}"] = pa.array(
-                np.concatenate(valid) if valid else np.empty(0, np.int64), pa.int64())
-        pq.write_table(pa.table(columns), self.folder / "index.parquet")
-        return {"folder": self.folder.name, "sequences": int(len(ids)),
-                "timesteps": int(lengths.sum()), "kept_timesteps": int(kept.sum()),
-                "truncated_sequences": int((kept < lengths).sum()),
-                "truncated_timesteps": int((lengths - kept).sum()),
-                "missing_labels": {n: [int(m), int(t)] for n, (m, t) in self.missing.items()},
-                "shards": self.shards, "shard_sequences": self.shard_sequences,
-                "bytes": self.bytes}
+
+        def joined(arrays, dtype):
+            return np.concatenate(arrays) if arrays else np.empty(0, dtype)
+
+        return write_part_index(
+            str(self.folder), self.config, joined(self.ids, np.int64),
+            joined(self.kept, np.int64), joined(self.lengths, np.int64),
+            {name: joined(v, np.int64) for name, v in self.valid.items()}, self.missing,
+            self.shards, self.shard_sequences, self.bytes)
 
     def abort(self) -> None:
         if self.writer is not None:
