@@ -2,7 +2,7 @@
 
     seqpipe inspect PATH_OR_CONFIG [--plot FILE.png]
     seqpipe validate CONFIG
-    seqpipe materialize CONFIG --out DIR [--overwrite]
+    seqpipe materialize CONFIG --out DIR [--overwrite] [--runner RUNNER [BEAM OPTIONS...]]
     seqpipe serve dispatcher --port P
     seqpipe serve worker --dispatcher HOST:P
     seqpipe demo
@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     materialize.add_argument("--shard-mb", type=float, default=64, metavar="MB",
                              help="start a new TFRecord file after this many MB "
                              "(default: %(default)s)")
+    materialize.add_argument("--runner", metavar="RUNNER",
+                             help="run as an Apache Beam pipeline on this runner "
+                             "(DirectRunner, DataflowRunner, FlinkRunner, ...), for sources "
+                             "too big to group on one machine; options this command does "
+                             "not know (--project=..., --direct_num_workers=2) go to Beam. "
+                             "Needs pip install 'seqpipe[beam]'")
 
     serve = commands.add_parser(
         "serve", help="run a tf.data service dispatcher or worker (a container entry point)",
@@ -150,15 +156,27 @@ def _validate(args, overrides: dict) -> None:
     print("valid (read nothing but the config and the Parquet footers)")
 
 
-def _materialize(args, overrides: dict) -> None:
-    from seqpipe.materialize import materialize
-
+def _materialize(args, overrides: dict, beam_options: list) -> None:
     if args.shard_mb <= 0:
         raise ConfigError(f"--shard-mb must be positive; got {args.shard_mb}")
     config = _config(args.config, overrides)
-    manifest = materialize(config, args.out, overwrite=args.overwrite,
-                           shard_bytes=int(args.shard_mb * 2**20), progress=True)
-    print(f"wrote {args.out}:")
+    shard_bytes = int(args.shard_mb * 2**20)
+    if args.runner is None:
+        from seqpipe.materialize import materialize
+
+        manifest = materialize(config, args.out, overwrite=args.overwrite,
+                               shard_bytes=shard_bytes, progress=True)
+        how = ""
+    else:
+        try:
+            from seqpipe.beam import materialize_on_beam
+        except ImportError as e:
+            raise ConfigError(f"--runner needs Apache Beam, which is not installed ({e}): "
+                              f"pip install 'seqpipe[beam]'") from e
+        manifest = materialize_on_beam(config, args.out, args.runner, beam_options,
+                                       overwrite=args.overwrite, shard_bytes=shard_bytes)
+        how = f" on Apache Beam ({args.runner})"
+    print(f"wrote {args.out}{how}:")
     for part, info in manifest["parts"].items():
         print(f"  {part}: {info['sequences']:,} sequences, {info['kept_timesteps']:,} "
               f"timesteps, {len(info['shards'])} shard{'s' if len(info['shards']) != 1 else ''}"
@@ -168,7 +186,12 @@ def _materialize(args, overrides: dict) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not (args.command == "materialize" and args.runner):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}"
+                     + (" (options for Beam need --runner)" if args.command == "materialize"
+                        else ""))
     overrides = dict(getattr(args, "overrides", []))
     try:
         if args.command == "inspect":
@@ -176,7 +199,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif args.command == "validate":
             _validate(args, overrides)
         elif args.command == "materialize":
-            _materialize(args, overrides)
+            _materialize(args, overrides, unknown)
         elif args.command == "serve":
             from seqpipe.service import serve
 

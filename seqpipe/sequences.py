@@ -104,7 +104,7 @@ def sequence_lengths(source: SourceTable, config: PipelineConfig) -> tuple[np.nd
     """The ids (ascending) and row counts of the sequences of a long-layout table, from its
     id column alone: what a streamed source's index needs, without grouping the rest."""
     id_name = config.source.id_column
-    _check_no_nulls(source.table[id_name], "source.id_column", id_name, source.where)
+    check_no_nulls(source.table[id_name], "source.id_column", id_name, source.where)
     ids = source.table[id_name].combine_chunks()
     if ascending(ids):
         starts = sequence_starts(ids)
@@ -130,7 +130,7 @@ def sequence_starts(ids) -> np.ndarray:
     return np.flatnonzero(np.concatenate([[True], new]))
 
 
-def _check_no_nulls(column: pa.ChunkedArray, key: str, name: str, where: str) -> None:
+def check_no_nulls(column: pa.ChunkedArray, key: str, name: str, where: str) -> None:
     missing = column.null_count
     if pa.types.is_floating(column.type):
         missing += pc.sum(pc.is_nan(column)).as_py() or 0
@@ -144,9 +144,9 @@ def _check_no_nulls(column: pa.ChunkedArray, key: str, name: str, where: str) ->
 
 def _group_long(table: pa.Table, config: PipelineConfig, where: str, with_inputs: bool):
     id_name, time_name = config.source.id_column, config.source.time_column
-    _check_no_nulls(table[id_name], "source.id_column", id_name, where)
+    check_no_nulls(table[id_name], "source.id_column", id_name, where)
     if time_name:
-        _check_no_nulls(table[time_name], "source.time_column", time_name, where)
+        check_no_nulls(table[time_name], "source.time_column", time_name, where)
     table = _sorted_by_id_and_time(table, id_name, time_name)
     ids = table[id_name].combine_chunks()
     starts = sequence_starts(ids)
@@ -223,7 +223,7 @@ def _one_value_per_sequence(values, starts, sequence_ids, column, key, where) ->
 def _group_nested(table: pa.Table, config: PipelineConfig, where: str, with_inputs: bool):
     id_name = config.source.id_column
     if id_name:
-        _check_no_nulls(table[id_name], "source.id_column", id_name, where)
+        check_no_nulls(table[id_name], "source.id_column", id_name, where)
         table = table.take(pc.sort_indices(table, sort_keys=[(id_name, "ascending")]))
         sequence_ids = table[id_name].to_numpy()
         _check_unique_ids(sequence_ids, id_name, where)

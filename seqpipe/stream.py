@@ -118,12 +118,12 @@ def stream_chunks(order: StreamOrder, config: PipelineConfig, schema: pa.Schema,
     parts, id_name = order.parts, config.source.id_column
     long_layout = config.source.layout == "long"
     with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
-        pending = collections.deque(pool.submit(_read, p, schema) for p in parts[:READ_AHEAD])
+        pending = collections.deque(pool.submit(read_part, p, schema) for p in parts[:READ_AHEAD])
         waiting = []  # rows of a sequence that began in an earlier row group
         for k, part in enumerate(parts):
             table = pending.popleft().result()
             if k + READ_AHEAD < len(parts):
-                pending.append(pool.submit(_read, parts[k + READ_AHEAD], schema))
+                pending.append(pool.submit(read_part, parts[k + READ_AHEAD], schema))
             following = parts[k + 1] if k + 1 < len(parts) else None
             goes_on = long_layout and following is not None and following.first == part.last
             if waiting:
@@ -259,7 +259,7 @@ def in_background(items: Iterable, depth: int = 2) -> Iterator:
             ready.notify_all()
 
 
-def _read(part: Part, schema: pa.Schema) -> pa.Table:
+def read_part(part: Part, schema: pa.Schema) -> pa.Table:
     try:
         return part.fragment.to_table(schema=schema, columns=list(schema.names))
     except (pa.ArrowException, OSError) as e:

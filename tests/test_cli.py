@@ -184,6 +184,45 @@ def test_materialize_writes_one_folder_per_split_and_refuses_to_overwrite(tmp_pa
     assert json.loads((out / "manifest.json").read_text())["config"]["padding"]["maxlen"] is None
 
 
+def test_beam_options_without_a_runner_are_refused(tmp_path, table):
+    config = _config_file(tmp_path, base_config(write(tmp_path / "d.parquet", table, 100)))
+    result = _seqpipe("materialize", config, "--out", str(tmp_path / "out"),
+                      "--direct_num_workers=2", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "error: unrecognized arguments: --direct_num_workers=2 (options for Beam need "
+        "--runner)")
+    assert not (tmp_path / "out").exists()
+    other = _seqpipe("validate", config, "--runner=DirectRunner", timeout=60)
+    assert other.returncode == 2 and "unrecognized arguments: --runner" in other.stderr
+
+
+def test_a_runner_without_beam_installed_says_which_extra(tmp_path, table):
+    """With apache_beam unimportable, --runner names the extra to install."""
+    config = _config_file(tmp_path, base_config(write(tmp_path / "d.parquet", table, 100)))
+    code = ("import sys; sys.modules['apache_beam'] = None; from seqpipe.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", code, "materialize", config, "--out",
+                             str(tmp_path / "out"), "--runner", "DirectRunner"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("seqpipe: error: --runner needs Apache Beam, which is not installed")
+    assert last.endswith("pip install 'seqpipe[beam]'")
+
+
+def test_nothing_but_the_beam_path_imports_apache_beam(tmp_path, table):
+    """Beam is an optional extra: building and materializing locally never import it."""
+    path = write(tmp_path / "d.parquet", table, 100)
+    code = ("import sys, seqpipe; config = seqpipe.load_config(" + repr(base_config(path))
+            + "); seqpipe.materialize(config, sys.argv[1]); "
+            "[b for b in seqpipe.build_dataset(config)]; "
+            "assert 'apache_beam' not in sys.modules, 'apache_beam was imported'")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_a_killed_materialize_leaves_nothing_that_looks_complete(tmp_path):
     rng = np.random.default_rng(0)

@@ -1,0 +1,295 @@
+"""Beam: the preprocessing step as an Apache Beam pipeline, when one machine cannot group.
+
+`seqpipe materialize CONFIG --out DIR --runner R` writes what the local materialize writes
+(`seqpipe.materialize`): the same records, index and manifest, with the rows of a sequence
+anywhere in any number of files. Grouping them is a distributed group-by:
+
+    row groups (footers read here, on the launching machine)
+      -> the rows of each id in each row group, as Arrow IPC      (read on the workers)
+      -> GroupByKey(id)
+      -> batches of whole sequences -> the local path's grouping, ordering, truncation,
+         filling and record encoding (`group_sequences`, `encode_for_parts`)
+      -> GroupByKey((part, shard)) -> one TFRecord file per shard, records in id order
+      -> each part's index.parquet and the manifest, from the shards' summaries
+
+Sequences go to shards by a hash of their id: shards are balanced and do not depend on the
+order in which workers see the rows. The shard count per part is estimated from the
+footers' uncompressed sizes, so that a shard holds about `shard_bytes`.
+
+Everything is written into a temporary folder beside DIR and renamed to DIR once the
+pipeline has finished, as locally. Paths may be anything pyarrow reads (sources) and
+TensorFlow's file system writes (DIR): local paths, gs://, hdfs://. Workers need seqpipe
+installed (on Dataflow, say, pass `--requirements_file` or a custom container).
+
+Only this module imports apache_beam: `pip install "seqpipe[beam]"`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Optional, Union
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from seqpipe.batching import truncate
+from seqpipe.config import PipelineConfig, load_config
+from seqpipe.errors import ConfigError, DataError, SeqpipeError
+from seqpipe.materialize import (SHARD_BYTES, _share, build_manifest, encode_for_parts,
+                                 output_parts, part_number, write_manifest, write_part_index)
+from seqpipe.pipeline import missing_labels
+from seqpipe.sequences import ascending, check_no_nulls, group_sequences, sequence_starts
+from seqpipe.source import SourceTable, open_source
+from seqpipe.split import PARTS, id_hash
+from seqpipe.stream import Part, read_part
+
+# Whole sequences grouped and encoded per call: enough to make the columnar work worth it.
+SEQUENCES_PER_BATCH = 512
+SHARD_SEED = 0x5E9_51A2D
+
+
+def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.PathLike],
+                        runner: str = "DirectRunner", pipeline_args: Sequence[str] = (),
+                        overwrite: bool = False, shard_bytes: int = SHARD_BYTES) -> dict:
+    """Runs materialize as a Beam pipeline on `runner` and returns the manifest.
+
+    Args:
+      config: the pipeline config (a `PipelineConfig`, mapping or YAML path).
+      out: the output folder; it must not exist unless `overwrite`.
+      runner: a Beam runner name: DirectRunner, DataflowRunner, FlinkRunner, ...
+      pipeline_args: more Beam pipeline options, as on a command line
+        (`--project=...`, `--direct_num_workers=2`).
+      overwrite: replace an existing `out`, once the new output is complete.
+      shard_bytes: about this many bytes of records per shard file.
+
+    Raises:
+      SeqpipeError: bad config or data. Schemas are checked here, from the footers, before
+        the pipeline starts; data errors found on the workers (say, two rows of a sequence
+        at the same time) fail the pipeline and are raised here with their message.
+    """
+    import tensorflow as tf
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    config = config if isinstance(config, PipelineConfig) else load_config(config)
+    if not config.source.id_column:
+        raise ConfigError("materialize on Beam needs source.id_column: the rows of a sequence "
+                          "are grouped by their id. Set source.id_column.")
+    out = str(out).rstrip("/")
+    if tf.io.gfile.exists(out) and not overwrite:
+        raise DataError(f"{out} already exists; pass --overwrite (overwrite=True) to replace "
+                        f"it, or choose another --out")
+    files = open_source(config)
+    pieces = [Part(piece, fragment.path, piece.row_groups[0].id, piece.row_groups[0].num_rows)
+              for fragment in files.dataset.get_fragments()
+              for piece in fragment.split_by_row_group() if piece.row_groups[0].num_rows]
+    if not pieces:
+        raise DataError(f"no sequences: {files.where} has no rows")
+    source_bytes = sum(p.fragment.row_groups[0].total_byte_size for p in pieces)
+    parts = output_parts(config.split)
+    shards = {part: max(1, math.ceil(source_bytes * _part_share(config, part) / shard_bytes))
+              for part in parts}
+    temp = _temporary_beside(out)
+    for part in parts:
+        tf.io.gfile.makedirs(f"{temp}/{part}")
+    facts = {"where": config.source.path, "files": len(files.files),
+             "rows": sum(p.rows for p in pieces), "runner": runner}
+    options = PipelineOptions(list(pipeline_args), runner=runner)
+    try:
+        with beam.Pipeline(options=options) as p:
+            _build(p, config, files.schema, pieces, shards, temp, facts)
+        manifest = _read_manifest(temp)
+        _publish(temp, out)
+    except BaseException as e:
+        tf.io.gfile.rmtree(temp) if tf.io.gfile.exists(temp) else None
+        found = _seqpipe_error(e)
+        if found is not None and found is not e:
+            raise found from e
+        raise
+    return manifest
+
+
+def _build(p, config: PipelineConfig, schema: pa.Schema, pieces: list, shards: dict,
+           temp: str, facts: dict) -> None:
+    """The pipeline's stages (see the module docstring)."""
+    encoded = (
+        p
+        | "Row groups" >> beam.Create(pieces, reshuffle=True)
+        | "Rows by id" >> beam.FlatMap(rows_by_id, config, schema)
+        | "Group by id" >> beam.GroupByKey()
+        | "Batch sequences" >> beam.BatchElements(min_batch_size=1,
+                                                  max_batch_size=SEQUENCES_PER_BATCH)
+        | "Group, truncate, encode" >> beam.FlatMap(
+            encode_batch, config, schema, shards).with_outputs("counts", main="records"))
+    summaries = (
+        encoded.records
+        | "Group by shard" >> beam.GroupByKey()
+        | "Write shards" >> beam.Map(write_shard, temp))
+    counts = encoded.counts | "Add counts" >> beam.CombineGlobally(add_counts)
+    (p
+     | "Once" >> beam.Create([None])
+     | "Index and manifest" >> beam.Map(
+         write_index_and_manifest, beam.pvalue.AsList(summaries),
+         beam.pvalue.AsSingleton(counts), config, list(shards), temp, facts))
+
+
+def _part_share(config: PipelineConfig, part: str) -> float:
+    return _share(config.split, part) if part != "all" else 1.0
+
+
+def rows_by_id(piece: Part, config: PipelineConfig, schema: pa.Schema) -> Iterator[tuple]:
+    """The rows of each id in one row group: (id, one Arrow IPC record batch)."""
+    table = read_part(piece, schema)
+    id_name = config.source.id_column
+    check_no_nulls(table[id_name], "source.id_column", id_name, piece.where)
+    if not ascending(table[id_name]):
+        table = table.take(pc.sort_indices(table[id_name]))
+    batch = table.combine_chunks().to_batches()
+    if not batch:
+        return
+    batch, ids = batch[0], table[id_name].combine_chunks()
+    starts = sequence_starts(ids)
+    ends = np.append(starts[1:], len(ids))
+    # IPC carries only the rows of the slice; pickling a slice would carry its whole buffers.
+    for key, a, b in zip(ids.take(pa.array(starts)).to_pylist(), starts.tolist(),
+                         ends.tolist()):
+        yield key, batch.slice(a, b - a).serialize().to_pybytes()
+
+
+def encode_batch(batch: list, config: PipelineConfig, schema: pa.Schema,
+                 shards: dict) -> Iterator:
+    """Groups a batch of whole sequences as the local path does and encodes their records.
+
+    Yields ((part, shard), (id, record, kept, length, valid)) per sequence, and the batch's
+    counts (rows, dropped, filled, missing labels) as the tagged output 'counts'."""
+    table = pa.Table.from_batches(
+        [pa.ipc.read_record_batch(piece, schema) for _, pieces in batch for piece in pieces],
+        schema=schema)
+    chunk, counts = group_sequences(SourceTable(table, config.source.path, ()), config,
+                                    chunk=True)
+    missing = {}
+    if len(chunk):
+        encoded = encode_for_parts(chunk, truncate(chunk.offsets, config.padding).length,
+                                   config)
+        names = list(config.outputs)
+        for part, count in shards.items():
+            mine = encoded.part == part_number(part)
+            missing[part] = {name: [int(v) for v in pair] for name, pair in missing_labels(
+                chunk.present, mine, chunk.lengths, config.levels).items()}
+        shard = id_hash(chunk.ids, SHARD_SEED)
+        for i, (key, record) in enumerate(zip(chunk.ids.tolist(), encoded.records)):
+            part = _part_name(int(encoded.part[i]), shards)
+            yield ((part, int(shard[i] % np.uint64(shards[part]))),
+                   (key, record, int(encoded.kept[i]), int(encoded.lengths[i]),
+                    tuple(int(encoded.valid[name][i]) for name in names)))
+    yield beam.pvalue.TaggedOutput("counts", {
+        "rows": counts.rows, "empty_sequences_dropped": counts.empty_sequences_dropped,
+        "filled_values": dict(counts.filled_values), "missing_labels": missing})
+
+
+def _part_name(number: int, shards: dict) -> str:
+    return "all" if "all" in shards else PARTS[number]
+
+
+def add_counts(counts: Iterable[dict]) -> dict:
+    """Sums the counts of many batches (Beam's combiner: order does not matter)."""
+    total = {"rows": 0, "empty_sequences_dropped": 0, "filled_values": {},
+             "missing_labels": {}}
+    for c in counts:
+        total["rows"] += c["rows"]
+        total["empty_sequences_dropped"] += c["empty_sequences_dropped"]
+        for key, n in c["filled_values"].items():
+            total["filled_values"][key] = total["filled_values"].get(key, 0) + n
+        for part, outputs in c["missing_labels"].items():
+            into = total["missing_labels"].setdefault(part, {})
+            for name, (m, t) in outputs.items():
+                before = into.get(name, (0, 0))
+                into[name] = [before[0] + m, before[1] + t]
+    return total
+
+
+def write_shard(item: tuple, temp: str) -> dict:
+    """Writes one shard's records in id order; returns what the part's index needs."""
+    import tensorflow as tf
+
+    (part, shard), rows = item
+    rows = sorted(rows, key=lambda row: row[0])
+    name = f"part-{shard:05d}.tfrecord"
+    with tf.io.TFRecordWriter(f"{temp}/{part}/{name}") as writer:
+        for row in rows:
+            writer.write(row[1])
+    return {"part": part, "shard": shard, "name": name, "ids": [r[0] for r in rows],
+            "kept": [r[2] for r in rows], "lengths": [r[3] for r in rows],
+            "valid": [r[4] for r in rows], "bytes": sum(len(r[1]) for r in rows)}
+
+
+def write_index_and_manifest(_, summaries: list, counts: dict, config: PipelineConfig,
+                             parts: list, temp: str, facts: dict) -> None:
+    """The last step: every part's index.parquet, then manifest.json."""
+    written = {}
+    for part in parts:
+        mine = sorted((s for s in summaries if s["part"] == part), key=lambda s: s["shard"])
+        valid = np.array([v for s in mine for v in s["valid"]], dtype=np.int64).reshape(
+            -1, len(config.outputs))
+        missing = counts["missing_labels"].get(part, {})
+        written[part] = write_part_index(
+            f"{temp}/{part}", config, np.array([i for s in mine for i in s["ids"]]),
+            np.array([k for s in mine for k in s["kept"]], dtype=np.int64),
+            np.array([n for s in mine for n in s["lengths"]], dtype=np.int64),
+            {name: valid[:, j] for j, name in enumerate(config.outputs)},
+            {name: missing.get(name, (0, 0)) for name in config.outputs},
+            [s["name"] for s in mine], [len(s["ids"]) for s in mine],
+            sum(s["bytes"] for s in mine))
+    sequences = sum(w["sequences"] for w in written.values())
+    if not sequences:
+        raise DataError(f"no sequences: every sequence in {facts['where']} is empty")
+    source = {"where": facts["where"], "files": facts["files"], "rows": counts["rows"],
+              "sequences": sequences, "streamed": False,
+              "empty_sequences_dropped": counts["empty_sequences_dropped"],
+              "grouped_by": f"Apache Beam ({facts['runner']})"}
+    write_manifest(temp, build_manifest(config, source, counts["filled_values"], written))
+
+
+def _temporary_beside(out: str) -> str:
+    parent, _, name = out.rpartition("/")
+    return f"{parent or '.'}/.{name}.seqpipe-tmp-{uuid.uuid4().hex[:12]}"
+
+
+def _read_manifest(folder: str) -> dict:
+    import json
+
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(f"{folder}/manifest.json") as f:
+        return json.loads(f.read())
+
+
+def _publish(temp: str, out: str) -> None:
+    import tensorflow as tf
+
+    if tf.io.gfile.exists(out):
+        old = f"{temp}-old"
+        tf.io.gfile.rename(out, old)
+        tf.io.gfile.rename(temp, out)
+        tf.io.gfile.rmtree(old)
+    else:
+        tf.io.gfile.rename(temp, out)
+
+
+def _seqpipe_error(error: BaseException) -> Optional[SeqpipeError]:
+    """The seqpipe error a failed pipeline carries: runners re-raise a worker's exception
+    as its own type with the stage's name appended, or wrap it in their own."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, SeqpipeError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+__all__ = ["materialize_on_beam"]

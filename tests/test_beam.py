@@ -1,0 +1,148 @@
+"""Materialize on Apache Beam (DirectRunner): the same output as the local materialize."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+
+from seqpipe import DataError, load_config, load_materialized, materialize
+from seqpipe.materialize import open_part
+from tests.conftest import base_config, long_table, nested_from_long, scatter, write
+
+beam = pytest.importorskip(
+    "apache_beam", reason="the beam extra is not installed: pip install -e '.[beam]'")
+from seqpipe.beam import materialize_on_beam  # noqa: E402  (needs apache_beam)
+
+pytestmark = pytest.mark.slow  # each test starts a Beam pipeline: seconds
+
+LENGTHS = np.random.default_rng(21).integers(1, 30, 120)
+SPLIT = {"validation": 0.25, "test": 0.15, "seed": 9}
+
+
+def _records(out, part):
+    """id -> the parsed features of its record, read with TensorFlow alone."""
+    folder = open_part(out, split=part)
+    found = {}
+    for record in tf.data.TFRecordDataset([str(f) for f in folder.files]):
+        features = tf.train.Example.FromString(record.numpy()).features.feature
+        key = features["id"].bytes_list.value[0].decode()
+        assert key not in found, f"sequence {key} written twice"
+        found[key] = {name: (list(f.float_list.value) or list(f.int64_list.value)
+                             or list(f.bytes_list.value)) for name, f in features.items()}
+    return found, folder
+
+
+def _same_output(local, on_beam):
+    """Both outputs hold the same sequences, records equal field for field (NaN == NaN),
+    and the same counts; each part's index agrees with its records."""
+    a, b = (json.loads((d / "manifest.json").read_text()) for d in (local, on_beam))
+    assert set(a["parts"]) == set(b["parts"])
+    for key in ("config", "config_sha256", "element_spec", "record", "filled_values"):
+        assert a[key] == b[key], key
+    for key in ("rows", "sequences", "empty_sequences_dropped", "files"):
+        assert a["source"][key] == b["source"][key], key
+    compared = 0
+    for part, info in a["parts"].items():
+        for key in ("sequences", "timesteps", "kept_timesteps", "truncated_sequences",
+                    "truncated_timesteps", "missing_labels"):
+            assert info[key] == b["parts"][part][key], (part, key)
+        mine, mine_index = _records(local, part)
+        theirs, theirs_index = _records(on_beam, part)
+        assert mine.keys() == theirs.keys(), part
+        for key in mine:
+            for name in mine[key]:
+                np.testing.assert_array_equal(np.array(mine[key][name]),
+                                              np.array(theirs[key][name]), err_msg=key)
+            compared += 1
+        # The index lists the ids in the order their records lie in the shard files.
+        order = [r["id"] for r in _in_file_order(on_beam, part)]
+        assert [str(i) for i in theirs_index.ids] == order
+        lengths = dict(zip(theirs_index.ids.tolist(), theirs_index.lengths.tolist()))
+        assert lengths == {k: mine[k]["length"][0] for k in mine}
+    assert compared == a["source"]["sequences"]
+
+
+def _in_file_order(out, part):
+    folder = open_part(out, split=part)
+    for record in tf.data.TFRecordDataset([str(f) for f in folder.files]):
+        features = tf.train.Example.FromString(record.numpy()).features.feature
+        yield {"id": features["id"].bytes_list.value[0].decode()}
+
+
+def test_beam_output_equals_local_with_rows_of_a_sequence_over_files(tmp_path):
+    """Rows dealt at random over three files (every sequence in several), a split,
+    truncation, missing labels and filled features: Beam writes what local writes."""
+    table = long_table(LENGTHS, seed=3)
+    x = table["x"].to_numpy().copy()
+    x[np.random.default_rng(0).random(len(x)) < 0.05] = np.nan  # filled, and counted
+    table = table.set_column(table.schema.get_field_index("x"), "x", pa.array(x))
+    folder = scatter(table, tmp_path / "rows", files=3, seed=2, row_group_size=60)
+    files = [pq.read_table(f)["id"] for f in sorted((tmp_path / "rows").iterdir())]
+    spread = set.intersection(*(set(f.to_pylist()) for f in files))
+    assert len(spread) > len(LENGTHS) // 2  # most sequences have rows in all three files
+    config = load_config(base_config(
+        folder, split=SPLIT, padding={"maxlen": 12, "truncating": "pre"},
+        inputs={"steps": {"columns": ["code", "x"], "fill_value": 0.0},
+                "static": {"columns": ["age"], "level": "sequence"}}))
+    materialize(config, tmp_path / "local")
+    manifest = materialize_on_beam(config, tmp_path / "beam", shard_bytes=2000)
+    assert manifest["source"]["grouped_by"] == "Apache Beam (DirectRunner)"
+    assert manifest["filled_values"]["inputs.steps.x"] > 0
+    assert all(len(p["shards"]) > 1 for p in manifest["parts"].values())  # several shards
+    _same_output(tmp_path / "local", tmp_path / "beam")
+    # And it trains: the Beam output loads and batches like any materialized output.
+    batches = list(load_materialized(tmp_path / "beam", split="validation"))
+    assert sum(int(b[0]["steps"].shape[0]) for b in batches) == \
+        manifest["parts"]["validation"]["sequences"]
+
+
+def test_beam_output_equals_local_for_the_nested_layout(tmp_path):
+    table = nested_from_long(long_table(LENGTHS[:50], seed=5))
+    path = write(tmp_path / "nested.parquet", table, 9)
+    config = load_config(base_config(path, "nested", padding={"maxlen": 20}))
+    materialize(config, tmp_path / "local")
+    materialize_on_beam(config, tmp_path / "beam")
+    _same_output(tmp_path / "local", tmp_path / "beam")
+
+
+def test_a_data_error_on_a_worker_is_raised_with_its_message(tmp_path):
+    """Two rows of one sequence at the same time, in different files: only the grouping on
+    a worker can see it. The pipeline fails with seqpipe's message, and leaves no output."""
+    table = long_table([4, 6], seed=1, shuffle_rows=False)
+    clash = table.slice(2, 1)  # a second row for s000 at the time of one it already has
+    (tmp_path / "src").mkdir()
+    write(tmp_path / "src/a.parquet", table)
+    write(tmp_path / "src/b.parquet", clash)
+    config = load_config(base_config(str(tmp_path / "src")))
+    with pytest.raises(DataError, match=r"s000.*source.time_column|source.time_column.*s000"):
+        materialize_on_beam(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]  # no temporary folder left
+
+
+def test_cli_materialize_with_a_runner(tmp_path):
+    table = long_table(LENGTHS[:30], seed=6)
+    folder = scatter(table, tmp_path / "rows", files=2, seed=1)
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps(base_config(folder)))
+    done = subprocess.run(
+        [sys.executable, "-m", "seqpipe", "materialize", str(config), "--out",
+         str(tmp_path / "out"), "--runner", "DirectRunner", "--direct_num_workers=1"],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "on Apache Beam (DirectRunner)" in done.stdout
+    assert open_part(tmp_path / "out").ids.size == 30
+    again = subprocess.run(
+        [sys.executable, "-m", "seqpipe", "materialize", str(config), "--out",
+         str(tmp_path / "out"), "--runner", "DirectRunner"],
+        capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2
+    assert "Traceback" not in again.stderr  # TensorFlow and Beam log lines may come first
+    assert again.stderr.strip().splitlines()[-1] == (
+        f"seqpipe: error: {tmp_path / 'out'} already exists; pass --overwrite "
+        f"(overwrite=True) to replace it, or choose another --out")
