@@ -26,9 +26,9 @@ Only this module imports apache_beam: `pip install "seqpipe[beam]"`.
 
 from __future__ import annotations
 
+import json
 import math
 import os
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Optional, Union
 
@@ -38,9 +38,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from seqpipe.batching import truncate
+from seqpipe import paths
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError
-from seqpipe.materialize import (SHARD_BYTES, _share, build_manifest, encode_for_parts,
+from seqpipe.materialize import (MANIFEST, SHARD_BYTES, _share, build_manifest, encode_for_parts,
                                  output_parts, part_number, write_manifest, write_part_index)
 from seqpipe.pipeline import missing_labels
 from seqpipe.sequences import ascending, check_no_nulls, group_sequences, sequence_starts
@@ -72,7 +73,6 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
         the pipeline starts; data errors found on the workers (say, two rows of a sequence
         at the same time) fail the pipeline and are raised here with their message.
     """
-    import tensorflow as tf
     from apache_beam.options.pipeline_options import PipelineOptions
 
     config = config if isinstance(config, PipelineConfig) else load_config(config)
@@ -80,7 +80,7 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
         raise ConfigError("materialize on Beam needs source.id_column: the rows of a sequence "
                           "are grouped by their id. Set source.id_column.")
     out = str(out).rstrip("/")
-    if tf.io.gfile.exists(out) and not overwrite:
+    if paths.exists(out) and not overwrite:
         raise DataError(f"{out} already exists; pass --overwrite (overwrite=True) to replace "
                         f"it, or choose another --out")
     files = open_source(config)
@@ -93,19 +93,19 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
     parts = output_parts(config.split)
     shards = {part: max(1, math.ceil(source_bytes * _part_share(config, part) / shard_bytes))
               for part in parts}
-    temp = _temporary_beside(out)
+    temp = paths.temporary_beside(out)
     for part in parts:
-        tf.io.gfile.makedirs(f"{temp}/{part}")
+        paths.makedirs(paths.join(temp, part))
     facts = {"where": config.source.path, "files": len(files.files),
              "rows": sum(p.rows for p in pieces), "runner": runner}
     options = PipelineOptions(list(pipeline_args), runner=runner)
     try:
         with beam.Pipeline(options=options) as p:
             _build(p, config, files.schema, pieces, shards, temp, facts)
-        manifest = _read_manifest(temp)
-        _publish(temp, out)
+        manifest = json.loads(paths.read_text(paths.join(temp, MANIFEST)))
+        paths.publish(temp, out)
     except BaseException as e:
-        tf.io.gfile.rmtree(temp) if tf.io.gfile.exists(temp) else None
+        paths.remove_tree(temp)
         found = _seqpipe_error(e)
         if found is not None and found is not e:
             raise found from e
@@ -219,7 +219,7 @@ def write_shard(item: tuple, temp: str) -> dict:
     (part, shard), rows = item
     rows = sorted(rows, key=lambda row: row[0])
     name = f"part-{shard:05d}.tfrecord"
-    with tf.io.TFRecordWriter(f"{temp}/{part}/{name}") as writer:
+    with tf.io.TFRecordWriter(paths.join(temp, part, name)) as writer:
         for row in rows:
             writer.write(row[1])
     return {"part": part, "shard": shard, "name": name, "ids": [r[0] for r in rows],
@@ -237,7 +237,7 @@ def write_index_and_manifest(_, summaries: list, counts: dict, config: PipelineC
             -1, len(config.outputs))
         missing = counts["missing_labels"].get(part, {})
         written[part] = write_part_index(
-            f"{temp}/{part}", config, np.array([i for s in mine for i in s["ids"]]),
+            paths.join(temp, part), config, np.array([i for s in mine for i in s["ids"]]),
             np.array([k for s in mine for k in s["kept"]], dtype=np.int64),
             np.array([n for s in mine for n in s["lengths"]], dtype=np.int64),
             {name: valid[:, j] for j, name in enumerate(config.outputs)},
@@ -252,32 +252,6 @@ def write_index_and_manifest(_, summaries: list, counts: dict, config: PipelineC
               "empty_sequences_dropped": counts["empty_sequences_dropped"],
               "grouped_by": f"Apache Beam ({facts['runner']})"}
     write_manifest(temp, build_manifest(config, source, counts["filled_values"], written))
-
-
-def _temporary_beside(out: str) -> str:
-    parent, _, name = out.rpartition("/")
-    return f"{parent or '.'}/.{name}.seqpipe-tmp-{uuid.uuid4().hex[:12]}"
-
-
-def _read_manifest(folder: str) -> dict:
-    import json
-
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(f"{folder}/manifest.json") as f:
-        return json.loads(f.read())
-
-
-def _publish(temp: str, out: str) -> None:
-    import tensorflow as tf
-
-    if tf.io.gfile.exists(out):
-        old = f"{temp}-old"
-        tf.io.gfile.rename(out, old)
-        tf.io.gfile.rename(temp, out)
-        tf.io.gfile.rmtree(old)
-    else:
-        tf.io.gfile.rename(temp, out)
 
 
 def _seqpipe_error(error: BaseException) -> Optional[SeqpipeError]:

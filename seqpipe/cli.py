@@ -75,8 +75,9 @@ def _parser() -> argparse.ArgumentParser:
         "them back with seqpipe.load_materialized(DIR, split=...). The output appears "
         "only when complete.")
     materialize.add_argument("config", metavar="CONFIG", help="the YAML config")
-    materialize.add_argument("--out", required=True, type=Path, metavar="DIR",
-                             help="the output folder (must not exist, unless --overwrite)")
+    materialize.add_argument("--out", required=True, metavar="DIR",
+                             help="the output folder, a path or a URI such as gs://bucket/dir "
+                             "(must not exist, unless --overwrite)")
     materialize.add_argument("--overwrite", action="store_true",
                              help="replace DIR, once the new output is complete")
     materialize.add_argument("--shard-mb", type=float, default=64, metavar="MB",
@@ -157,6 +158,8 @@ def _validate(args, overrides: dict) -> None:
 
 
 def _materialize(args, overrides: dict, beam_options: list) -> None:
+    from seqpipe import paths
+
     if args.shard_mb <= 0:
         raise ConfigError(f"--shard-mb must be positive; got {args.shard_mb}")
     config = _config(args.config, overrides)
@@ -181,7 +184,7 @@ def _materialize(args, overrides: dict, beam_options: list) -> None:
         print(f"  {part}: {info['sequences']:,} sequences, {info['kept_timesteps']:,} "
               f"timesteps, {len(info['shards'])} shard{'s' if len(info['shards']) != 1 else ''}"
               f", {info['bytes'] / 2**20:,.1f} MB")
-    print(f"  manifest: {args.out / 'manifest.json'} (config sha256 "
+    print(f"  manifest: {paths.join(args.out, 'manifest.json')} (config sha256 "
           f"{manifest['config_sha256'][:12]}...)")
 
 

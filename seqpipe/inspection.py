@@ -16,7 +16,6 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from seqpipe.batching import (auto_boundaries, batch_sizes, bucket_of, padding_waste,
                               plan_epoch)
@@ -24,7 +23,7 @@ from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError
 from seqpipe.sequences import list_columns
 from seqpipe.split import PARTS, part_of
-from seqpipe.source import column_roles, open_source, source_schema
+from seqpipe.source import column_roles, open_source, read_schema, source_schema
 from seqpipe.stream import stream_order
 
 PERCENTILES = (0, 5, 25, 50, 75, 90, 95, 99, 100)
@@ -125,7 +124,8 @@ def inspect(config: PipelineConfig, from_file: bool = True) -> Inspection:
     used: dict = {}
     for role in roles:
         used.setdefault(role.column, []).append(role.key)
-    first_schema = pq.read_schema(files.files[0]) if files.files else files.dataset.schema
+    fragments = list(files.dataset.get_fragments())
+    first_schema = read_schema(fragments[0]) if fragments else files.dataset.schema
     schema = [(f.name, str(f.type), used.get(f.name, [])) for f in first_schema]
     row_groups = sum(len(p.row_groups) for p in files.dataset.get_fragments())
     source = config.source

@@ -20,9 +20,7 @@ import datetime
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -34,6 +32,7 @@ from seqpipe.dataset import batch_structure
 from seqpipe.errors import ConfigError, DataError, SourceNotFoundError
 from seqpipe.batching import Windows
 from seqpipe.pipeline import Pipeline, missing_labels, valid_per_sequence
+from seqpipe import paths
 from seqpipe.progress import Progress
 from seqpipe.records import encode_chunk, read_chunks
 from seqpipe.sequences import Sequences
@@ -78,18 +77,18 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
     import tensorflow as tf
 
     config = config if isinstance(config, PipelineConfig) else load_config(config)
-    out = Path(out)
-    if out.exists() and not overwrite:
+    out = str(out)
+    if paths.exists(out) and not overwrite:
         raise DataError(f"{out} already exists; pass --overwrite (overwrite=True) to replace "
                         f"it, or choose another --out")
     pipeline = Pipeline(dataclasses.replace(config, split=SplitConfig()))
     report = pipeline.report
     progress = Progress(report.sequences) if progress else None
     parts = output_parts(config.split)
-    temp, writers = _temporary(out), {}
+    temp, writers = paths.temporary_beside(out), {}
     try:
         for part in parts:
-            writers[part] = _PartWriter(temp / part, config, shard_bytes, tf)
+            writers[part] = _PartWriter(paths.join(temp, part), config, shard_bytes, tf)
         kept_all = pipeline.windows.length
         for first, chunk in pipeline.chunks():
             encoded = encode_for_parts(chunk, kept_all[first:first + len(chunk)], config)
@@ -109,12 +108,12 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
                      "empty_sequences_dropped": report.empty_sequences_dropped},
             dict(report.filled_values or {}),
             {part: w.close() for part, w in writers.items()})
-        write_manifest(str(temp), manifest)
-        _publish(temp, out)
+        write_manifest(temp, manifest)
+        paths.publish(temp, out)
     except BaseException:
         for writer in writers.values():
             writer.abort()
-        shutil.rmtree(temp, ignore_errors=True)
+        paths.remove_tree(temp)
         raise
     return manifest
 
@@ -182,10 +181,7 @@ def build_manifest(config: PipelineConfig, source: dict, filled_values: dict,
 
 
 def write_manifest(folder: str, manifest: dict) -> None:
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(f"{folder}/{MANIFEST}", "w") as f:
-        f.write(json.dumps(manifest, indent=2))
+    paths.write_bytes(paths.join(folder, MANIFEST), json.dumps(manifest, indent=2).encode())
 
 
 def write_part_index(folder: str, config: PipelineConfig, ids: np.ndarray, kept: np.ndarray,
@@ -194,15 +190,12 @@ def write_part_index(folder: str, config: PipelineConfig, ids: np.ndarray, kept:
                      shard_sequences: list, written_bytes: int) -> dict:
     """Writes a part's index.parquet (ids in the order of their records across the shards)
     and returns the part's manifest entry. `folder` may be any path TensorFlow writes."""
-    import tensorflow as tf
-
     columns = {"id": pa.array(ids), "length": pa.array(kept, pa.int64())}
     for name in config.outputs:
         columns[f"valid/{name}"] = pa.array(valid[name], pa.int64())
     buffer = pa.BufferOutputStream()  # pyarrow does not write to a GFile directly
     pq.write_table(pa.table(columns), buffer)
-    with tf.io.gfile.GFile(f"{folder}/index.parquet", "wb") as f:
-        f.write(buffer.getvalue().to_pybytes())
+    paths.write_bytes(paths.join(folder, "index.parquet"), buffer.getvalue().to_pybytes())
     return {"folder": folder.rstrip("/").rsplit("/", 1)[-1], "sequences": int(len(ids)),
             "timesteps": int(lengths.sum()), "kept_timesteps": int(kept.sum()),
             "truncated_sequences": int((kept < lengths).sum()),
@@ -221,8 +214,8 @@ def _version() -> str:
 class _PartWriter:
     """Writes one part's records into shards, and its index."""
 
-    def __init__(self, folder: Path, config: PipelineConfig, shard_bytes: int, tf) -> None:
-        folder.mkdir(parents=True)
+    def __init__(self, folder: str, config: PipelineConfig, shard_bytes: int, tf) -> None:
+        paths.makedirs(folder)
         self.folder, self.config, self.shard_bytes, self.tf = folder, config, shard_bytes, tf
         self.shards: list[str] = []
         self.writer, self.written = None, 0
@@ -254,7 +247,7 @@ class _PartWriter:
         name = f"part-{len(self.shards):05d}.tfrecord"
         self.shards.append(name)
         self.shard_sequences.append(0)
-        self.writer = self.tf.io.TFRecordWriter(str(self.folder / name))
+        self.writer = self.tf.io.TFRecordWriter(paths.join(self.folder, name))
         self.written = 0
 
     def close(self) -> dict:
@@ -265,7 +258,7 @@ class _PartWriter:
             return np.concatenate(arrays) if arrays else np.empty(0, dtype)
 
         return write_part_index(
-            str(self.folder), self.config, joined(self.ids, np.int64),
+            self.folder, self.config, joined(self.ids, np.int64),
             joined(self.kept, np.int64), joined(self.lengths, np.int64),
             {name: joined(v, np.int64) for name, v in self.valid.items()}, self.missing,
             self.shards, self.shard_sequences, self.bytes)
@@ -274,41 +267,6 @@ class _PartWriter:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-
-
-def _temporary(out: Path) -> Path:
-    """A fresh hidden folder beside `out` (same file system, so the final rename is
-    atomic). Leftovers of killed runs for the same `out` are removed first."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{out.name}.seqpipe-tmp-"
-    for stale in out.parent.glob(prefix + "*"):
-        pid = stale.name[len(prefix):]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    temp = out.parent / f"{prefix}{os.getpid()}"
-    shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir()
-    return temp
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _publish(temp: Path, out: Path) -> None:
-    if not out.exists():
-        temp.rename(out)
-        return
-    old = out.parent / f".{out.name}.seqpipe-old-{os.getpid()}"
-    out.rename(old)
-    temp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _named(structure) -> dict:
@@ -374,17 +332,17 @@ def read_manifest(path: Union[str, os.PathLike]) -> dict:
       SourceNotFoundError: no such folder, or no manifest in it.
       DataError: the manifest is not one seqpipe wrote, or from a newer format.
     """
-    folder = Path(path)
-    if not folder.is_dir():
-        raise SourceNotFoundError(f"materialized output not found: {str(folder)!r} is not a "
+    folder = str(path)
+    if not paths.isdir(folder):
+        raise SourceNotFoundError(f"materialized output not found: {folder!r} is not a "
                                   f"folder")
-    file = folder / MANIFEST
-    if not file.exists():
+    file = paths.join(folder, MANIFEST)
+    if not paths.exists(file):
         raise SourceNotFoundError(
-            f"{str(folder)!r} holds no {MANIFEST}: it is not the output of seqpipe "
+            f"{folder!r} holds no {MANIFEST}: it is not the output of seqpipe "
             f"materialize, or a run that did not finish. Run seqpipe materialize again.")
     try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
+        manifest = json.loads(paths.read_text(file))
     except (OSError, ValueError) as e:
         raise DataError(f"{file} is not readable JSON: {e}") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -417,17 +375,17 @@ def _frozen_differences(written: dict, wanted: dict) -> list[str]:
 def open_part(path: Union[str, os.PathLike], config: Any = None,
               split: Optional[str] = None) -> MaterializedPart:
     """Reads the manifest and index of one part of a materialized output."""
-    folder = Path(path)
+    folder = str(path).rstrip("/")
     manifest = read_manifest(folder)
     written = load_config(manifest["config"])
     parts = manifest["parts"]
     if split is None:
         if len(parts) > 1:
-            raise ConfigError(f"{str(folder)!r} holds the parts {', '.join(parts)}; say which "
+            raise ConfigError(f"{folder!r} holds the parts {', '.join(parts)}; say which "
                               f"to read: split='train' (or --split train)")
         split = next(iter(parts))
     if split not in parts:
-        raise ConfigError(f"{str(folder)!r} holds no part {split!r}; it holds "
+        raise ConfigError(f"{folder!r} holds no part {split!r}; it holds "
                           f"{', '.join(parts)}")
     if config is None:
         config = written
@@ -436,24 +394,24 @@ def open_part(path: Union[str, os.PathLike], config: Any = None,
         differences = _frozen_differences(written.to_dict(), config.to_dict())
         if differences:
             raise ConfigError(
-                f"the config differs from the one {str(folder)!r} was materialized with, in "
+                f"the config differs from the one {folder!r} was materialized with, in "
                 f"keys that decide what the records hold: {'; '.join(differences)}. "
                 f"Materialize again with this config, or change only batching, shuffle, "
                 f"weights, padding.side, padding.value and outputs' fill_value or weights.")
     config = dataclasses.replace(config, split=SplitConfig())
     info = parts[split]
-    part_folder = folder / info["folder"]
-    files = tuple(part_folder / shard for shard in info["shards"])
-    missing = [str(f) for f in files if not f.exists()]
+    part_folder = paths.join(folder, info["folder"])
+    files = tuple(paths.join(part_folder, shard) for shard in info["shards"])
+    missing = [f for f in files if not paths.exists(f)]
     if missing:
-        raise DataError(f"{str(folder)!r} is incomplete: {missing[0]} is missing "
+        raise DataError(f"{folder!r} is incomplete: {missing[0]} is missing "
                         f"({len(missing)} of {len(files)} shards). Materialize again.")
-    index = pq.read_table(part_folder / "index.parquet")
+    index = pq.read_table(paths.join(part_folder, "index.parquet"))  # pyarrow reads URIs
     if index.num_rows != info["sequences"]:
-        raise DataError(f"{part_folder / 'index.parquet'} lists {index.num_rows:,} sequences, "
+        raise DataError(f"{paths.join(part_folder, 'index.parquet')} lists {index.num_rows:,} sequences, "
                         f"the manifest {info['sequences']:,}; materialize again")
     if not index.num_rows:
-        raise DataError(f"part {split!r} of {str(folder)!r} holds no sequences")
+        raise DataError(f"part {split!r} of {folder!r} holds no sequences")
     valid = {name: index[f"valid/{name}"].to_numpy() for name in config.outputs}
     counted = {"filled_values": manifest["filled_values"],
                "missing_labels": {n: tuple(v) for n, v in info["missing_labels"].items()}}

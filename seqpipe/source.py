@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
+import pyarrow.fs as pafs
 
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError, SourceNotFoundError
@@ -89,12 +89,12 @@ def open_source(config: PipelineConfig) -> SourceFiles:
                         "source.path to a Parquet file, directory or glob, or pass data=.")
     found = _open_dataset(config.source.path)
     roles = column_roles(config)
-    partition_fields = _partition_keys(config.source.path, found.files)
-    for file in found.files:
-        _check_schema(_read_schema(file), roles, file, partition_fields)
+    partition_fields = _partition_keys(found)
+    for fragment in found.get_fragments():
+        _check_schema(read_schema(fragment), roles, fragment.path, partition_fields)
     schema = _target_schema(found.schema, roles)
     dataset = pads.dataset(found.files, schema=schema, format="parquet",
-                           partitioning=found.partitioning)
+                           filesystem=found.filesystem, partitioning=found.partitioning)
     return SourceFiles(dataset, config.source.path, schema)
 
 
@@ -140,6 +140,8 @@ def _as_table(data: Any) -> pa.Table:
 
 
 def _open_dataset(path: str) -> pads.Dataset:
+    if "://" in path:
+        return _open_uri(path)
     if _GLOB_CHARS & set(path):
         files = sorted(glob.glob(path, recursive=True))
         files = [f for f in files if os.path.isfile(f)]
@@ -150,33 +152,59 @@ def _open_dataset(path: str) -> pads.Dataset:
         raise SourceNotFoundError(
             f"source.path {path!r} does not exist (relative paths are relative to the "
             f"working directory, {os.getcwd()!r})")
-    partitioning = "hive" if os.path.isdir(path) else None
+    return _directory_or_file(path, os.path.isdir(path), None, path)
+
+
+def _open_uri(uri: str) -> pads.Dataset:
+    """A source on any file system pyarrow knows by its URI scheme (gs://, s3://,
+    hdfs://, file://); a file or a folder, not a glob."""
     try:
-        dataset = pads.dataset(path, format="parquet", partitioning=partitioning,
+        filesystem, path = pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowException, ValueError, OSError) as e:
+        raise SourceNotFoundError(f"source.path {uri!r}: pyarrow cannot open this URI: "
+                                  f"{' '.join(str(e).split())}") from e
+    if _GLOB_CHARS & set(path):
+        raise SourceNotFoundError(f"source.path {uri!r}: glob patterns work on local paths "
+                                  f"only; give the folder that holds the files")
+    try:
+        info = filesystem.get_file_info(path)
+    except (pa.ArrowException, OSError) as e:
+        raise SourceNotFoundError(f"source.path {uri!r} could not be looked up: {e}") from e
+    if info.type == pafs.FileType.NotFound:
+        raise SourceNotFoundError(f"source.path {uri!r} does not exist")
+    return _directory_or_file(path, info.type == pafs.FileType.Directory, filesystem, uri)
+
+
+def _directory_or_file(path: str, directory: bool, filesystem, where: str) -> pads.Dataset:
+    try:
+        dataset = pads.dataset(path, format="parquet", filesystem=filesystem,
+                               partitioning="hive" if directory else None,
                                exclude_invalid_files=False)
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"source.path {path!r} is not readable as Parquet: {e}") from e
+        raise DataError(f"source.path {where!r} is not readable as Parquet: {e}") from e
     if not dataset.files:
-        raise SourceNotFoundError(f"source.path {path!r} is a directory with no Parquet files")
+        raise SourceNotFoundError(f"source.path {where!r} is a directory with no Parquet "
+                                  f"files")
     return dataset
 
 
-def _partition_keys(path: str, files: list[str]) -> set[str]:
-    """Hive partition keys: the `key` of `key=value` folders below a directory source."""
-    if not os.path.isdir(path):
+def _partition_keys(dataset: pads.FileSystemDataset) -> set[str]:
+    """Hive partition keys: the `key=value` folders below a directory source, which
+    pyarrow parsed into each file's partition expression."""
+    if dataset.partitioning is None:
         return set()
     keys = set()
-    for file in files:
-        folders = os.path.relpath(os.path.dirname(file), path).split(os.sep)
-        keys.update(folder.split("=", 1)[0] for folder in folders if "=" in folder)
+    for fragment in dataset.get_fragments():
+        keys.update(pads.get_partition_keys(fragment.partition_expression))
     return keys
 
 
-def _read_schema(file: str) -> pa.Schema:
+def read_schema(fragment: pads.ParquetFileFragment) -> pa.Schema:
+    """One file's schema, from its footer, on whatever file system it is on."""
     try:
-        return pq.read_schema(file)
+        return fragment.physical_schema
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{file} is not a readable Parquet file: {e}") from e
+        raise DataError(f"{fragment.path} is not a readable Parquet file: {e}") from e
 
 
 def _check_schema(schema: pa.Schema, roles: list[ColumnRole], where: str,

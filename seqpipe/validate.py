@@ -6,10 +6,9 @@ job's first second, before anything expensive starts.
 
 from __future__ import annotations
 
-import pyarrow.parquet as pq
 
 from seqpipe.config import PipelineConfig
-from seqpipe.source import KIND_TEXT, column_roles, open_source
+from seqpipe.source import KIND_TEXT, column_roles, open_source, read_schema
 from seqpipe.stream import stream_order
 
 
@@ -31,7 +30,7 @@ def validate(config: PipelineConfig) -> list[str]:
     lines.append("columns, checked in every file:")
     found = {}
     for fragment in fragments:
-        for field in pq.read_schema(fragment.path):
+        for field in read_schema(fragment):
             found.setdefault(field.name, str(field.type))
     roles = column_roles(config)
     width = max(len(r.column) for r in roles)

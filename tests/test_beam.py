@@ -125,24 +125,26 @@ def test_a_data_error_on_a_worker_is_raised_with_its_message(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["src"]  # no temporary folder left
 
 
-def test_cli_materialize_with_a_runner(tmp_path):
+def test_cli_materialize_with_a_runner_and_uris(tmp_path):
+    """From the command line, with the source and the output given as URIs."""
     table = long_table(LENGTHS[:30], seed=6)
     folder = scatter(table, tmp_path / "rows", files=2, seed=1)
     config = tmp_path / "config.yaml"
-    config.write_text(json.dumps(base_config(folder)))
+    config.write_text(json.dumps(base_config(f"file://{folder}")))
+    out = f"file://{tmp_path}/out"
     done = subprocess.run(
-        [sys.executable, "-m", "seqpipe", "materialize", str(config), "--out",
-         str(tmp_path / "out"), "--runner", "DirectRunner", "--direct_num_workers=1"],
+        [sys.executable, "-m", "seqpipe", "materialize", str(config), "--out", out,
+         "--runner", "DirectRunner", "--direct_num_workers=1"],
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "on Apache Beam (DirectRunner)" in done.stdout
+    assert f"wrote {out} on Apache Beam (DirectRunner):" in done.stdout
     assert open_part(tmp_path / "out").ids.size == 30
     again = subprocess.run(
-        [sys.executable, "-m", "seqpipe", "materialize", str(config), "--out",
-         str(tmp_path / "out"), "--runner", "DirectRunner"],
+        [sys.executable, "-m", "seqpipe", "materialize", str(config), "--out", out,
+         "--runner", "DirectRunner"],
         capture_output=True, text=True, timeout=300)
     assert again.returncode == 2
     assert "Traceback" not in again.stderr  # TensorFlow and Beam log lines may come first
     assert again.stderr.strip().splitlines()[-1] == (
-        f"seqpipe: error: {tmp_path / 'out'} already exists; pass --overwrite "
+        f"seqpipe: error: {out} already exists; pass --overwrite "
         f"(overwrite=True) to replace it, or choose another --out")

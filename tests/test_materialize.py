@@ -171,3 +171,23 @@ def test_a_damaged_or_foreign_output_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match=r"index.parquet lists 20 sequences, the manifest 21; "
                                         r"materialize again"):
         load_materialized(out)
+
+
+def test_materialize_to_a_uri_and_load_it_back(tmp_path):
+    """The output folder may be a URI (gs://, hdfs://; TensorFlow's file systems): written
+    and read through them, file:// gives what the local path gives, batch for batch."""
+    table = long_table(LENGTHS[:60], seed=8)
+    path = write(tmp_path / "d.parquet", table, 40)
+    config = load_config(base_config(path, split=SPLIT, padding={"maxlen": 12}))
+    materialize(config, tmp_path / "local")
+    uri = f"file://{tmp_path}/by-uri"
+    manifest = materialize(config, uri)
+    assert (tmp_path / "by-uri" / "manifest.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["by-uri", "d.parquet", "local"]
+    for part in manifest["parts"]:
+        _assert_same_epochs(load_materialized(tmp_path / "local", split=part),
+                            load_materialized(uri, split=part), epochs=1)
+    with pytest.raises(DataError, match="already exists; pass --overwrite"):
+        materialize(config, uri)
+    materialize(config, uri, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["by-uri", "d.parquet", "local"]

@@ -51,6 +51,39 @@ def test_directory_glob_and_hive_partitions_read_the_same(tmp_path, lengths):
     assert Pipeline(base_config(str(tmp_path / "dir"))).report.files == 3
 
 
+def test_a_uri_source_reads_what_the_local_path_reads(tmp_path, lengths):
+    """source.path may be any URI pyarrow knows (gs://, s3://, hdfs://); file:// is the one
+    a test can use without a network. A file, a folder and hive partitions, streamed and
+    grouped whole, give the sequences pyarrow reads."""
+    table = long_table(lengths)
+    sorted_rows = table.sort_by([("id", "ascending"), ("t", "ascending")])
+    write(tmp_path / "sorted.parquet", sorted_rows, row_group_size=10)
+    for i, rows in enumerate(np.array_split(np.arange(table.num_rows), 2)):
+        (tmp_path / "hive" / f"shard={i}").mkdir(parents=True)
+        write(tmp_path / "hive" / f"shard={i}" / "d.parquet", table.take(rows))
+    for local in [tmp_path / "sorted.parquet", tmp_path / "hive"]:
+        pipeline = Pipeline(base_config(f"file://{local}"))
+        _assert_same_sequences(pipeline, table)
+        assert pipeline.report.streamed == (local.name == "sorted.parquet")
+        batches = [b[0]["steps"].numpy() for b in build_dataset(base_config(f"file://{local}"))]
+        expected = [b[0]["steps"].numpy() for b in build_dataset(base_config(str(local)))]
+        assert len(batches) == len(expected)
+        for a, b in zip(batches, expected):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("file:///no/such/folder", "source.path 'file:///no/such/folder' does not exist"),
+    ("nosuchscheme://bucket/data", "source.path 'nosuchscheme://bucket/data': pyarrow cannot "
+                                   "open this URI: "),
+    ("file:///data/*.parquet", "glob patterns work on local paths only; give the folder"),
+])
+def test_a_uri_that_cannot_be_read_says_why(uri, message):
+    with pytest.raises(SourceNotFoundError) as raised:
+        Pipeline(base_config(uri))
+    assert message in str(raised.value)
+
+
 def test_hive_partition_column_can_be_an_input(tmp_path, lengths):
     table = long_table(lengths)
     for shard in (1, 2):
