@@ -21,7 +21,8 @@ pipeline has finished, as locally. Paths may be anything pyarrow reads (sources)
 TensorFlow's file system writes (DIR): local paths, gs://, hdfs://. Workers need seqpipe
 installed (on Dataflow, say, pass `--requirements_file` or a custom container).
 
-Only this module imports apache_beam: `pip install "seqpipe[beam]"`.
+Only this module imports apache_beam, and only when a pipeline is built or run, so the
+module itself imports without it: `pip install "seqpipe[beam]"`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Optional, Union
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -73,7 +73,12 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
         the pipeline starts; data errors found on the workers (say, two rows of a sequence
         at the same time) fail the pipeline and are raised here with their message.
     """
-    from apache_beam.options.pipeline_options import PipelineOptions
+    try:
+        import apache_beam as beam
+        from apache_beam.options.pipeline_options import PipelineOptions
+    except ImportError as e:
+        raise ConfigError(f"--runner needs Apache Beam, which is not installed ({e}): "
+                          f"pip install 'seqpipe[beam]'") from e
 
     config = config if isinstance(config, PipelineConfig) else load_config(config)
     if not config.source.id_column:
@@ -93,14 +98,16 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
     parts = output_parts(config.split)
     shards = {part: max(1, math.ceil(source_bytes * _part_share(config, part) / shard_bytes))
               for part in parts}
+    facts = {"where": config.source.path, "files": len(files.files), "runner": runner}
+    try:
+        pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args), runner=runner))
+    except ValueError as e:  # Beam's word for a runner it does not know
+        raise ConfigError(f"--runner {runner!r}: {' '.join(str(e).split())}") from e
     temp = paths.temporary_beside(out)
     for part in parts:
         paths.makedirs(paths.join(temp, part))
-    facts = {"where": config.source.path, "files": len(files.files),
-             "rows": sum(p.rows for p in pieces), "runner": runner}
-    options = PipelineOptions(list(pipeline_args), runner=runner)
     try:
-        with beam.Pipeline(options=options) as p:
+        with pipeline as p:
             _build(p, config, files.schema, pieces, shards, temp, facts)
         manifest = json.loads(paths.read_text(paths.join(temp, MANIFEST)))
         paths.publish(temp, out)
@@ -116,6 +123,8 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
 def _build(p, config: PipelineConfig, schema: pa.Schema, pieces: list, shards: dict,
            temp: str, facts: dict) -> None:
     """The pipeline's stages (see the module docstring)."""
+    import apache_beam as beam
+
     encoded = (
         p
         | "Row groups" >> beam.Create(pieces, reshuffle=True)
@@ -166,6 +175,8 @@ def encode_batch(batch: list, config: PipelineConfig, schema: pa.Schema,
 
     Yields ((part, shard), (id, record, kept, length, valid)) per sequence, and the batch's
     counts (rows, dropped, filled, missing labels) as the tagged output 'counts'."""
+    from apache_beam.pvalue import TaggedOutput
+
     table = pa.Table.from_batches(
         [pa.ipc.read_record_batch(piece, schema) for _, pieces in batch for piece in pieces],
         schema=schema)
@@ -186,7 +197,7 @@ def encode_batch(batch: list, config: PipelineConfig, schema: pa.Schema,
             yield ((part, int(shard[i] % np.uint64(shards[part]))),
                    (key, record, int(encoded.kept[i]), int(encoded.lengths[i]),
                     tuple(int(encoded.valid[name][i]) for name in names)))
-    yield beam.pvalue.TaggedOutput("counts", {
+    yield TaggedOutput("counts", {
         "rows": counts.rows, "empty_sequences_dropped": counts.empty_sequences_dropped,
         "filled_values": dict(counts.filled_values), "missing_labels": missing})
 

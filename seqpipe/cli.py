@@ -171,11 +171,8 @@ def _materialize(args, overrides: dict, beam_options: list) -> None:
                                shard_bytes=shard_bytes, progress=True)
         how = ""
     else:
-        try:
-            from seqpipe.beam import materialize_on_beam
-        except ImportError as e:
-            raise ConfigError(f"--runner needs Apache Beam, which is not installed ({e}): "
-                              f"pip install 'seqpipe[beam]'") from e
+        from seqpipe.beam import materialize_on_beam
+
         manifest = materialize_on_beam(config, args.out, args.runner, beam_options,
                                        overwrite=args.overwrite, shard_bytes=shard_bytes)
         how = f" on Apache Beam ({args.runner})"

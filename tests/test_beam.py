@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from seqpipe import DataError, load_config, load_materialized, materialize
+from seqpipe import ConfigError, DataError, load_config, load_materialized, materialize
 from seqpipe.materialize import open_part
 from tests.conftest import base_config, long_table, nested_from_long, scatter, write
 
@@ -148,3 +148,10 @@ def test_cli_materialize_with_a_runner_and_uris(tmp_path):
     assert again.stderr.strip().splitlines()[-1] == (
         f"seqpipe: error: {out} already exists; pass --overwrite "
         f"(overwrite=True) to replace it, or choose another --out")
+
+
+def test_an_unknown_runner_is_a_config_error(tmp_path):
+    path = write(tmp_path / "d.parquet", long_table([3, 4], seed=0))
+    with pytest.raises(ConfigError, match=r"^--runner 'NoSuchRunner': "):
+        materialize_on_beam(load_config(base_config(path)), tmp_path / "out", "NoSuchRunner")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet"]
