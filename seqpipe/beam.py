@@ -37,8 +37,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from seqpipe.batching import truncate
 from seqpipe import paths
+from seqpipe.batching import truncate
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError
 from seqpipe.materialize import (MANIFEST, SHARD_BYTES, _share, build_manifest, encode_for_parts,
@@ -96,7 +96,7 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
         raise DataError(f"no sequences: {files.where} has no rows")
     source_bytes = sum(p.fragment.row_groups[0].total_byte_size for p in pieces)
     parts = output_parts(config.split)
-    shards = {part: max(1, math.ceil(source_bytes * _part_share(config, part) / shard_bytes))
+    shards = {part: max(1, math.ceil(source_bytes * _share(config.split, part) / shard_bytes))
               for part in parts}
     facts = {"where": config.source.path, "files": len(files.files), "runner": runner}
     try:
@@ -146,10 +146,6 @@ def _build(p, config: PipelineConfig, schema: pa.Schema, pieces: list, shards: d
          beam.pvalue.AsSingleton(counts), config, list(shards), temp, facts))
 
 
-def _part_share(config: PipelineConfig, part: str) -> float:
-    return _share(config.split, part) if part != "all" else 1.0
-
-
 def rows_by_id(piece: Part, config: PipelineConfig, schema: pa.Schema) -> Iterator[tuple]:
     """The rows of each id in one row group: (id, one Arrow IPC record batch)."""
     table = read_part(piece, schema)
@@ -187,7 +183,7 @@ def encode_batch(batch: list, config: PipelineConfig, schema: pa.Schema,
         encoded = encode_for_parts(chunk, truncate(chunk.offsets, config.padding).length,
                                    config)
         names = list(config.outputs)
-        for part, count in shards.items():
+        for part in shards:
             mine = encoded.part == part_number(part)
             missing[part] = {name: [int(v) for v in pair] for name, pair in missing_labels(
                 chunk.present, mine, chunk.lengths, config.levels).items()}

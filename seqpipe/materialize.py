@@ -27,12 +27,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from seqpipe import paths
 from seqpipe.config import PipelineConfig, SplitConfig, load_config
 from seqpipe.dataset import batch_structure
 from seqpipe.errors import ConfigError, DataError, SourceNotFoundError
 from seqpipe.batching import Windows
 from seqpipe.pipeline import Pipeline, missing_labels, valid_per_sequence
-from seqpipe import paths
 from seqpipe.progress import Progress
 from seqpipe.records import encode_chunk, read_chunks
 from seqpipe.sequences import Sequences
@@ -119,6 +119,9 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
 
 
 def _share(split: SplitConfig, part: str) -> float:
+    """The share of the ids in `part` ('all' when the config does not split: every id)."""
+    if part == "all":
+        return 1.0
     return {"train": 1 - split.validation - split.test, "validation": split.validation,
             "test": split.test}[part]
 
@@ -406,9 +409,10 @@ def open_part(path: Union[str, os.PathLike], config: Any = None,
     if missing:
         raise DataError(f"{folder!r} is incomplete: {missing[0]} is missing "
                         f"({len(missing)} of {len(files)} shards). Materialize again.")
-    index = pq.read_table(paths.join(part_folder, "index.parquet"))  # pyarrow reads URIs
+    index_file = paths.join(part_folder, "index.parquet")
+    index = pq.read_table(index_file)  # pyarrow reads URIs too
     if index.num_rows != info["sequences"]:
-        raise DataError(f"{paths.join(part_folder, 'index.parquet')} lists {index.num_rows:,} sequences, "
+        raise DataError(f"{index_file} lists {index.num_rows:,} sequences, "
                         f"the manifest {info['sequences']:,}; materialize again")
     if not index.num_rows:
         raise DataError(f"part {split!r} of {folder!r} holds no sequences")

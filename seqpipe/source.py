@@ -89,8 +89,9 @@ def open_source(config: PipelineConfig) -> SourceFiles:
                         "source.path to a Parquet file, directory or glob, or pass data=.")
     found = _open_dataset(config.source.path)
     roles = column_roles(config)
-    partition_fields = _partition_keys(found)
-    for fragment in found.get_fragments():
+    fragments = list(found.get_fragments())
+    partition_fields = _partition_keys(found, fragments)
+    for fragment in fragments:
         _check_schema(read_schema(fragment), roles, fragment.path, partition_fields)
     schema = _target_schema(found.schema, roles)
     dataset = pads.dataset(found.files, schema=schema, format="parquet",
@@ -188,13 +189,13 @@ def _directory_or_file(path: str, directory: bool, filesystem, where: str) -> pa
     return dataset
 
 
-def _partition_keys(dataset: pads.FileSystemDataset) -> set[str]:
+def _partition_keys(dataset: pads.FileSystemDataset, fragments: list) -> set[str]:
     """Hive partition keys: the `key=value` folders below a directory source, which
     pyarrow parsed into each file's partition expression."""
     if dataset.partitioning is None:
         return set()
     keys = set()
-    for fragment in dataset.get_fragments():
+    for fragment in fragments:
         keys.update(pads.get_partition_keys(fragment.partition_expression))
     return keys
 

@@ -155,3 +155,16 @@ def test_an_unknown_runner_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"^--runner 'NoSuchRunner': "):
         materialize_on_beam(load_config(base_config(path)), tmp_path / "out", "NoSuchRunner")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet"]
+
+
+def test_beam_without_an_id_column_is_a_config_error(tmp_path):
+    """Nested sources may go without ids locally; Beam groups by id, so it needs one."""
+    table = nested_from_long(long_table([3, 4], seed=0)).drop_columns(["id"])
+    path = write(tmp_path / "nested.parquet", table)
+    config = base_config(path, "nested")
+    config["source"]["id_column"] = None
+    with pytest.raises(ConfigError) as raised:
+        materialize_on_beam(load_config(config), tmp_path / "out")
+    assert str(raised.value) == ("materialize on Beam needs source.id_column: the rows of a "
+                                 "sequence are grouped by their id. Set source.id_column.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nested.parquet"]
