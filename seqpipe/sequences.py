@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -106,14 +107,49 @@ def sequence_lengths(source: SourceTable, config: PipelineConfig) -> tuple[np.nd
     id_name = config.source.id_column
     check_no_nulls(source.table[id_name], "source.id_column", id_name, source.where)
     ids = source.table[id_name].combine_chunks()
-    if ascending(ids):
-        starts = sequence_starts(ids)
+    starts = id_runs(ids)
+    if starts is not None:
         lengths = np.diff(np.append(starts, len(ids)))
         return ids.take(pa.array(starts)).to_numpy(zero_copy_only=False), lengths
     counts = pc.value_counts(ids)
     order = pc.sort_indices(counts.field("values"))
     return (counts.field("values").take(order).to_numpy(zero_copy_only=False),
             counts.field("counts").take(order).to_numpy().astype(np.int64))
+
+
+def id_runs(ids) -> Optional[np.ndarray]:
+    """Where each sequence begins in an id column (Arrow, without nulls) when its rows are
+    sorted by id: the row where each run of equal ids begins. None when they are not."""
+    values = _comparable(ids)
+    if values is None:  # strings, say: Arrow's kernels, in several passes
+        return sequence_starts(ids) if ascending(ids) else None
+    from seqpipe.runs import run_starts  # numba, imported when sequences are first grouped
+
+    return run_starts(values)
+
+
+def _time_order(times, starts: np.ndarray) -> int:
+    """`seqpipe.runs.time_order` of an Arrow time column (without nulls)."""
+    from seqpipe.runs import time_order
+
+    values = _comparable(times)
+    if values is None:  # the source's schema check admits only types that are
+        raise TypeError(f"cannot order times of type {times.type} (a seqpipe bug; please "
+                        f"report it)")
+    return time_order(values, starts)
+
+
+def _comparable(column) -> Optional[np.ndarray]:
+    """An Arrow column of numbers or times as a NumPy array the compiled passes can compare
+    (a view when it is one chunk), or None for other types."""
+    kind = column.type
+    if isinstance(column, pa.ChunkedArray):
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    if pa.types.is_temporal(kind) and kind.bit_width in (32, 64):
+        column = column.view(pa.int64() if kind.bit_width == 64 else pa.int32())
+    elif not (pa.types.is_integer(kind) or pa.types.is_floating(kind)) or kind == pa.float16():
+        return None
+    return column.to_numpy(zero_copy_only=False)
 
 
 def ascending(values) -> bool:
@@ -147,12 +183,10 @@ def _group_long(table: pa.Table, config: PipelineConfig, where: str, with_inputs
     check_no_nulls(table[id_name], "source.id_column", id_name, where)
     if time_name:
         check_no_nulls(table[time_name], "source.time_column", time_name, where)
-    table = _sorted_by_id_and_time(table, id_name, time_name)
-    ids = table[id_name].combine_chunks()
-    starts = sequence_starts(ids)
+    table, starts, repeated = _sorted_by_id_and_time(table, id_name, time_name)
     offsets = np.append(starts, table.num_rows).astype(np.int64)
-    sequence_ids = ids.take(pa.array(starts)).to_numpy(zero_copy_only=False)
-    if time_name:
+    sequence_ids = table[id_name].take(pa.array(starts)).to_numpy(zero_copy_only=False)
+    if repeated:
         times = table[time_name].to_numpy()
         new_sequence = np.zeros(table.num_rows, dtype=bool)
         new_sequence[starts] = True
@@ -166,18 +200,21 @@ def _group_long(table: pa.Table, config: PipelineConfig, where: str, with_inputs
     return sequence_ids, offsets, columns, 0
 
 
-def _sorted_by_id_and_time(table: pa.Table, id_name: str, time_name) -> pa.Table:
-    keys = [(id_name, "ascending")] + ([(time_name, "ascending")] if time_name else [])
-    ids = table[id_name]
-    in_order = ascending(ids)
-    if in_order and time_name:
-        times = table[time_name]
-        same_id = pc.equal(ids[:-1], ids[1:])
-        backwards = pc.and_(same_id, pc.greater(times[:-1], times[1:]))
-        in_order = not pc.any(backwards).as_py()
-    if in_order:
-        return table
-    return table.take(pc.sort_indices(table, sort_keys=keys))
+def _sorted_by_id_and_time(table: pa.Table, id_name: str, time_name):
+    """The table sorted by id, then time (the table itself when it already is), where each
+    sequence begins in it, and whether a time repeats within a sequence."""
+    from seqpipe.runs import ASCENDING, REPEATED, UNSORTED
+
+    starts = id_runs(table[id_name])
+    order = ASCENDING
+    if starts is not None and time_name:
+        order = _time_order(table[time_name], starts)
+    if starts is None or order == UNSORTED:
+        keys = [(id_name, "ascending")] + ([(time_name, "ascending")] if time_name else [])
+        table = table.take(pc.sort_indices(table, sort_keys=keys))
+        starts = id_runs(table[id_name])
+        order = _time_order(table[time_name], starts) if time_name else ASCENDING
+    return table, starts, order == REPEATED
 
 
 def _check_unique_times(times, new_sequence, sequence_ids, offsets, time_name, where) -> None:

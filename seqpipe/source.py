@@ -239,7 +239,8 @@ def _is_number(t: pa.DataType) -> bool:
 
 
 def _is_time(t: pa.DataType) -> bool:
-    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_temporal(t))
+    return (pa.types.is_integer(t) or pa.types.is_floating(t)
+            or (pa.types.is_temporal(t) and not pa.types.is_interval(t)))  # months: no order
 
 
 def _is_list(t: pa.DataType) -> bool:
@@ -264,8 +265,13 @@ def _target_type(kind: str, found: pa.DataType) -> pa.DataType:
     if kind == "list of numbers":
         return pa.list_(pa.float32())
     if kind == "list of times":
-        return pa.list_(found.value_type)
-    return found
+        return pa.list_(_sortable(found.value_type))
+    return _sortable(found)
+
+
+def _sortable(kind: pa.DataType) -> pa.DataType:
+    """float16 as float32: Arrow cannot sort float16 (pyarrow 26), and every value fits."""
+    return pa.float32() if kind == pa.float16() else kind
 
 
 def _target_schema(found: pa.Schema, roles: list[ColumnRole]) -> pa.Schema:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
-from seqpipe.sequences import ascending, sequence_starts
+from seqpipe.sequences import id_runs
 from seqpipe.source import SourceFiles, SourceTable
 
 # Row groups read ahead of the one being grouped, and the threads reading them. pyarrow
@@ -84,8 +84,7 @@ def stream_order(files: SourceFiles, config: PipelineConfig) -> StreamOrder:
     for fragment in files.dataset.get_fragments():
         for piece in fragment.split_by_row_group():
             info = piece.row_groups[0]
-            stats = (info.statistics or {}).get(id_name) if id_name else None
-            first, last = (stats["min"], stats["max"]) if stats else (None, None)
+            first, last = _id_range(info, id_name) if id_name else (None, None)
             parts.append(Part(piece, fragment.path, info.id, info.num_rows, first, last))
     if not id_name:
         return StreamOrder(tuple(parts), None)
@@ -103,6 +102,27 @@ def stream_order(files: SourceFiles, config: PipelineConfig) -> StreamOrder:
                 f"holds ids {before.first!r} to {before.last!r} and {after.where} holds ids "
                 f"{after.first!r} to {after.last!r}"))
     return StreamOrder(tuple(parts), None)
+
+
+def _id_range(info: Any, id_name: str) -> tuple:
+    """The least and greatest id in a row group, from its footer; (None, None) when it does
+    not record them. Only the id column's statistics are converted: pyarrow's
+    `RowGroupInfo.statistics` converts every column's, and fails on a float16 one."""
+    metadata = info.metadata
+    for j in range(metadata.num_columns):
+        column = metadata.column(j)
+        if column.path_in_schema != id_name:
+            continue
+        stats = column.statistics
+        if stats is None or not stats.has_min_max:
+            return None, None
+        kind = info.schema.field(id_name).type
+        try:
+            return (pa.scalar(stats.min, type=kind).as_py(),
+                    pa.scalar(stats.max, type=kind).as_py())
+        except (pa.ArrowException, TypeError, ValueError):
+            return None, None  # the rows are then grouped whole, saying why
+    return None, None
 
 
 def stream_chunks(order: StreamOrder, config: PipelineConfig, schema: pa.Schema,
@@ -158,9 +178,10 @@ def _pieces(table: pa.Table, config: PipelineConfig) -> list:
     if table.num_rows <= 2 * PIECE_ROWS:
         return [table]
     ids = table[config.source.id_column]
-    if ids.null_count or not ascending(ids):
+    starts = None if ids.null_count else id_runs(ids)
+    if starts is None:
         return [table]  # rows of one sequence may be anywhere in the row group
-    starts = sequence_starts(ids)[1:]
+    starts = starts[1:]
     if not len(starts):
         return [table]  # one sequence: nothing to cut between
     cuts = np.unique(starts[np.minimum(np.searchsorted(
@@ -188,12 +209,15 @@ def _split(table: pa.Table, id_name: str, value: Any, at_start: bool) -> tuple[p
     """Splits off the rows whose id is `value`: (those rows, the rest) when `at_start`, else
     (the rest, those rows). Rows sorted by id make this a zero-copy slice."""
     ids = table[id_name]
-    match = pc.equal(ids, pa.scalar(value, ids.type))
-    count = pc.sum(match).as_py() or 0
-    edge = table.slice(0, count) if at_start else table.slice(table.num_rows - count)
-    if pc.all(pc.equal(edge[id_name], pa.scalar(value, ids.type))).as_py() is not False:
+    starts = None if ids.null_count else id_runs(ids)
+    if starts is not None and len(starts):  # sorted: the rows of `value` are the edge run
+        row = 0 if at_start else int(starts[-1])
+        run = int(np.append(starts, len(ids))[1]) if at_start else len(ids) - row
+        count = run if ids[row].as_py() == value else 0
+        edge = table.slice(0, count) if at_start else table.slice(table.num_rows - count)
         rest = table.slice(count) if at_start else table.slice(0, table.num_rows - count)
     else:
+        match = pc.equal(ids, pa.scalar(value, ids.type))
         edge, rest = table.filter(match), table.filter(pc.invert(match))
     return (edge, rest) if at_start else (rest, edge)
 

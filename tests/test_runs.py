@@ -1,9 +1,10 @@
-"""The compiled run copy, against the same copy written as one slice assignment per run."""
+"""The compiled passes over runs: finding runs against plain Python loops, copying them
+against the same copy written as one slice assignment per run."""
 
 import numpy as np
 import pytest
 
-from seqpipe.runs import copy_runs
+from seqpipe.runs import ASCENDING, REPEATED, UNSORTED, copy_runs, run_starts, time_order
 
 
 def _runs(rng, rows_in, rows_out, n):
@@ -77,3 +78,45 @@ def test_no_runs():
     empty = np.empty(0, np.int64)
     copy_runs(np.ones(3, np.float32), empty, out, empty, empty)
     assert not out.any()
+
+
+def _starts_by_loop(values) -> list:
+    return [i for i in range(len(values)) if i == 0 or values[i] != values[i - 1]]
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8, np.float64, np.float32])
+def test_run_starts_of_sorted_columns(dtype):
+    rng = np.random.default_rng(3)
+    for size in (0, 1, 2, 1000):
+        ids = np.sort(rng.integers(0, 50, size)).astype(dtype)
+        assert run_starts(ids).tolist() == _starts_by_loop(ids.tolist())
+
+
+def test_run_starts_is_none_when_any_value_decreases():
+    ids = np.sort(np.random.default_rng(4).integers(0, 50, 500))
+    for row in (1, 250, 499):  # at the start, the middle and the very end
+        broken = ids.copy()
+        broken[row] = broken[row - 1] - 1
+        assert run_starts(broken) is None
+    assert run_starts(np.array([5, 5, 5])).tolist() == [0]
+
+
+def _order_by_loop(times, starts) -> int:
+    ends = list(starts[1:]) + [len(times)]
+    pairs = [(times[i - 1], times[i]) for a, b in zip(starts, ends) for i in range(a + 1, b)]
+    if any(later < earlier for earlier, later in pairs):
+        return UNSORTED
+    return REPEATED if any(later == earlier for earlier, later in pairs) else ASCENDING
+
+
+def test_time_order_looks_within_runs_only():
+    rng = np.random.default_rng(5)
+    starts = np.array([0, 4, 9, 10, 15])
+    ascending = np.concatenate([np.arange(4), np.arange(5), [7], np.arange(5), np.arange(3)])
+    assert time_order(ascending, starts) == ASCENDING  # times fall only between runs
+    for _ in range(200):
+        times = ascending + rng.integers(-1, 2, len(ascending)) * (rng.random(18) < 0.2)
+        assert time_order(times, starts) == _order_by_loop(times.tolist(), starts.tolist())
+    assert time_order(np.array([0, 1, 1]), np.array([0])) == REPEATED
+    assert time_order(np.array([0, 2, 1]), np.array([0])) == UNSORTED
+    assert time_order(np.array([], np.int64), np.array([], np.int64)) == ASCENDING

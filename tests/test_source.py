@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -179,6 +180,77 @@ def test_time_column_must_be_orderable(tmp_path, lengths):
                                         r"source\.time_column must be numeric, a date or a "
                                         r"timestamp"):
         Pipeline(base_config(None), table)
+
+
+def _codes_in_id_order(table: pa.Table) -> list:
+    return [codes.tolist() for _, (codes, _) in sorted(raw_sequences(table).items())]
+
+
+def _streamed_codes(pipeline) -> list:
+    codes = []
+    for _, chunk in pipeline.chunks():
+        steps = chunk.features["steps"]  # a tuple of columns streamed, a matrix whole
+        column = steps[0] if isinstance(steps, tuple) else steps[:, 0]
+        codes += [column[a:b].tolist() for a, b in zip(chunk.offsets[:-1], chunk.offsets[1:])]
+    return codes
+
+
+ID_TYPES = [pa.string(), pa.large_string(), pa.int32(), pa.int64(), pa.uint16(),
+            pa.float64(), pa.date32(), pa.timestamp("ms", tz="UTC")]
+
+
+@pytest.mark.parametrize("id_type", ID_TYPES, ids=str)
+def test_every_id_type_groups_each_sequences_rows(tmp_path, lengths, id_type):
+    """Numbers and times take the compiled pass over the ids, strings Arrow's kernels; both
+    streamed from a file (sorted by id, each sequence's rows out of time order) and grouped
+    whole from memory (rows shuffled)."""
+    table = long_table(lengths)
+    numbers = pa.array([int(key[1:]) for key in table["id"].to_pylist()], pa.int32())
+    ids = (table["id"].cast(id_type) if pa.types.is_string(id_type) or
+           pa.types.is_large_string(id_type) else numbers.cast(
+               pa.int64() if pa.types.is_timestamp(id_type) else id_type
+               if not pa.types.is_date(id_type) else pa.int32()).cast(id_type))
+    table = table.set_column(0, "id", ids)
+    expected = _codes_in_id_order(table)
+    assert _streamed_codes(Pipeline(base_config(None), table)) == expected
+    by_id = table.sort_by([("id", "ascending")])  # stable: times stay out of order
+    path = write(tmp_path / "d.parquet", by_id, row_group_size=20)
+    streamed = Pipeline(base_config(path))
+    assert streamed.report.streamed
+    assert _streamed_codes(streamed) == expected
+
+
+TIME_TYPES = [pa.int32(), pa.float16(), pa.float64(), pa.date32(), pa.timestamp("s", tz="UTC"),
+              pa.duration("s"), pa.time32("s")]
+
+
+@pytest.mark.parametrize("time_type", TIME_TYPES, ids=str)
+def test_every_time_type_orders_timesteps(tmp_path, lengths, time_type):
+    table = long_table(lengths)
+    order = pc.sort_indices(table, [("id", "ascending"), ("t", "ascending")])
+    through = pa.int64() if time_type.bit_width == 64 else pa.int32()
+    times = table["t"].cast(through).cast(time_type) if not pa.types.is_floating(
+        time_type) else table["t"].cast(time_type)
+    table = table.set_column(1, "t", times)
+    expected = _codes_in_id_order(table)
+    path = write(tmp_path / "d.parquet", table.sort_by([("id", "ascending")]), 20)
+    assert _streamed_codes(Pipeline(base_config(path))) == expected
+    assert _streamed_codes(Pipeline(base_config(None), table)) == expected
+    in_order = table.take(order)  # Arrow cannot sort float16 itself
+    times = in_order["t"].combine_chunks()
+    twice = pa.concat_arrays([times[:1], times[:1], times[2:]])  # sequence s000's first two
+    with pytest.raises(DataError, match=r"sequence 's000' has two rows at time"):
+        Pipeline(base_config(None), in_order.set_column(1, "t", twice))
+
+
+def test_an_interval_is_not_a_time_column(lengths):
+    table = long_table(lengths)
+    intervals = pa.array([(0, 0, v) for v in table["t"].to_pylist()],
+                         pa.month_day_nano_interval())
+    with pytest.raises(DataError, match=r"column 't' in the in-memory data is "
+                                        r"month_day_nano_interval; source\.time_column must "
+                                        r"be numeric, a date or a timestamp"):
+        Pipeline(base_config(None), table.set_column(1, "t", intervals))
 
 
 def test_timestamp_time_column_orders_timesteps(lengths):
