@@ -85,8 +85,10 @@ class Assembler:
             steps[:same_shape_first] = config.padding.maxlen
         batch_rows = np.repeat(np.arange(len(counts)), counts)
         row = np.arange(len(members)) - first[batch_rows]
-        t0 = _exclusive_cumsum_within(sizes * steps, plan.groups)
-        s0 = _exclusive_cumsum_within(sizes, plan.groups)
+        # Every batch starts on an ALIGNMENT-byte boundary of each flat array: TensorFlow's
+        # slice hands an aligned batch on as a view, and copies one that is not.
+        t0 = _exclusive_cumsum_within(_aligned_rows(sizes * steps), plan.groups)
+        s0 = _exclusive_cumsum_within(_aligned_rows(sizes), plan.groups)
         self.tables = [np.stack([t0, s0, sizes, steps], axis=1)[plan.groups == g]
                        for g in range(int(plan.groups.max()) + 1 if len(sizes) else 0)]
         n = len(lengths)
@@ -157,8 +159,8 @@ class Assembler:
 
     def _allocate(self, g: int) -> Group:
         table = self.tables[g]
-        rows = {"timestep": int((table[:, 2] * table[:, 3]).sum()),
-                "sequence": int(table[:, 2].sum())}
+        t0, s0, size, steps = table[-1]
+        rows = {"timestep": int(t0 + size * steps), "sequence": int(s0 + size)}
         config, value = self.config, self.config.padding.value
         # Every real position is written by a chunk later; only the padding is set here.
         x = {name: _aligned_empty((rows[spec.level], len(spec.columns)))
@@ -234,6 +236,13 @@ PARKED_SHARE = 0.05
 # TensorFlow takes over a NumPy array without copying it when its data is aligned to this
 # many bytes (Eigen's widest vectors); tf.data's generator otherwise copies every group.
 ALIGNMENT = 64
+
+
+def _aligned_rows(rows: np.ndarray) -> np.ndarray:
+    """`rows` rounded up so that as many float32 rows, of any width, fill whole
+    `ALIGNMENT`-byte blocks."""
+    step = ALIGNMENT // 4
+    return -(-rows // step) * step
 
 
 def _aligned_empty(shape: tuple) -> np.ndarray:

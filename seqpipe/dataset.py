@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from seqpipe.assemble import Group
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError
 from seqpipe.pipeline import Pipeline
@@ -66,7 +67,7 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
 
     def pieces(epoch):
         for group in pipeline.groups(epoch):
-            yield _cuts(group.table, config), group.x, group.y, group.sample_weight
+            yield (_cuts(group.table, config),) + _flat(group)
 
     def one_epoch():
         yield from in_background(pieces(next(epochs)))
@@ -110,24 +111,34 @@ def _cuts(table: np.ndarray, config: PipelineConfig) -> dict:
     """Where each batch of a group lies in its flat arrays, and its shape, as the begin,
     size and shape vectors `tf.slice` and `tf.reshape` take: computed here for all of a
     group's batches at once, so tf.data runs two ops per tensor per batch and no
-    arithmetic. `table` rows are (t0, s0, B, T)."""
+    arithmetic. `table` rows are (t0, s0, B, T).
+
+    Every array is sliced in one dimension, inputs too (their `(rows, k)` arrays go to
+    TensorFlow flat): TensorFlow's slice returns a view of its input only when the slice
+    starts and ends on 64-byte boundaries of a 1-D tensor, or when each row of a 2-D one
+    is a multiple of 64 bytes (8 float32 features are 32). `Assembler` starts every batch
+    on such a boundary; a batch whose size is a multiple of 16 values (a batch_size that
+    is a multiple of 16, in every array) then ends on one and is never copied."""
     t0, s0, size, steps = table.T
     ones = np.ones_like(size)
     rows = {"timestep": (t0, size * steps), "sequence": (s0, size)}
-    cuts = {}
-    for level, (begin, count) in rows.items():
-        cuts[f"{level}/begin"], cuts[f"{level}/size"] = begin[:, None], count[:, None]
-        cuts[f"{level}/begin2"] = np.stack([begin, 0 * ones], axis=1)
-        cuts[f"{level}/size2"] = np.stack([count, -ones], axis=1)  # -1: every column
 
     def shape(level, *tail):
         lead = [size, steps] if level == "timestep" else [size]
         return np.stack(lead + [t * ones for t in tail], axis=1)
 
+    cuts = {}
     for name, spec in config.inputs.items():
-        cuts[f"x/{name}"] = shape(spec.level, len(spec.columns))
+        begin, count = rows[spec.level]
+        width = len(spec.columns)
+        cuts[f"x/{name}/begin"], cuts[f"x/{name}/size"] = (begin * width)[:, None], (
+            count * width)[:, None]
+        cuts[f"x/{name}/shape"] = shape(spec.level, width)
     for name, spec in config.outputs.items():
-        cuts[f"y/{name}"], cuts[f"w/{name}"] = shape(spec.level, 1), shape(spec.level)
+        begin, count = rows[spec.level]
+        cuts[f"y/{name}/begin"], cuts[f"y/{name}/size"] = begin[:, None], count[:, None]
+        cuts[f"y/{name}/shape"], cuts[f"w/{name}/shape"] = shape(spec.level, 1), shape(
+            spec.level)
     return cuts
 
 
@@ -136,10 +147,15 @@ def _group_spec(config: PipelineConfig):
 
     cuts = {key: tf.TensorSpec((None, value.shape[1]), tf.int64)
             for key, value in _cuts(np.zeros((1, 4), np.int64), config).items()}
-    x = {name: tf.TensorSpec((None, len(s.columns)), tf.float32)
-         for name, s in config.inputs.items()}
-    flat = {name: tf.TensorSpec((None,), tf.float32) for name in config.outputs}
-    return cuts, x, flat, dict(flat)
+    flat = tf.TensorSpec((None,), tf.float32)
+    return (cuts, {name: flat for name in config.inputs}, {name: flat for name in config.outputs},
+            {name: flat for name in config.outputs})
+
+
+def _flat(group: Group) -> tuple:
+    """A group's arrays as `_group_spec` has them: 1-D views, no copies."""
+    return ({name: values.reshape(-1) for name, values in group.x.items()}, group.y,
+            group.sample_weight)
 
 
 def _split_group(config: PipelineConfig):
@@ -150,24 +166,22 @@ def _split_group(config: PipelineConfig):
     spec = element_spec(config)
     x_spec, y_spec, w_spec = spec if config.outputs else (spec, {}, {})
 
-    def shaped(values, shape, known):
-        values = tf.reshape(values, shape)
+    def cut(values, begin, size, shape, known):
+        values = tf.reshape(tf.slice(values, begin, size), shape)
         values.set_shape(known.shape)  # the static shape the vectors cannot carry
         return values
 
     def split(cuts, x, y, weights):
-        def batch(cut):
-            xs = {name: shaped(tf.slice(x[name], cut[f"{s.level}/begin2"],
-                                        cut[f"{s.level}/size2"]), cut[f"x/{name}"], x_spec[name])
-                  for name, s in config.inputs.items()}
+        def batch(c):
+            xs = {name: cut(x[name], c[f"x/{name}/begin"], c[f"x/{name}/size"],
+                            c[f"x/{name}/shape"], x_spec[name]) for name in config.inputs}
             if not config.outputs:
                 return xs
             ys, ws = {}, {}
-            for name, s in config.outputs.items():
-                begin, size = cut[f"{s.level}/begin"], cut[f"{s.level}/size"]
-                ys[name] = shaped(tf.slice(y[name], begin, size), cut[f"y/{name}"], y_spec[name])
-                ws[name] = shaped(tf.slice(weights[name], begin, size), cut[f"w/{name}"],
-                                  w_spec[name])
+            for name in config.outputs:
+                begin, size = c[f"y/{name}/begin"], c[f"y/{name}/size"]
+                ys[name] = cut(y[name], begin, size, c[f"y/{name}/shape"], y_spec[name])
+                ws[name] = cut(weights[name], begin, size, c[f"w/{name}/shape"], w_spec[name])
             return xs, ys, ws
 
         return tf.data.Dataset.from_tensor_slices(cuts).map(batch)

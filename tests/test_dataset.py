@@ -107,3 +107,41 @@ def test_without_outputs_the_dataset_yields_features_for_predict():
     out = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(steps))
     model = keras.Model({"steps": steps, "static": static}, out)
     assert model.predict(dataset, verbose=0).shape == (len(LENGTHS), 1)
+
+
+def _address_range(array: np.ndarray) -> tuple:
+    start = array.__array_interface__["data"][0]
+    return start, start + array.nbytes
+
+
+def test_batches_reach_keras_without_a_copy(monkeypatch):
+    """A group's flat arrays go to TensorFlow as they are, and each batch is a slice of them.
+    TensorFlow's slice copies unless the batch starts and ends on 64-byte boundaries, so
+    every batch starts on one: a batch tensor of a multiple of 16 values (all of them, with
+    a batch_size that is a multiple of 16) is a view into its group's array."""
+    from seqpipe import dataset as seqpipe_dataset
+
+    groups = []
+    flat = seqpipe_dataset._flat
+
+    def keep(group):
+        arrays = flat(group)
+        groups.append([_address_range(a) for part in arrays for a in part.values()])
+        return arrays
+
+    monkeypatch.setattr(seqpipe_dataset, "_flat", keep)
+    lengths = np.random.default_rng(3).integers(1, 40, 300)
+    # batch_size 8: a batch of odd length leaves the next one's start unaligned, unless
+    # seqpipe aligns it.
+    pipeline = Pipeline(_config(**{"batching.batch_size": 8}), long_table(lengths))
+    views = 0
+    for element in build_dataset(pipeline):
+        for tensor in tf.nest.flatten(element):
+            if tensor.shape.num_elements() % 16:
+                continue  # ends off a boundary: TensorFlow copies it
+            low, high = _address_range(np.asarray(tensor))  # .numpy() would copy
+            assert any(a <= low and high <= b for group in groups for a, b in group), (
+                f"a batch tensor of shape {tensor.shape} is a copy, not a view of its group")
+            views += 1
+    assert views > 50
+
