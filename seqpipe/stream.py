@@ -237,50 +237,69 @@ def ordered_map(function, items: Iterable, ahead: int = READ_AHEAD) -> Iterator:
                 pending.append(pool.submit(function, item))
 
 
-def in_background(items: Iterable, depth: int = 2) -> Iterator:
-    """Iterates `items` in a thread of its own, up to `depth` items ahead of the consumer.
+class Background:
+    """Iterates `items` in a thread of its own from the moment it is made, up to `depth`
+    items ahead of the consumer; iterate it once.
 
     The consumer (tf.data's generator thread) then only takes finished items off a queue,
-    and the producer is never stalled waiting for the consumer to ask.
+    and the producer is never stalled waiting for the consumer to ask. `stop` ends the
+    thread early; iterating a stopped producer raises RuntimeError.
     """
-    queue: "collections.deque" = collections.deque()
-    ready = threading.Condition()
-    done = object()
-    stop = threading.Event()
 
-    def produce():
+    def __init__(self, items: Iterable, depth: int = 2) -> None:
+        self._queue: "collections.deque" = collections.deque()
+        self._ready = threading.Condition()
+        self._stop = threading.Event()
+        self._depth = depth
+        self._thread = threading.Thread(target=self._produce, args=(items,),
+                                         name="seqpipe-producer", daemon=True)
+        self._thread.start()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._ready:
+            self._ready.notify_all()
+
+    def _produce(self, items: Iterable) -> None:
+        ready = self._ready
         try:
             for item in items:
                 with ready:
-                    ready.wait_for(lambda: len(queue) < depth or stop.is_set())
-                    if stop.is_set():
+                    ready.wait_for(lambda: len(self._queue) < self._depth or self.stopped)
+                    if self.stopped:
                         return
-                    queue.append((item, None))
+                    self._queue.append((item, None))
                     ready.notify_all()
-            result = (done, None)
+            result = (_DONE, None)
         except BaseException as e:  # handed to the consumer, which raises it
-            result = (done, e)
+            result = (_DONE, e)
         with ready:
-            queue.append(result)
+            self._queue.append(result)
             ready.notify_all()
 
-    thread = threading.Thread(target=produce, name="seqpipe-producer", daemon=True)
-    thread.start()
-    try:
-        while True:
-            with ready:
-                ready.wait_for(lambda: queue)
-                item, error = queue.popleft()
-                ready.notify_all()
-            if item is done:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
-        with ready:
-            ready.notify_all()
+    def __iter__(self) -> Iterator:
+        if self.stopped:
+            raise RuntimeError("this producer was stopped (a seqpipe bug; please report it)")
+        try:
+            while True:
+                with self._ready:
+                    self._ready.wait_for(lambda: self._queue)
+                    item, error = self._queue.popleft()
+                    self._ready.notify_all()
+                if item is _DONE:
+                    if error is not None:
+                        raise error
+                    return
+                yield item
+        finally:
+            self.stop()
+
+
+_DONE = object()
 
 
 def read_part(part: Part, schema: pa.Schema) -> pa.Table:

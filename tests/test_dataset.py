@@ -1,5 +1,9 @@
 """The tf.data layer: same batches as the NumPy pipeline, and model.fit runs on it."""
 
+import gc
+import threading
+import time
+
 import keras
 import numpy as np
 import pytest
@@ -145,3 +149,23 @@ def test_batches_reach_keras_without_a_copy(monkeypatch):
             views += 1
     assert views > 50
 
+
+def _producers() -> list:
+    return [t for t in threading.enumerate() if t.name == "seqpipe-producer" and t.is_alive()]
+
+
+def test_the_first_epoch_starts_at_once_and_stops_if_the_dataset_is_deleted_unread():
+    """build_dataset starts reading and assembling the first epoch while TensorFlow builds
+    the dataset and its iterator; a dataset deleted before anyone iterates it stops."""
+    lengths = np.random.default_rng(4).integers(1, 40, 600)
+    config = _config(**{"shuffle.buffer_size": 20})  # many small groups: more than it queues
+    before = len(_producers())
+    dataset = build_dataset(config, long_table(lengths))
+    time.sleep(0.5)
+    assert len(_producers()) == before + 1  # waiting for a consumer, its queue full
+    del dataset
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while len(_producers()) > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(_producers()) == before
