@@ -27,9 +27,10 @@ def _seqpipe(*args, timeout=240):
 
 
 def _without_tensorflow(*args):
-    """Runs the command in a process that fails if anything imported TensorFlow."""
+    """Runs the command in a process that fails if anything imported TensorFlow or numba."""
     code = ("import sys; from seqpipe.cli import main; rc = main(sys.argv[1:]); "
             "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'; "
+            "assert 'numba' not in sys.modules, 'numba was imported'; "
             "sys.exit(rc)")
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
                           text=True, timeout=120)
