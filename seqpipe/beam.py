@@ -44,7 +44,7 @@ from seqpipe.errors import ConfigError, DataError, SeqpipeError
 from seqpipe.materialize import (MANIFEST, SHARD_BYTES, _share, build_manifest, encode_for_parts,
                                  output_parts, part_number, write_manifest, write_part_index)
 from seqpipe.pipeline import missing_labels
-from seqpipe.sequences import ascending, check_no_nulls, group_sequences, sequence_starts
+from seqpipe.sequences import check_no_nulls, group_sequences, id_runs
 from seqpipe.source import SourceTable, open_source
 from seqpipe.split import PARTS, id_hash
 from seqpipe.stream import Part, read_part
@@ -151,13 +151,14 @@ def rows_by_id(piece: Part, config: PipelineConfig, schema: pa.Schema) -> Iterat
     table = read_part(piece, schema)
     id_name = config.source.id_column
     check_no_nulls(table[id_name], "source.id_column", id_name, piece.where)
-    if not ascending(table[id_name]):
+    starts = id_runs(table[id_name])
+    if starts is None:
         table = table.take(pc.sort_indices(table[id_name]))
+        starts = id_runs(table[id_name])
     batch = table.combine_chunks().to_batches()
     if not batch:
         return
     batch, ids = batch[0], table[id_name].combine_chunks()
-    starts = sequence_starts(ids)
     ends = np.append(starts[1:], len(ids))
     # IPC carries only the rows of the slice; pickling a slice would carry its whole buffers.
     for key, a, b in zip(ids.take(pa.array(starts)).to_pylist(), starts.tolist(),

@@ -154,9 +154,9 @@ def _cuts(table: np.ndarray, config: PipelineConfig) -> dict:
         cuts[f"x/{name}/begin"], cuts[f"x/{name}/size"] = (begin * width)[:, None], (
             count * width)[:, None]
         cuts[f"x/{name}/shape"] = shape(spec.level, width)
+    for level, (begin, count) in rows.items():  # labels and weights: one column
+        cuts[f"{level}/begin"], cuts[f"{level}/size"] = begin[:, None], count[:, None]
     for name, spec in config.outputs.items():
-        begin, count = rows[spec.level]
-        cuts[f"y/{name}/begin"], cuts[f"y/{name}/size"] = begin[:, None], count[:, None]
         cuts[f"y/{name}/shape"], cuts[f"w/{name}/shape"] = shape(spec.level, 1), shape(
             spec.level)
     return cuts
@@ -198,8 +198,8 @@ def _split_group(config: PipelineConfig):
             if not config.outputs:
                 return xs
             ys, ws = {}, {}
-            for name in config.outputs:
-                begin, size = c[f"y/{name}/begin"], c[f"y/{name}/size"]
+            for name, s in config.outputs.items():
+                begin, size = c[f"{s.level}/begin"], c[f"{s.level}/size"]
                 ys[name] = cut(y[name], begin, size, c[f"y/{name}/shape"], y_spec[name])
                 ws[name] = cut(weights[name], begin, size, c[f"w/{name}/shape"], w_spec[name])
             return xs, ys, ws

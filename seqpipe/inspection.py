@@ -127,7 +127,7 @@ def inspect(config: PipelineConfig, from_file: bool = True) -> Inspection:
     fragments = list(files.dataset.get_fragments())
     first_schema = read_schema(fragments[0]) if fragments else files.dataset.schema
     schema = [(f.name, str(f.type), used.get(f.name, [])) for f in first_schema]
-    row_groups = sum(len(p.row_groups) for p in files.dataset.get_fragments())
+    row_groups = sum(len(p.row_groups) for p in fragments)
     source = config.source
     labels = [s.column for s in config.outputs.values()]
     if source.layout == "long":

@@ -122,7 +122,7 @@ def id_runs(ids) -> Optional[np.ndarray]:
     sorted by id: the row where each run of equal ids begins. None when they are not."""
     values = _comparable(ids)
     if values is None:  # strings, say: Arrow's kernels, in several passes
-        return sequence_starts(ids) if ascending(ids) else None
+        return _sequence_starts(ids) if _ascending(ids) else None
     from seqpipe.runs import run_starts  # numba, imported when sequences are first grouped
 
     return run_starts(values)
@@ -147,17 +147,17 @@ def _comparable(column) -> Optional[np.ndarray]:
         column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
     if pa.types.is_temporal(kind) and kind.bit_width in (32, 64):
         column = column.view(pa.int64() if kind.bit_width == 64 else pa.int32())
-    elif not (pa.types.is_integer(kind) or pa.types.is_floating(kind)) or kind == pa.float16():
+    elif not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
         return None
     return column.to_numpy(zero_copy_only=False)
 
 
-def ascending(values) -> bool:
+def _ascending(values) -> bool:
     """True when an Arrow array or column never decreases."""
     return pc.all(pc.less_equal(values[:-1], values[1:])).as_py() is not False
 
 
-def sequence_starts(ids) -> np.ndarray:
+def _sequence_starts(ids) -> np.ndarray:
     """The row where each run of equal ids begins: with rows sorted by id, where each
     sequence begins."""
     if len(ids) == 0:

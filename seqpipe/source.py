@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
+from seqpipe import paths
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError, SourceNotFoundError
 
@@ -141,7 +142,7 @@ def _as_table(data: Any) -> pa.Table:
 
 
 def _open_dataset(path: str) -> pads.Dataset:
-    if "://" in path:
+    if paths.is_uri(path):
         return _open_uri(path)
     if _GLOB_CHARS & set(path):
         files = sorted(glob.glob(path, recursive=True))

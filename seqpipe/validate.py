@@ -6,7 +6,6 @@ job's first second, before anything expensive starts.
 
 from __future__ import annotations
 
-
 from seqpipe.config import PipelineConfig
 from seqpipe.source import KIND_TEXT, column_roles, open_source, read_schema
 from seqpipe.stream import stream_order
