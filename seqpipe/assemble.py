@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import numpy as np
 
 from seqpipe.batching import EpochPlan
+from seqpipe.buffers import ALIGNMENT, BufferPool
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.sequences import Sequences, ranges
@@ -67,12 +68,15 @@ class Assembler:
         rows of `padding.maxlen` timesteps, rows past their sequences left empty (all
         padding, weight 0). For several replicas: Keras 3 averages the first batch of every
         replica to build the model, which needs them all the same shape.
+      buffers: where the groups' arrays come from; share one pool between epochs so that
+        an epoch reuses the memory of the batches the last one is done with.
     """
 
     def __init__(self, config: PipelineConfig, plan: EpochPlan, lengths: np.ndarray,
                  kept: np.ndarray, mean_valid: Mapping[str, float],
-                 same_shape_first: int = 0) -> None:
+                 same_shape_first: int = 0, buffers: BufferPool | None = None) -> None:
         self.config, self.plan, self.mean_valid = config, plan, mean_valid
+        self.buffers = buffers if buffers is not None else BufferPool()
         self.lengths, self.kept = lengths, kept
         counts = np.array([len(b) for b in plan.batches], dtype=np.int64)
         members = np.concatenate(plan.batches) if plan.batches else np.empty(0, np.int64)
@@ -163,9 +167,10 @@ class Assembler:
         rows = {"timestep": int(t0 + size * steps), "sequence": int(s0 + size)}
         config, value = self.config, self.config.padding.value
         # Every real position is written by a chunk later; only the padding is set here.
-        x = {name: _aligned_empty((rows[spec.level], len(spec.columns)))
+        x = {name: self.buffers.empty((rows[spec.level], len(spec.columns)))
              for name, spec in config.inputs.items()}
-        y = {name: _aligned_empty((rows[spec.level],)) for name, spec in config.outputs.items()}
+        y = {name: self.buffers.empty((rows[spec.level],))
+             for name, spec in config.outputs.items()}
         valid = {name: np.zeros(rows[spec.level], dtype=bool)
                  for name, spec in config.outputs.items()}
         members = [self.plan.batches[k] for k in self._batch_groups[g]]
@@ -218,7 +223,7 @@ class Assembler:
     def _weigh(self, group: Group) -> None:
         for name, spec in self.config.outputs.items():
             mode = self.config.weight_mode(name)
-            weights = _aligned_empty(group.valid[name].shape)
+            weights = self.buffers.empty(group.valid[name].shape)
             for t0, s0, size, steps in group.table:
                 if spec.level == "timestep":
                     rows = slice(t0, t0 + size * steps)
@@ -233,24 +238,11 @@ class Assembler:
 # The share of a group's members, earliest first, parked before its store is allocated.
 PARKED_SHARE = 0.05
 
-# TensorFlow takes over a NumPy array without copying it when its data is aligned to this
-# many bytes (Eigen's widest vectors); tf.data's generator otherwise copies every group.
-ALIGNMENT = 64
-
-
 def _aligned_rows(rows: np.ndarray) -> np.ndarray:
     """`rows` rounded up so that as many float32 rows, of any width, fill whole
     `ALIGNMENT`-byte blocks."""
     step = ALIGNMENT // 4
     return -(-rows // step) * step
-
-
-def _aligned_empty(shape: tuple) -> np.ndarray:
-    """An uninitialised float32 array whose data starts on an `ALIGNMENT`-byte boundary."""
-    count = int(np.prod(shape))
-    buffer = np.empty(count * 4 + ALIGNMENT, dtype=np.uint8)
-    start = -buffer.ctypes.data % ALIGNMENT
-    return buffer[start:start + count * 4].view(np.float32).reshape(shape)
 
 
 def _take(chunk: Sequences, local: np.ndarray, config: PipelineConfig) -> Sequences:

@@ -150,6 +150,29 @@ def test_batches_reach_keras_without_a_copy(monkeypatch):
     assert views > 50
 
 
+def test_batches_a_user_keeps_hold_their_values_while_later_epochs_reuse_memory():
+    """Epochs reuse the memory of groups nothing refers to any more (`seqpipe.buffers`);
+    a batch still held, as a tensor or as NumPy, keeps its own."""
+    lengths = np.random.default_rng(5).integers(1, 40, 400)
+    pipeline = Pipeline(_config(**{"shuffle.buffer_size": 30, "batching.batch_size": 16}),
+                        long_table(lengths))
+    dataset = build_dataset(pipeline)
+    held = list(dataset)  # every tensor of epoch 0
+    expected = [_as_numpy(element) for element in held]
+    numpy_batches = list(pipeline.batches(3))
+    numpy_expected = [(dict(b.x), dict(b.y)) for b in pipeline.batches(3)]
+    numpy_expected = tf.nest.map_structure(np.copy, numpy_expected)
+    reused = pipeline._buffers.reused
+    for _ in range(2):
+        for _ in dataset:
+            pass
+    assert pipeline._buffers.reused > reused + 20  # later epochs did reuse memory
+    for element, values in zip(held, expected):
+        tf.nest.map_structure(np.testing.assert_array_equal, _as_numpy(element), values)
+    for batch, (x, y) in zip(numpy_batches, numpy_expected):
+        tf.nest.map_structure(np.testing.assert_array_equal, (batch.x, batch.y), (x, y))
+
+
 def _producers() -> list:
     return [t for t in threading.enumerate() if t.name == "seqpipe-producer" and t.is_alive()]
 

@@ -1,0 +1,97 @@
+"""Buffers: the aligned arrays assembly pads groups into, reused once nothing holds them.
+
+A group's arrays are a few MB each, and the batches Keras gets are views of them:
+TensorFlow wraps a NumPy array without copying it and holds a Python reference to it until
+its last tensor is gone. Fresh memory for every group costs the kernel a page fault and a
+zeroed page per 4 KB touched, a third of seqpipe's system time over the reference file
+(benchmarks/epoch.py). A buffer that nothing else refers to any more (no batch, tensor or
+group views it) is handed out again instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+
+# TensorFlow wraps a NumPy array without copying it only when its data is aligned to this
+# many bytes (Eigen's widest vectors); tf.data's generator copies any other group.
+ALIGNMENT = 64
+
+# A spare buffer serves requests from 1/SLACK of its size up to its size; a new buffer is
+# HEADROOM times the request, so that a slightly larger group later still fits.
+SLACK = 1.5
+HEADROOM = 1.125
+
+# Spare buffers are forgotten, oldest first, beyond this many bytes in all.
+SPARE_BYTES = 64 << 20
+
+
+class BufferPool:
+    """Hands out aligned, uninitialised arrays, reusing buffers nobody refers to any more.
+
+    Whether anything still refers to a buffer is read from its reference count: every view
+    of it (a group's array, a batch, an array TensorFlow wraps) holds a reference to it,
+    and so does TensorFlow's tensor until it is deleted. Thread-safe.
+
+    Example:
+      >>> pool = BufferPool()
+      >>> a = pool.empty((4, 8))
+      >>> a.ctypes.data % ALIGNMENT, a.shape
+      (0, (4, 8))
+      >>> pool.empty((4, 8)).ctypes.data == a.ctypes.data  # `a` is still held
+      False
+      >>> address = a.ctypes.data
+      >>> del a
+      >>> pool.empty((4, 8)).ctypes.data == address
+      True
+    """
+
+    def __init__(self, spare_bytes: int = SPARE_BYTES) -> None:
+        self._buffers: list = []  # uint8 arrays, oldest first
+        self._lock = threading.Lock()
+        self._spare_bytes = spare_bytes
+        self.reused = 0  # buffers handed out again, for tests and benchmarks
+        # The count an unreferenced buffer shows, measured the way `_spare` measures it:
+        # how getrefcount counts its own argument differs between Python versions.
+        self._buffers.append(np.empty(0, dtype=np.uint8))
+        self._unreferenced = self._references(0)
+        self._buffers.clear()
+
+    def empty(self, shape: tuple, dtype=np.float32) -> np.ndarray:
+        """An uninitialised array whose data starts on an `ALIGNMENT`-byte boundary."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        buffer = self._take(nbytes + ALIGNMENT)
+        start = -buffer.ctypes.data % ALIGNMENT
+        return buffer[start:start + nbytes].view(dtype).reshape(shape)
+
+    def _take(self, nbytes: int) -> np.ndarray:
+        with self._lock:
+            spare = [k for k in range(len(self._buffers)) if self._spare(k)]
+            fits = [k for k in spare if nbytes <= self._buffers[k].size <= nbytes * SLACK]
+            if fits:
+                self.reused += 1
+                return self._buffers[min(fits, key=lambda k: self._buffers[k].size)]
+            self._forget(spare, self._spare_bytes - int(nbytes * HEADROOM))
+            buffer = np.empty(int(nbytes * HEADROOM), dtype=np.uint8)
+            self._buffers.append(buffer)
+            return buffer
+
+    def _forget(self, spare: list, keep: int) -> None:
+        """Drops the oldest spare buffers until the rest hold at most `keep` bytes."""
+        total = sum(self._buffers[k].size for k in spare)
+        drop = set()
+        for k in spare:
+            if total <= keep:
+                break
+            total -= self._buffers[k].size
+            drop.add(k)
+        self._buffers = [b for k, b in enumerate(self._buffers) if k not in drop]
+
+    def _spare(self, k: int) -> bool:
+        return self._references(k) == self._unreferenced
+
+    def _references(self, k: int) -> int:
+        return sys.getrefcount(self._buffers[k])

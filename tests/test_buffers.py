@@ -1,0 +1,73 @@
+"""The buffer pool: aligned arrays, reused only once nothing refers to them."""
+
+import gc
+
+import numpy as np
+import tensorflow as tf
+
+from seqpipe.buffers import ALIGNMENT, BufferPool
+
+
+def _address(array: np.ndarray) -> int:
+    return array.__array_interface__["data"][0]
+
+
+def test_arrays_are_aligned_and_shaped():
+    pool = BufferPool()
+    for shape, dtype in [((3, 8), np.float32), ((7,), np.float32), ((5,), np.bool_)]:
+        array = pool.empty(shape, dtype)
+        assert array.shape == shape and array.dtype == dtype
+        assert _address(array) % ALIGNMENT == 0
+
+
+def test_a_buffer_is_reused_only_when_no_view_of_it_is_left():
+    pool = BufferPool()
+    first = pool.empty((1000, 8))
+    batch = first[10:20]  # a batch handed on while the group is dropped
+    address = _address(first)
+    del first
+    second = pool.empty((1000, 8))
+    assert _address(second) != address and pool.reused == 0
+    second[:] = 2.0
+    del batch, second
+    third = pool.empty((1000, 8))
+    assert pool.reused == 1 and _address(third) == address  # the oldest that fits
+
+
+def test_a_buffer_wrapped_by_tensorflow_is_not_reused_until_the_tensor_is_gone():
+    """tf.data's generator wraps an aligned array without copying it (as `build_dataset`
+    hands groups over) and holds a reference to it while any tensor of it lives."""
+    pool = BufferPool()
+    array = pool.empty((4096,))
+    array[:] = 1.0
+    generator = tf.data.Dataset.from_generator(
+        lambda: iter([array]), output_signature=tf.TensorSpec((None,), tf.float32))
+    tensor = next(iter(generator))
+    # The test means something only if TensorFlow wraps the array instead of copying it.
+    wrapped = _address(array)
+    assert _address(np.asarray(tensor)) == wrapped
+    del array, generator
+    gc.collect()
+    others = [pool.empty((4096,)) for _ in range(3)]
+    assert wrapped not in [_address(other) for other in others]
+    assert float(tf.reduce_max(tensor)) == 1.0
+    del tensor, others
+    gc.collect()
+    assert _address(pool.empty((4096,))) == wrapped  # the oldest spare buffer that fits
+
+
+def test_a_request_far_smaller_than_a_spare_buffer_gets_a_new_one():
+    pool = BufferPool()
+    big = pool.empty((1 << 20,))
+    del big
+    small = pool.empty((1000,))
+    assert pool.reused == 0 and small.size == 1000
+
+
+def test_spare_buffers_beyond_the_budget_are_forgotten():
+    pool = BufferPool(spare_bytes=4 << 20)
+    held = [pool.empty((1 << 18,)) for _ in range(8)]  # 1 MB each
+    del held
+    pool.empty((1 << 22,))  # 16 MB: none fits, and the 8 spare MB exceed the budget
+    spare = sum(b.size for k, b in enumerate(pool._buffers) if pool._spare(k))
+    assert spare <= 4 << 20
