@@ -69,7 +69,8 @@ class Assembler:
         padding, weight 0). For several replicas: Keras 3 averages the first batch of every
         replica to build the model, which needs them all the same shape.
       buffers: where the groups' arrays come from; share one pool between epochs so that
-        an epoch reuses the memory of the batches the last one is done with.
+        an epoch reuses the memory of the batches the last one is done with. A pool of its
+        own when None.
     """
 
     def __init__(self, config: PipelineConfig, plan: EpochPlan, lengths: np.ndarray,

@@ -6,6 +6,9 @@ its last tensor is gone. Fresh memory for every group costs the kernel a page fa
 zeroed page per 4 KB touched, a third of seqpipe's system time over the reference file
 (benchmarks/epoch.py). A buffer that nothing else refers to any more (no batch, tensor or
 group views it) is handed out again instead.
+
+Pipelines share one pool per process (`SHARED`), as an allocator would: a dataset built for
+each epoch, or a validation dataset after a training one, reuses what the last one freed.
 """
 
 from __future__ import annotations
@@ -95,3 +98,7 @@ class BufferPool:
 
     def _references(self, k: int) -> int:
         return sys.getrefcount(self._buffers[k])
+
+
+# The pool every `Pipeline` draws on.
+SHARED = BufferPool()

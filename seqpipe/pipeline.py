@@ -21,7 +21,7 @@ import pyarrow as pa
 from seqpipe.assemble import Assembler, Group
 from seqpipe.batching import (EpochPlan, Windows, auto_boundaries, batch_sizes, bucket_of,
                               in_multiples, padding_waste, plan_epoch, truncate)
-from seqpipe.buffers import BufferPool
+from seqpipe import buffers
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError
 from seqpipe.sequences import (Sequences, group_sequences, list_columns, sequence_lengths,
@@ -171,7 +171,7 @@ class Pipeline:
         self._records = records  # a materialized part (`seqpipe.materialized`)
         self._counted: Optional[dict] = None  # filled features and missing labels
         self._first_plan: Optional[EpochPlan] = None
-        self._buffers = BufferPool()  # shared by the epochs: see `seqpipe.buffers`
+        self._buffers = buffers.SHARED  # reused memory: see `seqpipe.buffers`
         if records is not None:
             share = records.share(shard) if shard is not None else None
             if share is not None:

@@ -40,13 +40,14 @@ def test_a_buffer_wrapped_by_tensorflow_is_not_reused_until_the_tensor_is_gone()
     pool = BufferPool()
     array = pool.empty((4096,))
     array[:] = 1.0
+    items = [array]
     generator = tf.data.Dataset.from_generator(
-        lambda: iter([array]), output_signature=tf.TensorSpec((None,), tf.float32))
+        lambda: iter(items), output_signature=tf.TensorSpec((None,), tf.float32))
     tensor = next(iter(generator))
     # The test means something only if TensorFlow wraps the array instead of copying it.
     wrapped = _address(array)
     assert _address(np.asarray(tensor)) == wrapped
-    del array, generator
+    del array, items, generator
     gc.collect()
     others = [pool.empty((4096,)) for _ in range(3)]
     assert wrapped not in [_address(other) for other in others]
