@@ -1,5 +1,6 @@
 """The buffer pool: aligned arrays, reused only once nothing refers to them."""
 
+import functools
 import gc
 
 import numpy as np
@@ -40,14 +41,13 @@ def test_a_buffer_wrapped_by_tensorflow_is_not_reused_until_the_tensor_is_gone()
     pool = BufferPool()
     array = pool.empty((4096,))
     array[:] = 1.0
-    items = [array]
     generator = tf.data.Dataset.from_generator(
-        lambda: iter(items), output_signature=tf.TensorSpec((None,), tf.float32))
+        functools.partial(iter, [array]), output_signature=tf.TensorSpec((None,), tf.float32))
     tensor = next(iter(generator))
     # The test means something only if TensorFlow wraps the array instead of copying it.
     wrapped = _address(array)
     assert _address(np.asarray(tensor)) == wrapped
-    del array, items, generator
+    del array, generator
     gc.collect()
     others = [pool.empty((4096,)) for _ in range(3)]
     assert wrapped not in [_address(other) for other in others]
