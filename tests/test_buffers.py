@@ -1,6 +1,5 @@
 """The buffer pool: aligned arrays, reused only once nothing refers to them."""
 
-import functools
 import gc
 
 import numpy as np
@@ -35,19 +34,25 @@ def test_a_buffer_is_reused_only_when_no_view_of_it_is_left():
     assert pool.reused == 1 and _address(third) == address  # the oldest that fits
 
 
+def _wrapped_by_tensorflow(pool: BufferPool) -> tuple:
+    """A tensor of ones that tf.data's generator made from a pool array, and its address."""
+    array = pool.empty((4096,))
+    array[:] = 1.0
+    items = [array]  # emptied once read: tf.data's registry may keep the lambda a while
+    generator = tf.data.Dataset.from_generator(
+        lambda: iter(items), output_signature=tf.TensorSpec((None,), tf.float32))
+    tensor = next(iter(generator))
+    items.clear()
+    return tensor, _address(array)
+
+
 def test_a_buffer_wrapped_by_tensorflow_is_not_reused_until_the_tensor_is_gone():
     """tf.data's generator wraps an aligned array without copying it (as `build_dataset`
     hands groups over) and holds a reference to it while any tensor of it lives."""
     pool = BufferPool()
-    array = pool.empty((4096,))
-    array[:] = 1.0
-    generator = tf.data.Dataset.from_generator(
-        functools.partial(iter, [array]), output_signature=tf.TensorSpec((None,), tf.float32))
-    tensor = next(iter(generator))
+    tensor, wrapped = _wrapped_by_tensorflow(pool)
     # The test means something only if TensorFlow wraps the array instead of copying it.
-    wrapped = _address(array)
     assert _address(np.asarray(tensor)) == wrapped
-    del array, generator
     gc.collect()
     others = [pool.empty((4096,)) for _ in range(3)]
     assert wrapped not in [_address(other) for other in others]
