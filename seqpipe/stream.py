@@ -13,6 +13,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import itertools
+import os
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, Optional
@@ -137,35 +138,35 @@ def stream_chunks(order: StreamOrder, config: PipelineConfig, schema: pa.Schema,
     """
     parts, id_name = order.parts, config.source.id_column
     long_layout = config.source.layout == "long"
-    with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
-        pending = collections.deque(pool.submit(read_part, p, schema) for p in parts[:READ_AHEAD])
-        waiting = []  # rows of a sequence that began in an earlier row group
-        for k, part in enumerate(parts):
-            table = pending.popleft().result()
-            if k + READ_AHEAD < len(parts):
-                pending.append(pool.submit(read_part, parts[k + READ_AHEAD], schema))
-            following = parts[k + 1] if k + 1 < len(parts) else None
-            goes_on = long_layout and following is not None and following.first == part.last
-            if waiting:
-                head, table = _split(table, id_name, part.first, at_start=True)
-                waiting.append(head)
-                if table.num_rows == 0 and goes_on:
-                    continue
-                # The sequence that spans row groups is handed on alone, so that the big
-                # chunks stay single Arrow chunks that NumPy can view without copying.
-                spanning = _within(pa.concat_tables(waiting).combine_chunks(), order.bounds,
-                                   id_name)
-                if spanning.num_rows:
-                    yield SourceTable(spanning, part.where, (part.file,))
-                waiting = []
-            if goes_on:
-                table, tail = _split(table, id_name, part.last, at_start=False)
-                waiting = [tail]
-            if order.bounds is not None and not order.bounds.holds_all(part.first, part.last):
-                table = _within(table, order.bounds, id_name)
-            if table.num_rows:
-                for piece in _pieces(table, config) if long_layout and in_pieces else [table]:
-                    yield SourceTable(piece, part.where, (part.file,))
+    pool = _threads("read", READ_THREADS)
+    pending = collections.deque(pool.submit(read_part, p, schema) for p in parts[:READ_AHEAD])
+    waiting = []  # rows of a sequence that began in an earlier row group
+    for k, part in enumerate(parts):
+        table = pending.popleft().result()
+        if k + READ_AHEAD < len(parts):
+            pending.append(pool.submit(read_part, parts[k + READ_AHEAD], schema))
+        following = parts[k + 1] if k + 1 < len(parts) else None
+        goes_on = long_layout and following is not None and following.first == part.last
+        if waiting:
+            head, table = _split(table, id_name, part.first, at_start=True)
+            waiting.append(head)
+            if table.num_rows == 0 and goes_on:
+                continue
+            # The sequence that spans row groups is handed on alone, so that the big
+            # chunks stay single Arrow chunks that NumPy can view without copying.
+            spanning = _within(pa.concat_tables(waiting).combine_chunks(), order.bounds,
+                               id_name)
+            if spanning.num_rows:
+                yield SourceTable(spanning, part.where, (part.file,))
+            waiting = []
+        if goes_on:
+            table, tail = _split(table, id_name, part.last, at_start=False)
+            waiting = [tail]
+        if order.bounds is not None and not order.bounds.holds_all(part.first, part.last):
+            table = _within(table, order.bounds, id_name)
+        if table.num_rows:
+            for piece in _pieces(table, config) if long_layout and in_pieces else [table]:
+                yield SourceTable(piece, part.where, (part.file,))
 
 
 # A row group sorted by id is handed on in pieces of about this many rows, cut between
@@ -227,14 +228,31 @@ def ordered_map(function, items: Iterable, ahead: int = READ_AHEAD) -> Iterator:
     and Arrow release the GIL for whole-column work, so grouping the next chunk overlaps
     with padding this one. A result is handed on as soon as it is ready, before the next
     item is pulled from `items` (which may have to wait for a read)."""
-    with concurrent.futures.ThreadPoolExecutor(ahead) as pool:
-        items = iter(items)
-        pending = collections.deque(pool.submit(function, item)
-                                    for item in itertools.islice(items, ahead + 1))
-        while pending:
-            yield pending.popleft().result()
-            for item in itertools.islice(items, 1):
-                pending.append(pool.submit(function, item))
+    pool = _threads("map", ahead)
+    items = iter(items)
+    pending = collections.deque(pool.submit(function, item)
+                                for item in itertools.islice(items, ahead + 1))
+    while pending:
+        yield pending.popleft().result()
+        for item in itertools.islice(items, 1):
+            pending.append(pool.submit(function, item))
+
+
+_POOLS: dict = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _threads(name: str, count: int) -> concurrent.futures.ThreadPoolExecutor:
+    """A pool of `count` threads that lives as long as the process, shared by every epoch
+    and pipeline. New threads each epoch cost page faults: Arrow's allocator (mimalloc)
+    gives each thread memory of its own, fresh from the kernel. Tasks on these pools never
+    wait for one another, so sharing them cannot deadlock. A forked child process (whose
+    copy of a pool has no threads) gets pools of its own."""
+    key = (name, count, os.getpid())
+    with _POOLS_LOCK:
+        if key not in _POOLS:
+            _POOLS[key] = concurrent.futures.ThreadPoolExecutor(count, f"seqpipe-{name}")
+        return _POOLS[key]
 
 
 class Background:

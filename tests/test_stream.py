@@ -2,7 +2,10 @@
 of the same data grouped whole in memory; what cannot be streamed is grouped whole, loudly."""
 
 import logging
+import os
 import re
+import signal
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -202,3 +205,26 @@ def test_a_file_rewritten_after_building_is_a_clear_error(tmp_path):
                                         r"the file was rewritten since the pipeline was built"):
         for _ in pipeline.batches(0):
             pass
+
+
+def test_a_forked_child_streams_with_read_threads_of_its_own(tmp_path):
+    """Read and grouping threads are shared by every epoch in a process; a child forked
+    after an epoch ran (whose copies of those pools have no threads) must not wait on them."""
+    path = write(tmp_path / "d.parquet", _by_id(long_table(LENGTHS)), row_group_size=7)
+    pipeline = Pipeline(_config(path, **{"shuffle.buffer_size": 25, "shuffle.seed": 3}))
+    expected = sum(1 for _ in pipeline.batches(0))  # the parent's pools now have threads
+    read, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            os.write(write_end, str(sum(1 for _ in pipeline.batches(1))).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    deadline = time.monotonic() + 60
+    while os.waitpid(child, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail("the forked child hung waiting for its parent's read threads")
+        time.sleep(0.05)
+    assert int(os.read(read, 100) or b"-1") == expected
