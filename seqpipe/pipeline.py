@@ -451,7 +451,7 @@ def missing_labels(present: Mapping[str, np.ndarray], in_part: Optional[np.ndarr
     for name, p in present.items():
         if in_part is not None and not in_part.all():
             p = p[in_part if levels[name] == "sequence" else np.repeat(in_part, lengths)]
-        counts[name] = (int((~p).sum()), int(p.size))
+        counts[name] = (int(p.size - np.count_nonzero(p)), int(p.size))
     return counts
 
 

@@ -51,12 +51,12 @@ def sample_weight(mode: str, valid: np.ndarray, mean_valid_per_batch: float = 0.
     if mode == "binary":
         return valid.astype(np.float32)
     if mode == "batch_mean":
-        return _scaled(valid, valid.size, int(valid.sum()))
+        return _scaled(valid, valid.size, np.count_nonzero(valid))
     if mode == "global_mean":
         return _scaled(valid, valid.size, mean_valid_per_batch)
     if mode == "sequence_mean":
         if valid.ndim == 1:
-            return _scaled(valid, valid.size, int(valid.sum()))
+            return _scaled(valid, valid.size, np.count_nonzero(valid))
         return _per_sequence(valid)
     raise ValueError(f"weights mode must be one of {MODES}; got {mode!r}")
 
