@@ -77,3 +77,16 @@ def test_spare_buffers_beyond_the_budget_are_forgotten():
     pool.empty((1 << 22,))  # 16 MB: none fits, and the 8 spare MB exceed the budget
     spare = sum(b.size for k, b in enumerate(pool._buffers) if pool._spare(k))
     assert spare <= 4 << 20
+
+
+def test_buffers_in_use_beyond_the_tracked_budget_are_left_to_their_holders(monkeypatch):
+    """A user who keeps many batches, then lets them go, does not leave the pool holding
+    all of that memory: it forgets the oldest buffers beyond `TRACKED_BYTES`."""
+    from seqpipe import buffers
+
+    monkeypatch.setattr(buffers, "TRACKED_BYTES", 4 << 20)
+    pool = BufferPool()
+    held = [pool.empty((1 << 18,)) for _ in range(10)]  # 1 MB each, all in use
+    assert sum(b.size for b in pool._buffers) <= 4 << 20
+    held[0][:] = 3.0  # forgotten by the pool, still the holder's
+    assert float(held[0].max()) == 3.0
