@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import numpy as np
 
 from seqpipe.batching import EpochPlan
-from seqpipe.buffers import ALIGNMENT, BufferPool
+from seqpipe.buffers import ALIGNMENT, SHARED, BufferPool
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.sequences import Sequences, ranges
@@ -68,16 +68,15 @@ class Assembler:
         rows of `padding.maxlen` timesteps, rows past their sequences left empty (all
         padding, weight 0). For several replicas: Keras 3 averages the first batch of every
         replica to build the model, which needs them all the same shape.
-      buffers: where the groups' arrays come from; share one pool between epochs so that
-        an epoch reuses the memory of the batches the last one is done with. A pool of its
-        own when None.
+      buffers: where the groups' arrays come from: by default the process's pool, so that
+        an epoch reuses the memory of the batches the last one is done with.
     """
 
     def __init__(self, config: PipelineConfig, plan: EpochPlan, lengths: np.ndarray,
                  kept: np.ndarray, mean_valid: Mapping[str, float],
-                 same_shape_first: int = 0, buffers: BufferPool | None = None) -> None:
+                 same_shape_first: int = 0, buffers: BufferPool = SHARED) -> None:
         self.config, self.plan, self.mean_valid = config, plan, mean_valid
-        self.buffers = buffers if buffers is not None else BufferPool()
+        self.buffers = buffers
         self.lengths, self.kept = lengths, kept
         counts = np.array([len(b) for b in plan.batches], dtype=np.int64)
         members = np.concatenate(plan.batches) if plan.batches else np.empty(0, np.int64)

@@ -21,7 +21,6 @@ import pyarrow as pa
 from seqpipe.assemble import Assembler, Group
 from seqpipe.batching import (EpochPlan, Windows, auto_boundaries, batch_sizes, bucket_of,
                               in_multiples, padding_waste, plan_epoch, truncate)
-from seqpipe import buffers
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError
 from seqpipe.sequences import (Sequences, group_sequences, list_columns, sequence_lengths,
@@ -171,7 +170,6 @@ class Pipeline:
         self._records = records  # a materialized part (`seqpipe.materialized`)
         self._counted: Optional[dict] = None  # filled features and missing labels
         self._first_plan: Optional[EpochPlan] = None
-        self._buffers = buffers.SHARED  # reused memory: see `seqpipe.buffers`
         if records is not None:
             share = records.share(shard) if shard is not None else None
             if share is not None:
@@ -271,7 +269,7 @@ class Pipeline:
         mean_valid = {name: self._mean_valid_per_batch(name, plan)
                       for name in self.config.outputs}
         assembler = Assembler(self.config, plan, self._index.lengths, self.windows.length,
-                              mean_valid, self.same_shape_first, self._buffers)
+                              mean_valid, self.same_shape_first)
         yield from assembler.groups(self.chunks())
 
     def batches(self, epoch: int = 0) -> Iterator[Batch]:
