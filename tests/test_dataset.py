@@ -193,3 +193,45 @@ def test_the_first_epoch_starts_at_once_and_stops_if_the_dataset_is_deleted_unre
     while len(_producers()) > before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(_producers()) == before
+
+
+def test_batch_functions_run_in_the_callers_thread_with_the_public_map_as_fallback(
+        monkeypatch):
+    """The per-batch function runs without TensorFlow's inter-op pool (10 % of an epoch's
+    CPU); a TensorFlow whose private map class lacks the switch gets the public map."""
+    from tensorflow.python.data.ops import map_op
+
+    from seqpipe import dataset as seqpipe_dataset
+
+    def double(x):
+        return {"v": tf.reshape(tf.slice(x, [0], [2]), [1, 2]) * 2}
+
+    source = tf.data.Dataset.from_tensor_slices(np.arange(12, dtype=np.float32).reshape(6, 2))
+    inline = seqpipe_dataset.map_in_caller(source, double)
+    assert inline._use_inter_op_parallelism is False  # the installed TF has the switch
+    expected = [{"v": v["v"].numpy()} for v in source.map(double)]
+
+    class Older(map_op._MapDataset):
+        def __init__(self, *args, use_inter_op_parallelism=True, **kwargs):
+            if not use_inter_op_parallelism:
+                raise TypeError("unexpected keyword argument 'use_inter_op_parallelism'")
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(map_op, "_MapDataset", Older)
+    fallback = seqpipe_dataset.map_in_caller(source, double)
+    assert fallback._use_inter_op_parallelism is True
+    for got in (inline, fallback):
+        values = [v["v"].numpy() for v in got]
+        assert len(values) == len(expected)
+        for value, want in zip(values, expected):
+            np.testing.assert_array_equal(value, want["v"])
+    # And the whole dataset still equals the NumPy batches through the public map.
+    pipeline = Pipeline(_config(), long_table(LENGTHS))
+    public = [_as_numpy(e) for e in build_dataset(pipeline)]
+    numpy_batches = list(pipeline.batches(0))
+    assert len(public) == len(numpy_batches)
+    for (x, y, weights), batch in zip(public, numpy_batches):
+        for name in batch.x:
+            np.testing.assert_array_equal(x[name], batch.x[name])
+        for name in batch.y:
+            np.testing.assert_array_equal(weights[name], batch.sample_weight[name])
