@@ -20,7 +20,7 @@ from seqpipe.buffers import ALIGNMENT, SHARED, BufferPool
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.sequences import Sequences, ranges
-from seqpipe.weights import sample_weight
+from seqpipe.weights import batch_weights
 
 
 @dataclasses.dataclass
@@ -223,16 +223,12 @@ class Assembler:
     def _weigh(self, group: Group) -> None:
         for name, spec in self.config.outputs.items():
             mode = self.config.weight_mode(name)
-            weights = self.buffers.empty(group.valid[name].shape)
-            for t0, s0, size, steps in group.table:
-                if spec.level == "timestep":
-                    rows = slice(t0, t0 + size * steps)
-                    valid = group.valid[name][rows].reshape(size, steps)
-                else:
-                    rows = slice(s0, s0 + size)
-                    valid = group.valid[name][rows]
-                weights[rows] = sample_weight(mode, valid, self.mean_valid[name]).reshape(-1)
-            group.sample_weight[name] = weights
+            t0, s0, size, steps = group.table.T
+            valid = group.valid[name]
+            start, steps = (t0, steps) if spec.level == "timestep" else (s0, None)
+            group.sample_weight[name] = batch_weights(
+                mode, valid, start, size, steps, self.mean_valid[name],
+                out=self.buffers.empty(valid.shape))
 
 
 # The share of a group's members, earliest first, parked before its store is allocated.

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from seqpipe import Pipeline, load_config
-from seqpipe.weights import sample_weight
+from seqpipe.weights import batch_weights, sample_weight
 from tests.conftest import base_config, long_table
 
 RTOL = 1e-5
@@ -206,3 +206,29 @@ def test_padding_and_missing_labels_always_get_weight_zero(mode):
 def test_unknown_mode_is_an_error():
     with pytest.raises(ValueError, match=r"weights mode must be one of .*; got 'mean'"):
         sample_weight("mean", np.array([True]))
+
+
+@pytest.mark.parametrize("mode", ["binary", "batch_mean", "global_mean", "sequence_mean"])
+@pytest.mark.parametrize("per_timestep", [True, False])
+def test_a_groups_weights_at_once_equal_sample_weight_batch_by_batch(mode, per_timestep):
+    """Assembly weighs a group's batches at once; each must get exactly what
+    `sample_weight` (checked against Keras above) gives it alone, including a batch with
+    no valid label, and the gaps between batches must be left alone."""
+    rng = np.random.default_rng(5)
+    rows = np.array([3, 1, 4, 2, 5])
+    steps = np.array([7, 2, 1, 9, 3]) if per_timestep else None
+    sizes = rows * steps if per_timestep else rows
+    start = np.concatenate([[0], np.cumsum(sizes + 3)[:-1]])  # 3 positions between batches
+    valid = np.zeros(start[-1] + sizes[-1] + 3, dtype=bool)
+    for j, (a, n) in enumerate(zip(start, sizes)):
+        valid[a:a + n] = rng.random(n) < (0.0 if j == 2 else 0.6)
+    out = np.full(len(valid), -7.0, dtype=np.float32)
+    batch_weights(mode, valid, start, rows, steps, 2.5, out)
+    for j, (a, n) in enumerate(zip(start, sizes)):
+        shape = (rows[j], steps[j]) if per_timestep else (rows[j],)
+        expected = sample_weight(mode, valid[a:a + n].reshape(shape), 2.5)
+        np.testing.assert_array_equal(out[a:a + n].reshape(shape), expected)
+    gaps = np.ones(len(valid), dtype=bool)
+    for a, n in zip(start, sizes):
+        gaps[a:a + n] = False
+    assert (out[gaps] == -7.0).all()
