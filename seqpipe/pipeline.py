@@ -265,12 +265,13 @@ class Pipeline:
 
     def groups(self, epoch: int = 0) -> Iterator[Group]:
         """Yields the epoch's batches in assembly groups: padded batches end to end."""
+        chunks = self.chunks()  # a streamed source is read from now on, while we plan
         plan = self.plan(epoch)
         mean_valid = {name: self._mean_valid_per_batch(name, plan)
                       for name in self.config.outputs}
         assembler = Assembler(self.config, plan, self._index.lengths, self.windows.length,
                               mean_valid, self.same_shape_first)
-        yield from assembler.groups(self.chunks())
+        yield from assembler.groups(chunks)
 
     def batches(self, epoch: int = 0) -> Iterator[Batch]:
         """Yields the padded, weighted batches of one epoch."""
@@ -318,16 +319,18 @@ class Pipeline:
     def chunks(self) -> Iterator[tuple[int, Sequences]]:
         """Every sequence of the source (all parts), grouped, in index order, a chunk at a
         time, with the index of the chunk's first sequence. Untruncated: `windows` says
-        which timesteps each sequence keeps."""
+        which timesteps each sequence keeps. A streamed source's first row groups are read
+        from the moment this is called."""
         if self._records is not None:
-            yield from self._records.chunks()
-            return
+            return self._records.chunks()
         if self._stream is None:
-            yield from _slices(self._whole, self.config)
-            return
+            return _slices(self._whole, self.config)
+        return self._streamed(stream_chunks(self._stream, self.config, self._files.schema,
+                                            in_pieces=True))
+
+    def _streamed(self, tables: Iterator[SourceTable]) -> Iterator[tuple[int, Sequences]]:
         first, filled = 0, collections.Counter()
         missing = {name: np.zeros(2, dtype=np.int64) for name in self.config.outputs}
-        tables = stream_chunks(self._stream, self.config, self._files.schema, in_pieces=True)
         for chunk, counts in ordered_map(self._group_chunk, tables, ahead=1):
             filled.update(counts.filled_values)
             mine = self._in_part[first:first + len(chunk)]

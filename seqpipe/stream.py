@@ -135,11 +135,21 @@ def stream_chunks(order: StreamOrder, config: PipelineConfig, schema: pa.Schema,
       config: the pipeline config.
       schema: the columns to read and the types to cast them to.
       in_pieces: hand sorted row groups on in pieces of about `PIECE_ROWS` rows.
+
+    The first row groups are read from the moment this is called, not from the first
+    chunk asked for: an epoch's planning then overlaps its first reads.
     """
+    pool = _threads("read", READ_THREADS)
+    pending = collections.deque(pool.submit(read_part, p, schema)
+                                for p in order.parts[:READ_AHEAD])
+    return _chunks(order, config, schema, in_pieces, pool, pending)
+
+
+def _chunks(order: StreamOrder, config: PipelineConfig, schema: pa.Schema, in_pieces: bool,
+            pool: concurrent.futures.ThreadPoolExecutor,
+            pending: "collections.deque") -> Iterator[SourceTable]:
     parts, id_name = order.parts, config.source.id_column
     long_layout = config.source.layout == "long"
-    pool = _threads("read", READ_THREADS)
-    pending = collections.deque(pool.submit(read_part, p, schema) for p in parts[:READ_AHEAD])
     waiting = []  # rows of a sequence that began in an earlier row group
     for k, part in enumerate(parts):
         table = pending.popleft().result()

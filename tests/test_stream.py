@@ -56,6 +56,41 @@ def test_streamed_file_gives_the_batches_of_the_whole_table(tmp_path, row_group_
         assert _same_batches(streamed, whole, epoch) == whole.report.batches_per_epoch
 
 
+def test_an_epoch_starts_reading_before_it_plans_and_before_its_first_chunk_is_asked_for(
+        tmp_path, monkeypatch):
+    """The first row groups are read while the epoch is planned (and, in build_dataset,
+    while TensorFlow builds its iterator): reading does not wait for the first chunk."""
+    from seqpipe import stream
+
+    path = write(tmp_path / "d.parquet", _by_id(long_table(LENGTHS)), row_group_size=50)
+    pipeline = Pipeline(_config(path, **{"shuffle.buffer_size": 25, "shuffle.seed": 3}))
+    started = []
+    read = stream.read_part
+    monkeypatch.setattr(stream, "read_part", lambda part, schema: (
+        started.append(part.row_group), read(part, schema))[1])
+    planned = []
+    plan = Pipeline.plan
+
+    def planning(self, epoch=0):
+        wait_until = time.monotonic() + 2  # for a read already handed to a thread to begin
+        while not started and time.monotonic() < wait_until:
+            time.sleep(0.01)
+        planned.append(list(started))
+        return plan(self, epoch)
+
+    monkeypatch.setattr(Pipeline, "plan", planning)
+    chunks = pipeline.chunks()
+    deadline = time.monotonic() + 10
+    while len(started) < stream.READ_AHEAD and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(started) == list(range(stream.READ_AHEAD))  # nothing asked for yet
+    assert sum(len(chunk) for _, chunk in chunks) == len(LENGTHS)
+    started.clear()
+    groups = pipeline.groups(1)
+    next(groups)
+    assert planned[0], "the epoch was planned before any row group was read"
+
+
 @pytest.mark.parametrize("order", ["sorted by id", "shuffled within each row group"])
 def test_big_row_groups_are_handed_on_in_pieces_of_whole_sequences(tmp_path, monkeypatch,
                                                                     order):
