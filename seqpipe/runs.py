@@ -1,4 +1,4 @@
-"""Runs: finding and copying runs of rows, compiled.
+"""Runs: finding and copying runs of rows, and filling missing labels, compiled.
 
 Finding: with rows sorted by sequence id, each sequence is a run of equal ids. One compiled
 pass over the id column says whether it is sorted and where every run begins, and one over
@@ -16,6 +16,10 @@ together, and the GIL is released while it runs, so the copy overlaps the Parque
 and tf.data. Measured on 43 k timesteps of 8 columns: 1.0-1.4 ms with NumPy indexing (plus
 0.1 ms for the indices), 0.2 ms here. One epoch of the reference file (build_dataset, every
 batch): 0.90x the time and 13 % less CPU, median of 10 alternating rounds in one process.
+
+Labels: filling the missing labels of a chunk, marking which were present and counting
+infinite ones is one compiled pass; in NumPy it was five (isinf, any, isnan, invert, where)
+and 0.53 ms per 131 k labels against 0.05 ms.
 
 numba is imported here and only here, when a pipeline first groups or assembles
 sequences: importing seqpipe, inspecting and validating stay as fast as before. Compiled
@@ -127,6 +131,22 @@ def scale_runs(values: np.ndarray, start: np.ndarray, count: np.ndarray,
     _scale_runs(values, start, count, np.ascontiguousarray(scale, dtype=out.dtype), out)
 
 
+def fill_missing(values: np.ndarray, fill: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """float32 `values` with NaN replaced by `fill`, where they were not NaN, and how many
+    are infinite.
+
+    >>> labels, present, infinite = fill_missing(np.array([1, np.nan, np.inf], np.float32), 0)
+    >>> labels.tolist(), present.tolist(), infinite
+    ([1.0, 0.0, inf], [True, False, True], 1)
+    """
+    values = np.asarray(values, dtype=np.float32)
+    labels = np.empty(values.shape, dtype=np.float32)
+    present = np.empty(values.shape, dtype=bool)
+    infinite = _fill_missing(values.reshape(-1), np.float32(fill), labels.reshape(-1),
+                             present.reshape(-1))
+    return labels, present, int(infinite)
+
+
 def _kind(column: np.ndarray) -> tuple:
     """What decides a column's numba type (`numba.typeof` itself is slower than a copy)."""
     flags = column.flags
@@ -200,3 +220,15 @@ def _scale_runs(values, start, count, scale, out):  # pragma: no cover - compile
         run, into, factor = values[a:b], out[a:b], scale[i]
         for t in range(len(run)):
             into[t] = run[t] * factor
+
+
+@numba.njit(nogil=True, cache=True)
+def _fill_missing(values, fill, labels, present):  # pragma: no cover - compiled
+    infinite = 0
+    for i in range(len(values)):
+        x = values[i]
+        found = x == x  # False for NaN alone
+        present[i] = found
+        labels[i] = x if found else fill
+        infinite += abs(x) == np.inf
+    return infinite

@@ -423,17 +423,16 @@ def _bad_feature_error(name, spec, counts, unfilled, bad, where) -> DataError:
 
 
 def _labels(columns, config, where):
+    from seqpipe.runs import fill_missing  # numba, imported when sequences are first grouped
+
     labels, present = {}, {}
     for name, spec in config.outputs.items():
-        values = np.asarray(columns[spec.column, spec.level], dtype=np.float32)
-        infinite = np.isinf(values)
-        if infinite.any():
+        labels[name], present[name], infinite = fill_missing(
+            columns[spec.column, spec.level], spec.fill_value)
+        if infinite:
             raise DataError(
-                f"outputs.{name}: column {spec.column!r} has {int(infinite.sum()):,} infinite "
+                f"outputs.{name}: column {spec.column!r} has {infinite:,} infinite "
                 f"labels in {where}; a label must be finite, or null/NaN when missing")
-        found = ~np.isnan(values)
-        labels[name] = np.where(found, values, np.float32(spec.fill_value))
-        present[name] = found
     return labels, present
 
 

@@ -4,7 +4,8 @@ against the same copy written as one slice assignment per run."""
 import numpy as np
 import pytest
 
-from seqpipe.runs import ASCENDING, REPEATED, UNSORTED, copy_runs, run_starts, time_order
+from seqpipe.runs import (ASCENDING, REPEATED, UNSORTED, copy_runs, fill_missing, run_starts,
+                          time_order)
 
 
 def _runs(rng, rows_in, rows_out, n):
@@ -120,3 +121,16 @@ def test_time_order_looks_within_runs_only():
     assert time_order(np.array([0, 1, 1]), np.array([0])) == REPEATED
     assert time_order(np.array([0, 2, 1]), np.array([0])) == UNSORTED
     assert time_order(np.array([], np.int64), np.array([], np.int64)) == ASCENDING
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fill_missing_marks_nan_as_missing_and_counts_infinities(dtype):
+    values = np.array([0.5, np.nan, -np.inf, 3.0, np.nan, np.inf, -0.0], dtype=dtype)
+    labels, present, infinite = fill_missing(values, -1.0)
+    assert labels.dtype == np.float32 and present.dtype == bool
+    np.testing.assert_array_equal(present, ~np.isnan(values))
+    np.testing.assert_array_equal(labels, np.where(np.isnan(values), np.float32(-1),
+                                                   values.astype(np.float32)))
+    assert infinite == np.isinf(values).sum() == 2
+    empty = fill_missing(np.empty(0, dtype), 0.0)
+    assert empty[0].shape == empty[1].shape == (0,) and empty[2] == 0
