@@ -54,14 +54,19 @@ def test_element_spec_and_cardinality():
     assert dataset.cardinality().numpy() == pipeline.report.batches_per_epoch
 
 
-def test_autotuning_is_off_and_a_user_can_turn_it_back_on():
+def test_autotuning_and_default_rewrites_are_off_and_a_user_can_turn_them_back_on():
     """Off because deleting an iterator waits for the autotuner's thread, often for about a
-    second (benchmarks/iterator_deletion.py); the user's later option wins."""
+    second (benchmarks/iterator_deletion.py), and the rewrites slow every iterator's
+    creation; the user's later options win."""
     dataset = build_dataset(Pipeline(_config(), long_table(LENGTHS)))
     assert dataset.options().autotune.enabled is False
+    assert dataset.options().experimental_optimization.apply_default_optimizations is False
     options = tf.data.Options()
     options.autotune.enabled = True
-    assert dataset.with_options(options).options().autotune.enabled is True
+    options.experimental_optimization.apply_default_optimizations = True
+    mine = dataset.with_options(options).options()
+    assert mine.autotune.enabled is True
+    assert mine.experimental_optimization.apply_default_optimizations is True
 
 
 def test_same_config_and_seed_give_the_same_batches_run_after_run(tmp_path):
