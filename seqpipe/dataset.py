@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import weakref
 from collections.abc import Mapping
 from typing import Any, Optional, Union
@@ -92,7 +93,7 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
     # A generator element is an assembly group of batches, not one batch: crossing from
     # Python into tf.data costs about a millisecond per element, more than padding a batch.
     groups = tf.data.Dataset.from_generator(one_epoch, output_signature=_group_spec(config))
-    dataset = groups.prefetch(1).flat_map(_split_group(config))
+    dataset = groups.prefetch(1).flat_map(_traced_split(config))
     # Every epoch has the same number of batches (bucket sizes do not change), and saying
     # so lets Keras show progress from the first epoch instead of warning at its end.
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(
@@ -196,6 +197,26 @@ def _flat(group: Group) -> tuple:
     """A group's arrays as `_group_spec` has them: 1-D views, no copies."""
     return ({name: values.reshape(-1) for name, values in group.x.items()}, group.y,
             group.sample_weight)
+
+
+_TRACED: dict = {}
+_TRACED_LOCK = threading.Lock()
+
+
+def _traced_split(config: PipelineConfig):
+    """`_split_group` as a `tf.function`, traced once per process for each shape of
+    config (input and output names, levels, widths): `flat_map` would otherwise trace it
+    again for every dataset built, 11 ms of every epoch that builds one (paired epochs of
+    the reference file 0.91x with the trace kept)."""
+    import tensorflow as tf
+
+    key = (tuple((name, s.level, len(s.columns)) for name, s in config.inputs.items()),
+           tuple((name, s.level) for name, s in config.outputs.items()))
+    with _TRACED_LOCK:
+        if key not in _TRACED:
+            _TRACED[key] = tf.function(_split_group(config),
+                                       input_signature=_group_spec(config))
+        return _TRACED[key]
 
 
 def _split_group(config: PipelineConfig):
