@@ -88,7 +88,8 @@ def group_sequences(source: SourceTable, config: PipelineConfig,
     if table.num_rows == 0:
         raise DataError(f"no sequences: {source.where} has no rows")
     if config.source.layout == "long":
-        ids, offsets, columns, dropped = _group_long(table, config, source.where, with_inputs)
+        ids, offsets, columns, dropped = _group_long(table, config, source.where, with_inputs,
+                                                     source.id_starts)
     else:
         ids, offsets, columns, dropped = _group_nested(table, config, source.where,
                                                        with_inputs)
@@ -107,7 +108,7 @@ def sequence_lengths(source: SourceTable, config: PipelineConfig) -> tuple[np.nd
     id_name = config.source.id_column
     check_no_nulls(source.table[id_name], "source.id_column", id_name, source.where)
     ids = source.table[id_name].combine_chunks()
-    starts = id_runs(ids)
+    starts = source.id_starts if source.id_starts is not None else id_runs(ids)
     if starts is not None:
         lengths = np.diff(np.append(starts, len(ids)))
         return ids.take(pa.array(starts)).to_numpy(zero_copy_only=False), lengths
@@ -178,12 +179,13 @@ def check_no_nulls(column: pa.ChunkedArray, key: str, name: str, where: str) -> 
                         f"every row needs one")
 
 
-def _group_long(table: pa.Table, config: PipelineConfig, where: str, with_inputs: bool):
+def _group_long(table: pa.Table, config: PipelineConfig, where: str, with_inputs: bool,
+                id_starts: Optional[np.ndarray] = None):
     id_name, time_name = config.source.id_column, config.source.time_column
     check_no_nulls(table[id_name], "source.id_column", id_name, where)
     if time_name:
         check_no_nulls(table[time_name], "source.time_column", time_name, where)
-    table, starts, repeated = _sorted_by_id_and_time(table, id_name, time_name)
+    table, starts, repeated = _sorted_by_id_and_time(table, id_name, time_name, id_starts)
     offsets = np.append(starts, table.num_rows).astype(np.int64)
     sequence_ids = table[id_name].take(pa.array(starts)).to_numpy(zero_copy_only=False)
     if repeated:
@@ -200,12 +202,14 @@ def _group_long(table: pa.Table, config: PipelineConfig, where: str, with_inputs
     return sequence_ids, offsets, columns, 0
 
 
-def _sorted_by_id_and_time(table: pa.Table, id_name: str, time_name):
+def _sorted_by_id_and_time(table: pa.Table, id_name: str, time_name,
+                           id_starts: Optional[np.ndarray] = None):
     """The table sorted by id, then time (the table itself when it already is), where each
-    sequence begins in it, and whether a time repeats within a sequence."""
+    sequence begins in it, and whether a time repeats within a sequence. `id_starts`: the
+    id runs, when already found (None: look)."""
     from seqpipe.runs import ASCENDING, REPEATED, UNSORTED
 
-    starts = id_runs(table[id_name])
+    starts = id_starts if id_starts is not None else id_runs(table[id_name])
     order = ASCENDING
     if starts is not None and time_name:
         order = _time_order(table[time_name], starts)

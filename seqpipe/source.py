@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-from typing import Any
+from typing import Any, Optional
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
@@ -40,6 +41,9 @@ class SourceTable:
     table: pa.Table
     where: str  # names the source in error messages: a path, or "the in-memory data"
     files: tuple[str, ...]
+    # Where each run of equal ids begins, when a stream found it already (rows sorted by
+    # id); None: not known.
+    id_starts: Optional[np.ndarray] = dataclasses.field(default=None, compare=False)
 
 
 def column_roles(config: PipelineConfig) -> list[ColumnRole]:

@@ -149,7 +149,7 @@ def _chunks(order: StreamOrder, config: PipelineConfig, schema: pa.Schema, in_pi
             pool: concurrent.futures.ThreadPoolExecutor,
             pending: "collections.deque") -> Iterator[SourceTable]:
     parts, id_name = order.parts, config.source.id_column
-    long_layout = config.source.layout == "long"
+    long_layout = config.source.layout == "long" and id_name is not None
     waiting = []  # rows of a sequence that began in an earlier row group
     for k, part in enumerate(parts):
         table = pending.popleft().result()
@@ -157,8 +157,11 @@ def _chunks(order: StreamOrder, config: PipelineConfig, schema: pa.Schema, in_pi
             pending.append(pool.submit(read_part, parts[k + READ_AHEAD], schema))
         following = parts[k + 1] if k + 1 < len(parts) else None
         goes_on = long_layout and following is not None and following.first == part.last
+        # Where each sequence begins, found once per row group and kept through the cuts
+        # below and into grouping (four passes over the ids before).
+        starts = _id_starts(table, id_name) if long_layout else None
         if waiting:
-            head, table = _split(table, id_name, part.first, at_start=True)
+            head, table, starts = _split(table, starts, id_name, part.first, at_start=True)
             waiting.append(head)
             if table.num_rows == 0 and goes_on:
                 continue
@@ -170,13 +173,22 @@ def _chunks(order: StreamOrder, config: PipelineConfig, schema: pa.Schema, in_pi
                 yield SourceTable(spanning, part.where, (part.file,))
             waiting = []
         if goes_on:
-            table, tail = _split(table, id_name, part.last, at_start=False)
+            table, tail, starts = _split(table, starts, id_name, part.last, at_start=False)
             waiting = [tail]
         if order.bounds is not None and not order.bounds.holds_all(part.first, part.last):
             table = _within(table, order.bounds, id_name)
+            starts = _id_starts(table, id_name) if long_layout else None
         if table.num_rows:
-            for piece in _pieces(table, config) if long_layout and in_pieces else [table]:
-                yield SourceTable(piece, part.where, (part.file,))
+            pieces = (_pieces(table, starts) if long_layout and in_pieces
+                      else [(table, starts)])
+            for piece, piece_starts in pieces:
+                yield SourceTable(piece, part.where, (part.file,), piece_starts)
+
+
+def _id_starts(table: pa.Table, id_name: str) -> Optional[np.ndarray]:
+    """Where each run of equal ids begins, when the ids are sorted and not null; else None."""
+    ids = table[id_name]
+    return None if ids.null_count else id_runs(ids)
 
 
 # A row group sorted by id is handed on in pieces of about this many rows, cut between
@@ -184,21 +196,18 @@ def _chunks(order: StreamOrder, config: PipelineConfig, schema: pa.Schema, in_pi
 PIECE_ROWS = 1 << 17
 
 
-def _pieces(table: pa.Table, config: PipelineConfig) -> list:
-    """Zero-copy slices of `table`, each of whole sequences, when its ids are sorted."""
-    if table.num_rows <= 2 * PIECE_ROWS:
-        return [table]
-    ids = table[config.source.id_column]
-    starts = None if ids.null_count else id_runs(ids)
-    if starts is None:
-        return [table]  # rows of one sequence may be anywhere in the row group
-    starts = starts[1:]
-    if not len(starts):
-        return [table]  # one sequence: nothing to cut between
-    cuts = np.unique(starts[np.minimum(np.searchsorted(
-        starts, np.arange(PIECE_ROWS, table.num_rows, PIECE_ROWS)), len(starts) - 1)])
+def _pieces(table: pa.Table, starts: Optional[np.ndarray]) -> list:
+    """Zero-copy slices of `table`, each of whole sequences, when its ids are sorted (their
+    run `starts` known), each with its own run starts."""
+    if table.num_rows <= 2 * PIECE_ROWS or starts is None or len(starts) < 2:
+        return [(table, starts)]  # small, unsorted, or one sequence: nothing to cut
+    inner = starts[1:]
+    cuts = np.unique(inner[np.minimum(np.searchsorted(
+        inner, np.arange(PIECE_ROWS, table.num_rows, PIECE_ROWS)), len(inner) - 1)])
     edges = np.concatenate([[0], cuts, [table.num_rows]])
-    return [table.slice(a, b - a) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    at = np.searchsorted(starts, edges)
+    return [(table.slice(a, b - a), starts[i:j] - a)
+            for a, b, i, j in zip(edges[:-1], edges[1:], at[:-1], at[1:]) if b > a]
 
 
 def _within(table: pa.Table, bounds: Optional[IdBounds], id_name: str) -> pa.Table:
@@ -216,21 +225,25 @@ def _within(table: pa.Table, bounds: Optional[IdBounds], id_name: str) -> pa.Tab
     return table if keep is None else table.filter(keep)
 
 
-def _split(table: pa.Table, id_name: str, value: Any, at_start: bool) -> tuple[pa.Table, pa.Table]:
-    """Splits off the rows whose id is `value`: (those rows, the rest) when `at_start`, else
-    (the rest, those rows). Rows sorted by id make this a zero-copy slice."""
+def _split(table: pa.Table, starts: Optional[np.ndarray], id_name: str, value: Any,
+           at_start: bool) -> tuple:
+    """Splits off the rows whose id is `value`: (those rows, the rest, the rest's run starts)
+    when `at_start`, else (the rest, those rows, the rest's run starts). Rows sorted by id
+    (`starts` known) make this a zero-copy slice."""
     ids = table[id_name]
-    starts = None if ids.null_count else id_runs(ids)
     if starts is not None and len(starts):  # sorted: the rows of `value` are the edge run
         row = 0 if at_start else int(starts[-1])
         run = int(np.append(starts, len(ids))[1]) if at_start else len(ids) - row
         count = run if ids[row].as_py() == value else 0
         edge = table.slice(0, count) if at_start else table.slice(table.num_rows - count)
         rest = table.slice(count) if at_start else table.slice(0, table.num_rows - count)
+        if count:
+            starts = starts[1:] - count if at_start else starts[:-1]
     else:
         match = pc.equal(ids, pa.scalar(value, ids.type))
         edge, rest = table.filter(match), table.filter(pc.invert(match))
-    return (edge, rest) if at_start else (rest, edge)
+        starts = None if starts is None else _id_starts(rest, id_name)
+    return (edge, rest, starts) if at_start else (rest, edge, starts)
 
 
 def ordered_map(function, items: Iterable, ahead: int = READ_AHEAD) -> Iterator:

@@ -117,6 +117,27 @@ def test_big_row_groups_are_handed_on_in_pieces_of_whole_sequences(tmp_path, mon
                                                           "shuffle.seed": 2}), table), epoch)
 
 
+@pytest.mark.parametrize("row_group_size", [7, 50, 600], ids=lambda n: f"rg{n}")
+def test_the_id_runs_a_chunk_carries_are_those_of_its_rows(tmp_path, monkeypatch,
+                                                           row_group_size):
+    """The stream finds id runs once per row group and shifts them through its cuts
+    (sequences spanning row groups, pieces); each chunk's must be its own rows' runs."""
+    from seqpipe import stream
+    from seqpipe.sequences import id_runs
+
+    path = write(tmp_path / "d.parquet", _by_id(long_table(LENGTHS)),
+                 row_group_size=row_group_size)
+    monkeypatch.setattr(stream, "PIECE_ROWS", 40)
+    pipeline = Pipeline(_config(path))
+    carried = 0
+    for chunk in stream.stream_chunks(pipeline._stream, pipeline.config,
+                                      pipeline._files.schema, in_pieces=True):
+        if chunk.id_starts is not None:
+            np.testing.assert_array_equal(chunk.id_starts, id_runs(chunk.table["id"]))
+            carried += 1
+    assert carried >= 3
+
+
 def test_a_row_group_of_one_long_sequence_is_handed_on_whole(tmp_path, monkeypatch):
     from seqpipe import stream
 
