@@ -230,7 +230,7 @@ def _cut(pool, pool_buckets, sizes, rng):
         size = int(sizes[pool_buckets[a]])
         count = (b - a) // size
         skip = int(rng.integers(b - a - count * size + 1))
-        full += np.split(pool[a + skip:a + skip + count * size], count) if count else []
+        full += list(pool[a + skip:a + skip + count * size].reshape(count, size))  # rows: views
         rest.append(np.concatenate([pool[a:a + skip], pool[a + skip + count * size:b]]))
     return full, rest
 
@@ -240,7 +240,7 @@ def _in_order(buckets, sizes):
     for bucket in np.unique(buckets):
         members = np.flatnonzero(buckets == bucket)
         size = int(sizes[bucket])
-        batches += np.split(members, np.arange(size, len(members), size))
+        batches += [members[i:i + size] for i in range(0, len(members), size)]
     full = [b for b in batches if len(b) == sizes[buckets[b[0]]]]
     left = [b for b in batches if len(b) < sizes[buckets[b[0]]]]
     full.sort(key=lambda b: b[-1])  # a batch goes out when its last sequence arrives

@@ -400,7 +400,7 @@ class Pipeline:
         size = int(self._batch_sizes(np.zeros(len(kept), dtype=np.int64))[0])
         order = (np.random.default_rng(0).permutation(len(kept))
                  if self.config.shuffle.buffer_size else np.arange(len(kept)))
-        blind = np.split(order, np.arange(size, len(kept), size))
+        blind = [order[i:i + size] for i in range(0, len(kept), size)]
         return Report(
             source=where, files=files, rows=index.rows, sequences=len(lengths),
             timesteps=int(lengths.sum()),
