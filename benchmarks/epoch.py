@@ -1,6 +1,6 @@
 """One epoch of variable-length sequences from Parquet to padded batches, six ways.
 
-    python benchmarks/epoch.py            # everything (about 10 minutes on 2 cores)
+    python benchmarks/epoch.py            # everything (about 15 minutes on 2 cores)
     python benchmarks/epoch.py --quick    # skips the two slow baselines and the 5x file
 
 The reference data (seeded): 50 k sequences, lengths lognormal (median 89, mean 124,

@@ -233,7 +233,10 @@ def _split(table: pa.Table, starts: Optional[np.ndarray], id_name: str, value: A
     ids = table[id_name]
     if starts is not None and len(starts):  # sorted: the rows of `value` are the edge run
         row = 0 if at_start else int(starts[-1])
-        run = int(np.append(starts, len(ids))[1]) if at_start else len(ids) - row
+        if at_start:
+            run = int(starts[1]) if len(starts) > 1 else len(ids)
+        else:
+            run = len(ids) - row
         count = run if ids[row].as_py() == value else 0
         edge = table.slice(0, count) if at_start else table.slice(table.num_rows - count)
         rest = table.slice(count) if at_start else table.slice(0, table.num_rows - count)

@@ -66,7 +66,11 @@ def sample_weight(mode: str, valid: np.ndarray, mean_valid_per_batch: float = 0.
         if valid.ndim == 1:
             return _scaled(valid, valid.size, np.count_nonzero(valid), out)
         return _per_sequence(valid, out)
-    raise ValueError(f"weights mode must be one of {MODES}; got {mode!r}")
+    raise _unknown(mode)
+
+
+def _unknown(mode: str) -> ValueError:
+    return ValueError(f"weights mode must be one of {MODES}; got {mode!r}")
 
 
 def batch_weights(mode: str, valid: np.ndarray, start: np.ndarray, rows: np.ndarray,
@@ -83,7 +87,7 @@ def batch_weights(mode: str, valid: np.ndarray, start: np.ndarray, rows: np.ndar
     which scales each sequence, goes batch by batch.
     """
     if mode not in MODES:
-        raise ValueError(f"weights mode must be one of {MODES}; got {mode!r}")
+        raise _unknown(mode)
     elements = rows if steps is None else rows * steps
     if mode == "sequence_mean" and steps is not None:
         for a, b, t in zip(start.tolist(), rows.tolist(), steps.tolist()):

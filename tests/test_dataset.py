@@ -26,19 +26,22 @@ def _as_numpy(element):
     return tf.nest.map_structure(lambda t: t.numpy(), element)
 
 
+def _assert_same_batches(got: list, expected: list) -> None:
+    """Dataset elements (as NumPy) against the NumPy pipeline's batches."""
+    assert len(got) == len(expected)
+    for (x, y, weights), batch in zip(got, expected):
+        for name in batch.x:
+            np.testing.assert_array_equal(x[name], batch.x[name])
+        for name in batch.y:
+            np.testing.assert_array_equal(y[name], batch.y[name])
+            np.testing.assert_array_equal(weights[name], batch.sample_weight[name])
+
+
 def test_each_pass_is_one_epoch_equal_to_the_numpy_batches():
     pipeline = Pipeline(_config(), long_table(LENGTHS))
     dataset = build_dataset(pipeline)
     for epoch in (0, 1):
-        expected = list(pipeline.batches(epoch))
-        got = [_as_numpy(e) for e in dataset]
-        assert len(got) == len(expected)
-        for (x, y, weights), batch in zip(got, expected):
-            for name in batch.x:
-                np.testing.assert_array_equal(x[name], batch.x[name])
-            for name in batch.y:
-                np.testing.assert_array_equal(y[name], batch.y[name])
-                np.testing.assert_array_equal(weights[name], batch.sample_weight[name])
+        _assert_same_batches([_as_numpy(e) for e in dataset], list(pipeline.batches(epoch)))
 
 
 def test_element_spec_and_cardinality():
@@ -235,13 +238,7 @@ def test_batch_functions_run_in_the_callers_thread_with_the_public_map_as_fallba
     pipeline = Pipeline(_config(), long_table(LENGTHS))
     public = [_as_numpy(e) for e in build_dataset(pipeline)]
     assert len(seqpipe_dataset._TRACED) == 1
-    numpy_batches = list(pipeline.batches(0))
-    assert len(public) == len(numpy_batches)
-    for (x, y, weights), batch in zip(public, numpy_batches):
-        for name in batch.x:
-            np.testing.assert_array_equal(x[name], batch.x[name])
-        for name in batch.y:
-            np.testing.assert_array_equal(weights[name], batch.sample_weight[name])
+    _assert_same_batches(public, list(pipeline.batches(0)))
 
 
 def test_the_batch_cutting_function_is_traced_once_for_each_shape_of_config():
