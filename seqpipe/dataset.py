@@ -10,7 +10,7 @@ import itertools
 import os
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -67,45 +67,63 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
         pipeline = sharded_pipeline(config, input_context, data=data, split=split)
     import tensorflow as tf
 
-    config, epochs = pipeline.config, itertools.count()
-
-    def pieces(epoch):
-        for group in pipeline.groups(epoch):
-            yield (_cuts(group.table, config),) + _flat(group)
-
-    # The first epoch starts reading and assembling now, while TensorFlow builds the
-    # dataset and its iterator (0.15 s of a 1.3 s epoch of the reference file): its first
-    # batches are ready that much sooner. It holds what a running epoch holds, and stops
-    # when the dataset is deleted unread.
-    warm = [Background(pieces(0))]
-
-    def one_epoch():
-        epoch = next(epochs)
-        producer = warm.pop() if warm else None
-        if producer is None or producer.stopped:
-            producer = Background(pieces(epoch))
-        # A group of no batches goes first. TensorFlow sets up its per-group machinery (the
-        # function that cuts a group into batches) on the first group it sees, 20-40 ms;
-        # with this one it does so while the first real group is still being assembled.
-        yield _no_batches(config)
-        yield from producer
-
+    config, epochs = pipeline.config, _Epochs(pipeline)
     # A generator element is an assembly group of batches, not one batch: crossing from
     # Python into tf.data costs about a millisecond per element, more than padding a batch.
-    groups = tf.data.Dataset.from_generator(one_epoch, output_signature=_group_spec(config))
+    groups = tf.data.Dataset.from_generator(epochs, output_signature=_group_spec(config))
     dataset = groups.prefetch(1).flat_map(_traced_split(config))
     # Every epoch has the same number of batches (bucket sizes do not change), and saying
     # so lets Keras show progress from the first epoch instead of warning at its end.
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(
         pipeline.report.batches_per_epoch))
     dataset = dataset.prefetch(2).with_options(_options())
-    weakref.finalize(dataset, _stop_all, warm)
+    weakref.finalize(dataset, epochs.close)
     return dataset
 
 
-def _stop_all(producers: list) -> None:
-    for producer in producers:
-        producer.stop()
+class _Epochs:
+    """The generator function `from_generator` calls at the start of every epoch.
+
+    TensorFlow keeps every generator function it is given for the life of the process
+    (it ties them to the global graph, tensorflow/tensorflow#57690), and with it whatever
+    the function refers to. This one lets go of its pipeline, and the memory its index and
+    plans hold, when the dataset is deleted (`close`): building a dataset for every fold or
+    every epoch then does not keep every earlier pipeline. Datasets made from this one, and
+    iterators over them, keep it alive while they are in use.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline: Optional[Pipeline] = pipeline
+        self._count = itertools.count()
+        # The first epoch starts reading and assembling now, while TensorFlow builds the
+        # dataset and its iterator (0.15 s of a 1.3 s epoch of the reference file): its
+        # first batches are ready that much sooner. It holds what a running epoch holds,
+        # and stops when the dataset is deleted unread.
+        self._warm: Optional[Background] = Background(self._pieces(pipeline, 0))
+
+    def __call__(self) -> Iterator[tuple]:
+        pipeline, epoch = self._pipeline, next(self._count)
+        if pipeline is None:
+            raise RuntimeError("this seqpipe dataset was deleted: keep a reference to the "
+                               "dataset (or to one made from it) while iterating it")
+        producer, self._warm = self._warm, None
+        if producer is None or producer.stopped:
+            producer = Background(self._pieces(pipeline, epoch))
+        # A group of no batches goes first. TensorFlow sets up its per-group machinery (the
+        # function that cuts a group into batches) on the first group it sees, 20-40 ms;
+        # with this one it does so while the first real group is still being assembled.
+        yield _no_batches(pipeline.config)
+        yield from producer
+
+    @staticmethod
+    def _pieces(pipeline: Pipeline, epoch: int) -> Iterator[tuple]:
+        for group in pipeline.groups(epoch):
+            yield (_cuts(group.table, pipeline.config),) + _flat(group)
+
+    def close(self) -> None:
+        if self._warm is not None:
+            self._warm.stop()
+        self._warm = self._pipeline = None
 
 
 def _options():

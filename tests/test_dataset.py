@@ -3,6 +3,7 @@
 import gc
 import threading
 import time
+import weakref
 
 import keras
 import numpy as np
@@ -201,6 +202,38 @@ def test_the_first_epoch_starts_at_once_and_stops_if_the_dataset_is_deleted_unre
     while len(_producers()) > before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(_producers()) == before
+
+
+def test_a_deleted_dataset_lets_go_of_its_pipeline():
+    """TensorFlow keeps every function given to from_generator for the life of the process
+    (tensorflow/tensorflow#57690); the pipeline, with its index and plans, must not be kept
+    with it, or a dataset built per fold or per epoch keeps every earlier one."""
+    pipelines = [Pipeline(_config(), long_table(LENGTHS)) for _ in range(3)]
+    kept = [weakref.ref(p) for p in pipelines]
+    for pipeline in pipelines:
+        for _ in build_dataset(pipeline):
+            pass
+    del pipelines, pipeline
+    gc.collect()
+    assert [ref() for ref in kept] == [None, None, None]
+
+
+def test_an_iterator_or_a_derived_dataset_keeps_the_pipeline_while_in_use():
+    """The pipeline goes with the last thing that can still iterate it, not with the
+    variable the user built the dataset into."""
+    pipeline = Pipeline(_config(), long_table(LENGTHS))
+    expected = list(pipeline.batches(0))
+    kept = weakref.ref(pipeline)
+    iterator = iter(build_dataset(pipeline))
+    derived = build_dataset(pipeline).map(lambda x, y, w: (x, y, w))
+    del pipeline
+    gc.collect()
+    _assert_same_batches([_as_numpy(e) for e in iterator], expected)
+    _assert_same_batches([_as_numpy(e) for e in derived], expected)
+    assert kept() is not None  # `derived` can still be iterated
+    del iterator, derived
+    gc.collect()
+    assert kept() is None
 
 
 def test_batch_functions_run_in_the_callers_thread_with_the_public_map_as_fallback(
