@@ -27,10 +27,13 @@ from seqpipe.errors import DataError
 from seqpipe.sequences import id_runs
 from seqpipe.source import SourceFiles, SourceTable
 
-# Row groups read ahead of the one being grouped, and the threads reading them. pyarrow
-# decodes in its own thread pool too; two parts in flight keep both cores busy while the
-# consumer pads.
-READ_AHEAD = 2
+# Rows read ahead of the row group being grouped: as many row groups as fit, and at least
+# one, read READ_THREADS at a time. A big row group (pyarrow writes a million rows to one)
+# is read while the last is grouped, and pyarrow decodes its columns in its own threads;
+# small ones, as from a directory of many small files, are read several files at once.
+# Two big row groups ahead held 60-100 MB more (decoded columns, and the compressed ones
+# being decoded) and were no faster: paired epochs of the reference file 0.97x with one.
+READ_AHEAD_ROWS = 1 << 20
 READ_THREADS = 2
 
 
@@ -139,22 +142,43 @@ def stream_chunks(order: StreamOrder, config: PipelineConfig, schema: pa.Schema,
     The first row groups are read from the moment this is called, not from the first
     chunk asked for: an epoch's planning then overlaps its first reads.
     """
-    pool = _threads("read", READ_THREADS)
-    pending = collections.deque(pool.submit(read_part, p, schema)
-                                for p in order.parts[:READ_AHEAD])
-    return _chunks(order, config, schema, in_pieces, pool, pending)
+    reads = _ReadAhead(order.parts, schema)
+    return _chunks(order, config, in_pieces, reads)
 
 
-def _chunks(order: StreamOrder, config: PipelineConfig, schema: pa.Schema, in_pieces: bool,
-            pool: concurrent.futures.ThreadPoolExecutor,
-            pending: "collections.deque") -> Iterator[SourceTable]:
+class _ReadAhead:
+    """Reads `parts` in order, `READ_AHEAD_ROWS` ahead of the one taken last."""
+
+    def __init__(self, parts: tuple, schema: pa.Schema) -> None:
+        self._parts, self._schema = parts, schema
+        self._pool = _threads("read", READ_THREADS)
+        self._pending: collections.deque = collections.deque()  # (rows, future)
+        self._next = 0
+        self._top_up()
+
+    def take(self) -> pa.Table:
+        """The next part's table, once read; the reads after it are started first."""
+        future = self._pending.popleft()[1]
+        self._top_up()
+        return future.result()
+
+    def _top_up(self) -> None:
+        ahead = sum(rows for rows, _ in self._pending)
+        while self._next < len(self._parts) and (
+                not self._pending or ahead + self._parts[self._next].rows <= READ_AHEAD_ROWS):
+            part = self._parts[self._next]
+            self._pending.append((part.rows, self._pool.submit(read_part, part, self._schema)))
+            ahead += part.rows
+            self._next += 1
+
+
+def _chunks(order: StreamOrder, config: PipelineConfig, in_pieces: bool,
+            reads: _ReadAhead) -> Iterator[SourceTable]:
     parts, id_name = order.parts, config.source.id_column
     long_layout = config.source.layout == "long" and id_name is not None
     waiting = []  # rows of a sequence that began in an earlier row group
     for k, part in enumerate(parts):
-        table = pending.popleft().result()
-        if k + READ_AHEAD < len(parts):
-            pending.append(pool.submit(read_part, parts[k + READ_AHEAD], schema))
+        table = reads.take()
         following = parts[k + 1] if k + 1 < len(parts) else None
         goes_on = long_layout and following is not None and following.first == part.last
         # Where each sequence begins, found once per row group and kept through the cuts
@@ -249,7 +273,7 @@ def _split(table: pa.Table, starts: Optional[np.ndarray], id_name: str, value: A
     return (edge, rest, starts) if at_start else (rest, edge, starts)
 
 
-def ordered_map(function, items: Iterable, ahead: int = READ_AHEAD) -> Iterator:
+def ordered_map(function, items: Iterable, ahead: int = 1) -> Iterator:
     """`map(function, items)` run `ahead` items ahead in threads, results in order: NumPy
     and Arrow release the GIL for whole-column work, so grouping the next chunk overlaps
     with padding this one. A result is handed on as soon as it is ready, before the next
@@ -289,13 +313,13 @@ class Background:
     and the producer is never stalled waiting for the consumer to ask. `stop` ends the
     thread early; iterating a stopped producer raises RuntimeError.
 
-    The default depth holds a whole shuffle window's groups, which all finish at once (5
-    with the reference file's defaults): the producer goes on to the next window instead
-    of waiting for the consumer to take them. That holds up to one window's groups more
-    than a depth of 2 (tens of MB), and made epochs 4 % faster (12 pairs in one process).
+    A shuffle window's groups all finish at once (5 with the reference file's defaults),
+    and every group waiting here holds its padded batches (about 10 MB each there). A depth
+    of 4 was as fast as 8 (paired epochs of the reference file 0.99x) and, with one big row
+    group read ahead instead of two, peaked about 120 MB lower on the 5x file.
     """
 
-    def __init__(self, items: Iterable, depth: int = 8) -> None:
+    def __init__(self, items: Iterable, depth: int = 4) -> None:
         self._queue: "collections.deque" = collections.deque()
         self._ready = threading.Condition()
         self._stop = threading.Event()

@@ -79,16 +79,63 @@ def test_an_epoch_starts_reading_before_it_plans_and_before_its_first_chunk_is_a
         return plan(self, epoch)
 
     monkeypatch.setattr(Pipeline, "plan", planning)
+    monkeypatch.setattr(stream, "READ_AHEAD_ROWS", 100)  # two row groups of 50 rows
     chunks = pipeline.chunks()
     deadline = time.monotonic() + 10
-    while len(started) < stream.READ_AHEAD and time.monotonic() < deadline:
+    while len(started) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert sorted(started) == list(range(stream.READ_AHEAD))  # nothing asked for yet
+    time.sleep(0.1)  # a third read, were one started, would show by now
+    assert sorted(started) == [0, 1]  # nothing asked for yet
     assert sum(len(chunk) for _, chunk in chunks) == len(LENGTHS)
     started.clear()
     groups = pipeline.groups(1)
     next(groups)
     assert planned[0], "the epoch was planned before any row group was read"
+
+
+@pytest.mark.parametrize("budget", [40, 150, 10_000])
+def test_reads_run_ahead_by_rows_several_small_files_at_once(tmp_path, monkeypatch, budget):
+    """Row groups are read ahead of the one being grouped up to `READ_AHEAD_ROWS` rows, at
+    least one: small files are read two at a time (`READ_THREADS`), a row group bigger than
+    the budget is read alone, while the last one is grouped."""
+    from seqpipe import stream
+
+    table = _by_id(long_table(LENGTHS))
+    for k, first in enumerate(range(0, table.num_rows, 50)):  # files of 50 rows, sorted
+        write(tmp_path / f"part-{k:02d}.parquet", table.slice(first, 50), row_group_size=50)
+    files = len(list(tmp_path.iterdir()))
+    pipeline = Pipeline(_config(str(tmp_path)))
+    assert pipeline.report.streamed
+    running, most, ahead, lock = [0], [0], [], __import__("threading").Lock()
+    read = stream.read_part
+
+    def slow_read(part, schema):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return read(part, schema)
+
+    monkeypatch.setattr(stream, "read_part", slow_read)
+    monkeypatch.setattr(stream, "READ_AHEAD_ROWS", budget)
+    take = stream._ReadAhead.take
+
+    def counting_take(self):
+        table = take(self)
+        ahead.append(sum(rows for rows, _ in self._pending))  # rows read ahead of it
+        return table
+
+    monkeypatch.setattr(stream._ReadAhead, "take", counting_take)
+    assert sum(len(chunk) for _, chunk in pipeline.chunks()) == len(LENGTHS)
+    assert len(ahead) == files
+    # Rows read ahead once the first file is taken: one file past a budget smaller than a
+    # file, three files of 50 within 150, all the rest within 10,000.
+    assert ahead[0] == {40: 50, 150: 150}.get(budget, table.num_rows - 50)
+    assert max(ahead) <= max(budget, 50)
+    if budget > 50:
+        assert most[0] == stream.READ_THREADS  # files read side by side
 
 
 @pytest.mark.parametrize("order", ["sorted by id", "shuffled within each row group"])
