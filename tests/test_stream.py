@@ -138,6 +138,22 @@ def test_reads_run_ahead_by_rows_several_small_files_at_once(tmp_path, monkeypat
         assert most[0] == stream.READ_THREADS  # files read side by side
 
 
+def test_local_files_are_read_without_pre_buffering_other_filesystems_keep_it(tmp_path):
+    """pyarrow's `pre_buffer` reads all of a row group's compressed bytes before decoding
+    any: made for object stores, for a local file it only holds memory."""
+    import pyarrow.dataset as ds
+    import pyarrow.fs as fs
+
+    from seqpipe import stream
+
+    write(tmp_path / "d.parquet", _by_id(long_table(LENGTHS)))
+    local = next(ds.dataset(str(tmp_path / "d.parquet")).get_fragments())
+    assert stream._scan_options(local).pre_buffer is False
+    other = fs.SubTreeFileSystem(str(tmp_path), fs.LocalFileSystem())  # not LocalFileSystem
+    elsewhere = next(ds.dataset("d.parquet", filesystem=other).get_fragments())
+    assert stream._scan_options(elsewhere) is None
+
+
 @pytest.mark.parametrize("order", ["sorted by id", "shuffled within each row group"])
 def test_big_row_groups_are_handed_on_in_pieces_of_whole_sequences(tmp_path, monkeypatch,
                                                                     order):
