@@ -14,7 +14,10 @@ untimed calls), and the ratio is taken against that, because absolute times on s
 machines are noisy. Each approach likewise runs one untimed epoch first: a process's first
 epoch also pays one-time costs (loading compiled code, TensorFlow's first use of its ops);
 the table shows that first epoch too. Times are medians of `--repeats` further runs.
-Padding waste is padded timesteps / all timesteps of the emitted batches.
+Padding waste is padded timesteps / all timesteps of the emitted batches. Peak memory is
+resident memory above what the process used after importing TensorFlow, taken for each
+epoch on its own (the kernel's record of the peak is reset before each) and reported as
+the median over the timed epochs, with the largest of all, warm-up included, beside it.
 """
 
 from __future__ import annotations
@@ -187,15 +190,19 @@ def run_one(name: str, path: Path, repeats: int) -> dict:
     tf.constant(0)  # TensorFlow's start-up is not the pipeline's
     build = APPROACHES[name][0]
     baseline = _rss_mb()
-    times, padded = [], 0
+    times, peaks, padded = [], [], 0
     for _ in range(repeats + 1):  # the first is the untimed warm-up, reported apart
+        each_epoch = _reset_peak()
         start = time.perf_counter()
         padded = 0
         for batch in build(path):
             padded += int(np.prod(_first(batch).shape[:2]))
         times.append(time.perf_counter() - start)
+        peaks.append(_peak_mb() - baseline)
     first, times = times[0], times[1:]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline
+    # Each epoch's own peak, median over the timed ones, as for times; where the kernel
+    # cannot reset its record, the process's peak stands for every epoch.
+    peak = statistics.median(peaks[1:]) if each_epoch else max(peaks)
     lengths = _lengths(path)
     real = int(np.minimum(lengths, MAXLEN).sum())
     # read_table is slow for its first few calls after the approach (0.6 s, then 0.4, 0.3,
@@ -209,8 +216,8 @@ def run_one(name: str, path: Path, repeats: int) -> dict:
         pq.read_table(path)
         reads.append(time.perf_counter() - start)
     return {"seconds": statistics.median(times), "read_table": statistics.median(reads),
-            "padding": 1 - real / padded, "peak_mb": peak, "runs": times, "reads": reads,
-            "first_seconds": first}
+            "padding": 1 - real / padded, "peak_mb": peak, "largest_peak_mb": max(peaks),
+            "peaks": peaks, "runs": times, "reads": reads, "first_seconds": first}
 
 
 def _first(batch):
@@ -221,6 +228,27 @@ def _first(batch):
 def _lengths(path: Path) -> np.ndarray:
     ids = pq.read_table(path, columns=["id"])["id"].to_numpy()
     return np.unique(ids, return_counts=True)[1]
+
+
+def _reset_peak() -> bool:
+    """Resets the kernel's record of this process's peak resident memory (Linux: 5 written
+    to /proc/self/clear_refs), so that the next epoch's peak is its own. False where it
+    cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_mb() -> float:
+    """Peak resident memory since the last `_reset_peak` (or the process's start), MB."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _rss_mb() -> float:
@@ -322,14 +350,16 @@ def print_table(results: dict, lstm: dict, args) -> None:
           f"warm-up run")
     print()
     print("| approach | one epoch, s | x read_table (same process) | padding waste | "
-          "peak memory, MB | first epoch in the process, s |")
+          "peak memory, MB: median epoch (largest, warm-up included) | "
+          "first epoch in the process, s |")
     print("|---|---|---|---|---|---|")
     print(f"| pyarrow.parquet.read_table (warm cache), median over the processes | "
           f"{statistics.median(r['read_table'] for r in results.values()):.2f} | 1.0 | - | - "
           f"| - |")
     for name, r in results.items():
         print(f"| {name} | {r['seconds']:.2f} | {r['seconds'] / r['read_table']:.2f} | "
-              f"{r['padding']:.1%} | {r['peak_mb']:,.0f} | {r['first_seconds']:.2f} |")
+              f"{r['padding']:.1%} | {r['peak_mb']:,.0f} ({r['largest_peak_mb']:,.0f}) | "
+              f"{r['first_seconds']:.2f} |")
     print()
     print(f"LSTM(32), one training epoch over {args.lstm_sequences:,} sequences: batches "
           f"padded to maxlen {lstm['maxlen']:.1f} s, seqpipe's batches {lstm['seqpipe']:.1f} s"
