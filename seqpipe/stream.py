@@ -33,8 +33,9 @@ from seqpipe.source import SourceFiles, SourceTable
 # one, read READ_THREADS at a time. A big row group (pyarrow writes a million rows to one)
 # is read while the last is grouped, and pyarrow decodes its columns in its own threads;
 # small ones, as from a directory of many small files, are read several files at once.
-# Two big row groups ahead held 60-100 MB more (decoded columns, and the compressed ones
-# being decoded) and were no faster: paired epochs of the reference file 0.97x with one.
+# One big row group ahead instead of two was no slower (paired epochs of the reference
+# file 0.97x), and with `Background`'s queue of 4 groups instead of 8 the 5x file's peak
+# fell from 721-806 MB to 639-699 MB (separate processes, 3 each).
 READ_AHEAD_ROWS = 1 << 20
 READ_THREADS = 2
 
@@ -318,7 +319,8 @@ class Background:
     A shuffle window's groups all finish at once (5 with the reference file's defaults),
     and every group waiting here holds its padded batches (about 10 MB each there). A depth
     of 4 was as fast as 8 (paired epochs of the reference file 0.99x) and, with one big row
-    group read ahead instead of two, peaked about 120 MB lower on the 5x file.
+    group read ahead instead of two (`READ_AHEAD_ROWS`), peaked 80-110 MB lower on the 5x
+    file.
     """
 
     def __init__(self, items: Iterable, depth: int = 4) -> None:

@@ -5,6 +5,7 @@ import logging
 import os
 import re
 import signal
+import threading
 import time
 
 import numpy as np
@@ -106,7 +107,7 @@ def test_reads_run_ahead_by_rows_several_small_files_at_once(tmp_path, monkeypat
     files = len(list(tmp_path.iterdir()))
     pipeline = Pipeline(_config(str(tmp_path)))
     assert pipeline.report.streamed
-    running, most, ahead, lock = [0], [0], [], __import__("threading").Lock()
+    running, most, ahead, lock = [0], [0], [], threading.Lock()
     read = stream.read_part
 
     def slow_read(part, schema):
