@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from seqpipe import DataError, Pipeline, load_config
+from seqpipe import DataError, Pipeline, batching, load_config
 from seqpipe.batching import auto_boundaries, bucket_of, padding_waste
 from tests.conftest import base_config, long_table, raw_sequences
 
@@ -85,6 +85,43 @@ def test_auto_boundaries_cut_padding():
 def test_auto_boundaries_need_no_buckets_for_equal_lengths():
     assert auto_boundaries(np.full(100, 7)) == ()
     assert auto_boundaries(np.array([2, 2, 2, 100, 100])) == (3,)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_auto_boundaries_are_the_fewest_buckets_within_the_gain_of_the_best(seed):
+    """Against every way to cut a few distinct lengths into buckets: the padding of the
+    chosen buckets is the least for their number, and no fewer buckets come within
+    `AUTO_BUCKET_GAIN` of the best padding."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.choice(rng.choice(np.arange(1, 200), 7, replace=False), 40)
+    values = np.unique(lengths)
+
+    def padding(bounds):
+        bucket = np.searchsorted(np.asarray(bounds, dtype=np.int64), lengths, side="right")
+        return sum(int(lengths[bucket == b].max()) * int((bucket == b).sum()) -
+                   int(lengths[bucket == b].sum()) for b in np.unique(bucket))
+
+    least = {}  # buckets -> least padding over every cut
+    for k in range(min(len(values), batching.MAX_AUTO_BUCKETS)):
+        least[k + 1] = min(padding([int(values[i]) + 1 for i in cut])
+                           for cut in itertools.combinations(range(len(values) - 1), k))
+    best = min(least.values())
+    enough = best + batching.AUTO_BUCKET_GAIN * (int(lengths.sum()) + best)
+    chosen = auto_boundaries(lengths)
+    assert len(chosen) + 1 == min(k for k, p in least.items() if p <= enough)
+    assert padding(chosen) == least[len(chosen) + 1]
+
+
+def test_auto_boundaries_are_solved_once_for_the_same_lengths(monkeypatch):
+    lengths = np.random.default_rng(3).integers(1, 300, 1000)
+    solved = []
+    solve = batching._solve_boundaries
+    monkeypatch.setattr(batching, "_solve_boundaries",
+                        lambda values: solved.append(1) or solve(values))
+    first = auto_boundaries(lengths)
+    assert auto_boundaries(lengths.copy()) == first  # the same lengths: not solved again
+    auto_boundaries(lengths[:-1])  # other lengths: solved
+    assert len(solved) == 2
 
 
 def test_padding_waste_counts_padded_over_all_timesteps():
