@@ -97,8 +97,8 @@ def test_an_epoch_starts_reading_before_it_plans_and_before_its_first_chunk_is_a
 @pytest.mark.parametrize("budget", [40, 150, 10_000])
 def test_reads_run_ahead_by_rows_several_small_files_at_once(tmp_path, monkeypatch, budget):
     """Row groups are read ahead of the one being grouped up to `READ_AHEAD_ROWS` rows, at
-    least one: small files are read two at a time (`READ_THREADS`), a row group bigger than
-    the budget is read alone, while the last one is grouped."""
+    least one: small files are read two at a time (`READ_THREADS`); with a budget smaller
+    than a row group, one row group is read ahead."""
     from seqpipe import stream
 
     table = _by_id(long_table(LENGTHS))
