@@ -236,6 +236,17 @@ def test_an_iterator_or_a_derived_dataset_keeps_the_pipeline_while_in_use():
     assert kept() is None
 
 
+def test_an_epoch_asked_of_a_deleted_dataset_says_to_keep_a_reference():
+    """Only a copy of the dataset TensorFlow made from its graph can still ask once the
+    dataset is deleted; it gets a message, not an AttributeError on None."""
+    from seqpipe.dataset import _Epochs
+
+    epochs = _Epochs(Pipeline(_config(), long_table(LENGTHS)))
+    epochs.close()
+    with pytest.raises(RuntimeError, match="dataset was deleted: keep a reference"):
+        next(epochs())
+
+
 def test_batch_functions_run_in_the_callers_thread_with_the_public_map_as_fallback(
         monkeypatch):
     """The per-batch function runs without TensorFlow's inter-op pool (10 % of an epoch's
