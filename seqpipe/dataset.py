@@ -70,13 +70,17 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
     config, epochs = pipeline.config, _Epochs(pipeline)
     # A generator element is an assembly group of batches, not one batch: crossing from
     # Python into tf.data costs about a millisecond per element, more than padding a batch.
+    # Groups are prefetched; batches are not. Cutting a batch out of its group is a few
+    # slices, cheaper than handing it over from a prefetch thread: without a prefetch of
+    # batches an epoch of the reference file took 7-9 % less CPU and 4-7 % less time
+    # (paired epochs in one process, both orders).
     groups = tf.data.Dataset.from_generator(epochs, output_signature=_group_spec(config))
     dataset = groups.prefetch(1).flat_map(_traced_split(config))
     # Every epoch has the same number of batches (bucket sizes do not change), and saying
     # so lets Keras show progress from the first epoch instead of warning at its end.
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(
         pipeline.report.batches_per_epoch))
-    dataset = dataset.prefetch(2).with_options(_options())
+    dataset = dataset.with_options(_options())
     weakref.finalize(dataset, epochs.close)
     return dataset
 
