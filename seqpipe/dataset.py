@@ -67,34 +67,46 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
         pipeline = sharded_pipeline(config, input_context, data=data, split=split)
     import tensorflow as tf
 
-    config, epochs = pipeline.config, _Epochs(pipeline)
-    # A generator element is an assembly group of batches, not one batch: crossing from
-    # Python into tf.data costs about a millisecond per element, more than padding a batch.
-    # Groups are prefetched; batches are not. Cutting a batch out of its group is a few
-    # slices, cheaper than handing it over from a prefetch thread: without a prefetch of
-    # batches an epoch of the reference file took 7-9 % less CPU and 4-7 % less time
-    # (paired epochs in one process, both orders).
-    groups = tf.data.Dataset.from_generator(epochs, output_signature=_group_spec(config))
-    dataset = groups.prefetch(1).flat_map(_traced_split(config))
+    config, token = pipeline.config, next(_TOKENS)
+    _LIVE[token] = _Epochs(pipeline)
+    # The dataset's functions are traced once per shape of config and told which dataset's
+    # epochs to read by a token; see `_traced_groups`.
+    dataset = tf.data.Dataset.from_tensors(np.int64(token)).flat_map(_traced_groups(config))
     # Every epoch has the same number of batches (bucket sizes do not change), and saying
     # so lets Keras show progress from the first epoch instead of warning at its end.
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(
         pipeline.report.batches_per_epoch))
     dataset = dataset.with_options(_options())
-    weakref.finalize(dataset, epochs.close)
+    # The pipeline goes with the dataset. Datasets made from this one, and iterators over
+    # them, keep it alive while they are in use.
+    weakref.finalize(dataset, _forget, token)
     return dataset
 
 
-class _Epochs:
-    """The generator function `from_generator` calls at the start of every epoch.
+# The epochs of every dataset alive, by the token its graph holds.
+_LIVE: dict = {}
+_TOKENS = itertools.count()
 
-    TensorFlow keeps every generator function it is given for the life of the process
-    (it ties them to the global graph, tensorflow/tensorflow#57690), and with it whatever
-    the function refers to. This one lets go of its pipeline, and the memory its index and
-    plans hold, when the dataset is deleted (`close`): building a dataset for every fold or
-    every epoch then does not keep every earlier pipeline. Datasets made from this one, and
-    iterators over them, keep it alive while they are in use.
-    """
+
+def _forget(token: int) -> None:
+    epochs = _LIVE.pop(token, None)
+    if epochs is not None:
+        epochs.close()
+
+
+def _epochs_of(token) -> Iterator[tuple]:
+    """The generator `from_generator` calls at the start of every epoch of every dataset
+    (with the dataset's token): the one TensorFlow keeps for the life of the process."""
+    epochs = _LIVE.get(int(token))
+    if epochs is None:
+        raise RuntimeError("this seqpipe dataset was deleted: keep a reference to the "
+                           "dataset (or to one made from it) while iterating it")
+    return epochs()
+
+
+class _Epochs:
+    """One dataset's epochs: each call yields the next epoch's groups, as `_group_spec`
+    has them. `close` stops a first epoch nobody read and lets go of the pipeline."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline: Optional[Pipeline] = pipeline
@@ -107,9 +119,6 @@ class _Epochs:
 
     def __call__(self) -> Iterator[tuple]:
         pipeline, epoch = self._pipeline, next(self._count)
-        if pipeline is None:
-            raise RuntimeError("this seqpipe dataset was deleted: keep a reference to the "
-                               "dataset (or to one made from it) while iterating it")
         producer, self._warm = self._warm, None
         if producer is None or producer.stopped:
             producer = Background(self._pieces(pipeline, epoch))
@@ -225,19 +234,35 @@ _TRACED: dict = {}
 _TRACED_LOCK = threading.Lock()
 
 
-def _traced_split(config: PipelineConfig):
-    """`_split_group` as a `tf.function`, traced once per process for each shape of
-    config (input and output names, levels, widths): `flat_map` would otherwise trace it
-    again for every dataset built, 11 ms of every epoch that builds one (paired epochs of
-    the reference file 0.91x with the trace kept)."""
+def _traced_groups(config: PipelineConfig):
+    """The dataset of one epoch's batches, from a dataset's token, as a `tf.function`
+    traced once per process for each shape of config (input and output names, levels,
+    widths).
+
+    Built afresh for every dataset, `from_generator` and `flat_map` traced five functions,
+    40-60 ms of CPU each time (and a dataset is built for every epoch in the benchmark).
+    TensorFlow also keeps every generator function it is given for the life of the process
+    (it ties them to the global graph, tensorflow/tensorflow#57690), with whatever the
+    function refers to; here that is one function (`_epochs_of`) per shape of config, and
+    a dataset's pipeline goes when the dataset does."""
     import tensorflow as tf
 
     key = (tuple((name, s.level, len(s.columns)) for name, s in config.inputs.items()),
            tuple((name, s.level) for name, s in config.outputs.items()))
     with _TRACED_LOCK:
         if key not in _TRACED:
-            _TRACED[key] = tf.function(_split_group(config),
-                                       input_signature=_group_spec(config))
+            spec, split = _group_spec(config), _split_group(config)
+
+            def epoch(token):
+                groups = tf.data.Dataset.from_generator(_epochs_of, args=(token,),
+                                                        output_signature=spec)
+                # Groups are prefetched; batches are not. Cutting a batch out of its group
+                # is a few slices, cheaper than handing it over from a prefetch thread:
+                # without a prefetch of batches an epoch of the reference file took 6-9 %
+                # less CPU and 1-7 % less time (paired epochs in one process, both orders).
+                return groups.prefetch(1).flat_map(split)
+
+            _TRACED[key] = tf.function(epoch, input_signature=[tf.TensorSpec((), tf.int64)])
         return _TRACED[key]
 
 

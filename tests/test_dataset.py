@@ -238,13 +238,17 @@ def test_an_iterator_or_a_derived_dataset_keeps_the_pipeline_while_in_use():
 
 def test_an_epoch_asked_of_a_deleted_dataset_says_to_keep_a_reference():
     """Only a copy of the dataset TensorFlow made from its graph can still ask once the
-    dataset is deleted; it gets a message, not an AttributeError on None."""
-    from seqpipe.dataset import _Epochs
+    dataset is deleted; it gets a message, not a KeyError."""
+    from seqpipe import dataset as seqpipe_dataset
 
-    epochs = _Epochs(Pipeline(_config(), long_table(LENGTHS)))
-    epochs.close()
+    dataset = build_dataset(Pipeline(_config(), long_table(LENGTHS)))
+    token = max(seqpipe_dataset._LIVE)
+    next(iter(seqpipe_dataset._epochs_of(token)))  # the dataset's own epochs, while alive
+    del dataset
+    gc.collect()
+    assert token not in seqpipe_dataset._LIVE
     with pytest.raises(RuntimeError, match="dataset was deleted: keep a reference"):
-        next(epochs())
+        seqpipe_dataset._epochs_of(token)
 
 
 def test_batch_functions_run_in_the_callers_thread_with_the_public_map_as_fallback(
@@ -285,18 +289,19 @@ def test_batch_functions_run_in_the_callers_thread_with_the_public_map_as_fallba
     _assert_same_batches(public, list(pipeline.batches(0)))
 
 
-def test_the_batch_cutting_function_is_traced_once_for_each_shape_of_config():
-    """Tracing it for every dataset cost 11 ms an epoch; configs that differ only in what
-    does not change the function (here shuffle and batch size) share one trace."""
+def test_the_dataset_functions_are_traced_once_for_each_shape_of_config():
+    """Tracing them for every dataset cost 40-60 ms an epoch; configs that differ only in
+    what does not change the functions (here shuffle and batch size) share one trace."""
     from seqpipe import dataset as seqpipe_dataset
 
     first = _config()
     other = _config(**{"batching.batch_size": 3, "shuffle.seed": 4})
-    traced = seqpipe_dataset._traced_split(first)
+    traced = seqpipe_dataset._traced_groups(first)
     for config in (first, other, first):
-        batches = list(build_dataset(Pipeline(config, long_table(LENGTHS))))
-        assert len(batches) == Pipeline(config, long_table(LENGTHS)).report.batches_per_epoch
-    assert seqpipe_dataset._traced_split(other) is traced
+        pipeline = Pipeline(config, long_table(LENGTHS))
+        _assert_same_batches([_as_numpy(e) for e in build_dataset(pipeline)],
+                             list(pipeline.batches(0)))
+    assert seqpipe_dataset._traced_groups(other) is traced
     assert traced.experimental_get_tracing_count() == 1
     narrower = load_config(base_config(None), {"inputs.steps.columns": ["x"]})
-    assert seqpipe_dataset._traced_split(narrower) is not traced
+    assert seqpipe_dataset._traced_groups(narrower) is not traced
