@@ -13,7 +13,8 @@ also times `pyarrow.parquet.read_table` of the same file (in its steady state, a
 untimed calls), and the ratio is taken against that, because absolute times on shared
 machines are noisy. Each approach likewise runs one untimed epoch first: a process's first
 epoch also pays one-time costs (loading compiled code, TensorFlow's first use of its ops);
-the table shows that first epoch too. Times are medians of `--repeats` further runs.
+the table shows that first epoch too. Times are medians of `--repeats` further runs (three
+times as many for an approach whose epoch, after the warm-up, takes under 3 s).
 Padding waste is padded timesteps / all timesteps of the emitted batches. Peak memory is
 resident memory above what the process used after importing TensorFlow, taken for each
 epoch on its own (the kernel's record of the peak is reset before each) and reported as
@@ -179,9 +180,17 @@ APPROACHES = {
 }
 
 
+# An approach whose first timed epoch takes less than this many seconds times
+# FAST_REPEATS times as many epochs: a median of three one-second epochs moves with this
+# machine's second-to-second speed, and more cost little.
+QUICK_SECONDS = 3.0
+FAST_REPEATS = 3
+
+
 def run_one(name: str, path: Path, repeats: int) -> dict:
     """In a fresh process: the approach's epoch time, padding and peak memory, and
-    read_table of the same file, both as medians of `repeats` runs."""
+    read_table of the same file, both as medians of `repeats` runs (`FAST_REPEATS` times
+    as many for a quick approach)."""
     import logging
 
     import tensorflow as tf
@@ -190,8 +199,8 @@ def run_one(name: str, path: Path, repeats: int) -> dict:
     tf.constant(0)  # TensorFlow's start-up is not the pipeline's
     build = APPROACHES[name][0]
     baseline = _rss_mb()
-    times, peaks, padded = [], [], 0
-    for _ in range(repeats + 1):  # the first is the untimed warm-up, reported apart
+    times, peaks, padded, runs = [], [], 0, repeats
+    while len(times) <= runs:  # the first is the untimed warm-up, reported apart
         each_epoch = _reset_peak()
         start = time.perf_counter()
         padded = 0
@@ -199,6 +208,8 @@ def run_one(name: str, path: Path, repeats: int) -> dict:
             padded += int(np.prod(_first(batch).shape[:2]))
         times.append(time.perf_counter() - start)
         peaks.append(_peak_mb() - baseline)
+        if len(times) == 2 and times[1] < QUICK_SECONDS:
+            runs = FAST_REPEATS * repeats
     first, times = times[0], times[1:]
     # Each epoch's own peak, median over the timed ones, as for times; where the kernel
     # cannot reset its record, the process's peak stands for every epoch.
@@ -211,7 +222,7 @@ def run_one(name: str, path: Path, repeats: int) -> dict:
     for _ in range(3):
         pq.read_table(path)
     reads = []
-    for _ in range(max(5, repeats)):
+    for _ in range(max(5, runs)):
         start = time.perf_counter()
         pq.read_table(path)
         reads.append(time.perf_counter() - start)
@@ -352,7 +363,8 @@ def print_table(results: dict, lstm: dict, args) -> None:
     rows = pq.ParquetFile(DATA / "reference-50000.parquet").metadata.num_rows
     print(f"reference file: {rows:,} rows, 50,000 sequences, {len(FEATURES)} float features; "
           f"{os.cpu_count()} CPU cores; medians of {args.repeats} runs after one untimed "
-          f"warm-up run")
+          f"warm-up run ({FAST_REPEATS * args.repeats} runs where an epoch takes under "
+          f"{QUICK_SECONDS:g} s)")
     print()
     print("| approach | one epoch, s | x read_table (same process) | padding waste | "
           "peak memory, MB: median epoch (largest, warm-up included) | "
