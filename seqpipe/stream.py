@@ -316,11 +316,11 @@ class Background:
     and the producer is never stalled waiting for the consumer to ask. `stop` ends the
     thread early; iterating a stopped producer raises RuntimeError.
 
-    A shuffle window's groups all finish at once (5 with the reference file's defaults),
-    and every group waiting here holds its padded batches (about 10 MB each there). A depth
-    of 4 was as fast as 8 (paired epochs of the reference file 0.99x) and, with one big row
-    group read ahead instead of two (`READ_AHEAD_ROWS`), peaked 80-110 MB lower on the 5x
-    file.
+    A shuffle window's groups all finish at once (3 with the reference file's defaults),
+    and every group waiting here holds its padded batches (about 20 MB each there). With
+    groups half that size, a depth of 4 was as fast as 8 (paired epochs of the reference
+    file 0.99x) and, with one big row group read ahead instead of two (`READ_AHEAD_ROWS`),
+    peaked 80-110 MB lower on the 5x file.
     """
 
     def __init__(self, items: Iterable, depth: int = 4) -> None:
