@@ -240,7 +240,8 @@ def _traced_groups(config: PipelineConfig):
     widths).
 
     Built afresh for every dataset, `from_generator` and `flat_map` traced five functions,
-    40-60 ms of CPU each time (and a dataset is built for every epoch in the benchmark).
+    about 58 ms of the main thread's CPU each time (and the benchmark builds a dataset for
+    every epoch).
     TensorFlow also keeps every generator function it is given for the life of the process
     (it ties them to the global graph, tensorflow/tensorflow#57690), with whatever the
     function refers to; here that is one function (`_epochs_of`) per shape of config, and
@@ -258,7 +259,7 @@ def _traced_groups(config: PipelineConfig):
                                                         output_signature=spec)
                 # Groups are prefetched; batches are not. Cutting a batch out of its group
                 # is a few slices, cheaper than handing it over from a prefetch thread:
-                # without a prefetch of batches an epoch of the reference file took 6-9 %
+                # without a prefetch of batches an epoch of the reference file took 3-9 %
                 # less CPU and 1-7 % less time (paired epochs in one process, both orders).
                 return groups.prefetch(1).flat_map(split)
 
