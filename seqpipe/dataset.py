@@ -241,8 +241,7 @@ def _traced_groups(config: PipelineConfig):
 
     Built afresh for every dataset, `from_generator` and `flat_map` traced five functions,
     about 58 ms of the main thread's CPU each time (and the benchmark builds a dataset for
-    every epoch).
-    TensorFlow also keeps every generator function it is given for the life of the process
+    every epoch). TensorFlow also keeps every generator function it is given for the life of the process
     (it ties them to the global graph, tensorflow/tensorflow#57690), with whatever the
     function refers to; here that is one function (`_epochs_of`) per shape of config, and
     a dataset's pipeline goes when the dataset does."""

@@ -383,7 +383,7 @@ def _scan_options(fragment: Any) -> Optional[pads.ParquetFragmentScanOptions]:
     """Local files are read a column chunk at a time, not a whole row group's compressed
     bytes first (pyarrow's `pre_buffer`, made for object stores, where it is kept): a
     million-row row group of the reference file then peaks 30-60 MB lower in Arrow's pool,
-    as fast. Each of two reads in flight holds that much less."""
+    as fast. Every read in flight holds that much less."""
     if isinstance(fragment.filesystem, pafs.LocalFileSystem):
         return _LOCAL
     return None
