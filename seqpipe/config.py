@@ -101,6 +101,10 @@ class OutputConfig:
         check=_finite, rule="must be a finite number")
     weights: Optional[WeightMode] = _field(
         None, "This output's weight mode; null uses `weights.mode`.")
+    also_input: bool = _field(
+        False, "true lets the label column also feed an input (an autoencoder reconstructs "
+        "its input), with a warning; false refuses it, because a label fed to the model as a "
+        "feature is a leak.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,6 +251,12 @@ def _check_cross_fields(config: PipelineConfig) -> None:
     clash = set(config.inputs) & set(config.outputs)
     if clash:
         raise ConfigError(f"a name cannot be both an input and an output; got {sorted(clash)}")
+    if source.id_column and source.id_column == source.time_column:
+        raise ConfigError(
+            f"source.id_column and source.time_column are both {source.id_column!r}; the id "
+            f"says which rows form a sequence and the time orders them, so they must be "
+            f"different columns")
+    _check_label_leaks(config)
     keys = {c: "source.id_column" for c in [source.id_column] if c}
     for name, spec in config.inputs.items():
         if isinstance(spec.fill_value, Mapping):
@@ -273,6 +283,25 @@ def _check_cross_fields(config: PipelineConfig) -> None:
         raise ConfigError(
             f"batching.bucket_boundaries must not exceed padding.maxlen ({maxlen}), because "
             f"no sequence is longer than maxlen after truncation. Received: {list(boundaries)}")
+
+
+def _check_label_leaks(config: PipelineConfig) -> None:
+    """A label column that also feeds an input hands the model its answer."""
+    fed = {c: f"inputs.{name}.columns" for name, spec in config.inputs.items()
+           for c in spec.columns}
+    for name, spec in config.outputs.items():
+        if spec.column in fed and not spec.also_input:
+            raise ConfigError(
+                f"outputs.{name}.column {spec.column!r} is also in {fed[spec.column]}: the "
+                f"model would be fed the label it has to predict (a label leak). Use another "
+                f"column for the input or the label (a shifted copy, say), or set "
+                f"outputs.{name}.also_input: true if the model reconstructs its input.")
+
+
+def leaked_labels(config: PipelineConfig) -> list[str]:
+    """The outputs whose label column also feeds an input, as `also_input` allows."""
+    fed = {c for spec in config.inputs.values() for c in spec.columns}
+    return [name for name, spec in config.outputs.items() if spec.column in fed]
 
 
 def load_config(source: Union[str, os.PathLike, Mapping, PipelineConfig],
@@ -308,14 +337,50 @@ def load_config(source: Union[str, os.PathLike, Mapping, PipelineConfig],
     return _build(PipelineConfig, raw, "")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error:
+    PyYAML keeps the last, so a whole section written twice would vanish without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: PyYAML's own error says so
+                break
+            if first is not key_node:
+                raise ConfigError(
+                    f"key {key!r} appears twice in one mapping of config file "
+                    f"{key_node.start_mark.name!r}, on lines {first.start_mark.line + 1} "
+                    f"and {key_node.start_mark.line + 1}; YAML would keep only the last. "
+                    f"Merge the two into one.")
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path) -> dict:
+    name = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError as e:
-        raise SourceNotFoundError(f"config file not found: {os.fspath(path)!r}") from e
+        raise SourceNotFoundError(f"config file not found: {name!r}") from e
+    if data.startswith(b"PAR1"):
+        raise ConfigError(f"config file {name!r} is a Parquet file, not a YAML config; give "
+                          f"the YAML config here (seqpipe inspect reads Parquet files)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {name!r} is not UTF-8 text (byte {data[e.start]:#04x} "
+                          f"on line {data[:e.start].count(10) + 1}); save it as UTF-8 YAML") from e
+    loader = _UniqueKeyLoader(text)
+    loader.name = name  # for the line numbers of errors
+    try:
+        raw = loader.get_single_data()
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {os.fspath(path)!r} is not valid YAML: {e}") from e
+        raise ConfigError(f"config file {name!r} is not valid YAML: {e}") from e
+    finally:
+        loader.dispose()
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {os.fspath(path)!r} must hold a mapping of sections "
                           f"(source, inputs, outputs, ...); got {type(raw).__name__}")

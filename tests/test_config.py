@@ -166,6 +166,56 @@ def test_yaml_file_errors(tmp_path):
         load_config(bad)
 
 
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys: a whole section would vanish unseen."""
+    path = tmp_path / "c.yaml"
+    path.write_text("source: {layout: nested}\ninputs:\n  x: {columns: [a]}\n"
+                    "batching:\n  batch_size: 3\nbatching:\n  batch_size: 5\n")
+    with pytest.raises(ConfigError, match=r"^key 'batching' appears twice in one mapping of "
+                                          r"config file '.*c\.yaml', on lines 4 and 6; YAML "
+                                          r"would keep only the last"):
+        load_config(path)
+    path.write_text("inputs:\n  x: {columns: [a], columns: [b]}\n")
+    with pytest.raises(ConfigError, match=r"key 'columns' appears twice .* lines 2 and 2"):
+        load_config(path)
+
+
+def test_a_config_that_is_not_utf8_text_or_is_parquet_is_one_clear_error(tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("inputs:\n  caf\u00e9: {columns: [a]}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"config file '.*latin\.yaml' is not UTF-8 text "
+                                          r"\(byte 0xe9 on line 2\); save it as UTF-8"):
+        load_config(latin)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"a": [1.0]}), data)
+    with pytest.raises(ConfigError, match=r"config file '.*data\.parquet' is a Parquet file, "
+                                          r"not a YAML config"):
+        load_config(data)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"outputs.y.column": "x"},
+     r"^outputs\.y\.column 'x' is also in inputs\.steps\.columns: the model would be fed "
+     r"the label it has to predict \(a label leak\).*also_input: true"),
+    ({"outputs.died.column": "age"}, r"^outputs\.died\.column 'age' is also in "
+                                     r"inputs\.static\.columns"),
+    ({"source.time_column": "id"},
+     r"^source\.id_column and source\.time_column are both 'id'.*different columns"),
+], ids=["timestep-label-leak", "sequence-label-leak", "id-is-time"])
+def test_a_label_fed_as_input_and_an_id_used_as_time_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(base_config("x"), override)
+
+
+def test_also_input_lets_a_label_column_feed_an_input():
+    config = load_config(base_config("x"), {"outputs.y.column": "x",
+                                            "outputs.y.also_input": True})
+    assert config.outputs["y"].column == "x"
+
+
 def test_importing_and_loading_a_config_does_not_import_tensorflow(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(ISSUE_YAML)
