@@ -1,7 +1,7 @@
 """The `seqpipe` command. User mistakes print one line on stderr and exit 2, no traceback.
 
     seqpipe inspect PATH_OR_CONFIG [--plot FILE.png]
-    seqpipe validate CONFIG
+    seqpipe validate CONFIG [--data]
     seqpipe materialize CONFIG --out DIR [--overwrite] [--runner RUNNER [BEAM OPTIONS...]]
     seqpipe serve dispatcher --port P
     seqpipe serve worker --dispatcher HOST:P
@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import yaml
 
-from seqpipe.errors import ConfigError, SeqpipeError
+from seqpipe.errors import ConfigError, DataError, SeqpipeError
 
 
 def _override(text: str) -> tuple[str, object]:
@@ -65,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
         "(columns exist, types fit), and says whether the source will stream. Reads only "
         "the Parquet footers; does not import TensorFlow.")
     validate.add_argument("config", metavar="CONFIG", help="the YAML config")
+    validate.add_argument("--data", action="store_true",
+                          help="also read every value (about as long as an epoch) and report "
+                          "every problem reading would stop at: corrupt pages, null times, "
+                          "repeated times, NaN features without fill_value, conflicting "
+                          "per-sequence values, unequal nested lists, infinite labels")
 
     materialize = commands.add_parser(
         "materialize", parents=[overrides],
@@ -148,13 +153,24 @@ def _inspect(args, overrides: dict) -> None:
 
 
 def _validate(args, overrides: dict) -> None:
-    from seqpipe.validate import validate
+    from seqpipe.validate import validate, validate_data
 
     config = _config(args.config, overrides)
     print(f"config: {args.config}: every key known, every value within its rule")
     for line in validate(config):
         print(line)
-    print("valid (read nothing but the config and the Parquet footers)")
+    if not args.data:
+        print("valid (read nothing but the config and the Parquet footers)")
+        return
+    read, problems = validate_data(config)
+    for line in read:
+        print(line)
+    for problem in problems:
+        print(f"  problem: {problem}")
+    if problems:
+        raise DataError(f"{len(problems):,} problem{'s' if len(problems) != 1 else ''} in the "
+                        f"data, listed above; fix them and validate again")
+    print("valid (read every value)")
 
 
 def _materialize(args, overrides: dict, beam_options: list) -> None:

@@ -7,6 +7,7 @@ seqpipe or validating a config stays fast and TensorFlow-free.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 import weakref
@@ -17,10 +18,12 @@ import numpy as np
 
 from seqpipe.assemble import Group
 from seqpipe.config import PipelineConfig, load_config
-from seqpipe.errors import ConfigError
+from seqpipe.errors import ConfigError, SeqpipeError
 from seqpipe.pipeline import Pipeline
 from seqpipe.shard import Shard, per_replica
 from seqpipe.stream import Background
+
+logger = logging.getLogger("seqpipe")
 
 
 def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathLike],
@@ -130,8 +133,14 @@ class _Epochs:
 
     @staticmethod
     def _pieces(pipeline: Pipeline, epoch: int) -> Iterator[tuple]:
-        for group in pipeline.groups(epoch):
-            yield (_cuts(group.table, pipeline.config),) + _flat(group)
+        try:
+            for group in pipeline.groups(epoch):
+                yield (_cuts(group.table, pipeline.config),) + _flat(group)
+        except SeqpipeError as e:
+            # TensorFlow hands the error on as an InvalidArgumentError whose first line
+            # names its own function; the log says it first, as it happens.
+            logger.error("seqpipe: error in epoch %d, while reading: %s", epoch, e)
+            raise
 
     def close(self) -> None:
         if self._warm is not None:

@@ -21,7 +21,7 @@ import pyarrow as pa
 from seqpipe.assemble import Assembler, Group
 from seqpipe.batching import (EpochPlan, Windows, auto_boundaries, batch_sizes, bucket_of,
                               in_multiples, padding_waste, plan_epoch, truncate)
-from seqpipe.config import PipelineConfig, load_config
+from seqpipe.config import PipelineConfig, leaked_labels, load_config
 from seqpipe.errors import ConfigError, DataError
 from seqpipe.sequences import (Sequences, group_sequences, list_columns, sequence_lengths,
                                show_id)
@@ -162,6 +162,11 @@ class Pipeline:
                 "first batch of every replica to build the model, so seqpipe pads those to "
                 "batch_size x maxlen. Set padding.maxlen (the longest sequence you keep).")
         self.same_shape_first = same_shape_first
+        for name in leaked_labels(self.config):
+            logger.warning(
+                "seqpipe: outputs.%s.column %r also feeds an input (outputs.%s.also_input: "
+                "true): the model sees the labels it predicts", name,
+                self.config.outputs[name].column, name)
         self.split = check_part(split, self.config.split)
         self.shard = shard
         self._shard_by_hash = shard is not None  # unless whole row groups can be shared out
@@ -170,6 +175,7 @@ class Pipeline:
         self._records = records  # a materialized part (`seqpipe.materialized`)
         self._counted: Optional[dict] = None  # filled features and missing labels
         self._first_plan: Optional[EpochPlan] = None
+        self._unlabelled: set[str] = set()  # outputs already said to have no label at all
         if records is not None:
             share = records.share(shard) if shard is not None else None
             if share is not None:
@@ -185,6 +191,8 @@ class Pipeline:
         else:
             self._files = open_source(self.config)
             where, files = self._files.where, len(self._files.files)
+            self._warn_unlabelled(name for name, spec in self.config.outputs.items()
+                                  if spec.column in self._files.null_labels)
             order = stream_order(self._files, self.config)
             if order.whole_because is None:
                 if shard is not None:
@@ -385,6 +393,20 @@ class Pipeline:
         changes = [c for c in self.report.changes() if not fills_only or c.startswith("filled")]
         if changes:
             logger.warning("seqpipe %s; see Pipeline.report", "; ".join(changes))
+        self._warn_unlabelled(name for name, (missing, total) in
+                              (self.report.missing_labels or {}).items()
+                              if total and missing == total)
+
+    def _warn_unlabelled(self, outputs) -> None:
+        """Says once per output that none of its labels is present: all its weights are 0."""
+        for name in outputs:
+            if name not in self._unlabelled:
+                self._unlabelled.add(name)
+                logger.warning(
+                    "seqpipe: outputs.%s: every label in column %r is missing (null or NaN), "
+                    "so every weight of that output is 0 and it teaches the model nothing. "
+                    "Check the column, or drop the output.", name,
+                    self.config.outputs[name].column)
 
     def _mean_valid_per_batch(self, output: str, plan: EpochPlan) -> float:
         if output not in self._valid_counts or not plan.batches:

@@ -63,8 +63,8 @@ class GroupingCounts:
 
 
 def group_sequences(source: SourceTable, config: PipelineConfig,
-                    with_inputs: bool = True,
-                    chunk: bool = False) -> tuple[Sequences, GroupingCounts]:
+                    with_inputs: bool = True, chunk: bool = False,
+                    problems: Optional[list] = None) -> tuple[Sequences, GroupingCounts]:
     """Groups the source rows into sequences ordered by id, timesteps ordered by time.
 
     Args:
@@ -74,6 +74,9 @@ def group_sequences(source: SourceTable, config: PipelineConfig,
         `source` needs only those columns (and, nested, the first input list column).
       chunk: `source` is one chunk of a streamed source, which may hold only empty
         sequences; its features come as a tuple of columns rather than a matrix.
+      problems: None raises the first bad value; a list collects the value errors that
+        grouping can go on after (times, per-sequence values, ids, features, labels), so
+        that one pass finds them all (`seqpipe validate --data`).
 
     Returns:
       The sequences and the counts of what was filled or dropped.
@@ -89,15 +92,15 @@ def group_sequences(source: SourceTable, config: PipelineConfig,
         raise DataError(f"no sequences: {source.where} has no rows")
     if config.source.layout == "long":
         ids, offsets, columns, dropped = _group_long(table, config, source.where, with_inputs,
-                                                     source.id_starts)
+                                                     source.id_starts, problems)
     else:
         ids, offsets, columns, dropped = _group_nested(table, config, source.where,
-                                                       with_inputs)
+                                                       with_inputs, problems)
     if len(ids) == 0 and not chunk:
         raise DataError(f"no sequences: every sequence in {source.where} is empty")
     features, filled = ({}, {}) if not with_inputs else _features(
-        columns, ids, offsets, config, source.where, as_columns=chunk)
-    labels, present = _labels(columns, config, source.where)
+        columns, ids, offsets, config, source.where, chunk, problems)
+    labels, present = _labels(columns, config, source.where, problems)
     sequences = Sequences(ids, offsets, features, labels, present)
     return sequences, GroupingCounts(table.num_rows, dropped, filled)
 
@@ -179,8 +182,17 @@ def check_no_nulls(column: pa.ChunkedArray, key: str, name: str, where: str) -> 
                         f"every row needs one")
 
 
+def _found(problems: Optional[list], error: Optional[DataError]) -> None:
+    """Raises `error`, or keeps it in `problems` when they are collected."""
+    if error is None:
+        return
+    if problems is None:
+        raise error
+    problems.append(error)
+
+
 def _group_long(table: pa.Table, config: PipelineConfig, where: str, with_inputs: bool,
-                id_starts: Optional[np.ndarray] = None):
+                id_starts: Optional[np.ndarray], problems: Optional[list]):
     id_name, time_name = config.source.id_column, config.source.time_column
     check_no_nulls(table[id_name], "source.id_column", id_name, where)
     if time_name:
@@ -192,12 +204,14 @@ def _group_long(table: pa.Table, config: PipelineConfig, where: str, with_inputs
         times = table[time_name].to_numpy()
         new_sequence = np.zeros(table.num_rows, dtype=bool)
         new_sequence[starts] = True
-        _check_unique_times(times, new_sequence, sequence_ids, offsets, time_name, where)
+        _found(problems, _repeated_times(times, new_sequence, sequence_ids, offsets, time_name,
+                                         where))
     columns = {}
     for column, key, level in _value_columns(config, with_inputs):
         values = table[column].to_numpy()
         if level == "sequence":
-            values = _one_value_per_sequence(values, starts, sequence_ids, column, key, where)
+            values = _one_value_per_sequence(values, starts, sequence_ids, column, key, where,
+                                             problems)
         columns[column, level] = values
     return sequence_ids, offsets, columns, 0
 
@@ -221,16 +235,18 @@ def _sorted_by_id_and_time(table: pa.Table, id_name: str, time_name,
     return table, starts, order == REPEATED
 
 
-def _check_unique_times(times, new_sequence, sequence_ids, offsets, time_name, where) -> None:
+def _repeated_times(times, new_sequence, sequence_ids, offsets, time_name,
+                    where) -> Optional[DataError]:
     repeated = np.flatnonzero(~new_sequence[1:] & (times[1:] == times[:-1]))
     if len(repeated):
         row = repeated[0] + 1
         sequence = sequence_ids[np.searchsorted(offsets, row, side="right") - 1]
-        raise DataError(
+        return DataError(
             f"sequence {show_id(sequence)} has two rows at time {show_id(times[row])} "
             f"(source.time_column {time_name!r}) in {where}; each timestep needs one row. "
             f"{len(repeated):,} repeated (id, time) pairs in all. Deduplicate or aggregate "
             f"them before reading.")
+    return None
 
 
 def _value_columns(config: PipelineConfig, with_inputs: bool = True):
@@ -245,7 +261,8 @@ def _value_columns(config: PipelineConfig, with_inputs: bool = True):
             yield spec.column, f"outputs.{name}.column", spec.level
 
 
-def _one_value_per_sequence(values, starts, sequence_ids, column, key, where) -> np.ndarray:
+def _one_value_per_sequence(values, starts, sequence_ids, column, key, where,
+                            problems: Optional[list]) -> np.ndarray:
     # fmin/fmax skip NaN, so missing rows are fine; two different present values conflict.
     low = np.fmin.reduceat(values, starts)
     high = np.fmax.reduceat(values, starts)
@@ -253,21 +270,22 @@ def _one_value_per_sequence(values, starts, sequence_ids, column, key, where) ->
     conflicts = conflicts[~np.isnan(low[conflicts])]
     if len(conflicts):
         first = conflicts[0]
-        raise DataError(
+        _found(problems, DataError(
             f"column {column!r} ({key}, level: sequence) has two different values in sequence "
             f"{show_id(sequence_ids[first])} of {where}: {low[first]:g} and {high[first]:g}. "
             f"A per-sequence column must repeat one value on the rows of its sequence "
-            f"(missing rows are fine). {len(conflicts):,} sequences conflict.")
+            f"(missing rows are fine). {len(conflicts):,} sequences conflict."))
     return low
 
 
-def _group_nested(table: pa.Table, config: PipelineConfig, where: str, with_inputs: bool):
+def _group_nested(table: pa.Table, config: PipelineConfig, where: str, with_inputs: bool,
+                  problems: Optional[list]):
     id_name = config.source.id_column
     if id_name:
         check_no_nulls(table[id_name], "source.id_column", id_name, where)
         table = table.take(pc.sort_indices(table, sort_keys=[(id_name, "ascending")]))
         sequence_ids = table[id_name].to_numpy()
-        _check_unique_ids(sequence_ids, id_name, where)
+        _found(problems, _repeated_ids(sequence_ids, id_name, where))
     else:
         sequence_ids = np.arange(table.num_rows)
     lists = list_columns(config)
@@ -283,7 +301,10 @@ def _group_nested(table: pa.Table, config: PipelineConfig, where: str, with_inpu
         columns[column, "timestep"] = _flatten(table[column], lengths, offsets, column, key,
                                                may_be_null, reference, sequence_ids, where)
     if config.source.time_column:
-        _order_nested_by_time(columns, config.source.time_column, offsets, sequence_ids, where)
+        _found(problems, _missing_nested_times(table[config.source.time_column],
+                                               config.source.time_column, sequence_ids, where))
+        _found(problems, _order_nested_by_time(columns, config.source.time_column, offsets,
+                                               sequence_ids, where))
     keep = lengths > 0
     for column, _, level in _value_columns(config, with_inputs):
         if level == "sequence":
@@ -294,14 +315,15 @@ def _group_nested(table: pa.Table, config: PipelineConfig, where: str, with_inpu
     return sequence_ids, offsets, columns, int((~keep).sum())
 
 
-def _check_unique_ids(sequence_ids: np.ndarray, id_name: str, where: str) -> None:
+def _repeated_ids(sequence_ids: np.ndarray, id_name: str, where: str) -> Optional[DataError]:
     repeated = np.flatnonzero(sequence_ids[1:] == sequence_ids[:-1])
     if len(repeated):
-        raise DataError(
+        return DataError(
             f"sequence id {show_id(sequence_ids[repeated[0]])} (source.id_column {id_name!r}) "
             f"appears in more than one row of {where}; in the nested layout each sequence is "
             f"one row. {len(repeated):,} repeated ids in all. Use source.layout: long for one "
             f"row per timestep.")
+    return None
 
 
 def list_columns(config: PipelineConfig):
@@ -358,20 +380,38 @@ def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return (np.arange(total) - first[range_of] + starts[range_of]).astype(np.int64)
 
 
-def _order_nested_by_time(columns, time_name, offsets, sequence_ids, where) -> None:
-    """Sorts the timesteps of each sequence by time, in place in `columns`."""
+def _missing_nested_times(times: pa.ChunkedArray, time_name: str, sequence_ids: np.ndarray,
+                          where: str) -> Optional[DataError]:
+    """A null or NaN inside a time list has no place in its sequence's order."""
+    flat = pc.list_flatten(times)
+    missing = pc.is_null(flat, nan_is_null=True)
+    count = pc.sum(missing).as_py() or 0
+    if count:
+        rows = pc.filter(pc.list_parent_indices(times), missing).to_numpy()
+        return DataError(
+            f"source.time_column {time_name!r} has {count:,} null or NaN times inside the "
+            f"lists of {len(np.unique(rows)):,} sequences of {where}, first in sequence "
+            f"{show_id(sequence_ids[rows[0]])}; every timestep needs a time to be ordered "
+            f"by. Drop those timesteps or fill their times before reading.")
+    return None
+
+
+def _order_nested_by_time(columns, time_name, offsets, sequence_ids,
+                          where) -> Optional[DataError]:
+    """Sorts the timesteps of each sequence by time, in place in `columns`; returns the
+    error for a time that repeats in a sequence."""
     times = columns[time_name, "timestep"]
     sequence_of = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
     order = np.lexsort((times, sequence_of))
     new_sequence = np.concatenate([[True], sequence_of[1:] != sequence_of[:-1]])
-    _check_unique_times(times[order], new_sequence, sequence_ids, offsets, time_name, where)
     for key, values in columns.items():
         columns[key] = values[order]
+    return _repeated_times(times[order], new_sequence, sequence_ids, offsets, time_name, where)
 
 
-def _features(columns, ids, offsets, config, where, as_columns: bool = False):
+def _features(columns, ids, offsets, config, where, as_columns: bool, problems):
     if as_columns:
-        return _feature_columns(columns, config, where)
+        return _feature_columns(columns, config, where, problems)
     features, filled = {}, {}
     for name, spec in config.inputs.items():
         rows = len(ids) if spec.level == "sequence" else int(offsets[-1])
@@ -384,16 +424,16 @@ def _features(columns, ids, offsets, config, where, as_columns: bool = False):
             fills = [spec.fill_for(c) for c in spec.columns]
             unfilled = [j for j, n in enumerate(counts) if n and fills[j] is None]
             if unfilled:
-                raise _bad_feature_error(name, spec, counts, unfilled, bad, where)
+                _found(problems, _bad_feature_error(name, spec, counts, unfilled, bad, where))
             for j, column in enumerate(spec.columns):
-                if counts[j]:
+                if counts[j] and fills[j] is not None:
                     matrix[bad[:, j], j] = fills[j]
                     filled[f"inputs.{name}.{column}"] = int(counts[j])
         features[name] = matrix
     return features, filled
 
 
-def _feature_columns(columns, config, where):
+def _feature_columns(columns, config, where, problems):
     """Like `_features`, but each input as a tuple of its columns: no matrix is built, and
     columns read straight from Arrow are not copied unless a value has to be filled."""
     features, filled = {}, {}
@@ -405,9 +445,9 @@ def _feature_columns(columns, config, where):
             unfilled = [j for j, n in enumerate(counts) if n and fills[j] is None]
             if unfilled:
                 bad = ~np.isfinite(np.stack(values, axis=1))
-                raise _bad_feature_error(name, spec, counts, unfilled, bad, where)
+                _found(problems, _bad_feature_error(name, spec, counts, unfilled, bad, where))
             for j, column in enumerate(spec.columns):
-                if counts[j]:
+                if counts[j] and fills[j] is not None:
                     values[j] = np.where(np.isfinite(values[j]), values[j],
                                          np.float32(fills[j]))
                     filled[f"inputs.{name}.{column}"] = int(counts[j])
@@ -426,7 +466,7 @@ def _bad_feature_error(name, spec, counts, unfilled, bad, where) -> DataError:
         f"to replace them (they are counted in the report), or clean the data.")
 
 
-def _labels(columns, config, where):
+def _labels(columns, config, where, problems):
     from seqpipe.runs import fill_missing  # numba, imported when sequences are first grouped
 
     labels, present = {}, {}
@@ -434,9 +474,10 @@ def _labels(columns, config, where):
         labels[name], present[name], infinite = fill_missing(
             columns[spec.column, spec.level], spec.fill_value)
         if infinite:
-            raise DataError(
-                f"outputs.{name}: column {spec.column!r} has {infinite:,} infinite "
-                f"labels in {where}; a label must be finite, or null/NaN when missing")
+            _found(problems, DataError(
+                f"outputs.{name}: column {spec.column!r} has {infinite:,} infinite labels in "
+                f"{where} (or values beyond float32's range); a label must be finite, or "
+                f"null/NaN when missing"))
     return labels, present
 
 

@@ -11,16 +11,21 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from seqpipe import paths
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError, SourceNotFoundError
+from seqpipe.footers import (Checked, Fingerprint, check_footers, check_unchanged, fingerprint,
+                             range_error)
 
 _GLOB_CHARS = set("*?[")
 
@@ -76,10 +81,16 @@ class SourceFiles:
     dataset: pads.Dataset  # the files, with their hive partitioning
     where: str
     schema: pa.Schema  # the columns the config reads, with the types they are cast to
+    fingerprints: Mapping[str, Fingerprint] = dataclasses.field(default_factory=dict)
+    null_labels: tuple[str, ...] = ()  # label columns whose every value is null
 
     @property
     def files(self) -> tuple[str, ...]:
         return tuple(self.dataset.files)
+
+    def check_unchanged(self, path: str) -> None:
+        """Raises a DataError when the file at `path` is not the one this was opened on."""
+        check_unchanged(self.dataset.filesystem, path, self.fingerprints[path])
 
 
 def open_source(config: PipelineConfig) -> SourceFiles:
@@ -96,12 +107,74 @@ def open_source(config: PipelineConfig) -> SourceFiles:
     roles = column_roles(config)
     fragments = list(found.get_fragments())
     partition_fields = _partition_keys(found, fragments)
-    for fragment in fragments:
-        _check_schema(read_schema(fragment), roles, fragment.path, partition_fields)
+    schemas = [read_schema(fragment) for fragment in fragments]
+    for fragment, schema in zip(fragments, schemas):
+        _check_schema(schema, roles, fragment.path, partition_fields)
+    if config.source.id_column not in partition_fields:
+        _check_id_types(fragments, schemas, config.source.id_column)
+    _check_partition_values(fragments, roles, partition_fields)
+    null_labels = check_footers([
+        (fragment, [Checked(r.column, r.key, r.kind, schema.field(r.column).type)
+                    for r in roles if r.column not in partition_fields])
+        for fragment, schema in zip(fragments, schemas)])
+    fingerprints = {f.path: fingerprint(found.filesystem, f.path) for f in fragments}
     schema = _target_schema(found.schema, roles)
-    dataset = pads.dataset(found.files, schema=schema, format="parquet",
+    dataset = pads.dataset(found.files, schema=schema, format=PARQUET,
                            filesystem=found.filesystem, partitioning=found.partitioning)
-    return SourceFiles(dataset, config.source.path, schema)
+    return SourceFiles(dataset, config.source.path, schema, fingerprints,
+                       tuple(null_labels))
+
+
+# Pages written with a CRC (pyarrow's `write_page_checksum`, Spark, parquet-mr) are verified
+# as they are read: a corrupt page is an error rather than wrong values in a batch.
+CHECKSUMS = pads.ParquetFragmentScanOptions(page_checksum_verification=True)
+PARQUET = pads.ParquetFileFormat(default_fragment_scan_options=CHECKSUMS)
+
+
+def _check_id_types(fragments: list, schemas: list, id_name: Optional[str]) -> None:
+    """Ids of one kind in every file: '0' in one file and 0 in another would otherwise be
+    merged into one sequence, or fail to compare."""
+    if not id_name:
+        return
+    first = None
+    for fragment, schema in zip(fragments, schemas):
+        kind = _id_kind(schema.field(id_name).type)
+        if first is None:
+            first = (fragment.path, schema.field(id_name).type, kind)
+        elif kind != first[2]:
+            raise DataError(
+                f"source.id_column {id_name!r} is {first[1]} in {first[0]} but "
+                f"{schema.field(id_name).type} in {fragment.path}; every file must store "
+                f"its ids as one kind (all integers or all strings), or '0' and 0 would be "
+                f"taken for different sequences. Write the ids with one type.")
+
+
+def _id_kind(t: pa.DataType) -> str:
+    """Id types that compare equal across files: int32 and int64, string and large_string."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    for kind, test in (("integer", pa.types.is_integer), ("floating", pa.types.is_floating),
+                       ("string", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)
+                        or pa.types.is_string_view(t)),
+                       ("binary", lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t)
+                        or pa.types.is_binary_view(t) or pa.types.is_fixed_size_binary(t))):
+        if test(t):
+            return kind
+    return str(t)
+
+
+def _check_partition_values(fragments: list, roles: list, partition_fields: set) -> None:
+    """A hive partition key read as a number or time must be one in every folder name."""
+    for role in roles:
+        if role.column not in partition_fields or role.kind == "key":
+            continue
+        for fragment in fragments:
+            value = pads.get_partition_keys(fragment.partition_expression).get(role.column)
+            if value is not None and not _is_numeric_text(value):
+                raise DataError(
+                    f"hive partition key {role.column!r} ({role.key}) is {value!r} in the "
+                    f"folder of {fragment.path}; {role.key} must be {KIND_TEXT[role.kind]}. "
+                    f"Rename the folders, or leave the key out of {role.key}.")
 
 
 def source_schema(path: str) -> pa.Schema:
@@ -127,13 +200,34 @@ def read_source(config: PipelineConfig, data: Any = None) -> SourceTable:
         roles = column_roles(config)
         table = _as_table(data)
         _check_schema(table.schema, roles, "the in-memory data", set())
+        _check_ranges(table, roles)
         return SourceTable(_cast(table, roles), "the in-memory data", ())
     source = open_source(config)
     try:
         table = source.dataset.to_table(columns=list(source.schema.names))
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"could not read {source.where!r}: {e}") from e
+    for path in source.files:  # a file rewritten while it was read
+        source.check_unchanged(path)
     return SourceTable(table, source.where, source.files)
+
+
+def _check_ranges(table: pa.Table, roles: list[ColumnRole]) -> None:
+    """In-memory data has no footers: its feature and label values are checked whole."""
+    for role in roles:
+        if role.kind not in ("number", "list of numbers"):
+            continue
+        column = table[role.column]
+        if role.kind == "list of numbers":
+            column = pc.list_flatten(column)
+        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+            finite = column if pa.types.is_integer(column.type) else pc.filter(
+                column, pc.is_finite(column))
+            bounds = pc.min_max(finite)
+            error = range_error(role.column, role.key, "the in-memory data", column.type,
+                                bounds["min"].as_py(), bounds["max"].as_py())
+            if error is not None:
+                raise error
 
 
 def _as_table(data: Any) -> pa.Table:
@@ -153,7 +247,10 @@ def _open_dataset(path: str) -> pads.Dataset:
         files = [f for f in files if os.path.isfile(f)]
         if not files:
             raise SourceNotFoundError(f"source.path {path!r} matched no files")
-        return pads.dataset(files, format="parquet")
+        try:
+            return pads.dataset(files, format="parquet")
+        except (pa.ArrowException, OSError) as e:
+            raise _not_parquet(path, files) from e
     if not os.path.exists(path):
         raise SourceNotFoundError(
             f"source.path {path!r} does not exist (relative paths are relative to the "
@@ -192,6 +289,28 @@ def _directory_or_file(path: str, directory: bool, filesystem, where: str) -> pa
         raise SourceNotFoundError(f"source.path {where!r} is a directory with no Parquet "
                                   f"files")
     return dataset
+
+
+def _not_parquet(pattern: str, files: list[str]) -> DataError:
+    """The error for a glob that matched a file pyarrow cannot read as Parquet."""
+    for file in files:
+        try:
+            pq.read_metadata(file)
+        except (pa.ArrowException, OSError) as e:
+            return DataError(
+                f"source.path {pattern!r} matched {file}, which is not a Parquet file "
+                f"({' '.join(str(e).split())}). Narrow the pattern (to *.parquet, say) or "
+                f"move the file.")
+    return DataError(f"source.path {pattern!r}: the files it matched could not be opened "
+                     f"together as Parquet")
+
+
+def _is_numeric_text(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _partition_keys(dataset: pads.FileSystemDataset, fragments: list) -> set[str]:
@@ -265,6 +384,8 @@ def _fits(t: pa.DataType, kind: str) -> bool:
 
 
 def _target_type(kind: str, found: pa.DataType) -> pa.DataType:
+    if kind == "key" and pa.types.is_dictionary(found):
+        return found.value_type  # categorical ids sort by their values, not their codes
     if kind == "number":
         return pa.float32()
     if kind == "list of numbers":

@@ -27,7 +27,8 @@ import pyarrow.fs as pafs
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.sequences import id_runs
-from seqpipe.source import SourceFiles, SourceTable
+from seqpipe.footers import Fingerprint, check_unchanged
+from seqpipe.source import CHECKSUMS, SourceFiles, SourceTable
 
 # Rows read ahead of the row group being grouped: as many row groups as fit, and at least
 # one, read READ_THREADS at a time. A big row group (pyarrow writes a million rows to one)
@@ -50,6 +51,7 @@ class Part:
     rows: int
     first: Any = None
     last: Any = None
+    built_from: Optional[Fingerprint] = None  # the file as the index was built from it
 
     @property
     def where(self) -> str:
@@ -92,7 +94,8 @@ def stream_order(files: SourceFiles, config: PipelineConfig) -> StreamOrder:
         for piece in fragment.split_by_row_group():
             info = piece.row_groups[0]
             first, last = _id_range(info, id_name) if id_name else (None, None)
-            parts.append(Part(piece, fragment.path, info.id, info.num_rows, first, last))
+            parts.append(Part(piece, fragment.path, info.id, info.num_rows, first, last,
+                              files.fingerprints.get(fragment.path)))
     if not id_name:
         return StreamOrder(tuple(parts), None)
     unknown = next((p for p in parts if p.first is None and p.rows), None)
@@ -386,21 +389,32 @@ def _scan_options(fragment: Any) -> Optional[pads.ParquetFragmentScanOptions]:
     as fast. Every read in flight holds that much less."""
     if isinstance(fragment.filesystem, pafs.LocalFileSystem):
         return _LOCAL
-    return None
+    return CHECKSUMS
 
 
-_LOCAL = pads.ParquetFragmentScanOptions(pre_buffer=False)
+_LOCAL = pads.ParquetFragmentScanOptions(pre_buffer=False, page_checksum_verification=True)
 
 
 def read_part(part: Part, schema: pa.Schema) -> pa.Table:
     """Reads one row group as one Arrow chunk per column: pyarrow's default cuts it in
     batches of 128 k rows, and a piece of a sequence straddling two chunks has to be
-    copied before NumPy can see it (0.1 s an epoch of the reference file)."""
+    copied before NumPy can see it (0.1 s an epoch of the reference file).
+
+    The file is checked afterwards to be the one the index was built from: a rewrite,
+    before or during the read, is an error and not rows read under the old index."""
     try:
-        return part.fragment.to_table(schema=schema, columns=list(schema.names),
-                                      batch_size=max(part.rows, 1),
-                                      fragment_scan_options=_scan_options(part.fragment))
+        table = part.fragment.to_table(schema=schema, columns=list(schema.names),
+                                       batch_size=max(part.rows, 1),
+                                       fragment_scan_options=_scan_options(part.fragment))
     except (pa.ArrowException, OSError) as e:
+        _check_unchanged(part)
         detail = " ".join(str(e).split()).rstrip(".")
-        raise DataError(f"could not read {part.where}: {detail}. If the file was "
-                        f"rewritten since the pipeline was built, build it again.") from e
+        raise DataError(f"could not read {part.where}: {detail}. The file is corrupt or "
+                        f"unreadable; write it again.") from e
+    _check_unchanged(part)
+    return table
+
+
+def _check_unchanged(part: Part) -> None:
+    if part.built_from is not None:
+        check_unchanged(part.fragment.filesystem, part.file, part.built_from)

@@ -1,14 +1,20 @@
-"""Validate: checks a config against the data's schema from the Parquet footers alone.
+"""Validate: checks a config against the data's schema from the Parquet footers alone,
+and, asked to, every value of the data.
 
-Nothing but footers is read and TensorFlow is not imported: a config can be checked in a
-job's first second, before anything expensive starts.
+`validate` reads nothing but footers: a config can be checked in a job's first second,
+before anything expensive starts. `validate_data` reads every value, about as fast as an
+epoch, and reports every problem in one run. Neither imports TensorFlow.
 """
 
 from __future__ import annotations
 
+import pyarrow as pa
+
 from seqpipe.config import PipelineConfig
-from seqpipe.source import KIND_TEXT, column_roles, open_source, read_schema
-from seqpipe.stream import stream_order
+from seqpipe.errors import DataError
+from seqpipe.sequences import group_sequences
+from seqpipe.source import KIND_TEXT, SourceTable, column_roles, open_source, read_schema
+from seqpipe.stream import read_part, stream_order
 
 
 def validate(config: PipelineConfig) -> list[str]:
@@ -50,3 +56,50 @@ def validate(config: PipelineConfig) -> list[str]:
         lines.append(f"split by {config.source.id_column}: train {train:.0%}, validation "
                      f"{split.validation:.0%}, test {split.test:.0%} (seed {split.seed})")
     return lines
+
+
+def validate_data(config: PipelineConfig) -> tuple[list[str], list[str]]:
+    """Reads every value of the source, without TensorFlow, and finds every problem that
+    reading would raise one at a time: unreadable or corrupt pages, null or NaN ids and
+    times, repeated times, conflicting per-sequence values, unequal nested lists, NaN
+    features without `fill_value`, infinite labels.
+
+    A streamed source is checked a row group at a time, as an epoch reads it; a source
+    grouped whole is checked whole, as building groups it.
+
+    Returns:
+      (what was read, a line each; the problems found, a message each naming the file and
+      row group, with counts).
+    """
+    files = open_source(config)
+    order = stream_order(files, config)
+    problems: list = []
+    tables, rows = [], 0
+    for part in order.parts:
+        try:
+            table = read_part(part, files.schema)
+        except DataError as e:
+            problems.append(e)
+            continue
+        rows += table.num_rows
+        if order.whole_because is None:
+            _group(SourceTable(table, part.where, (part.file,)), config, problems)
+        else:
+            tables.append(table)
+    if tables:
+        _group(SourceTable(pa.concat_tables(tables), files.where, files.files), config,
+               problems)
+    how = ("a row group at a time, as it streams" if order.whole_because is None
+           else "whole, as it is grouped in memory")
+    read = [f"data: read every value of {len(order.parts):,} row groups, {rows:,} rows, {how}"]
+    return read, [str(p) for p in problems]
+
+
+def _group(source: SourceTable, config: PipelineConfig, problems: list) -> None:
+    """Groups `source`, keeping the problems found; one that stops grouping ends it."""
+    if not source.table.num_rows:
+        return
+    try:
+        group_sequences(source, config, chunk=True, problems=problems)
+    except DataError as e:
+        problems.append(e)

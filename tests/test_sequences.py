@@ -177,7 +177,8 @@ def test_infinite_labels_are_an_error():
     table = long_table([4, 3]).to_pandas()
     table.loc[2, "y"] = -np.inf
     with pytest.raises(DataError, match=r"outputs\.y: column 'y' has 1 infinite labels in the "
-                                        r"in-memory data; a label must be finite, or null/NaN"):
+                                        r"in-memory data \(or values beyond float32's range\); a label must "
+                                        r"be finite, or null/NaN"):
         Pipeline(base_config(None), table)
 
 
