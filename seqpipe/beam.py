@@ -85,11 +85,10 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
         raise ConfigError("materialize on Beam needs source.id_column: the rows of a sequence "
                           "are grouped by their id. Set source.id_column.")
     out = str(out).rstrip("/")
-    if paths.exists(out) and not overwrite:
-        raise DataError(f"{out} already exists; pass --overwrite (overwrite=True) to replace "
-                        f"it, or choose another --out")
+    paths.check_output(out, overwrite)
     files = open_source(config)
-    pieces = [Part(piece, fragment.path, piece.row_groups[0].id, piece.row_groups[0].num_rows)
+    pieces = [Part(piece, fragment.path, piece.row_groups[0].id, piece.row_groups[0].num_rows,
+                   built_from=files.fingerprints[fragment.path])
               for fragment in files.dataset.get_fragments()
               for piece in fragment.split_by_row_group() if piece.row_groups[0].num_rows]
     if not pieces:
@@ -103,20 +102,21 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
         pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args), runner=runner))
     except ValueError as e:  # Beam's word for a runner it does not know
         raise ConfigError(f"--runner {runner!r}: {' '.join(str(e).split())}") from e
-    temp = paths.temporary_beside(out)
-    for part in parts:
-        paths.makedirs(paths.join(temp, part))
-    try:
-        with pipeline as p:
-            _build(p, config, files.schema, pieces, shards, temp, facts)
-        manifest = json.loads(paths.read_text(paths.join(temp, MANIFEST)))
-        paths.publish(temp, out)
-    except BaseException as e:
-        paths.remove_tree(temp)
-        found = _seqpipe_error(e)
-        if found is not None and found is not e:
-            raise found from e
-        raise
+    with paths.output_lock(out):
+        temp = paths.temporary_beside(out)
+        for part in parts:
+            paths.makedirs(paths.join(temp, part))
+        try:
+            with pipeline as p:
+                _build(p, config, files.schema, pieces, shards, temp, facts)
+            manifest = json.loads(paths.read_text(paths.join(temp, MANIFEST)))
+            paths.publish(temp, out, overwrite)
+        except BaseException as e:
+            paths.remove_tree(temp)
+            found = _seqpipe_error(e)
+            if found is not None and found is not e:
+                raise found from e
+            raise
     return manifest
 
 

@@ -53,9 +53,11 @@ FROZEN = ("source.layout", "source.id_column", "source.time_column", "inputs",
           "split")
 
 
-def config_hash(config: PipelineConfig) -> str:
-    """sha256 of the config's canonical JSON: equal configs, equal hashes."""
-    text = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
+def config_hash(config: Union[PipelineConfig, Mapping]) -> str:
+    """sha256 of the config's canonical JSON: equal configs, equal hashes. A mapping is
+    hashed as it is (a manifest's `config`, as written)."""
+    plain = config.to_dict() if isinstance(config, PipelineConfig) else config
+    text = json.dumps(plain, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -78,10 +80,14 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
 
     config = config if isinstance(config, PipelineConfig) else load_config(config)
     out = str(out)
-    if paths.exists(out) and not overwrite:
-        raise DataError(f"{out} already exists; pass --overwrite (overwrite=True) to replace "
-                        f"it, or choose another --out")
+    paths.check_output(out, overwrite)
     pipeline = Pipeline(dataclasses.replace(config, split=SplitConfig()))
+    with paths.output_lock(out):
+        return _write(pipeline, config, out, overwrite, shard_bytes, progress, tf)
+
+
+def _write(pipeline: Pipeline, config: PipelineConfig, out: str, overwrite: bool,
+           shard_bytes: int, progress: bool, tf) -> dict:
     report = pipeline.report
     progress = Progress(report.sequences) if progress else None
     parts = output_parts(config.split)
@@ -109,7 +115,7 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
             dict(report.filled_values or {}),
             {part: w.close() for part, w in writers.items()})
         write_manifest(temp, manifest)
-        paths.publish(temp, out)
+        paths.publish(temp, out, overwrite)
     except BaseException:
         for writer in writers.values():
             writer.abort()
@@ -310,7 +316,7 @@ class MaterializedPart:
     file_sequences: Optional[tuple] = None  # records per file; None from older outputs
 
     def chunks(self):
-        return read_chunks(list(self.files), self.config, self.ids)
+        return read_chunks(list(self.files), self.config, self.ids, self.file_sequences)
 
     def share(self, shard: Shard) -> Optional["MaterializedPart"]:
         """This part cut down to `shard`'s run of files (`seqpipe.shard`); None when there are
@@ -355,7 +361,40 @@ def read_manifest(path: Union[str, os.PathLike]) -> dict:
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise DataError(f"{file} has format version {manifest['format_version']}, newer than "
                         f"this seqpipe reads ({FORMAT_VERSION}); upgrade seqpipe")
+    _check_shape(manifest, _MANIFEST_KEYS, file, "")
+    for name, part in manifest["parts"].items():
+        _check_shape(part, _PART_KEYS, file, f"parts.{name}.")
+    _check_shape(manifest["source"], _SOURCE_KEYS, file, "source.")
+    if config_hash(manifest["config"]) != manifest["config_sha256"]:
+        raise DataError(
+            f"{file} was edited: its config no longer matches its config_sha256, so it no "
+            f"longer says how the records were written. Materialize again rather than edit "
+            f"the manifest (to load with other batching, pass config= to load_materialized).")
     return manifest
+
+
+# What a manifest must hold for loading, and of which type.
+_MANIFEST_KEYS = {"config": dict, "config_sha256": str, "source": dict, "filled_values": dict,
+                  "parts": dict}
+_PART_KEYS = {"folder": str, "sequences": int, "timesteps": int, "truncated_sequences": int,
+              "truncated_timesteps": int, "missing_labels": dict, "shards": list}
+_SOURCE_KEYS = {"where": str, "rows": int, "sequences": int, "empty_sequences_dropped": int}
+
+
+def _check_shape(found: Any, keys: dict, file: str, prefix: str) -> None:
+    if not isinstance(found, dict):
+        raise DataError(f"{file} is damaged: {prefix.rstrip('.')} is not a mapping. "
+                        f"Materialize again.")
+    for key, kind in keys.items():
+        if key not in found:
+            raise DataError(f"{file} is damaged: it has no key {prefix + key!r}. "
+                            f"Materialize again.")
+        if not isinstance(found[key], kind) or isinstance(found[key], bool):
+            raise DataError(f"{file} is damaged: {prefix + key} must be a "
+                            f"{_KIND_NAMES[kind]}; got {found[key]!r}. Materialize again.")
+
+
+_KIND_NAMES = {dict: "mapping", str: "string", int: "whole number", list: "list"}
 
 
 def _frozen_differences(written: dict, wanted: dict) -> list[str]:
@@ -409,10 +448,9 @@ def open_part(path: Union[str, os.PathLike], config: Any = None,
     if missing:
         raise DataError(f"{folder!r} is incomplete: {missing[0]} is missing "
                         f"({len(missing)} of {len(files)} shards). Materialize again.")
-    index_file = paths.join(part_folder, "index.parquet")
-    index = pq.read_table(index_file)  # pyarrow reads URIs too
+    index = _read_index(paths.join(part_folder, "index.parquet"), config)
     if index.num_rows != info["sequences"]:
-        raise DataError(f"{index_file} lists {index.num_rows:,} sequences, "
+        raise DataError(f"{paths.join(part_folder, 'index.parquet')} lists {index.num_rows:,} sequences, "
                         f"the manifest {info['sequences']:,}; materialize again")
     if not index.num_rows:
         raise DataError(f"part {split!r} of {folder!r} holds no sequences")
@@ -430,6 +468,24 @@ def open_part(path: Union[str, os.PathLike], config: Any = None,
                             index["id"].to_numpy(zero_copy_only=False),
                             index["length"].to_numpy(), valid, source["rows"], counted,
                             report_fields, _file_sequences(info, index.num_rows))
+
+
+def _read_index(file: str, config: PipelineConfig) -> pa.Table:
+    """A part's index.parquet (pyarrow reads URIs too)."""
+    if not paths.exists(file):
+        raise DataError(f"{file} is missing: the output is incomplete or damaged. "
+                        f"Materialize again.")
+    try:
+        index = pq.read_table(file)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{file} cannot be read ({' '.join(str(e).split())}): the output is "
+                        f"incomplete or damaged. Materialize again.") from e
+    needed = ["id", "length"] + [f"valid/{name}" for name in config.outputs]
+    missing = [c for c in needed if c not in index.column_names]
+    if missing:
+        raise DataError(f"{file} is damaged: it has no column {missing[0]!r}. "
+                        f"Materialize again.")
+    return index
 
 
 def _file_sequences(info: dict, sequences: int) -> Optional[tuple]:

@@ -8,10 +8,14 @@ write is one training can read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from typing import Union
+
+from seqpipe.errors import DataError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -103,14 +107,86 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def publish(temp: str, out: PathLike) -> None:
-    """Moves the finished `temp` to `out`, replacing what was there. Locally the rename is
-    atomic; on object stores it is a copy, and `out` is briefly absent."""
+def check_output(out: PathLike, overwrite: bool) -> None:
+    """Raises a DataError, before any work, when `out` cannot become an output folder: it
+    exists (and `overwrite` is not set), it is a file, or a file stands in its path."""
+    out = str(out).rstrip("/")
+    if not is_uri(out):
+        if os.path.isfile(out):
+            raise DataError(f"--out {out} is a file, and materialize writes a folder; choose "
+                            f"another --out (--overwrite replaces only a folder)")
+        above = os.path.dirname(os.path.abspath(out))
+        while not os.path.exists(above):
+            above = os.path.dirname(above)
+        if not os.path.isdir(above):
+            raise DataError(f"--out {out} cannot be made: {above} is a file, not a folder; "
+                            f"choose another --out")
+    if exists(out) and not overwrite:
+        raise DataError(f"{out} already exists; pass --overwrite (overwrite=True) to replace "
+                        f"it, or choose another --out")
+
+
+@contextlib.contextmanager
+def output_lock(out: PathLike) -> Iterator[None]:
+    """Holds a lock file beside a local `out` while an output is written there, so that a
+    second run into the same `out` fails at once instead of one run silently replacing the
+    other's output. A lock left by a run that was killed is taken over. Object stores have
+    no atomic create to lock with: there, runs into one `out` must be kept apart by hand."""
+    out = str(out).rstrip("/")
+    if is_uri(out):
+        yield
+        return
+    lock = os.path.join(os.path.dirname(out) or ".", f".{os.path.basename(out)}.seqpipe-lock")
+    _take(lock, out)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock)
+
+
+def _take(lock: str, out: str) -> None:
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is not None and _alive(holder):
+                raise DataError(
+                    f"another seqpipe run (process {holder}) is writing {out} now (it holds "
+                    f"{lock}); wait for it to finish, or choose another --out") from None
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock)  # left by a run that was killed
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return
+    raise DataError(f"could not lock {out}: {lock} keeps reappearing; is another run "
+                    f"starting? Try again")
+
+
+def _holder(lock: str):
+    try:
+        with open(lock) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def publish(temp: str, out: PathLike, overwrite: bool) -> None:
+    """Moves the finished `temp` to `out`. An `out` that appeared while `temp` was written
+    is replaced only when `overwrite` is set. Locally the rename is atomic; on object
+    stores it is a copy, and `out` is briefly absent."""
     out = str(out).rstrip("/")
     rename = _gfile().rename if is_uri(out) else os.rename
     if not exists(out):
         rename(temp, out)
         return
+    if not overwrite:
+        raise DataError(f"{out} appeared while this run was writing (another run finished "
+                        f"first?); it was left as it is and this run's output dropped. Pass "
+                        f"--overwrite to replace it, or choose another --out")
     old = f"{temp}-old"
     rename(out, old)
     rename(temp, out)

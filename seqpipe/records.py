@@ -17,11 +17,14 @@ so writing does not build a protobuf object per sequence.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
+from typing import Optional
 
 import numpy as np
 
 from seqpipe.config import PipelineConfig
+from seqpipe.errors import DataError
 from seqpipe.sequences import Sequences
 
 # Sequences parsed per tf.io.parse_example call when reading.
@@ -89,8 +92,9 @@ def encode_chunk(chunk: Sequences, local: np.ndarray, start: np.ndarray, kept: n
     for name, spec in config.outputs.items():
         labels = np.where(chunk.present[name], chunk.labels[name], np.float32(np.nan))
         (timestep if spec.level == "timestep" else sequence)[f"y/{name}"] = labels
-    for i, a, n in zip(local.tolist(), start.tolist(), kept.tolist()):
-        features = {"length": int64s(n), "id": bytes_feature(str(_plain(chunk.ids[i])).encode())}
+    texts = id_texts(chunk.ids[local])
+    for k, (i, a, n) in enumerate(zip(local.tolist(), start.tolist(), kept.tolist())):
+        features = {"length": int64s(n), "id": bytes_feature(texts[k])}
         for key, values in timestep.items():
             features[key] = floats(values[a:a + n])
         for key, values in sequence.items():
@@ -98,9 +102,9 @@ def encode_chunk(chunk: Sequences, local: np.ndarray, start: np.ndarray, kept: n
         yield example(features)
 
 
-def _plain(value):
-    return value.item() if isinstance(value, np.generic) and not isinstance(
-        value, np.datetime64) else value
+def id_texts(ids: np.ndarray) -> np.ndarray:
+    """Sequence ids as the UTF-8 text a record holds: `str` of each id, 7 -> b'7'."""
+    return np.char.encode(np.asarray(ids).astype(str), "utf-8")
 
 
 def parse_spec(config: PipelineConfig) -> dict:
@@ -118,13 +122,27 @@ def parse_spec(config: PipelineConfig) -> dict:
     return spec
 
 
-def read_chunks(files: list, config: PipelineConfig, ids: np.ndarray) -> Iterator[tuple[int, Sequences]]:
+def read_chunks(files: list, config: PipelineConfig, ids: np.ndarray,
+                file_sequences: Optional[tuple] = None) -> Iterator[tuple[int, Sequences]]:
     """Reads record files in order as chunks of `Sequences`, with the index of the first.
 
-    Parsing runs in tf.data, `READ_BATCH` records per call, a few calls ahead.
+    Parsing runs in tf.data, `READ_BATCH` records per call, a few calls ahead. Each record's
+    id is checked against the index (`ids`): shards swapped or edited would otherwise join
+    sequences to the wrong ids.
+
+    Raises:
+      DataError: a record whose id is not the index's, a shard that cannot be read
+        (truncated, corrupt), or fewer or more records than the index lists.
     """
     import tensorflow as tf
 
+    try:
+        yield from _read_chunks(files, config, ids, file_sequences, tf)
+    except tf.errors.OpError as e:
+        raise _unreadable_shard(files, e, tf) from e
+
+
+def _read_chunks(files, config, ids, file_sequences, tf):
     spec = parse_spec(config)
 
     def parse(serialized):
@@ -139,6 +157,7 @@ def read_chunks(files: list, config: PipelineConfig, ids: np.ndarray) -> Iterato
     for batch in parsed.as_numpy_iterator():
         lengths = batch["length"]
         n = len(lengths)
+        _check_ids(batch["id"], ids, first, files, file_sequences)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         features = {}
         for name, s in config.inputs.items():
@@ -150,4 +169,55 @@ def read_chunks(files: list, config: PipelineConfig, ids: np.ndarray) -> Iterato
             labels[name] = np.where(present[name], values, np.float32(s.fill_value))
         yield first, Sequences(ids[first:first + n], offsets, features, labels, present)
         first += n
+    if first != len(ids):
+        raise DataError(f"the shards of {_folder(files)} hold {first:,} records where its "
+                        f"index.parquet lists {len(ids):,} sequences: shards were removed, "
+                        f"added or edited. Materialize again.")
+
+
+def _check_ids(found: np.ndarray, ids: np.ndarray, first: int, files: list,
+               file_sequences: Optional[tuple]) -> None:
+    expected = id_texts(ids[first:first + len(found)])
+    found = np.asarray(found, dtype=bytes)
+    if len(found) == len(expected) and np.array_equal(found, expected):
+        return
+    size = min(len(found), len(expected))
+    wrong = np.flatnonzero(found[:size] != expected[:size])
+    k = int(wrong[0]) if len(wrong) else size
+    record = first + k
+    shard = f"the shard that holds record {record:,}"
+    if file_sequences is not None:
+        shard = files[int(np.searchsorted(np.cumsum(file_sequences), record, side="right"))]
+    got = found[k].decode() if k < len(found) else "nothing"
+    raise DataError(
+        f"{shard} holds sequence {got!r} as record {record:,} of its part, where index.parquet "
+        f"lists {expected[k].decode() if k < len(expected) else 'no sequence'!r}: the shards "
+        f"were renamed, swapped or edited, and their sequences would be joined to the wrong "
+        f"ids. Materialize again.")
+
+
+def _unreadable_shard(files: list, error: Exception, tf) -> DataError:
+    """Which shard TensorFlow could not read: its error does not say."""
+    detail = _plain_message(error)
+    for file in files:
+        try:
+            for _ in tf.data.TFRecordDataset([str(file)]):
+                pass
+        except tf.errors.OpError as e:
+            detail = _plain_message(e)
+            return DataError(f"{file} cannot be read ({detail}): the shard is truncated or "
+                             f"corrupt. Materialize again.")
+    return DataError(f"the shards of {_folder(files)} cannot be read ({detail}). "
+                     f"Materialize again.")
+
+
+def _plain_message(error: Exception) -> str:
+    """TensorFlow's message without the name of its own function and op around it."""
+    text = " ".join(str(getattr(error, "message", error)).split())
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", text)
+
+
+def _folder(files: list) -> str:
+    return str(files[0]).rsplit("/", 1)[0] if files else "this part"
 

@@ -308,3 +308,71 @@ def test_serve_refuses_bad_ports_timeouts_and_addresses_in_one_line():
             assert done.returncode == 2, (args, done.stderr)
             assert done.stderr.startswith(f"seqpipe: error: {message}"), done.stderr
             assert "Traceback" not in done.stderr
+
+
+def _in_process(args, capsys):
+    from seqpipe.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.slow
+def test_two_materialize_runs_into_one_out_at_once_one_fails(tmp_path, table):
+    """Both exited 0 before, and one silently replaced the other's output."""
+    path = write(tmp_path / "data.parquet", table, 100)
+    config = _config_file(tmp_path, base_config(path))
+    out = tmp_path / "out"
+    runs = [subprocess.Popen([sys.executable, "-m", "seqpipe", "materialize", config, "--out",
+                              str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    results = [(run.wait(timeout=240), run.communicate()[1]) for run in runs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    failed = next(err for code, err in results if code == 2)
+    assert re.search(r"seqpipe: error: (another seqpipe run \(process \d+\) is writing .*out "
+                     r"now|.*out already exists; pass --overwrite|.*out appeared while this run "
+                     r"was writing)", failed), failed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "data.parquet", "out"]
+
+
+def test_a_run_in_progress_keeps_others_out_and_a_dead_ones_lock_is_taken_over(
+        tmp_path, table, capsys):
+    path = write(tmp_path / "data.parquet", table, 100)
+    config = _config_file(tmp_path, base_config(path))
+    out = tmp_path / "out"
+    lock = tmp_path / ".out.seqpipe-lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(str(holder.pid))
+        code, _, err = _in_process(["materialize", config, "--out", out], capsys)
+        assert code == 2
+        assert err == (f"seqpipe: error: another seqpipe run (process {holder.pid}) is writing "
+                       f"{out} now (it holds {lock}); wait for it to finish, or choose another "
+                       f"--out\n")
+        assert not out.exists() and lock.read_text() == str(holder.pid)
+    finally:
+        holder.kill()
+        holder.wait()
+    code, _, err = _in_process(["materialize", config, "--out", out], capsys)
+    assert code == 0, err
+    assert (out / "manifest.json").exists() and not lock.exists()
+
+
+def test_an_out_that_is_a_file_or_below_one_is_refused_and_left_alone(tmp_path, table, capsys):
+    path = write(tmp_path / "data.parquet", table, 100)
+    config = _config_file(tmp_path, base_config(path))
+    note = tmp_path / "note.txt"
+    note.write_text("mine")
+    code, _, err = _in_process(["materialize", config, "--out", note / "out"], capsys)
+    assert code == 2
+    assert err == (f"seqpipe: error: --out {note / 'out'} cannot be made: {note} is a file, "
+                   f"not a folder; choose another --out\n")
+    code, _, err = _in_process(["materialize", config, "--out", note, "--overwrite"], capsys)
+    assert code == 2
+    assert err == (f"seqpipe: error: --out {note} is a file, and materialize writes a folder; "
+                   f"choose another --out (--overwrite replaces only a folder)\n")
+    assert note.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "data.parquet",
+                                                          "note.txt"]

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import tensorflow as tf
@@ -191,3 +192,112 @@ def test_materialize_to_a_uri_and_load_it_back(tmp_path):
         materialize(config, uri)
     materialize(config, uri, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["by-uri", "d.parquet", "local"]
+
+
+def _small_output(tmp_path, **config_updates):
+    path = write(tmp_path / "a.parquet", long_table(LENGTHS[:20]), 50)
+    config = load_config(base_config(path), config_updates)
+    materialize(config, tmp_path / "out")
+    return tmp_path / "out"
+
+
+def _manifest_edit(out, edit):
+    manifest = json.loads((out / "manifest.json").read_text())
+    edit(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_manifest_whose_config_was_edited_is_refused(tmp_path):
+    """Lowering maxlen in the manifest loaded shortened sequences that reported
+    'truncated: 0'; the manifest carries the config's hash."""
+    out = _small_output(tmp_path)
+    _manifest_edit(out, lambda m: m["config"]["padding"].update(maxlen=2))
+    with pytest.raises(DataError, match=r"manifest\.json was edited: its config no longer "
+                                        r"matches its config_sha256.*Materialize again"):
+        load_materialized(out)
+
+
+def _drop(key):
+    return lambda m: m.pop(key)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_drop("parts"), r"is damaged: it has no key 'parts'\. Materialize again"),
+    (_drop("config_sha256"), r"is damaged: it has no key 'config_sha256'"),
+    (lambda m: m.update(config=["not", "a", "mapping"]),
+     r"is damaged: config must be a mapping; got \['not', 'a', 'mapping'\]"),
+    (lambda m: m["parts"]["all"].pop("shards"), r"is damaged: it has no key 'parts\.all\.shards'"),
+    (lambda m: m["source"].update(rows="many"), r"is damaged: source\.rows must be a whole "
+                                                r"number; got 'many'"),
+], ids=["no-parts", "no-hash", "config-not-mapping", "no-shards", "rows-not-a-number"])
+def test_a_damaged_manifest_is_one_clear_error(tmp_path, edit, message):
+    out = _small_output(tmp_path)
+    _manifest_edit(out, edit)
+    with pytest.raises(DataError, match=message):
+        load_materialized(out)
+
+
+def _equal_shards_output(tmp_path):
+    """Sequences of one length and ids of one width: every record, and so every shard,
+    has the same size."""
+    n = 24
+    table = long_table([5] * n, label_missing=0.0, outcome_missing=0.0)
+    table = table.set_column(table.schema.get_field_index("code"), "code",
+                             pa.array(np.ones(table.num_rows)))
+    path = write(tmp_path / "a.parquet", table, 40)
+    config = load_config(base_config(path))
+    manifest = materialize(config, tmp_path / "out", shard_bytes=1000)
+    shards = [tmp_path / "out" / "all" / s for s in manifest["parts"]["all"]["shards"]]
+    assert len(shards) > 2 and len({s.stat().st_size for s in shards[:-1]}) == 1
+    return config, shards
+
+
+def test_shards_of_equal_size_swapped_are_refused(tmp_path):
+    config, shards = _equal_shards_output(tmp_path)
+    a, b = shards[0], shards[1]
+    a.rename(tmp_path / "swap")
+    b.rename(a)
+    (tmp_path / "swap").rename(b)
+    with pytest.raises(Exception, match=r"part-00000\.tfrecord holds sequence 's00\d' as record "
+                                        r"0 of its part, where index\.parquet lists 's000': the "
+                                        r"shards were renamed, swapped or edited"):
+        list(load_materialized(tmp_path / "out"))
+
+
+def test_a_shard_cut_mid_record_is_named(tmp_path):
+    config, shards = _equal_shards_output(tmp_path)
+    data = shards[1].read_bytes()
+    shards[1].write_bytes(data[:-7])
+    with pytest.raises(Exception, match=r"DataError: .*part-00001\.tfrecord cannot be read "
+                                        r"\(truncated record at \d+.*\): the shard is truncated "
+                                        r"or corrupt\. Materialize again"):
+        list(load_materialized(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_missing_or_truncated_index_is_one_clear_error(tmp_path, damage):
+    out = _small_output(tmp_path)
+    index = out / "all" / "index.parquet"
+    if damage == "missing":
+        index.unlink()
+        message = r"all/index\.parquet is missing: the output is incomplete or damaged"
+    else:
+        index.write_bytes(index.read_bytes()[:100])
+        message = r"all/index\.parquet cannot be read \(.*\): the output is incomplete"
+    with pytest.raises(DataError, match=message):
+        load_materialized(out)
+
+
+def test_an_output_that_appears_during_a_run_is_not_replaced(tmp_path):
+    """The last step, the rename into place, checks again: another run may have finished
+    first (the lock keeps seqpipe runs apart; this is the last line of defence)."""
+    from seqpipe import paths
+
+    out, temp = tmp_path / "out", tmp_path / "temp"
+    out.mkdir()
+    (out / "theirs").write_text("x")
+    temp.mkdir()
+    with pytest.raises(DataError, match=r"out appeared while this run was writing.*left as it "
+                                        r"is.*Pass --overwrite"):
+        paths.publish(str(temp), out, overwrite=False)
+    assert (out / "theirs").exists()
