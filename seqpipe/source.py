@@ -206,10 +206,19 @@ def read_source(config: PipelineConfig, data: Any = None) -> SourceTable:
     try:
         table = source.dataset.to_table(columns=list(source.schema.names))
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"could not read {source.where!r}: {e}") from e
+        raise DataError(f"could not read {source.where!r}: {read_error(e)}") from e
     for path in source.files:  # a file rewritten while it was read
         source.check_unchanged(path)
     return SourceTable(table, source.where, source.files)
+
+
+def read_error(error: Exception) -> str:
+    """pyarrow's reason a read failed, with what to do: it raises OSError for bytes it
+    cannot decode, ArrowInvalid for values that do not convert to the types read."""
+    detail = " ".join(str(error).split()).rstrip(".")
+    if isinstance(error, OSError):
+        return f"{detail}. The file is corrupt or unreadable; write it again."
+    return f"{detail}. Its values do not fit the types the config reads them as."
 
 
 def _check_ranges(table: pa.Table, roles: list[ColumnRole]) -> None:

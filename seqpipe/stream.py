@@ -28,7 +28,7 @@ from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.sequences import id_runs
 from seqpipe.footers import Fingerprint, check_unchanged
-from seqpipe.source import CHECKSUMS, SourceFiles, SourceTable
+from seqpipe.source import CHECKSUMS, SourceFiles, SourceTable, read_error
 
 # Rows read ahead of the row group being grouped: as many row groups as fit, and at least
 # one, read READ_THREADS at a time. A big row group (pyarrow writes a million rows to one)
@@ -408,9 +408,7 @@ def read_part(part: Part, schema: pa.Schema) -> pa.Table:
                                        fragment_scan_options=_scan_options(part.fragment))
     except (pa.ArrowException, OSError) as e:
         _check_unchanged(part)
-        detail = " ".join(str(e).split()).rstrip(".")
-        raise DataError(f"could not read {part.where}: {detail}. The file is corrupt or "
-                        f"unreadable; write it again.") from e
+        raise DataError(f"could not read {part.where}: {read_error(e)}") from e
     _check_unchanged(part)
     return table
 

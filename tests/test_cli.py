@@ -376,3 +376,11 @@ def test_an_out_that_is_a_file_or_below_one_is_refused_and_left_alone(tmp_path, 
     assert note.read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "data.parquet",
                                                           "note.txt"]
+
+
+def test_a_parquet_file_given_as_the_config_is_one_line(tmp_path, table, capsys):
+    path = write(tmp_path / "data.parquet", table, 100)
+    code, out, err = _in_process(["validate", path], capsys)
+    assert code == 2 and out == ""
+    assert err == (f"seqpipe: error: config file {path!r} is a Parquet file, not a YAML "
+                   f"config; give the YAML config here (seqpipe inspect reads Parquet files)\n")

@@ -196,6 +196,17 @@ def test_footer_problems_are_build_time_errors_and_validate_reports_them(
     assert __import__("re").search(message, err)
 
 
+def test_an_integer_float32_cannot_hold_in_a_file_without_statistics_says_so(tmp_path):
+    path = str(tmp_path / "d.parquet")
+    pq.write_table(pa.table({"id": [1, 1, 2], "t": [0, 1, 0],
+                             "x": pa.array([1, 2**25 + 1, 3], pa.int64()), "y": [1.0] * 3}),
+                   path, write_statistics=False)
+    with pytest.raises(DataError, match=r"could not read .*d\.parquet.*: Integer value 33554433 "
+                                        r"not in range: -16777216 to 16777216\. Its values do "
+                                        r"not fit the types the config reads them as"):
+        _read_all(Pipeline(_config(path)))
+
+
 def test_a_partition_key_used_as_a_feature_must_hold_numbers(tmp_path):
     for site, ids in (("abc", [1, 1]), ("2", [2, 2])):
         (tmp_path / f"site={site}").mkdir()
