@@ -382,11 +382,11 @@ class Background:
 _DONE = object()
 
 
-def _scan_options(fragment: Any) -> Optional[pads.ParquetFragmentScanOptions]:
+def _scan_options(fragment: Any) -> pads.ParquetFragmentScanOptions:
     """Local files are read a column chunk at a time, not a whole row group's compressed
-    bytes first (pyarrow's `pre_buffer`, made for object stores, where it is kept): a
-    million-row row group of the reference file then peaks 30-60 MB lower in Arrow's pool,
-    as fast. Every read in flight holds that much less."""
+    bytes first (pyarrow's `pre_buffer`, made for object stores, where it is kept): every
+    read in flight then holds less memory, as fast. Page checksums are verified on every
+    file system (`source.CHECKSUMS`)."""
     if isinstance(fragment.filesystem, pafs.LocalFileSystem):
         return _LOCAL
     return CHECKSUMS
