@@ -74,7 +74,7 @@ def check_unchanged(filesystem: pafs.FileSystem, path: str, built_from: Fingerpr
         words = {"size": "size", "mtime_ns": "modification time", "footer": "footer"}
         raise DataError(
             f"{path} changed since the dataset was built (its {', '.join(words[w] for w in what)} "
-            f"differ): its rows would be read under the old index of ids, lengths and split "
+            f"{'differs' if len(what) == 1 else 'differ'}): its rows would be read under the old index of ids, lengths and split "
             f"parts. Build the dataset (or Pipeline) again to read it as it is now.")
 
 
