@@ -41,8 +41,9 @@ from seqpipe import paths
 from seqpipe.batching import truncate
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError
-from seqpipe.materialize import (MANIFEST, SHARD_BYTES, _share, build_manifest, encode_for_parts,
-                                 output_parts, part_number, write_manifest, write_part_index)
+from seqpipe.materialize import (MANIFEST, SHARD_BYTES, _share, build_manifest, check_out,
+                                 encode_for_parts, output_parts, part_number, write_manifest,
+                                 write_part_index)
 from seqpipe.pipeline import missing_labels
 from seqpipe.sequences import check_no_nulls, group_sequences, id_runs
 from seqpipe.source import SourceTable, open_source
@@ -85,7 +86,7 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
         raise ConfigError("materialize on Beam needs source.id_column: the rows of a sequence "
                           "are grouped by their id. Set source.id_column.")
     out = str(out).rstrip("/")
-    paths.check_output(out, overwrite)
+    check_out(out, overwrite)
     files = open_source(config)
     pieces = [Part(piece, fragment.path, piece.row_groups[0].id, piece.row_groups[0].num_rows,
                    built_from=files.fingerprints[fragment.path])
@@ -110,6 +111,7 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
             with pipeline as p:
                 _build(p, config, files.schema, pieces, shards, temp, facts)
             manifest = json.loads(paths.read_text(paths.join(temp, MANIFEST)))
+            check_out(out, overwrite)  # again: the folder may have changed while this ran
             paths.publish(temp, out, overwrite)
         except BaseException as e:
             paths.remove_tree(temp)

@@ -80,7 +80,7 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
 
     config = config if isinstance(config, PipelineConfig) else load_config(config)
     out = str(out)
-    paths.check_output(out, overwrite)
+    check_out(out, overwrite)
     pipeline = Pipeline(dataclasses.replace(config, split=SplitConfig()))
     with paths.output_lock(out):
         return _write(pipeline, config, out, overwrite, shard_bytes, progress, tf)
@@ -115,6 +115,7 @@ def _write(pipeline: Pipeline, config: PipelineConfig, out: str, overwrite: bool
             dict(report.filled_values or {}),
             {part: w.close() for part, w in writers.items()})
         write_manifest(temp, manifest)
+        check_out(out, overwrite)  # again: the folder may have changed while this ran
         paths.publish(temp, out, overwrite)
     except BaseException:
         for writer in writers.values():
@@ -122,6 +123,37 @@ def _write(pipeline: Pipeline, config: PipelineConfig, out: str, overwrite: bool
         paths.remove_tree(temp)
         raise
     return manifest
+
+
+def check_out(out: str, overwrite: bool) -> None:
+    """Raises a DataError when `out` cannot take an output: it is a file or below one, or
+    an existing folder that is not empty. `overwrite` replaces only an earlier seqpipe
+    output: a data tool never deletes what it did not write.
+    """
+    paths.check_output(out)
+    if not paths.exists(out):
+        return
+    found = paths.listdir(out)
+    if not found:
+        return  # an empty folder is used
+    if not overwrite:
+        raise DataError(f"{out} already exists; pass --overwrite (overwrite=True) to replace "
+                        f"it, or choose another --out")
+    if not is_output(out):
+        shown = ", ".join(found[:5]) + (f", ... ({len(found)} entries)" if len(found) > 5 else "")
+        raise DataError(
+            f"--overwrite replaces only an earlier seqpipe materialize output or an empty "
+            f"folder, and {out} is neither (it holds {shown}); nothing was touched. Choose "
+            f"another --out.")
+
+
+def is_output(folder: str) -> bool:
+    """Whether `folder` holds a manifest seqpipe materialize wrote (its format marker)."""
+    try:
+        manifest = json.loads(paths.read_text(paths.join(folder, MANIFEST)))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
 def _share(split: SplitConfig, part: str) -> float:
@@ -364,6 +396,13 @@ def read_manifest(path: Union[str, os.PathLike]) -> dict:
     _check_shape(manifest, _MANIFEST_KEYS, file, "")
     for name, part in manifest["parts"].items():
         _check_shape(part, _PART_KEYS, file, f"parts.{name}.")
+        for key, entry in [("folder", part["folder"])] + [("shards", s) for s in part["shards"]]:
+            if not _inside(entry):
+                raise DataError(
+                    f"{file} is damaged: parts.{name}.{key} names {entry!r}, which is not a "
+                    f"file in the output's own folder; a manifest names only files beside it "
+                    f"(a materialized folder is data, never a pointer elsewhere). Materialize "
+                    f"again.")
     _check_shape(manifest["source"], _SOURCE_KEYS, file, "source.")
     if config_hash(manifest["config"]) != manifest["config_sha256"]:
         raise DataError(
@@ -379,6 +418,12 @@ _MANIFEST_KEYS = {"config": dict, "config_sha256": str, "source": dict, "filled_
 _PART_KEYS = {"folder": str, "sequences": int, "timesteps": int, "truncated_sequences": int,
               "truncated_timesteps": int, "missing_labels": dict, "shards": list}
 _SOURCE_KEYS = {"where": str, "rows": int, "sequences": int, "empty_sequences_dropped": int}
+
+
+def _inside(name: Any) -> bool:
+    """Whether a manifest's entry names a file or folder directly inside the output."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and "\\" not in name and ":" not in name)
 
 
 def _check_shape(found: Any, keys: dict, file: str, prefix: str) -> None:

@@ -49,6 +49,11 @@ def makedirs(path: PathLike) -> None:
         os.makedirs(path, exist_ok=True)
 
 
+def listdir(path: PathLike) -> list[str]:
+    """The names in a folder, sorted."""
+    return sorted(_gfile().listdir(str(path)) if is_uri(path) else os.listdir(path))
+
+
 def read_text(path: PathLike) -> str:
     if is_uri(path):
         with _gfile().GFile(str(path)) as f:
@@ -90,11 +95,22 @@ def temporary_beside(out: PathLike) -> str:
         for stale in os.listdir(parent):
             pid = stale[len(prefix):] if stale.startswith(prefix) else ""
             if pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+                _remove_if_ours(os.path.join(parent, stale))
         temp = os.path.join(parent, f"{prefix}{os.getpid()}")
-        shutil.rmtree(temp, ignore_errors=True)
+        _remove_if_ours(temp)
     makedirs(temp)
+    write_bytes(join(temp, TEMPORARY_MARKER), b"")
     return temp
+
+
+# Every temporary folder seqpipe writes holds this file; only such folders are ever removed
+# as leftovers, whatever their name.
+TEMPORARY_MARKER = ".seqpipe-temporary"
+
+
+def _remove_if_ours(folder: str) -> None:
+    if os.path.isfile(os.path.join(folder, TEMPORARY_MARKER)):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
@@ -107,23 +123,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def check_output(out: PathLike, overwrite: bool) -> None:
+def check_output(out: PathLike) -> None:
     """Raises a DataError, before any work, when `out` cannot become an output folder: it
-    exists (and `overwrite` is not set), it is a file, or a file stands in its path."""
+    is a file, a file stands in its path, or it is the working directory."""
     out = str(out).rstrip("/")
-    if not is_uri(out):
-        if os.path.isfile(out):
-            raise DataError(f"--out {out} is a file, and materialize writes a folder; choose "
-                            f"another --out (--overwrite replaces only a folder)")
-        above = os.path.dirname(os.path.abspath(out))
-        while not os.path.exists(above):
-            above = os.path.dirname(above)
-        if not os.path.isdir(above):
-            raise DataError(f"--out {out} cannot be made: {above} is a file, not a folder; "
-                            f"choose another --out")
-    if exists(out) and not overwrite:
-        raise DataError(f"{out} already exists; pass --overwrite (overwrite=True) to replace "
-                        f"it, or choose another --out")
+    if is_uri(out):
+        return
+    if os.path.isfile(out):
+        raise DataError(f"--out {out} is a file, and materialize writes a folder; choose "
+                        f"another --out (--overwrite replaces only a folder)")
+    if os.path.abspath(out) == os.getcwd() or os.path.dirname(os.path.abspath(out)) == \
+            os.path.abspath(out):
+        raise DataError(f"--out {out} is the working directory or a root folder; choose a "
+                        f"folder of its own, such as {os.path.join(out, 'materialized')}")
+    above = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise DataError(f"--out {out} cannot be made: {above} is a file, not a folder; "
+                        f"choose another --out")
 
 
 @contextlib.contextmanager
@@ -175,11 +193,17 @@ def _holder(lock: str):
 
 
 def publish(temp: str, out: PathLike, overwrite: bool) -> None:
-    """Moves the finished `temp` to `out`. An `out` that appeared while `temp` was written
-    is replaced only when `overwrite` is set. Locally the rename is atomic; on object
-    stores it is a copy, and `out` is briefly absent."""
+    """Moves the finished `temp` to `out`. An empty folder at `out` is used; anything else
+    there is replaced only when `overwrite` is set (the caller has checked that it may be).
+    Locally the rename is atomic; on object stores it is a copy, and `out` is briefly
+    absent."""
     out = str(out).rstrip("/")
     rename = _gfile().rename if is_uri(out) else os.rename
+    marker = join(temp, TEMPORARY_MARKER)
+    if exists(marker):  # the output is no longer temporary
+        _gfile().remove(marker) if is_uri(marker) else os.remove(marker)
+    if exists(out) and isdir(out) and not listdir(out):
+        _gfile().rmtree(out) if is_uri(out) else os.rmdir(out)  # rmdir: only if still empty
     if not exists(out):
         rename(temp, out)
         return

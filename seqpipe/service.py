@@ -189,6 +189,9 @@ def serve(args: Any) -> None:
     except RuntimeError as e:
         raise ConfigError(f"could not start the tf.data service {args.server} on port "
                           f"{args.port}: {e}") from e
+    print("seqpipe: warning: the tf.data service has no authentication or encryption: "
+          "anyone who can reach this server's port can read what it serves and send it work. "
+          "Run it inside a private network only.", flush=True)
     server.join()
 
 

@@ -384,3 +384,68 @@ def test_a_parquet_file_given_as_the_config_is_one_line(tmp_path, table, capsys)
     assert code == 2 and out == ""
     assert err == (f"seqpipe: error: config file {path!r} is a Parquet file, not a YAML "
                    f"config; give the YAML config here (seqpipe inspect reads Parquet files)\n")
+
+
+# -- what --overwrite may replace (a data tool never deletes what it did not write) --------
+
+
+def test_overwrite_refuses_a_folder_seqpipe_did_not_write_and_leaves_it_untouched(
+        tmp_path, table, capsys):
+    path = write(tmp_path / "data.parquet", table, 100)
+    config = _config_file(tmp_path, base_config(path))
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "train.py").write_text("print('mine')")
+    (project / "notes.txt").write_text("notes")
+    code, _, err = _in_process(["materialize", config, "--out", project, "--overwrite"], capsys)
+    assert code == 2
+    assert err == (f"seqpipe: error: --overwrite replaces only an earlier seqpipe materialize "
+                   f"output or an empty folder, and {project} is neither (it holds notes.txt, "
+                   f"src, train.py); nothing was touched. Choose another --out.\n")
+    assert sorted(p.name for p in project.iterdir()) == ["notes.txt", "src", "train.py"]
+    assert (project / "train.py").read_text() == "print('mine')"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "data.parquet",
+                                                          "project"]
+
+
+def test_overwrite_replaces_an_earlier_output_and_an_empty_folder_is_used(
+        tmp_path, table, capsys):
+    path = write(tmp_path / "data.parquet", table, 100)
+    config = _config_file(tmp_path, base_config(path))
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = _in_process(["materialize", config, "--out", out], capsys)  # empty: used
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["all", "manifest.json"]
+    code, _, err = _in_process(["materialize", config, "--out", out, "--set",
+                                "padding.maxlen=5", "--overwrite"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "manifest.json").read_text())["config"]["padding"]["maxlen"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "data.parquet", "out"]
+
+
+def test_the_working_directory_is_never_an_out(tmp_path, table, capsys, monkeypatch):
+    path = write(tmp_path / "data.parquet", table, 100)
+    config = _config_file(tmp_path, base_config(path))
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _in_process(["materialize", config, "--out", ".", "--overwrite"], capsys)
+    assert code == 2 and "is the working directory or a root folder" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "data.parquet"]
+
+
+def test_a_killed_runs_leftover_is_removed_only_when_it_carries_seqpipes_marker(
+        tmp_path, table, capsys):
+    path = write(tmp_path / "data.parquet", table, 100)
+    config = _config_file(tmp_path, base_config(path))
+    dead = [subprocess.Popen([sys.executable, "-c", "pass"]) for _ in range(2)]
+    for process in dead:
+        process.wait()
+    ours, theirs = (tmp_path / f".out.seqpipe-tmp-{p.pid}" for p in dead)
+    ours.mkdir()
+    (ours / ".seqpipe-temporary").write_text("")
+    theirs.mkdir()  # named like a leftover of a dead run, but seqpipe did not make it
+    (theirs / "keep.txt").write_text("x")
+    code, _, err = _in_process(["materialize", config, "--out", tmp_path / "out"], capsys)
+    assert code == 0, err
+    assert not ours.exists() and (theirs / "keep.txt").exists()
+    assert ".seqpipe-temporary" not in [p.name for p in (tmp_path / "out").iterdir()]

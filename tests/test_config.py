@@ -244,3 +244,14 @@ def test_override_into_a_value_that_is_not_a_section():
                                           r"is 5, not a section"):
         load_config({**base_config("x.parquet"), "padding": {"maxlen": 5}},
                     {"padding.maxlen.deep": 1})
+
+
+def test_yaml_is_loaded_safely_a_python_tag_is_refused_not_run(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "c.yaml"
+    path.write_text(f"inputs: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match=r"is not valid YAML: could not determine a "
+                                          r"constructor for the tag 'tag:yaml\.org,2002:python/"
+                                          r"object/apply:os\.system'"):
+        load_config(path)
+    assert not marker.exists()

@@ -1,6 +1,7 @@
 """Materialize and load_materialized: the TFRecord output batches exactly like Parquet."""
 
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -301,3 +302,21 @@ def test_an_output_that_appears_during_a_run_is_not_replaced(tmp_path):
                                         r"is.*Pass --overwrite"):
         paths.publish(str(temp), out, overwrite=False)
     assert (out / "theirs").exists()
+
+
+@pytest.mark.parametrize("key, name", [
+    ("shards", "../x.tfrecord"), ("shards", "/etc/passwd"), ("shards", "gs://bucket/x"),
+    ("folder", ".."), ("folder", "/etc"),
+], ids=["dot-dot", "absolute", "scheme", "folder-up", "folder-absolute"])
+def test_a_manifest_naming_files_outside_its_folder_is_refused(tmp_path, key, name):
+    out = _small_output(tmp_path)
+
+    def point_outside(manifest):
+        part = manifest["parts"]["all"]
+        part[key] = [name] if key == "shards" else name
+
+    _manifest_edit(out, point_outside)
+    with pytest.raises(DataError, match=rf"manifest\.json is damaged: parts\.all\.{key} names "
+                                        rf"'{re.escape(name)}', which is not a file in the "
+                                        rf"output's own folder"):
+        load_materialized(out)

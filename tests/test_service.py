@@ -213,6 +213,10 @@ def test_seqpipe_serve_dispatcher_starts_and_says_where(tmp_path):
         line = process.stdout.readline()
         assert line.startswith("seqpipe: tf.data service dispatcher at grpc://localhost:"), line
         assert int(line.rsplit(":", 1)[1]) > 0  # the port it bound, not the 0 it was given
+        warning = process.stdout.readline()
+        assert warning.startswith("seqpipe: warning: the tf.data service has no "
+                                  "authentication or encryption: anyone who can reach this "
+                                  "server's port can read what it serves"), warning
         assert process.poll() is None  # still serving
     finally:
         process.kill()
