@@ -47,8 +47,119 @@ def _finite(value) -> bool:
     return value is None or math.isfinite(value)
 
 
+def _build(cls, raw: Any, path: str):
+    """Builds dataclass `cls` from a mapping, checking keys, types and rules."""
+    where = path or "the config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must be a mapping of keys; got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            hint = difflib.get_close_matches(str(key), list(fields), n=1)
+            guess = f" Did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(f"unknown key {_join(path, key)!r}.{guess} "
+                              f"Allowed keys in {where}: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, f in fields.items():
+        key = _join(path, name)
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{key} is required. {f.metadata['doc']}")
+            continue
+        value = _convert(raw[name], hints[name], key)
+        _check_rule(f, value, raw[name], key)
+        values[name] = value
+    return cls(**values)
+
+
+def _check_rule(f: dataclasses.Field, value: Any, given: Any, key: str) -> None:
+    check = f.metadata.get("check")
+    if check is not None and not check(value):
+        raise ConfigError(f"{key} {f.metadata['rule']}; got {_show(given)}")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} must be {_describe(tp)}; got {_show(value)}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key} must be {_describe(tp)}; got {_show(value)}")
+    if dataclasses.is_dataclass(tp):
+        return value if isinstance(value, tp) else _build(tp, value, key)
+    if origin is Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a mapping of name -> spec; got {_show(value)}")
+        return types.MappingProxyType(
+            {str(k): _convert(v, args[1], _join(key, k)) for k, v in value.items()})
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be {_describe(tp)}; got {_show(value)}")
+        return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if _is_instance(value, tp):
+        return float(value) if tp is float else value
+    raise ConfigError(f"{key} must be {_describe(tp)}; got {_show(value)}")
+
+
+def _is_instance(value: Any, tp: Any) -> bool:
+    if isinstance(value, bool):
+        return tp is bool
+    if tp is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, tp)
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin is tuple:
+        plurals = {int: "integers", float: "numbers", str: "strings"}
+        return f"a list of {plurals[args[0]]}"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             type(None): "null"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else repr(value)
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+class _Section:
+    """A config section: every field is checked against its type and rule when the section
+    is made, so that a config built in Python is checked like one loaded from YAML (which
+    `_build` checks first, with the full key path)."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        name = type(self).__name__
+        for f in dataclasses.fields(self):
+            value = _convert(getattr(self, f.name), hints[f.name], f"{name}.{f.name}")
+            _check_rule(f, value, getattr(self, f.name), f"{name}.{f.name}")
+            object.__setattr__(self, f.name, value)  # lists as tuples, mappings read-only
+
+
 @dataclasses.dataclass(frozen=True)
-class SourceConfig:
+class SourceConfig(_Section):
     """Where the sequences come from and how their rows are laid out."""
 
     path: Optional[str] = _field(
@@ -65,7 +176,7 @@ class SourceConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class InputConfig:
+class InputConfig(_Section):
     """One model input: which columns feed it and at which level."""
 
     columns: tuple[str, ...] = _field(
@@ -89,7 +200,7 @@ class InputConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class OutputConfig:
+class OutputConfig(_Section):
     """One model output: its label column, its level and how its sample weights are made."""
 
     column: str = _field(doc="The label column. Null or NaN labels are missing: weight 0.")
@@ -108,7 +219,7 @@ class OutputConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class PaddingConfig:
+class PaddingConfig(_Section):
     """Truncation and padding, in the words of `keras.utils.pad_sequences`."""
 
     maxlen: Optional[int] = _field(
@@ -126,7 +237,7 @@ class PaddingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class BatchingConfig:
+class BatchingConfig(_Section):
     """How sequences are grouped into batches."""
 
     batch_size: int = _field(
@@ -148,7 +259,7 @@ class BatchingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class WeightsConfig:
+class WeightsConfig(_Section):
     """How sample weights are made from padding and missing labels."""
 
     mode: WeightMode = _field(
@@ -157,7 +268,7 @@ class WeightsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ShuffleConfig:
+class ShuffleConfig(_Section):
     """Shuffling of sequences and batches; reshuffled every epoch, reproducibly."""
 
     buffer_size: int = _field(
@@ -174,7 +285,7 @@ def _fraction(value) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class SplitConfig:
+class SplitConfig(_Section):
     """Train/validation/test split by sequence id: deterministic and leak-free."""
 
     validation: float = _field(
@@ -193,7 +304,7 @@ class SplitConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(_Section):
     """The whole pipeline: one field per YAML section."""
 
     inputs: Mapping[str, InputConfig] = _field(doc="Model input name -> input spec.")
@@ -208,6 +319,7 @@ class PipelineConfig:
     split: SplitConfig = _field(SplitConfig(), "Train/validation/test parts by sequence id.")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_cross_fields(self)
 
     def weight_mode(self, output: str) -> str:
@@ -397,99 +509,6 @@ def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
             raise ConfigError(f"override {dotted!r}: {where} is {child!r}, not a section")
         node = child
     node[parts[-1]] = value
-
-
-def _build(cls, raw: Any, path: str):
-    """Builds dataclass `cls` from a mapping, checking keys, types and rules."""
-    where = path or "the config"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where} must be a mapping of keys; got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            hint = difflib.get_close_matches(str(key), list(fields), n=1)
-            guess = f" Did you mean {hint[0]!r}?" if hint else ""
-            raise ConfigError(f"unknown key {_join(path, key)!r}.{guess} "
-                              f"Allowed keys in {where}: {', '.join(fields)}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, f in fields.items():
-        key = _join(path, name)
-        if name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{key} is required. {f.metadata['doc']}")
-            continue
-        value = _convert(raw[name], hints[name], key)
-        check = f.metadata["check"]
-        if check is not None and not check(value):
-            raise ConfigError(f"{key} {f.metadata['rule']}; got {_show(raw[name])}")
-        values[name] = value
-    return cls(**values)
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _convert(value, option, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key} must be {_describe(tp)}; got {_show(value)}")
-    if origin is Literal:
-        if value in args:
-            return value
-        raise ConfigError(f"{key} must be {_describe(tp)}; got {_show(value)}")
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if origin is Mapping:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key} must be a mapping of name -> spec; got {_show(value)}")
-        return types.MappingProxyType(
-            {str(k): _convert(v, args[1], _join(key, k)) for k, v in value.items()})
-    if origin is tuple:
-        if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be {_describe(tp)}; got {_show(value)}")
-        return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-    if _is_instance(value, tp):
-        return float(value) if tp is float else value
-    raise ConfigError(f"{key} must be {_describe(tp)}; got {_show(value)}")
-
-
-def _is_instance(value: Any, tp: Any) -> bool:
-    if isinstance(value, bool):
-        return tp is bool
-    if tp is float:
-        return isinstance(value, (int, float))
-    return isinstance(value, tp)
-
-
-def _describe(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if origin is Literal:
-        return " or ".join(repr(a) for a in args)
-    if origin is tuple:
-        plurals = {int: "integers", float: "numbers", str: "strings"}
-        return f"a list of {plurals[args[0]]}"
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-             type(None): "null"}
-    return names.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _show(value: Any) -> str:
-    return "null" if value is None else repr(value)
-
-
-def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
 
 
 def _to_plain(value: Any) -> Any:

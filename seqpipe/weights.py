@@ -9,17 +9,20 @@ are scaled, so that the loss Keras reports is the mean the user meant:
   per-timestep one), padding included;
 - `reduction="mean_with_sample_weight"` (Keras >= 3.7) reports sum(loss * w) / sum(w).
 
-See ../shared/KERAS_FACTS.md for the measurements; tests/test_weights.py checks every mode
-against real Keras.
+The README's table says which mode goes with which reduction; tests/test_weights.py
+checks every mode against real Keras.
 """
 
 from __future__ import annotations
 
+import typing
 from typing import Optional
 
 import numpy as np
 
-MODES = ("binary", "batch_mean", "global_mean", "sequence_mean")
+from seqpipe.config import WeightMode
+
+MODES = typing.get_args(WeightMode)  # one list of modes: the config's
 
 
 def sample_weight(mode: str, valid: np.ndarray, mean_valid_per_batch: float = 0.0,

@@ -255,3 +255,27 @@ def test_yaml_is_loaded_safely_a_python_tag_is_refused_not_run(tmp_path):
                                           r"object/apply:os\.system'"):
         load_config(path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: config_module.PaddingConfig(side="left"),
+     r"^PaddingConfig\.side must be 'pre' or 'post'; got 'left'"),
+    (lambda: config_module.BatchingConfig(batch_size=0),
+     r"^BatchingConfig\.batch_size must be a positive integer; got 0"),
+    (lambda: config_module.InputConfig(columns=[]),
+     r"^InputConfig\.columns must be a non-empty list of distinct column names; got \[\]"),
+    (lambda: config_module.OutputConfig(column="y", weights="mean"),
+     r"^OutputConfig\.weights must be .*'batch_mean'.*; got 'mean'"),
+    (lambda: PipelineConfig(inputs={"x": {"columns": ["a"]}}, padding={"side": "left"}),
+     r"^PipelineConfig\.padding\.side must be 'pre' or 'post'; got 'left'"),
+], ids=["padding-side", "batch-size", "no-columns", "weight-mode", "nested-mapping"])
+def test_a_config_built_in_python_is_checked_like_one_loaded_from_yaml(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()
+
+
+def test_a_config_built_in_python_equals_the_one_loaded_from_its_mapping():
+    made = PipelineConfig(inputs={"x": config_module.InputConfig(columns=["a", "b"])},
+                          source=config_module.SourceConfig(layout="nested"))
+    assert made.inputs["x"].columns == ("a", "b")
+    assert made == load_config(made.to_dict())
