@@ -6,6 +6,7 @@
     seqpipe serve dispatcher --port P
     seqpipe serve worker --dispatcher HOST:P
     seqpipe demo
+    seqpipe --version
 
 Every subcommand but `serve` takes `--set KEY=VALUE` (repeatable) to override a config key.
 Only `materialize`, `serve` and `demo` import TensorFlow.
@@ -38,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seqpipe",
         description="Variable-length time series from Parquet to Keras-ready batches.")
+    from seqpipe import __version__
+
+    parser.add_argument("--version", action="version", version=f"seqpipe {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     overrides = argparse.ArgumentParser(add_help=False)
     overrides.add_argument(

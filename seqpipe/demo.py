@@ -131,6 +131,9 @@ def run_demo(cache_dir: Path, epochs: int = 3, patients: int = 2000,
         rows = make_icu_data(data_dir, patients)
         print(f"wrote {rows:,} rows of ICU-style vitals to {data_dir} ({DEMO_FILES} files, "
               f"one range of patients each, rows shuffled)")
+    else:
+        print(f"reading the ICU-style vitals written earlier to {data_dir} (--cache-dir "
+              f"chooses another folder)")
     config = load_config(demo_config_path(), {"source.path": str(data_dir), **(overrides or {})})
     pipeline = Pipeline(config)
     from seqpipe.dataset import build_dataset

@@ -64,6 +64,7 @@ def test_demo_trains_and_keras_reports_the_true_masked_mean(tmp_path):
     again = _seqpipe("demo", "--cache-dir", str(tmp_path), "--patients", "300",
                      "--epochs", "1")
     assert again.returncode == 0 and "wrote" not in again.stdout  # the cached data is reused
+    assert f"reading the ICU-style vitals written earlier to {tmp_path}" in again.stdout
 
 
 def test_every_subcommand_has_help_with_set():
@@ -449,3 +450,13 @@ def test_a_killed_runs_leftover_is_removed_only_when_it_carries_seqpipes_marker(
     assert code == 0, err
     assert not ours.exists() and (theirs / "keep.txt").exists()
     assert ".seqpipe-temporary" not in [p.name for p in (tmp_path / "out").iterdir()]
+
+
+def test_version_prints_the_package_version(capsys):
+    import seqpipe
+    from seqpipe.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out == f"seqpipe {seqpipe.__version__}\n"
