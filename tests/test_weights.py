@@ -1,7 +1,7 @@
 """Sample weights against real Keras: the loss `test_on_batch` reports equals the mean each
 weight mode promises, computed by hand in NumPy over the same batch.
 
-Each row of the README's "which weight mode with which Keras reduction" table is a case here.
+Each row of the weight-mode table (README; the full table in docs/weights.md) is a case here.
 """
 
 import keras
