@@ -86,7 +86,7 @@ class Assembler:
         sizes = counts.copy()  # rows of each batch: its sequences, and empty rows
         if same_shape_first:
             sizes[:same_shape_first] = config.batching.batch_size
-            steps[:same_shape_first] = config.padding.maxlen
+            steps[:same_shape_first] = config.padding.maxlen or 0  # required with replicas
         batch_rows = np.repeat(np.arange(len(counts)), counts)
         row = np.arange(len(members)) - first[batch_rows]
         # Every batch starts on an ALIGNMENT-byte boundary of each flat array: TensorFlow's
@@ -178,8 +178,8 @@ class Assembler:
         padding = np.concatenate([self._padding_positions(members, table), empty["timestep"]])
         for name, spec in config.inputs.items():
             x[name][padding if spec.level == "timestep" else empty[spec.level]] = value
-        for name, spec in config.outputs.items():
-            y[name][padding if spec.level == "timestep" else empty[spec.level]] = value
+        for name, output in config.outputs.items():
+            y[name][padding if output.level == "timestep" else empty[output.level]] = value
         return Group(table, members, x, y, valid, {}, int(self.members_per_group[g]),
                      config.levels)
 
@@ -210,9 +210,9 @@ class Assembler:
                     group.x[name][sequence_dest, j] = column[local]
             else:
                 group.x[name][sequence_dest] = values[local]
-        for name, spec in self.config.outputs.items():
+        for name, output in self.config.outputs.items():
             labels, present = chunk.labels[name], chunk.present[name]
-            if spec.level == "timestep":
+            if output.level == "timestep":
                 copy_runs(labels, source, group.y[name], dest, kept)
                 copy_runs(present, source, group.valid[name], dest, kept)
             else:
@@ -221,11 +221,11 @@ class Assembler:
         group.remaining -= len(index)
 
     def _weigh(self, group: Group) -> None:
-        for name, spec in self.config.outputs.items():
+        for name, output in self.config.outputs.items():
             mode = self.config.weight_mode(name)
             t0, s0, size, steps = group.table.T
             valid = group.valid[name]
-            start, steps = (t0, steps) if spec.level == "timestep" else (s0, None)
+            start, steps = (t0, steps) if output.level == "timestep" else (s0, None)
             group.sample_weight[name] = batch_weights(
                 mode, valid, start, size, steps, self.mean_valid[name],
                 out=self.buffers.empty(valid.shape))

@@ -95,7 +95,8 @@ def _solve_boundaries(lengths: np.ndarray) -> tuple[int, ...]:
     cost = values[j] * (count[j + 1] - count[a]) - (real[j + 1] - real[a])
     cost = np.where(a <= j, cost, np.inf)
     best = cost[:, 0].copy()
-    choices, totals = [None], [best[-1]]
+    choices: list = [None]  # choices[k]: where bucket k starts, for k extra buckets
+    totals = [best[-1]]
     step = np.empty((len(values), max(len(values) - 1, 0)))
     rows = np.arange(len(values))
     for _ in range(1, min(MAX_AUTO_BUCKETS, len(values))):

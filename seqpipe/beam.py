@@ -41,9 +41,18 @@ from seqpipe import paths
 from seqpipe.batching import truncate
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError
-from seqpipe.materialize import (MANIFEST, SHARD_BYTES, _share, build_manifest, check_out,
-                                 encode_for_parts, output_parts, part_number, write_manifest,
-                                 write_part_index)
+from seqpipe.materialize import (
+    MANIFEST,
+    SHARD_BYTES,
+    _share,
+    build_manifest,
+    check_out,
+    encode_for_parts,
+    output_parts,
+    part_number,
+    write_manifest,
+    write_part_index,
+)
 from seqpipe.pipeline import missing_labels
 from seqpipe.sequences import check_no_nulls, group_sequences, id_runs
 from seqpipe.source import SourceTable, open_source
@@ -151,12 +160,14 @@ def _build(p, config: PipelineConfig, schema: pa.Schema, pieces: list, shards: d
 def rows_by_id(piece: Part, config: PipelineConfig, schema: pa.Schema) -> Iterator[tuple]:
     """The rows of each id in one row group: (id, one Arrow IPC record batch)."""
     table = read_part(piece, schema)
-    id_name = config.source.id_column
+    id_name = config.source.id_column or ""  # materialize_on_beam requires one
     check_no_nulls(table[id_name], "source.id_column", id_name, piece.where)
     starts = id_runs(table[id_name])
     if starts is None:
         table = table.take(pc.sort_indices(table[id_name]))
         starts = id_runs(table[id_name])
+    if starts is None:
+        raise AssertionError("ids not in runs after sorting (a seqpipe bug; please report it)")
     batch = table.combine_chunks().to_batches()
     if not batch:
         return
@@ -179,7 +190,7 @@ def encode_batch(batch: list, config: PipelineConfig, schema: pa.Schema,
     table = pa.Table.from_batches(
         [pa.ipc.read_record_batch(piece, schema) for _, pieces in batch for piece in pieces],
         schema=schema)
-    chunk, counts = group_sequences(SourceTable(table, config.source.path, ()), config,
+    chunk, counts = group_sequences(SourceTable(table, config.source.path or "", ()), config,
                                     chunk=True)
     missing = {}
     if len(chunk):
@@ -207,8 +218,8 @@ def _part_name(number: int, shards: dict) -> str:
 
 def add_counts(counts: Iterable[dict]) -> dict:
     """Sums the counts of many batches (Beam's combiner: order does not matter)."""
-    total = {"rows": 0, "empty_sequences_dropped": 0, "filled_values": {},
-             "missing_labels": {}}
+    total: dict[str, Any] = {"rows": 0, "empty_sequences_dropped": 0, "filled_values": {},
+                             "missing_labels": {}}
     for c in counts:
         total["rows"] += c["rows"]
         total["empty_sequences_dropped"] += c["empty_sequences_dropped"]
@@ -268,11 +279,12 @@ def _seqpipe_error(error: BaseException) -> Optional[SeqpipeError]:
     """The seqpipe error a failed pipeline carries: runners re-raise a worker's exception
     as its own type with the stage's name appended, or wrap it in their own."""
     seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, SeqpipeError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
+    found: Optional[BaseException] = error
+    while found is not None and id(found) not in seen:
+        if isinstance(found, SeqpipeError):
+            return found
+        seen.add(id(found))
+        found = found.__cause__ or found.__context__
     return None
 
 

@@ -4,8 +4,9 @@ A group's arrays are a few MB each, and the batches Keras gets are views of them
 TensorFlow wraps a NumPy array without copying it and holds a Python reference to it until
 its last tensor is gone. Fresh memory for every group costs the kernel a page fault and a
 zeroed page for every page touched: about 20 % of an epoch's CPU over the reference file
-(benchmarks/epoch.py, measured with perf), 3 % with the memory reused. A buffer that nothing else refers to any more (no batch, tensor or
-group views it) is handed out again instead.
+(benchmarks/epoch.py, measured with perf), 3 % with the memory reused. A buffer that
+nothing else refers to any more (no batch, tensor or group views it) is handed out again
+instead.
 
 Pipelines share one pool per process (`SHARED`), as an allocator would: a dataset built for
 each epoch, or a validation dataset after a training one, reuses what the last one freed.

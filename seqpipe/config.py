@@ -97,7 +97,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if value in args:
             return value
         raise ConfigError(f"{key} must be {_describe(tp)}; got {_show(value)}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return value if isinstance(value, tp) else _build(tp, value, key)
     if origin is Mapping:
         if not isinstance(value, Mapping):
@@ -152,7 +152,7 @@ class _Section:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         name = type(self).__name__
-        for f in dataclasses.fields(self):
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]  # every subclass is one
             value = _convert(getattr(self, f.name), hints[f.name], f"{name}.{f.name}")
             _check_rule(f, value, getattr(self, f.name), f"{name}.{f.name}")
             object.__setattr__(self, f.name, value)  # lists as tuples, mappings read-only
@@ -401,10 +401,10 @@ def _check_label_leaks(config: PipelineConfig) -> None:
     """A label column that also feeds an input hands the model its answer."""
     fed = {c: f"inputs.{name}.columns" for name, spec in config.inputs.items()
            for c in spec.columns}
-    for name, spec in config.outputs.items():
-        if spec.column in fed and not spec.also_input:
+    for name, output in config.outputs.items():
+        if output.column in fed and not output.also_input:
             raise ConfigError(
-                f"outputs.{name}.column {spec.column!r} is also in {fed[spec.column]}: the "
+                f"outputs.{name}.column {output.column!r} is also in {fed[output.column]}: the "
                 f"model would be fed the label it has to predict (a label leak). Use another "
                 f"column for the input or the label (a shifted copy, say), or set "
                 f"outputs.{name}.also_input: true if the model reconstructs its input.")

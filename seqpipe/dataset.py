@@ -122,6 +122,9 @@ class _Epochs:
 
     def __call__(self) -> Iterator[tuple]:
         pipeline, epoch = self._pipeline, next(self._count)
+        if pipeline is None:
+            raise RuntimeError("this seqpipe dataset was deleted: keep a reference to the "
+                               "dataset (or to one made from it) while iterating it")
         producer, self._warm = self._warm, None
         if producer is None or producer.stopped:
             producer = Background(self._pieces(pipeline, epoch))
@@ -210,9 +213,9 @@ def _cuts(table: np.ndarray, config: PipelineConfig) -> dict:
         cuts[f"x/{name}/shape"] = shape(spec.level, width)
     for level, (begin, count) in rows.items():  # labels and weights: one column
         cuts[f"{level}/begin"], cuts[f"{level}/size"] = begin[:, None], count[:, None]
-    for name, spec in config.outputs.items():
-        cuts[f"y/{name}/shape"], cuts[f"w/{name}/shape"] = shape(spec.level, 1), shape(
-            spec.level)
+    for name, output in config.outputs.items():
+        cuts[f"y/{name}/shape"], cuts[f"w/{name}/shape"] = shape(output.level, 1), shape(
+            output.level)
     return cuts
 
 
@@ -250,8 +253,8 @@ def _traced_groups(config: PipelineConfig):
 
     Built afresh for every dataset, `from_generator` and `flat_map` traced five functions,
     about 58 ms of the main thread's CPU each time (and the benchmark builds a dataset for
-    every epoch). TensorFlow also keeps every generator function it is given for the life of the process
-    (it ties them to the global graph, tensorflow/tensorflow#57690), with whatever the
+    every epoch). TensorFlow also keeps every generator function it is given for the life of
+    the process (it ties them to the global graph, tensorflow/tensorflow#57690), with whatever the
     function refers to; here that is one function (`_epochs_of`) per shape of config, and
     a dataset's pipeline goes when the dataset does."""
     import tensorflow as tf
@@ -295,8 +298,8 @@ def _split_group(config: PipelineConfig):
             if not config.outputs:
                 return xs
             ys, ws = {}, {}
-            for name, s in config.outputs.items():
-                begin, size = c[f"{s.level}/begin"], c[f"{s.level}/size"]
+            for name, output in config.outputs.items():
+                begin, size = c[f"{output.level}/begin"], c[f"{output.level}/size"]
                 ys[name] = cut(y[name], begin, size, c[f"y/{name}/shape"], y_spec[name])
                 ws[name] = cut(weights[name], begin, size, c[f"w/{name}/shape"], w_spec[name])
             return xs, ys, ws

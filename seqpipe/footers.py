@@ -72,10 +72,12 @@ def check_unchanged(filesystem: pafs.FileSystem, path: str, built_from: Fingerpr
         what = [name for name in ("size", "mtime_ns", "footer")
                 if getattr(now, name) != getattr(built_from, name)]
         words = {"size": "size", "mtime_ns": "modification time", "footer": "footer"}
+        changed = ", ".join(words[w] for w in what)
         raise DataError(
-            f"{path} changed since the dataset was built (its {', '.join(words[w] for w in what)} "
-            f"{'differs' if len(what) == 1 else 'differ'}): its rows would be read under the old index of ids, lengths and split "
-            f"parts. Build the dataset (or Pipeline) again to read it as it is now.")
+            f"{path} changed since the dataset was built (its {changed} "
+            f"{'differs' if len(what) == 1 else 'differ'}): its rows would be read under the "
+            f"old index of ids, lengths and split parts. Build the dataset (or Pipeline) "
+            f"again to read it as it is now.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +114,7 @@ def check_footers(files: Iterable[tuple[Any, list[Checked]]]) -> list[str]:
             where = f"{fragment.path} (row group {g}, from its footer)"
             for j in range(group.num_columns):
                 chunk = group.column(j)
-                column = by_name.get(_column_of(chunk.path_in_schema, by_name))
+                column = by_name.get(_column_of(chunk.path_in_schema, by_name) or "")
                 if column is None:
                     continue
                 stats, flat = chunk.statistics, chunk.path_in_schema == column.column

@@ -17,13 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from seqpipe.batching import (auto_boundaries, batch_sizes, bucket_of, padding_waste,
-                              plan_epoch)
+from seqpipe.batching import auto_boundaries, batch_sizes, bucket_of, padding_waste, plan_epoch
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError
 from seqpipe.sequences import list_columns
-from seqpipe.split import PARTS, part_of
 from seqpipe.source import column_roles, open_source, read_schema, source_schema
+from seqpipe.split import PARTS, part_of
 from seqpipe.stream import stream_order
 
 PERCENTILES = (0, 5, 25, 50, 75, 90, 95, 99, 100)
@@ -131,7 +130,8 @@ def inspect(config: PipelineConfig, from_file: bool = True) -> Inspection:
     source = config.source
     labels = [s.column for s in config.outputs.values()]
     if source.layout == "long":
-        table = files.dataset.to_table(columns=list(dict.fromkeys([source.id_column] + labels)))
+        keys = [source.id_column or ""]  # the long layout always has one
+        table = files.dataset.to_table(columns=list(dict.fromkeys(keys + labels)))
         counts = pc.value_counts(table[source.id_column])
         lengths = counts.field("counts").to_numpy().astype(np.int64)
         ids = counts.field("values")
@@ -172,9 +172,9 @@ def _nan_to_null(values) -> Any:
 def _missing_long(table: pa.Table, config: PipelineConfig) -> dict:
     missing = {}
     id_name = config.source.id_column
-    for name, spec in config.outputs.items():
-        values = _nan_to_null(table[spec.column])
-        if spec.level == "timestep":
+    for name, output in config.outputs.items():
+        values = _nan_to_null(table[output.column])
+        if output.level == "timestep":
             missing[name] = (int(values.null_count), len(values))
             continue
         labelled = pa.table({"id": table[id_name], "label": values}).group_by("id").aggregate(
@@ -186,9 +186,9 @@ def _missing_long(table: pa.Table, config: PipelineConfig) -> dict:
 
 def _missing_nested(table: pa.Table, config: PipelineConfig) -> dict:
     missing = {}
-    for name, spec in config.outputs.items():
-        values = table[spec.column]
-        if spec.level == "timestep":
+    for name, output in config.outputs.items():
+        values = table[output.column]
+        if output.level == "timestep":
             values = pc.list_flatten(values)
         values = _nan_to_null(values)
         missing[name] = (int(values.null_count), len(values))
@@ -289,7 +289,7 @@ def plot(found: Inspection, path: os.PathLike) -> None:
     figure, axes = plt.subplots(figsize=(8, 4))
     low, high = max(int(kept.min()), 1), int(kept.max()) + 1
     if high / low > 20:  # skewed lengths read better on a log scale
-        axes.hist(kept, bins=np.geomspace(low, high, 80), color="0.6")
+        axes.hist(kept, bins=np.geomspace(low, high, 80).tolist(), color="0.6")
         axes.set_xscale("log")
     else:
         axes.hist(kept, bins=min(80, high - low), color="0.6")

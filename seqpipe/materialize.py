@@ -28,10 +28,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from seqpipe import paths
+from seqpipe.batching import Windows
 from seqpipe.config import PipelineConfig, SplitConfig, load_config
 from seqpipe.dataset import batch_structure
 from seqpipe.errors import ConfigError, DataError, SourceNotFoundError
-from seqpipe.batching import Windows
 from seqpipe.pipeline import Pipeline, missing_labels, valid_per_sequence
 from seqpipe.progress import Progress
 from seqpipe.records import encode_chunk, read_chunks
@@ -89,7 +89,7 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
 def _write(pipeline: Pipeline, config: PipelineConfig, out: str, overwrite: bool,
            shard_bytes: int, progress: bool, tf) -> dict:
     report = pipeline.report
-    progress = Progress(report.sequences) if progress else None
+    bar = Progress(report.sequences) if progress else None
     parts = output_parts(config.split)
     temp, writers = paths.temporary_beside(out), {}
     try:
@@ -103,10 +103,10 @@ def _write(pipeline: Pipeline, config: PipelineConfig, out: str, overwrite: bool
                 if mine.any():
                     writer.add(encoded.select(np.flatnonzero(mine)),
                                missing_labels(chunk.present, mine, chunk.lengths, config.levels))
-            if progress is not None:
-                progress.update(len(chunk))
-        if progress is not None:
-            progress.close()
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
         report = pipeline.report  # now with the fills counted during the pass
         manifest = build_manifest(
             config, {"where": report.source, "files": report.files, "rows": report.rows,
@@ -185,7 +185,7 @@ class EncodedChunk:
     records: list  # serialized tf.train.Example of each sequence
     valid: Mapping[str, np.ndarray]  # output -> valid labels among the kept timesteps
 
-    def select(self, local: np.ndarray) -> "EncodedChunk":
+    def select(self, local: np.ndarray) -> EncodedChunk:
         return EncodedChunk(self.ids[local], self.part[local], self.kept[local],
                             self.lengths[local], [self.records[i] for i in local.tolist()],
                             {name: v[local] for name, v in self.valid.items()})
@@ -259,10 +259,13 @@ class _PartWriter:
         paths.makedirs(folder)
         self.folder, self.config, self.shard_bytes, self.tf = folder, config, shard_bytes, tf
         self.shards: list[str] = []
-        self.writer, self.written = None, 0
+        self.writer: Any = None  # tf.io.TFRecordWriter of the current shard
+        self.written = 0
         self.shard_sequences: list[int] = []  # records in each shard: sharing out by file
-        self.ids, self.kept, self.lengths = [], [], []
-        self.valid = {name: [] for name in config.outputs}
+        self.ids: list[np.ndarray] = []
+        self.kept: list[np.ndarray] = []
+        self.lengths: list[np.ndarray] = []
+        self.valid: dict[str, list[np.ndarray]] = {name: [] for name in config.outputs}
         self.missing = {name: np.zeros(2, dtype=np.int64) for name in config.outputs}
         self.bytes = 0
 
@@ -325,9 +328,9 @@ def record_layout(config: PipelineConfig) -> dict:
         layout[f"x/{name}"] = (f"float32 list, length x {width} ({', '.join(spec.columns)}), "
                                f"timestep-major" if spec.level == "timestep" else
                                f"float32 list of {width} ({', '.join(spec.columns)})")
-    for name, spec in config.outputs.items():
+    for name, output in config.outputs.items():
         layout[f"y/{name}"] = ("float32 list of `length` labels, NaN where missing"
-                               if spec.level == "timestep" else
+                               if output.level == "timestep" else
                                "float32: one label, NaN when missing")
     return layout
 
@@ -350,7 +353,7 @@ class MaterializedPart:
     def chunks(self):
         return read_chunks(list(self.files), self.config, self.ids, self.file_sequences)
 
-    def share(self, shard: Shard) -> Optional["MaterializedPart"]:
+    def share(self, shard: Shard) -> Optional[MaterializedPart]:
         """This part cut down to `shard`'s run of files (`seqpipe.shard`); None when there are
         fewer files than pipelines, or the output does not record records per file."""
         if self.file_sequences is None or len(self.files) < shard.count:
@@ -495,8 +498,9 @@ def open_part(path: Union[str, os.PathLike], config: Any = None,
                         f"({len(missing)} of {len(files)} shards). Materialize again.")
     index = _read_index(paths.join(part_folder, "index.parquet"), config)
     if index.num_rows != info["sequences"]:
-        raise DataError(f"{paths.join(part_folder, 'index.parquet')} lists {index.num_rows:,} sequences, "
-                        f"the manifest {info['sequences']:,}; materialize again")
+        raise DataError(f"{paths.join(part_folder, 'index.parquet')} lists "
+                        f"{index.num_rows:,} sequences, the manifest {info['sequences']:,}; "
+                        f"materialize again")
     if not index.num_rows:
         raise DataError(f"part {split!r} of {folder!r} holds no sequences")
     valid = {name: index[f"valid/{name}"].to_numpy() for name in config.outputs}

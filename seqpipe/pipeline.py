@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import logging
 import os
+import typing
 from collections.abc import Iterator, Mapping
 from typing import Any, Optional, Union
 
@@ -19,14 +20,22 @@ import numpy as np
 import pyarrow as pa
 
 from seqpipe.assemble import Assembler, Group
-from seqpipe.batching import (EpochPlan, Windows, auto_boundaries, batch_sizes, bucket_of,
-                              in_multiples, padding_waste, plan_epoch, truncate)
+from seqpipe.batching import (
+    EpochPlan,
+    Windows,
+    auto_boundaries,
+    batch_sizes,
+    bucket_of,
+    in_multiples,
+    padding_waste,
+    plan_epoch,
+    truncate,
+)
 from seqpipe.config import PipelineConfig, leaked_labels, load_config
 from seqpipe.errors import ConfigError, DataError
-from seqpipe.sequences import (Sequences, group_sequences, list_columns, sequence_lengths,
-                               show_id)
-from seqpipe.source import SourceTable, column_roles, open_source, read_source
+from seqpipe.sequences import Sequences, group_sequences, list_columns, sequence_lengths, show_id
 from seqpipe.shard import Shard, hash_mask, shard_order
+from seqpipe.source import SourceTable, column_roles, open_source, read_source
 from seqpipe.split import PARTS, check_part, part_of
 from seqpipe.stream import StreamOrder, ordered_map, stream_chunks, stream_order
 
@@ -225,7 +234,7 @@ class Pipeline:
         self._sizes = self._batch_sizes(self._buckets)
         self.seed = self.config.shuffle.seed
         if self.seed is None and self.config.shuffle.buffer_size:
-            self.seed = int(np.random.SeedSequence().entropy % 2**31)
+            self.seed = int(typing.cast(int, np.random.SeedSequence().entropy) % 2**31)
         self._valid_counts = {
             name: records.valid[name] if records is not None else
             valid_per_sequence(index.present[name], spec.level, self.windows)
@@ -294,7 +303,7 @@ class Pipeline:
         self._counted = {"filled_values": dict(counts.filled_values)}  # labels: by part
         self._index = _Index.of(self._whole, counts.rows, counts.empty_sequences_dropped)
 
-    def _scan(self, order: StreamOrder) -> "_Index":
+    def _scan(self, order: StreamOrder) -> _Index:
         """Reads the ids (and the labels, when needed up front), row group by row group."""
         config, roles = self.config, column_roles(self.config)
         labels = config.source.layout == "nested" or any(
@@ -332,12 +341,12 @@ class Pipeline:
         if self._records is not None:
             return self._records.chunks()
         if self._stream is None:
-            return _slices(self._whole, self.config)
+            return _slices(self.sequences, self.config)  # grouped whole at build
         return self._streamed(stream_chunks(self._stream, self.config, self._files.schema,
                                             in_pieces=True))
 
     def _streamed(self, tables: Iterator[SourceTable]) -> Iterator[tuple[int, Sequences]]:
-        first, filled = 0, collections.Counter()
+        first, filled = 0, collections.Counter[str]()
         missing = {name: np.zeros(2, dtype=np.int64) for name in self.config.outputs}
         for chunk, counts in ordered_map(self._group_chunk, tables, ahead=1):
             filled.update(counts.filled_values)
@@ -366,7 +375,7 @@ class Pipeline:
                     f"split {self.split!r} holds none of the {n:,} sequences in {where}; raise "
                     f"split.{self.split if self.split != 'train' else 'validation or test'} "
                     f"or use more data")
-        if self._shard_by_hash:
+        if self._shard_by_hash and self.shard is not None:
             mask &= hash_mask(self._index.ids, self.shard)
         if self.shard is not None and not mask.any():
             raise DataError(
@@ -417,7 +426,7 @@ class Pipeline:
     def _make_report(self, where: str, files: int) -> Report:
         index, members = self._index, self._members
         kept, lengths = self.windows.length[members], index.lengths[members]
-        plan = self._first_plan
+        plan = self.plan(0)  # made and kept by __init__
         # For comparison: batches cut with no regard to length, as a plain shuffle makes them.
         size = int(self._batch_sizes(np.zeros(len(kept), dtype=np.int64))[0])
         order = (np.random.default_rng(0).permutation(len(kept))
@@ -455,11 +464,11 @@ class _Index:
         return np.diff(self.offsets)
 
     @classmethod
-    def of(cls, sequences: Sequences, rows: int, dropped: int) -> "_Index":
+    def of(cls, sequences: Sequences, rows: int, dropped: int) -> _Index:
         return cls(sequences.ids, sequences.offsets, sequences.present, rows, dropped)
 
     @classmethod
-    def concat(cls, pieces: list, rows: int, dropped: int) -> "_Index":
+    def concat(cls, pieces: list, rows: int, dropped: int) -> _Index:
         lengths = np.concatenate([p.lengths for p in pieces])
         return cls(np.concatenate([p.ids for p in pieces]),
                    np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
@@ -468,12 +477,18 @@ class _Index:
 
 
 def missing_labels(present: Mapping[str, np.ndarray], in_part: Optional[np.ndarray] = None,
-                    lengths: Optional[np.ndarray] = None, levels: Mapping = None) -> dict:
+                    lengths: Optional[np.ndarray] = None,
+                    levels: Optional[Mapping] = None) -> dict:
     """output -> (missing, all) labels, over the sequences `in_part` when given."""
     counts = {}
     for name, p in present.items():
         if in_part is not None and not in_part.all():
-            p = p[in_part if levels[name] == "sequence" else np.repeat(in_part, lengths)]
+            if levels is not None and levels[name] == "sequence":
+                p = p[in_part]
+            elif lengths is not None:
+                p = p[np.repeat(in_part, lengths)]
+            else:
+                raise ValueError("missing_labels of timestep labels needs the lengths")
         counts[name] = (int(p.size - np.count_nonzero(p)), int(p.size))
     return counts
 
@@ -490,8 +505,8 @@ def _slices(sequences: Sequences, config: PipelineConfig) -> Iterator[tuple[int,
     for a, b in zip(cuts[:-1], cuts[1:]):
         t0, t1 = offsets[a], offsets[b]
 
-        def cut(arrays):
-            return {name: values[t0:t1] if levels[name] == "timestep" else values[a:b]
+        def cut(arrays, steps=slice(t0, t1), rows=slice(a, b)):
+            return {name: values[steps if levels[name] == "timestep" else rows]
                     for name, values in arrays.items()}
 
         yield int(a), Sequences(sequences.ids[a:b], offsets[a:b + 1] - t0,

@@ -83,15 +83,16 @@ def encode_chunk(chunk: Sequences, local: np.ndarray, start: np.ndarray, kept: n
       kept: (len(local),) the kept timesteps of each.
       config: the pipeline config.
     """
-    timestep, sequence = {}, {}
+    timestep: dict[str, np.ndarray] = {}
+    sequence: dict[str, np.ndarray] = {}
     for name, spec in config.inputs.items():
         values = chunk.features[name]
         if isinstance(values, tuple):
             values = np.stack(values, axis=1)
         (timestep if spec.level == "timestep" else sequence)[f"x/{name}"] = values
-    for name, spec in config.outputs.items():
+    for name, output in config.outputs.items():
         labels = np.where(chunk.present[name], chunk.labels[name], np.float32(np.nan))
-        (timestep if spec.level == "timestep" else sequence)[f"y/{name}"] = labels
+        (timestep if output.level == "timestep" else sequence)[f"y/{name}"] = labels
     texts = id_texts(chunk.ids[local])
     for k, (i, a, n) in enumerate(zip(local.tolist(), start.tolist(), kept.tolist())):
         features = {"length": int64s(n), "id": bytes_feature(texts[k])}
@@ -120,8 +121,8 @@ def parse_spec(config: PipelineConfig) -> dict:
     for name, s in config.inputs.items():
         spec[f"x/{name}"] = (tf.io.RaggedFeature(tf.float32) if s.level == "timestep"
                              else tf.io.FixedLenFeature([len(s.columns)], tf.float32))
-    for name, s in config.outputs.items():
-        spec[f"y/{name}"] = (tf.io.RaggedFeature(tf.float32) if s.level == "timestep"
+    for name, output in config.outputs.items():
+        spec[f"y/{name}"] = (tf.io.RaggedFeature(tf.float32) if output.level == "timestep"
                              else tf.io.FixedLenFeature([], tf.float32))
     return spec
 
@@ -167,10 +168,10 @@ def _read_chunks(files, config, ids, file_sequences, tf):
         for name, s in config.inputs.items():
             features[name] = batch[f"x/{name}"].reshape(-1, len(s.columns))
         labels, present = {}, {}
-        for name, s in config.outputs.items():
+        for name, output in config.outputs.items():
             values = batch[f"y/{name}"]
             present[name] = ~np.isnan(values)
-            labels[name] = np.where(present[name], values, np.float32(s.fill_value))
+            labels[name] = np.where(present[name], values, np.float32(output.fill_value))
         yield first, Sequences(ids[first:first + n], offsets, features, labels, present)
         first += n
     if first != len(ids):

@@ -35,7 +35,6 @@ from typing import Optional, Union
 import numba
 import numpy as np
 
-
 # What `time_order` finds in each run of equal ids.
 ASCENDING, REPEATED, UNSORTED = 0, 1, 2
 

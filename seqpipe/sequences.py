@@ -108,7 +108,7 @@ def group_sequences(source: SourceTable, config: PipelineConfig,
 def sequence_lengths(source: SourceTable, config: PipelineConfig) -> tuple[np.ndarray, np.ndarray]:
     """The ids (ascending) and row counts of the sequences of a long-layout table, from its
     id column alone: what a streamed source's index needs, without grouping the rest."""
-    id_name = config.source.id_column
+    id_name = config.source.id_column or ""  # the long layout always has one
     check_no_nulls(source.table[id_name], "source.id_column", id_name, source.where)
     ids = source.table[id_name].combine_chunks()
     starts = source.id_starts if source.id_starts is not None else id_runs(ids)
@@ -193,7 +193,8 @@ def _found(problems: Optional[list], error: Optional[DataError]) -> None:
 
 def _group_long(table: pa.Table, config: PipelineConfig, where: str, with_inputs: bool,
                 id_starts: Optional[np.ndarray], problems: Optional[list]):
-    id_name, time_name = config.source.id_column, config.source.time_column
+    id_name = config.source.id_column or ""  # the long layout always has one
+    time_name = config.source.time_column
     check_no_nulls(table[id_name], "source.id_column", id_name, where)
     if time_name:
         check_no_nulls(table[time_name], "source.time_column", time_name, where)
@@ -231,6 +232,8 @@ def _sorted_by_id_and_time(table: pa.Table, id_name: str, time_name,
         keys = [(id_name, "ascending")] + ([(time_name, "ascending")] if time_name else [])
         table = table.take(pc.sort_indices(table, sort_keys=keys))
         starts = id_runs(table[id_name])
+        if starts is None:  # sorted just now, so the ids run ascending
+            raise AssertionError("ids not in runs after sorting (a seqpipe bug; please report it)")
         order = _time_order(table[time_name], starts) if time_name else ASCENDING
     return table, starts, order == REPEATED
 
@@ -256,9 +259,9 @@ def _value_columns(config: PipelineConfig, with_inputs: bool = True):
         for column in spec.columns:
             seen.add((column, spec.level))
             yield column, f"inputs.{name}.columns", spec.level
-    for name, spec in config.outputs.items():
-        if (spec.column, spec.level) not in seen:
-            yield spec.column, f"outputs.{name}.column", spec.level
+    for name, output in config.outputs.items():
+        if (output.column, output.level) not in seen:
+            yield output.column, f"outputs.{name}.column", output.level
 
 
 def _one_value_per_sequence(values, starts, sequence_ids, column, key, where,
@@ -328,14 +331,14 @@ def _repeated_ids(sequence_ids: np.ndarray, id_name: str, where: str) -> Optiona
 
 def list_columns(config: PipelineConfig):
     """(column, key, may_be_null) for each list column; the first fixes the sequence length."""
-    found = {}
+    found: dict[str, tuple[str, bool]] = {}
     for name, spec in config.inputs.items():
         if spec.level == "timestep":
             for column in spec.columns:
                 found.setdefault(column, (f"inputs.{name}.columns", False))
-    for name, spec in config.outputs.items():
-        if spec.level == "timestep":
-            found.setdefault(spec.column, (f"outputs.{name}.column", True))
+    for name, output in config.outputs.items():
+        if output.level == "timestep":
+            found.setdefault(output.column, (f"outputs.{name}.column", True))
     if config.source.time_column:
         found.setdefault(config.source.time_column, ("source.time_column", False))
     return [(column, key, may_be_null) for column, (key, may_be_null) in found.items()]
@@ -470,12 +473,12 @@ def _labels(columns, config, where, problems):
     from seqpipe.runs import fill_missing  # numba, imported when sequences are first grouped
 
     labels, present = {}, {}
-    for name, spec in config.outputs.items():
+    for name, output in config.outputs.items():
         labels[name], present[name], infinite = fill_missing(
-            columns[spec.column, spec.level], spec.fill_value)
+            columns[output.column, output.level], output.fill_value)
         if infinite:
             _found(problems, DataError(
-                f"outputs.{name}: column {spec.column!r} has {infinite:,} infinite labels in "
+                f"outputs.{name}: column {output.column!r} has {infinite:,} infinite labels in "
                 f"{where} (or values beyond float32's range); a label must be finite, or "
                 f"null/NaN when missing"))
     return labels, present

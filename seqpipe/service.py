@@ -61,7 +61,7 @@ def records_dataset(part: Any):
             width = len(s.columns)
             element[f"x/{name}"] = (tf.reshape(values, [length, width])
                                     if s.level == "timestep" else tf.reshape(values, [width]))
-        for name, s in config.outputs.items():
+        for name in config.outputs:
             element[f"y/{name}"] = tf.reshape(example[f"y/{name}"], [-1])
         return element
 
@@ -138,17 +138,18 @@ def _finish(config, mean_valid: dict):
         if not config.outputs:
             return x
         y, w = {}, {}
-        for name, s in config.outputs.items():
+        for name, output in config.outputs.items():
             labels = batch[f"y/{name}"]
-            if s.level == "timestep":
+            if output.level == "timestep":
                 present = real & ~tf.math.is_nan(labels)
-                filled = tf.where(present, labels, tf.where(real, np.float32(s.fill_value), pad))
+                fill = np.float32(output.fill_value)
+                filled = tf.where(present, labels, tf.where(real, fill, pad))
                 present, filled = to_side(present), to_side(filled)
                 y[name] = filled[:, :, None]
             else:
                 labels = labels[:, 0]
                 present = ~tf.math.is_nan(labels)
-                y[name] = tf.where(present, labels, np.float32(s.fill_value))[:, None]
+                y[name] = tf.where(present, labels, np.float32(output.fill_value))[:, None]
             w[name] = weights(config.weight_mode(name), present, name)
         return x, y, w
 

@@ -49,7 +49,7 @@ class Shard:
                               f"{self.index!r}")
 
     @classmethod
-    def of(cls, input_context: Any) -> Optional["Shard"]:
+    def of(cls, input_context: Any) -> Optional[Shard]:
         """The shard of a `tf.distribute.InputContext`; None for a single pipeline."""
         if input_context is None or input_context.num_input_pipelines == 1:
             return None

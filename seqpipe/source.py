@@ -24,8 +24,14 @@ import pyarrow.parquet as pq
 from seqpipe import paths
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError, SourceNotFoundError
-from seqpipe.footers import (Checked, Fingerprint, check_footers, check_unchanged, fingerprint,
-                             range_error)
+from seqpipe.footers import (
+    Checked,
+    Fingerprint,
+    check_footers,
+    check_unchanged,
+    fingerprint,
+    range_error,
+)
 
 _GLOB_CHARS = set("*?[")
 
@@ -64,9 +70,9 @@ def column_roles(config: PipelineConfig) -> list[ColumnRole]:
     for name, spec in config.inputs.items():
         kind = _value_kind(nested, spec.level)
         roles += [ColumnRole(c, f"inputs.{name}.columns", kind) for c in spec.columns]
-    for name, spec in config.outputs.items():
-        roles.append(ColumnRole(spec.column, f"outputs.{name}.column",
-                                _value_kind(nested, spec.level)))
+    for name, output in config.outputs.items():
+        roles.append(ColumnRole(output.column, f"outputs.{name}.column",
+                                _value_kind(nested, output.level)))
     return roles
 
 

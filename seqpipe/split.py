@@ -10,6 +10,8 @@ stays as it was.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -58,7 +60,7 @@ def id_hash(ids, seed: int) -> np.ndarray:
         return _mix(_mix(values ^ key) + key)
 
 
-def _bytes_hash(ids: pa.Array, key: np.uint64) -> np.ndarray:
+def _bytes_hash(ids: pa.Array, key: Any) -> np.ndarray:
     """Hashes variable-length byte strings with whole-array operations: each byte times a
     random odd weight for its position, summed per string, mixed with the length."""
     offsets = np.frombuffer(ids.buffers()[1], dtype=np.int64)[ids.offset:ids.offset + len(ids) + 1]

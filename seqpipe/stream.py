@@ -26,8 +26,8 @@ import pyarrow.fs as pafs
 
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
-from seqpipe.sequences import id_runs
 from seqpipe.footers import Fingerprint, check_unchanged
+from seqpipe.sequences import id_runs
 from seqpipe.source import CHECKSUMS, SourceFiles, SourceTable, read_error
 
 # Rows read ahead of the row group being grouped: as many row groups as fit, and at least
@@ -180,9 +180,9 @@ class _ReadAhead:
 
 def _chunks(order: StreamOrder, config: PipelineConfig, in_pieces: bool,
             reads: _ReadAhead) -> Iterator[SourceTable]:
-    parts, id_name = order.parts, config.source.id_column
-    long_layout = config.source.layout == "long" and id_name is not None
-    waiting = []  # rows of a sequence that began in an earlier row group
+    parts, id_name = order.parts, config.source.id_column or ""
+    long_layout = config.source.layout == "long" and bool(id_name)
+    waiting: list[pa.Table] = []  # rows of a sequence that began in an earlier row group
     for k, part in enumerate(parts):
         table = reads.take()
         following = parts[k + 1] if k + 1 < len(parts) else None
@@ -327,7 +327,7 @@ class Background:
     """
 
     def __init__(self, items: Iterable, depth: int = 4) -> None:
-        self._queue: "collections.deque" = collections.deque()
+        self._queue: collections.deque = collections.deque()
         self._ready = threading.Condition()
         self._stop = threading.Event()
         self._depth = depth
@@ -354,7 +354,7 @@ class Background:
                         return
                     self._queue.append((item, None))
                     ready.notify_all()
-            result = (_DONE, None)
+            result: tuple[object, Optional[BaseException]] = (_DONE, None)
         except BaseException as e:  # handed to the consumer, which raises it
             result = (_DONE, e)
         with ready:

@@ -33,7 +33,7 @@ def validate(config: PipelineConfig) -> list[str]:
              f"{'s' if len(fragments) != 1 else ''}, {rows:,} rows in {row_groups} row groups "
              f"(from the footers)"]
     lines.append("columns, checked in every file:")
-    found = {}
+    found: dict[str, str] = {}
     for fragment in fragments:
         for field in read_schema(fragment):
             found.setdefault(field.name, str(field.type))

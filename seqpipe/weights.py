@@ -62,12 +62,12 @@ def sample_weight(mode: str, valid: np.ndarray, mean_valid_per_batch: float = 0.
     if mode == "binary":
         return _scaled(valid, 1, 1, out)
     if mode == "batch_mean":
-        return _scaled(valid, valid.size, np.count_nonzero(valid), out)
+        return _scaled(valid, valid.size, int(np.count_nonzero(valid)), out)
     if mode == "global_mean":
         return _scaled(valid, valid.size, mean_valid_per_batch, out)
     if mode == "sequence_mean":
         if valid.ndim == 1:
-            return _scaled(valid, valid.size, np.count_nonzero(valid), out)
+            return _scaled(valid, valid.size, int(np.count_nonzero(valid)), out)
         return _per_sequence(valid, out)
     raise _unknown(mode)
 
