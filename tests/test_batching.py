@@ -8,7 +8,7 @@ import pytest
 
 from seqpipe import DataError, Pipeline, batching, load_config
 from seqpipe.batching import auto_boundaries, bucket_of, padding_waste
-from tests.conftest import base_config, long_table, raw_sequences
+from tests.helpers import base_config, long_table, raw_sequences
 
 SIDES = list(itertools.product(["pre", "post"], ["pre", "post"]))
 

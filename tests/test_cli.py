@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from seqpipe import Pipeline
-from tests.conftest import base_config, long_table, nested_from_long, write
+from tests.helpers import base_config, long_table, nested_from_long, write
 
 SUBCOMMANDS = ["inspect", "validate", "materialize", "demo"]
 

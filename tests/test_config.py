@@ -7,7 +7,7 @@ import pytest
 
 from seqpipe import config as config_module
 from seqpipe import ConfigError, PipelineConfig, SourceNotFoundError, load_config
-from tests.conftest import base_config
+from tests.helpers import base_config
 
 ISSUE_YAML = """
 source:

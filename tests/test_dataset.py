@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from seqpipe import Pipeline, build_dataset, element_spec, load_config
 from seqpipe.buffers import SHARED
-from tests.conftest import base_config, long_table, write
+from tests.helpers import base_config, long_table, write
 
 LENGTHS = [5, 1, 9, 3, 12, 7, 2, 8, 4, 6, 11, 3, 10, 4]
 

@@ -12,7 +12,7 @@ import pytest
 
 from seqpipe import DataError, Pipeline, build_dataset
 from seqpipe.cli import main
-from tests.conftest import base_config, long_table, nested_from_long, write
+from tests.helpers import base_config, long_table, nested_from_long, write
 
 
 def _config(path, layout="long", **sections):

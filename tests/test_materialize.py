@@ -12,7 +12,7 @@ import tensorflow as tf
 from seqpipe import (ConfigError, DataError, SourceNotFoundError, build_dataset, load_config,
                      load_materialized, materialize)
 from seqpipe.materialize import config_hash
-from tests.conftest import (base_config, long_table, nested_from_long, raw_sequences, scatter,
+from tests.helpers import (base_config, long_table, nested_from_long, raw_sequences, scatter,
                             write)
 
 LENGTHS = np.random.default_rng(11).integers(1, 25, 150)

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from seqpipe import DataError, Pipeline, load_config
-from tests.conftest import STEP, base_config, nested_from_long
+from tests.helpers import STEP, base_config, nested_from_long
 
 
 @st.composite

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 
 from seqpipe import DataError, Pipeline, build_dataset, load_config
-from tests.conftest import STEP, base_config, long_table, nested_from_long, raw_sequences, write
+from tests.helpers import STEP, base_config, long_table, nested_from_long, raw_sequences, write
 
 
 def _replaced(table: pa.Table, column: str, values) -> pa.Table:

@@ -14,7 +14,7 @@ import seqpipe.stream
 from seqpipe import ConfigError, DataError, Pipeline, build_dataset, load_config, materialize
 from seqpipe import load_materialized
 from seqpipe.shard import Shard
-from tests.conftest import (base_config, long_table, nested_from_long, raw_sequences,
+from tests.helpers import (base_config, long_table, nested_from_long, raw_sequences,
                             scatter, write)
 
 LENGTHS = np.random.default_rng(11).integers(1, 30, 60)

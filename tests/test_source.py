@@ -9,7 +9,7 @@ import pytest
 
 from seqpipe import DataError, Pipeline, SourceNotFoundError, build_dataset, load_config
 from seqpipe.source import read_source
-from tests.conftest import base_config, long_table, raw_sequences, write
+from tests.helpers import base_config, long_table, raw_sequences, write
 
 
 def _codes_by_id(pipeline):

@@ -8,7 +8,7 @@ import pytest
 from seqpipe import ConfigError, DataError, Pipeline, build_dataset, load_config
 from seqpipe.config import SplitConfig
 from seqpipe.split import part_of
-from tests.conftest import base_config, long_table, scatter, write
+from tests.helpers import base_config, long_table, scatter, write
 
 SPLIT = {"validation": 0.2, "test": 0.1, "seed": 7}
 

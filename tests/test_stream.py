@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from seqpipe import DataError, Pipeline, build_dataset, load_config
 from seqpipe.batching import bucket_of
-from tests.conftest import base_config, long_table, write
+from tests.helpers import base_config, long_table, write
 
 LENGTHS = np.random.default_rng(5).integers(1, 30, 80)
 

@@ -10,7 +10,7 @@ import pytest
 
 from seqpipe import Pipeline, load_config
 from seqpipe.weights import batch_weights, sample_weight
-from tests.conftest import base_config, long_table
+from tests.helpers import base_config, long_table
 
 RTOL = 1e-5
 LENGTHS = [5, 1, 9, 3, 12, 7, 2, 8, 4, 6, 11, 3, 10]
