@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
+from seqpipe import tuning
 from seqpipe.batching import EpochPlan
 from seqpipe.buffers import ALIGNMENT, SHARED, BufferPool
 from seqpipe.config import PipelineConfig
@@ -109,12 +110,12 @@ class Assembler:
                                              minlength=len(self.tables))
         self._batch_groups = [np.flatnonzero(plan.groups == g) for g in range(len(self.tables))]
         # A group's store is allocated once the stream reaches its first members, past the
-        # few (`PARKED_SHARE`) that come much earlier: sequences that waited windows long
+        # few (`Tuning.parked_share`) that come much earlier: sequences that waited windows long
         # for a batch of their bucket to fill. Those are parked unpadded until then, so a
         # group that waits does not hold a whole store, and little is copied twice.
         by_group = np.lexsort((members, self.group_of[members]))
         ordered, counts = members[by_group], self.members_per_group
-        early = (counts * PARKED_SHARE).astype(np.int64)
+        early = (counts * tuning.TUNING.parked_share).astype(np.int64)
         self.open_at = ordered[np.cumsum(counts) - counts + early] if len(members) else []
         self._parked: dict[int, list] = {}
         self._open: dict[int, Group] = {}
@@ -230,9 +231,6 @@ class Assembler:
                 mode, valid, start, size, steps, self.mean_valid[name],
                 out=self.buffers.empty(valid.shape))
 
-
-# The share of a group's members, earliest first, parked before its store is allocated.
-PARKED_SHARE = 0.05
 
 def _aligned_rows(rows: np.ndarray) -> np.ndarray:
     """`rows` rounded up so that as many float32 rows, of any width, fill whole

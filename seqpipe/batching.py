@@ -12,6 +12,7 @@ import hashlib
 
 import numpy as np
 
+from seqpipe import tuning
 from seqpipe.config import BatchingConfig, PaddingConfig, ShuffleConfig
 from seqpipe.errors import DataError
 
@@ -59,7 +60,7 @@ def auto_boundaries(lengths: np.ndarray) -> tuple[int, ...]:
     Tries 1 to `MAX_AUTO_BUCKETS` buckets (an exact dynamic programme over candidate edges)
     and keeps the fewest whose padding is within `AUTO_BUCKET_GAIN` of the best. The answer
     for the last few sets of lengths is kept: a dataset built again over the same data (one
-    per epoch, per fold) does not solve it again (12 ms for the reference file).
+    per epoch, per fold) does not solve it again.
 
     Example:
       >>> auto_boundaries(np.array([2, 2, 2, 100, 100]))
@@ -69,13 +70,12 @@ def auto_boundaries(lengths: np.ndarray) -> tuple[int, ...]:
     key = hashlib.blake2b(lengths.data, digest_size=16).digest()
     if key not in _AUTO:
         _AUTO[key] = _solve_boundaries(lengths)
-        while len(_AUTO) > AUTO_KEPT:
+        while len(_AUTO) > tuning.TUNING.auto_kept:
             _AUTO.pop(next(iter(_AUTO)), None)
     return _AUTO[key]
 
 
 # Answers of `auto_boundaries` kept, by a digest of the lengths; the oldest go first.
-AUTO_KEPT = 8
 _AUTO: dict = {}
 
 
@@ -146,9 +146,6 @@ class EpochPlan:
     dropped_sequences: int  # left out by drop_remainder
 
 
-# Without shuffle, batches go out as they fill; one assembly group per this many sequences.
-UNSHUFFLED_GROUP = 2048
-
 
 def plan_epoch(lengths: np.ndarray, buckets: np.ndarray, sizes: np.ndarray,
                batching: BatchingConfig, shuffle: ShuffleConfig,
@@ -182,16 +179,6 @@ def plan_epoch(lengths: np.ndarray, buckets: np.ndarray, sizes: np.ndarray,
     return EpochPlan(batches, _split_groups(np.asarray(groups, dtype=np.int64)), dropped)
 
 
-# Batches per assembly group at most. Groups are padded into arrays of their own (about
-# 20 MB for the reference file), which the buffer pool reuses from one group to the next
-# instead of mapping fresh memory (and taking page faults) for every window. Every group
-# costs a copy into its arrays per chunk of sequences that reaches it, and a crossing into
-# tf.data. With 64 instead of 32, paired epochs of the reference file took 0.94x the time
-# (and, the order swapped, the old 1.15x; 10 pairs each), and an epoch peaked 26 MB
-# higher (547 to 573 MB; the 5x file 625 to 630 MB; one process each). 128 took 0.95x
-# the time of 64 and peaked 34 MB higher again.
-BATCHES_PER_GROUP = 64
-
 
 def in_multiples(plan: EpochPlan, multiple: int) -> EpochPlan:
     """The plan with its largest batches halved until the batch count is a multiple of
@@ -218,14 +205,15 @@ def in_multiples(plan: EpochPlan, multiple: int) -> EpochPlan:
 
 
 def _split_groups(groups: np.ndarray) -> np.ndarray:
-    """Consecutive group numbers, with each group cut into runs of `BATCHES_PER_GROUP`."""
+    """Consecutive group numbers, with each group cut into runs of
+    `Tuning.batches_per_group`."""
     if not len(groups):
         return groups
     starts = np.flatnonzero(np.concatenate([[True], groups[1:] != groups[:-1]]))
     sizes = np.diff(np.append(starts, len(groups)))
     within = np.arange(len(groups)) - np.repeat(starts, sizes)
-    runs = np.concatenate([[True], (groups[1:] != groups[:-1]) | (within[1:] %
-                                                                  BATCHES_PER_GROUP == 0)])
+    full = within[1:] % tuning.TUNING.batches_per_group == 0
+    runs = np.concatenate([[True], (groups[1:] != groups[:-1]) | full])
     return np.cumsum(runs) - 1
 
 
@@ -272,7 +260,7 @@ def _in_order(buckets, sizes):
     left = [b for b in batches if len(b) < sizes[buckets[b[0]]]]
     full.sort(key=lambda b: b[-1])  # a batch goes out when its last sequence arrives
     left.sort(key=lambda b: b[-1])
-    groups = [int(b[-1]) // UNSHUFFLED_GROUP for b in full]
+    groups = [int(b[-1]) // tuning.TUNING.unshuffled_group for b in full]
     return full, groups, left
 
 

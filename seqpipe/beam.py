@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from seqpipe import paths
+from seqpipe import paths, tuning
 from seqpipe.batching import truncate
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError
@@ -59,8 +59,6 @@ from seqpipe.source import SourceTable, open_source
 from seqpipe.split import PARTS, id_hash
 from seqpipe.stream import Part, read_part
 
-# Whole sequences grouped and encoded per call: enough to make the columnar work worth it.
-SEQUENCES_PER_BATCH = 512
 SHARD_SEED = 0x5E9_51A2D
 
 
@@ -142,7 +140,7 @@ def _build(p, config: PipelineConfig, schema: pa.Schema, pieces: list, shards: d
         | "Rows by id" >> beam.FlatMap(rows_by_id, config, schema)
         | "Group by id" >> beam.GroupByKey()
         | "Batch sequences" >> beam.BatchElements(min_batch_size=1,
-                                                  max_batch_size=SEQUENCES_PER_BATCH)
+                                                  max_batch_size=tuning.TUNING.beam_sequences_per_batch)
         | "Group, truncate, encode" >> beam.FlatMap(
             encode_batch, config, schema, shards).with_outputs("counts", main="records"))
     summaries = (

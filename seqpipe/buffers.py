@@ -3,10 +3,9 @@
 A group's arrays are a few MB each, and the batches Keras gets are views of them:
 TensorFlow wraps a NumPy array without copying it and holds a Python reference to it until
 its last tensor is gone. Fresh memory for every group costs the kernel a page fault and a
-zeroed page for every page touched: about 20 % of an epoch's CPU over the reference file
-(benchmarks/epoch.py, measured with perf), 3 % with the memory reused. A buffer that
-nothing else refers to any more (no batch, tensor or group views it) is handed out again
-instead.
+zeroed page for every page touched, a large share of an epoch's CPU (docs/performance.md).
+A buffer that nothing else refers to any more (no batch, tensor or group views it) is
+handed out again instead.
 
 Pipelines share one pool per process (`SHARED`), as an allocator would: a dataset built for
 each epoch, or a validation dataset after a training one, reuses what the last one freed.
@@ -16,25 +15,18 @@ from __future__ import annotations
 
 import sys
 import threading
+from typing import Optional
 
 import numpy as np
+
+from seqpipe import tuning
 
 # TensorFlow wraps a NumPy array without copying it only when its data is aligned to this
 # many bytes (Eigen's widest vectors); tf.data's generator copies any other group.
 ALIGNMENT = 64
 
-# A spare buffer serves requests from 1/SLACK of its size up to its size; a new buffer is
-# HEADROOM times the request, so that a slightly larger group later still fits.
-SLACK = 1.5
-HEADROOM = 1.125
-
-# Spare buffers are forgotten, oldest first, beyond this many bytes in all.
-SPARE_BYTES = 64 << 20
-
-# Buffers in use are forgotten too (left to whoever holds them), oldest first, when the pool
-# tracks more than this many bytes: a user who keeps many batches and then lets them go
-# does not leave the pool holding all of that memory.
-TRACKED_BYTES = 256 << 20
+# How much the pool keeps and how it matches sizes: `Tuning.slack`, `headroom`,
+# `spare_bytes` and `tracked_bytes`.
 
 
 class BufferPool:
@@ -57,10 +49,10 @@ class BufferPool:
       True
     """
 
-    def __init__(self, spare_bytes: int = SPARE_BYTES) -> None:
+    def __init__(self, spare_bytes: Optional[int] = None) -> None:
         self._buffers: list = []  # uint8 arrays, oldest first
         self._lock = threading.Lock()
-        self._spare_bytes = spare_bytes
+        self._spare_bytes = spare_bytes  # None: `Tuning.spare_bytes`
         self.reused = 0  # buffers handed out again, for tests and benchmarks
         # The count an unreferenced buffer shows, measured the way `_spare` measures it:
         # how getrefcount counts its own argument differs between Python versions.
@@ -77,17 +69,20 @@ class BufferPool:
         return buffer[start:start + nbytes].view(dtype).reshape(shape)
 
     def _take(self, nbytes: int) -> np.ndarray:
+        limits = tuning.TUNING
+        kept = self._spare_bytes if self._spare_bytes is not None else limits.spare_bytes
         with self._lock:
             spare = [k for k in range(len(self._buffers)) if self._spare(k)]
-            fits = [k for k in spare if nbytes <= self._buffers[k].size <= nbytes * SLACK]
+            fits = [k for k in spare
+                    if nbytes <= self._buffers[k].size <= nbytes * limits.slack]
             if fits:
                 self.reused += 1
                 return self._buffers[min(fits, key=lambda k: self._buffers[k].size)]
-            self._forget(spare, self._spare_bytes - int(nbytes * HEADROOM))
-            buffer = np.empty(int(nbytes * HEADROOM), dtype=np.uint8)
+            self._forget(spare, kept - int(nbytes * limits.headroom))
+            buffer = np.empty(int(nbytes * limits.headroom), dtype=np.uint8)
             self._buffers.append(buffer)
             tracked = sum(b.size for b in self._buffers)
-            while tracked > TRACKED_BYTES and len(self._buffers) > 1:
+            while tracked > limits.tracked_bytes and len(self._buffers) > 1:
                 tracked -= self._buffers.pop(0).size
             return buffer
 

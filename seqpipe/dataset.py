@@ -129,8 +129,8 @@ class _Epochs:
         if producer is None or producer.stopped:
             producer = Background(self._pieces(pipeline, epoch))
         # A group of no batches goes first. TensorFlow sets up its per-group machinery (the
-        # function that cuts a group into batches) on the first group it sees, 20-40 ms;
-        # with this one it does so while the first real group is still being assembled.
+        # function that cuts a group into batches) on the first group it sees; with this
+        # one it does so while the first real group is still being assembled.
         yield _no_batches(pipeline.config)
         yield from producer
 
@@ -155,13 +155,11 @@ def _options():
     """Autotuning and tf.data's default graph rewrites off.
 
     Autotuning: the pipeline has no AUTOTUNE parameter for it to tune, and deleting an
-    iterator joins the autotuner's model thread, which often sleeps through the wake-up: on
-    2 cores 10 of 40 iterator deletions took about 1.1 s each with it, 0 of 40 without
-    (benchmarks/iterator_deletion.py). Keras deletes its iterator at the end of every epoch.
+    iterator joins the autotuner's model thread, which often sleeps through the wake-up
+    (benchmarks/iterator_deletion.py); Keras deletes its iterator at the end of every epoch.
 
     Default rewrites (map parallelization, fusions, injected prefetches): none applies to
-    seqpipe's stages, and running them made each iterator 20 ms slower to create (41 ms
-    against 22 ms), every epoch; paired epochs of the reference file 0.96x without them.
+    seqpipe's stages, and running them made every epoch's iterator slower to create.
 
     A user who appends stages of their own can turn either back on with `with_options`:
     the later options win."""
@@ -251,12 +249,12 @@ def _traced_groups(config: PipelineConfig):
     traced once per process for each shape of config (input and output names, levels,
     widths).
 
-    Built afresh for every dataset, `from_generator` and `flat_map` traced five functions,
-    about 58 ms of the main thread's CPU each time (and the benchmark builds a dataset for
-    every epoch). TensorFlow also keeps every generator function it is given for the life of
-    the process (it ties them to the global graph, tensorflow/tensorflow#57690), with whatever the
-    function refers to; here that is one function (`_epochs_of`) per shape of config, and
-    a dataset's pipeline goes when the dataset does."""
+    Built afresh for every dataset, `from_generator` and `flat_map` traced five functions
+    each time, on the main thread. TensorFlow also keeps every generator function it is
+    given for the life of the process (it ties them to the global graph,
+    tensorflow/tensorflow#57690), with whatever the function refers to; here that is one
+    function (`_epochs_of`) per shape of config, and a dataset's pipeline goes when the
+    dataset does."""
     import tensorflow as tf
 
     key = (tuple((name, s.level, len(s.columns)) for name, s in config.inputs.items()),
@@ -269,9 +267,7 @@ def _traced_groups(config: PipelineConfig):
                 groups = tf.data.Dataset.from_generator(_epochs_of, args=(token,),
                                                         output_signature=spec)
                 # Groups are prefetched; batches are not. Cutting a batch out of its group
-                # is a few slices, cheaper than handing it over from a prefetch thread:
-                # without a prefetch of batches an epoch of the reference file took 3-9 %
-                # less CPU and 1-7 % less time (paired epochs in one process, both orders).
+                # is a few slices, cheaper than handing it over from a prefetch thread.
                 return groups.prefetch(1).flat_map(split)
 
             _TRACED[key] = tf.function(epoch, input_signature=[tf.TensorSpec((), tf.int64)])

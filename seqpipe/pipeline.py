@@ -19,6 +19,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import pyarrow as pa
 
+from seqpipe import tuning
 from seqpipe.assemble import Assembler, Group
 from seqpipe.batching import (
     EpochPlan,
@@ -493,13 +494,11 @@ def missing_labels(present: Mapping[str, np.ndarray], in_part: Optional[np.ndarr
     return counts
 
 
-# Whole-mode epochs are assembled in slices of about this many timesteps, like row groups.
-SLICE_TIMESTEPS = 1 << 20
-
 
 def _slices(sequences: Sequences, config: PipelineConfig) -> Iterator[tuple[int, Sequences]]:
     offsets = sequences.offsets
-    cuts = np.unique(np.searchsorted(offsets, np.arange(0, offsets[-1], SLICE_TIMESTEPS)))
+    cuts = np.unique(np.searchsorted(offsets, np.arange(0, offsets[-1],
+                                                        tuning.TUNING.slice_timesteps)))
     cuts = np.append(cuts[cuts < len(sequences)], len(sequences))
     levels = config.levels
     for a, b in zip(cuts[:-1], cuts[1:]):

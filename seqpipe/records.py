@@ -23,12 +23,10 @@ from typing import Optional
 
 import numpy as np
 
+from seqpipe import tuning
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.sequences import Sequences
-
-# Sequences parsed per tf.io.parse_example call when reading.
-READ_BATCH = 1024
 
 
 def _varint(value: int) -> bytes:
@@ -131,7 +129,7 @@ def read_chunks(files: list, config: PipelineConfig, ids: np.ndarray,
                 file_sequences: Optional[tuple] = None) -> Iterator[tuple[int, Sequences]]:
     """Reads record files in order as chunks of `Sequences`, with the index of the first.
 
-    Parsing runs in tf.data, `READ_BATCH` records per call, a few calls ahead. Each record's
+    Parsing runs in tf.data, `Tuning.read_batch` records per call, a few calls ahead. Each record's
     id is checked against the index (`ids`): shards swapped or edited would otherwise join
     sequences to the wrong ids.
 
@@ -156,7 +154,7 @@ def _read_chunks(files, config, ids, file_sequences, tf):
         return {key: value.flat_values if isinstance(value, tf.RaggedTensor) else value
                 for key, value in tf.io.parse_example(serialized, spec).items()}
 
-    records = tf.data.TFRecordDataset([str(f) for f in files]).batch(READ_BATCH)
+    records = tf.data.TFRecordDataset([str(f) for f in files]).batch(tuning.TUNING.read_batch)
     parsed = records.map(parse).prefetch(2)
     first = 0
     for batch in parsed.as_numpy_iterator():

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from seqpipe import tuning
 from seqpipe.errors import ConfigError
 
 PROCESSING_MODES = ("distributed_epoch", "parallel_epochs")
@@ -26,7 +27,7 @@ PROCESSING_MODES = ("distributed_epoch", "parallel_epochs")
 def records_dataset(part: Any):
     """The `(x, y, sample_weight)` batches of a materialized part, in TensorFlow ops only.
 
-    Records are shuffled in a buffer of `shuffle.buffer_size`, taken `WINDOW_BATCHES`
+    Records are shuffled in a buffer of `shuffle.buffer_size`, taken `Tuning.window_batches`
     batches' worth at a time, sorted by length within that window and cut into batches of
     `batch_size`, which go out in random order: padding stays low without bucket
     boundaries. (tf.data's `bucket_by_sequence_length` after a shuffle delivered every
@@ -93,12 +94,10 @@ def records_dataset(part: Any):
     padding_values = {key: (tf.constant(0, tf.int32) if key == "length" else
                             tf.constant(np.nan if key.startswith("y/") else pad, tf.float32))
                       for key in dataset.element_spec}
-    dataset = dataset.padded_batch(WINDOW_BATCHES * size, padding_values=padding_values)
+    dataset = dataset.padded_batch(tuning.TUNING.window_batches * size,
+                                   padding_values=padding_values)
     return dataset.flat_map(cut).map(_finish(config, mean_valid))
 
-
-# Batches sorted together: more pads less, and holds more padded records in memory.
-WINDOW_BATCHES = 32
 
 
 def _finish(config, mean_valid: dict):

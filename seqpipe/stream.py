@@ -24,21 +24,16 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
+from seqpipe import tuning
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.footers import Fingerprint, check_unchanged
 from seqpipe.sequences import id_runs
 from seqpipe.source import CHECKSUMS, SourceFiles, SourceTable, read_error
 
-# Rows read ahead of the row group being grouped: as many row groups as fit, and at least
-# one, read READ_THREADS at a time. A big row group (pyarrow writes a million rows to one)
-# is read while the last is grouped, and pyarrow decodes its columns in its own threads;
-# small ones, as from a directory of many small files, are read several files at once.
-# One big row group ahead instead of two was no slower (paired epochs of the reference
-# file 0.97x), and with `Background`'s queue of 4 groups instead of 8 the 5x file's peak
-# fell from 721-806 MB to 639-699 MB (separate processes, 3 each).
-READ_AHEAD_ROWS = 1 << 20
-READ_THREADS = 2
+# Row groups are read ahead of the one being grouped, `Tuning.read_ahead_rows` rows and at
+# least one, `Tuning.read_threads` at a time: a big row group is read while the last is
+# grouped, and a folder of small files is read several files at once.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +138,7 @@ def stream_chunks(order: StreamOrder, config: PipelineConfig, schema: pa.Schema,
       order: a streamable `StreamOrder`.
       config: the pipeline config.
       schema: the columns to read and the types to cast them to.
-      in_pieces: hand sorted row groups on in pieces of about `PIECE_ROWS` rows.
+      in_pieces: hand sorted row groups on in pieces of about `Tuning.piece_rows` rows.
 
     The first row groups are read from the moment this is called, not from the first
     chunk asked for: an epoch's planning then overlaps its first reads.
@@ -153,11 +148,11 @@ def stream_chunks(order: StreamOrder, config: PipelineConfig, schema: pa.Schema,
 
 
 class _ReadAhead:
-    """Reads `parts` in order, `READ_AHEAD_ROWS` ahead of the one taken last."""
+    """Reads `parts` in order, `Tuning.read_ahead_rows` ahead of the one taken last."""
 
     def __init__(self, parts: tuple, schema: pa.Schema) -> None:
         self._parts, self._schema = parts, schema
-        self._pool = _threads("read", READ_THREADS)
+        self._pool = _threads("read", tuning.TUNING.read_threads)
         self._pending: collections.deque = collections.deque()  # (rows, future)
         self._next = 0
         self._top_up()
@@ -171,7 +166,8 @@ class _ReadAhead:
     def _top_up(self) -> None:
         ahead = sum(rows for rows, _ in self._pending)
         while self._next < len(self._parts) and (
-                not self._pending or ahead + self._parts[self._next].rows <= READ_AHEAD_ROWS):
+                not self._pending
+                or ahead + self._parts[self._next].rows <= tuning.TUNING.read_ahead_rows):
             part = self._parts[self._next]
             self._pending.append((part.rows, self._pool.submit(read_part, part, self._schema)))
             ahead += part.rows
@@ -221,19 +217,16 @@ def _id_starts(table: pa.Table, id_name: str) -> Optional[np.ndarray]:
     return None if ids.null_count else id_runs(ids)
 
 
-# A row group sorted by id is handed on in pieces of about this many rows, cut between
-# sequences: the first batches can be assembled before the whole row group is grouped.
-PIECE_ROWS = 1 << 17
-
 
 def _pieces(table: pa.Table, starts: Optional[np.ndarray]) -> list:
     """Zero-copy slices of `table`, each of whole sequences, when its ids are sorted (their
     run `starts` known), each with its own run starts."""
-    if table.num_rows <= 2 * PIECE_ROWS or starts is None or len(starts) < 2:
+    rows = tuning.TUNING.piece_rows
+    if table.num_rows <= 2 * rows or starts is None or len(starts) < 2:
         return [(table, starts)]  # small, unsorted, or one sequence: nothing to cut
     inner = starts[1:]
     cuts = np.unique(inner[np.minimum(np.searchsorted(
-        inner, np.arange(PIECE_ROWS, table.num_rows, PIECE_ROWS)), len(inner) - 1)])
+        inner, np.arange(rows, table.num_rows, rows)), len(inner) - 1)])
     edges = np.concatenate([[0], cuts, [table.num_rows]])
     at = np.searchsorted(starts, edges)
     return [(table.slice(a, b - a), starts[i:j] - a)
@@ -313,24 +306,19 @@ def _threads(name: str, count: int) -> concurrent.futures.ThreadPoolExecutor:
 
 class Background:
     """Iterates `items` in a thread of its own from the moment it is made, up to `depth`
-    items ahead of the consumer; iterate it once.
+    items (`Tuning.producer_depth` when None) ahead of the consumer; iterate it once.
 
     The consumer (tf.data's generator thread) then only takes finished items off a queue,
     and the producer is never stalled waiting for the consumer to ask. `stop` ends the
-    thread early; iterating a stopped producer raises RuntimeError.
-
-    A shuffle window's groups all finish at once (3 with the reference file's defaults),
-    and every group waiting here holds its padded batches (about 20 MB each there). With
-    groups half that size, a depth of 4 was as fast as 8 (paired epochs of the reference
-    file 0.99x) and, with one big row group read ahead instead of two (`READ_AHEAD_ROWS`),
-    peaked 80-110 MB lower on the 5x file.
+    thread early; iterating a stopped producer raises RuntimeError. Every item waiting
+    holds its padded batches, so the queue is short.
     """
 
-    def __init__(self, items: Iterable, depth: int = 4) -> None:
+    def __init__(self, items: Iterable, depth: Optional[int] = None) -> None:
         self._queue: collections.deque = collections.deque()
         self._ready = threading.Condition()
         self._stop = threading.Event()
-        self._depth = depth
+        self._depth = depth if depth is not None else tuning.TUNING.producer_depth
         self._thread = threading.Thread(target=self._produce, args=(items,),
                                          name="seqpipe-producer", daemon=True)
         self._thread.start()

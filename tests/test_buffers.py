@@ -1,10 +1,12 @@
 """The buffer pool: aligned arrays, reused only once nothing refers to them."""
 
+import dataclasses
 import gc
 
 import numpy as np
 import tensorflow as tf
 
+from seqpipe import tuning
 from seqpipe.buffers import ALIGNMENT, BufferPool
 
 
@@ -81,10 +83,10 @@ def test_spare_buffers_beyond_the_budget_are_forgotten():
 
 def test_buffers_in_use_beyond_the_tracked_budget_are_left_to_their_holders(monkeypatch):
     """A user who keeps many batches, then lets them go, does not leave the pool holding
-    all of that memory: it forgets the oldest buffers beyond `TRACKED_BYTES`."""
-    from seqpipe import buffers
+    all of that memory: it forgets the oldest buffers beyond `Tuning.tracked_bytes`."""
 
-    monkeypatch.setattr(buffers, "TRACKED_BYTES", 4 << 20)
+    monkeypatch.setattr(tuning, "TUNING", dataclasses.replace(tuning.TUNING,
+                                                              tracked_bytes=4 << 20))
     pool = BufferPool()
     held = [pool.empty((1 << 18,)) for _ in range(10)]  # 1 MB each, all in use
     assert sum(b.size for b in pool._buffers) <= 4 << 20

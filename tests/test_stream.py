@@ -1,6 +1,7 @@
 """Streaming: a sorted Parquet source read row group by row group gives exactly the batches
 of the same data grouped whole in memory; what cannot be streamed is grouped whole, loudly."""
 
+import dataclasses
 import logging
 import os
 import re
@@ -14,12 +15,17 @@ import pyarrow.compute as pc
 import pytest
 import tensorflow as tf
 
-from seqpipe import DataError, Pipeline, build_dataset, load_config
+from seqpipe import DataError, Pipeline, build_dataset, load_config, tuning
 from seqpipe.batching import bucket_of
 from tests.helpers import base_config, long_table, write
 
 LENGTHS = np.random.default_rng(5).integers(1, 30, 80)
 
+
+
+def _tune(monkeypatch, **values):
+    """Runs the test with some tuning values changed."""
+    monkeypatch.setattr(tuning, "TUNING", dataclasses.replace(tuning.TUNING, **values))
 
 def _by_id(table: pa.Table) -> pa.Table:
     """Rows sorted by id, but each sequence's timesteps newest first: row groups hold
@@ -80,7 +86,7 @@ def test_an_epoch_starts_reading_before_it_plans_and_before_its_first_chunk_is_a
         return plan(self, epoch)
 
     monkeypatch.setattr(Pipeline, "plan", planning)
-    monkeypatch.setattr(stream, "READ_AHEAD_ROWS", 100)  # two row groups of 50 rows
+    _tune(monkeypatch, read_ahead_rows=100)  # two row groups of 50 rows
     chunks = pipeline.chunks()
     deadline = time.monotonic() + 10
     while len(started) < 2 and time.monotonic() < deadline:
@@ -96,8 +102,8 @@ def test_an_epoch_starts_reading_before_it_plans_and_before_its_first_chunk_is_a
 
 @pytest.mark.parametrize("budget", [40, 150, 10_000])
 def test_reads_run_ahead_by_rows_several_small_files_at_once(tmp_path, monkeypatch, budget):
-    """Row groups are read ahead of the one being grouped up to `READ_AHEAD_ROWS` rows, at
-    least one: small files are read two at a time (`READ_THREADS`); with a budget smaller
+    """Row groups are read ahead of the one being grouped up to `Tuning.read_ahead_rows` rows, at
+    least one: small files are read two at a time (`Tuning.read_threads`); with a budget smaller
     than a row group, one row group is read ahead."""
     from seqpipe import stream
 
@@ -120,7 +126,7 @@ def test_reads_run_ahead_by_rows_several_small_files_at_once(tmp_path, monkeypat
         return read(part, schema)
 
     monkeypatch.setattr(stream, "read_part", slow_read)
-    monkeypatch.setattr(stream, "READ_AHEAD_ROWS", budget)
+    _tune(monkeypatch, read_ahead_rows=budget)
     take = stream._ReadAhead.take
 
     def counting_take(self):
@@ -136,7 +142,7 @@ def test_reads_run_ahead_by_rows_several_small_files_at_once(tmp_path, monkeypat
     assert ahead[0] == {40: 50, 150: 150}.get(budget, table.num_rows - 50)
     assert max(ahead) <= max(budget, 50)
     if budget > 50:
-        assert most[0] == stream.READ_THREADS  # files read side by side
+        assert most[0] == tuning.TUNING.read_threads  # files read side by side
 
 
 def test_local_files_are_read_without_pre_buffering_other_filesystems_keep_it(tmp_path):
@@ -160,7 +166,6 @@ def test_local_files_are_read_without_pre_buffering_other_filesystems_keep_it(tm
 @pytest.mark.parametrize("order", ["sorted by id", "shuffled within each row group"])
 def test_big_row_groups_are_handed_on_in_pieces_of_whole_sequences(tmp_path, monkeypatch,
                                                                     order):
-    from seqpipe import stream
 
     table = _by_id(long_table(LENGTHS))
     if order != "sorted by id":  # id ranges still disjoint between row groups
@@ -168,7 +173,7 @@ def test_big_row_groups_are_handed_on_in_pieces_of_whole_sequences(tmp_path, mon
         table = pa.concat_tables([h.take(np.random.default_rng(0).permutation(h.num_rows))
                                   for h in halves])
     path = write(tmp_path / "d.parquet", table, row_group_size=600)
-    monkeypatch.setattr(stream, "PIECE_ROWS", 40)
+    _tune(monkeypatch, piece_rows=40)
     config = _config(path, **{"shuffle.buffer_size": 25, "shuffle.seed": 2})
     streamed = Pipeline(config)
     assert streamed.report.streamed
@@ -193,7 +198,7 @@ def test_the_id_runs_a_chunk_carries_are_those_of_its_rows(tmp_path, monkeypatch
 
     path = write(tmp_path / "d.parquet", _by_id(long_table(LENGTHS)),
                  row_group_size=row_group_size)
-    monkeypatch.setattr(stream, "PIECE_ROWS", 40)
+    _tune(monkeypatch, piece_rows=40)
     pipeline = Pipeline(_config(path))
     carried = 0
     for chunk in stream.stream_chunks(pipeline._stream, pipeline.config,
@@ -205,11 +210,10 @@ def test_the_id_runs_a_chunk_carries_are_those_of_its_rows(tmp_path, monkeypatch
 
 
 def test_a_row_group_of_one_long_sequence_is_handed_on_whole(tmp_path, monkeypatch):
-    from seqpipe import stream
 
     table = _by_id(long_table([200, 3]))
     path = write(tmp_path / "d.parquet", table, row_group_size=200)  # s000 fills row group 0
-    monkeypatch.setattr(stream, "PIECE_ROWS", 40)
+    _tune(monkeypatch, piece_rows=40)
     streamed = Pipeline(_config(path))
     assert [len(c) for _, c in streamed.chunks()] == [1, 1]
     _same_batches(streamed, Pipeline(_config(None), table), 0)
