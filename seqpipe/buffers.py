@@ -72,6 +72,9 @@ class BufferPool:
         limits = tuning.TUNING
         kept = self._spare_bytes if self._spare_bytes is not None else limits.spare_bytes
         with self._lock:
+            if not reuse_allowed():
+                self._buffers.clear()
+                return np.empty(nbytes, dtype=np.uint8)
             spare = [k for k in range(len(self._buffers)) if self._spare(k)]
             fits = [k for k in spare
                     if nbytes <= self._buffers[k].size <= nbytes * limits.slack]
@@ -105,4 +108,13 @@ class BufferPool:
 
 
 # The pool every `Pipeline` draws on.
+def reuse_allowed() -> bool:
+    """Whether buffers may be handed out again. Reuse is decided from reference counts,
+    which only a Python with the GIL keeps exact enough to prove a buffer unused: on a
+    free-threaded build, and with `Tuning.reuse_buffers` off, every group gets fresh memory
+    (slower, never wrong)."""
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    return bool(tuning.TUNING.reuse_buffers and gil)
+
+
 SHARED = BufferPool()

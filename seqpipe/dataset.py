@@ -6,6 +6,7 @@ seqpipe or validating a config stays fast and TensorFlow-free.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import os
@@ -310,17 +311,30 @@ def map_in_caller(dataset, function):
     the element instead of being handed to TensorFlow's inter-op thread pool.
 
     A batch's function is a dozen slices and reshapes of microseconds each; handing every
-    one to the pool, and waking its threads, costs more than the ops. Run in the caller, an
-    epoch of the reference file takes 10 % less CPU and 4-7 % less time (12 pairs in one
-    process, in both orders). tf.data offers the switch only on its private map class, so
-    a TensorFlow without it gets the public `map`, with the same batches."""
+    one to the pool, and waking its threads, costs more than the ops (docs/performance.md).
+    tf.data offers the switch only on its private map class: it is used when a feature check
+    finds it with that switch (tests/test_dataset.py pins its behaviour), and any other
+    TensorFlow gets the public `map`, with the same batches."""
+    private = _map_in_caller_class()
+    if private is None:
+        return dataset.map(function)
+    return private(dataset, function, use_inter_op_parallelism=False,
+                   preserve_cardinality=True)
+
+
+def _map_in_caller_class():
+    """tf.data's private `_MapDataset` when it takes the keywords `map_in_caller` passes,
+    else None."""
     try:
         from tensorflow.python.data.ops.map_op import _MapDataset
-
-        return _MapDataset(dataset, function, use_inter_op_parallelism=False,
-                           preserve_cardinality=True)
-    except (ImportError, TypeError):
-        return dataset.map(function)
+    except ImportError:
+        return None
+    try:
+        accepted = inspect.signature(_MapDataset.__init__).parameters
+    except (TypeError, ValueError):
+        return None
+    wanted = {"use_inter_op_parallelism", "preserve_cardinality"}
+    return _MapDataset if wanted <= set(accepted) else None
 
 
 def element_spec(config: PipelineConfig):

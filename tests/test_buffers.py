@@ -92,3 +92,23 @@ def test_buffers_in_use_beyond_the_tracked_budget_are_left_to_their_holders(monk
     assert sum(b.size for b in pool._buffers) <= 4 << 20
     held[0][:] = 3.0  # forgotten by the pool, still the holder's
     assert float(held[0].max()) == 3.0
+
+
+def test_reuse_can_be_switched_off_and_is_off_without_the_gil(monkeypatch):
+    """Reuse rests on reference counts; where they cannot prove a buffer unused (a
+    free-threaded Python) or when switched off, every request gets fresh memory."""
+    from seqpipe import buffers
+
+    def requests(pool):
+        for _ in range(3):
+            array = pool.empty((256, 8))
+            del array
+        return pool.reused
+
+    assert requests(BufferPool()) == 2
+    monkeypatch.setattr(tuning, "TUNING", dataclasses.replace(tuning.TUNING,
+                                                              reuse_buffers=False))
+    assert not buffers.reuse_allowed() and requests(BufferPool()) == 0
+    monkeypatch.undo()
+    monkeypatch.setattr(buffers.sys, "_is_gil_enabled", lambda: False, raising=False)
+    assert not buffers.reuse_allowed() and requests(BufferPool()) == 0

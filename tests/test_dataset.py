@@ -267,11 +267,11 @@ def test_batch_functions_run_in_the_callers_thread_with_the_public_map_as_fallba
     assert inline._use_inter_op_parallelism is False  # the installed TF has the switch
     expected = [{"v": v["v"].numpy()} for v in source.map(double)]
 
-    class Older(map_op._MapDataset):
-        def __init__(self, *args, use_inter_op_parallelism=True, **kwargs):
-            if not use_inter_op_parallelism:
+    class Older(map_op._MapDataset):  # a TensorFlow whose map class has no such switch
+        def __init__(self, input_dataset, map_func, **kwargs):
+            if "use_inter_op_parallelism" in kwargs:
                 raise TypeError("unexpected keyword argument 'use_inter_op_parallelism'")
-            super().__init__(*args, **kwargs)
+            super().__init__(input_dataset, map_func, **kwargs)
 
     monkeypatch.setattr(map_op, "_MapDataset", Older)
     monkeypatch.setattr(seqpipe_dataset, "_TRACED", {})  # traced again, with the fallback
