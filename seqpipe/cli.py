@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
         default=[], help="override a config key, e.g. --set batching.batch_size=128 "
         "(the value is read as YAML; repeatable)")
 
+    for add in (_add_inspect, _add_validate, _add_materialize, _add_serve, _add_demo):
+        add(commands, overrides)
+    return parser
+
+def _add_inspect(commands, overrides: argparse.ArgumentParser) -> None:
+    """`seqpipe inspect`: lengths, missing labels, padding cost."""
     inspect = commands.add_parser(
         "inspect", parents=[overrides],
         help="sequence lengths, missing labels and what padding will cost",
@@ -63,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="also write a length histogram with the bucket boundaries "
                          "(needs matplotlib: pip install 'seqpipe[plot]')")
 
+def _add_validate(commands, overrides: argparse.ArgumentParser) -> None:
+    """`seqpipe validate`: the config and the data's schema, footers, values."""
     validate = commands.add_parser(
         "validate", parents=[overrides],
         help="check a config and the data's schema, from the Parquet footers alone",
@@ -76,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
                           "repeated times, NaN features without fill_value, conflicting "
                           "per-sequence values, unequal nested lists, infinite labels")
 
+def _add_materialize(commands, overrides: argparse.ArgumentParser) -> None:
+    """`seqpipe materialize`: the preprocessing step."""
     materialize = commands.add_parser(
         "materialize", parents=[overrides],
         help="write the processed sequences as TFRecord shards, one folder per split",
@@ -100,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
                              "not know (--project=..., --direct_num_workers=2) go to Beam. "
                              "Needs pip install 'seqpipe[beam]'")
 
+def _add_serve(commands, overrides: argparse.ArgumentParser) -> None:
+    """`seqpipe serve dispatcher|worker`: the tf.data service."""
     serve = commands.add_parser(
         "serve", help="run a tf.data service dispatcher or worker (a container entry point)",
         description="Starts a tf.data service server and serves until stopped. Trainers "
@@ -123,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
                         "port (default: %(default)s; give the host's name when trainers "
                         "run elsewhere)")
 
+def _add_demo(commands, overrides: argparse.ArgumentParser) -> None:
+    """`seqpipe demo`: data, a pipeline and a model, end to end."""
     demo = commands.add_parser(
         "demo", parents=[overrides],
         help="generate ICU-style data, build the pipeline, train a small model",
@@ -136,8 +150,6 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
     demo.add_argument("--patients", type=int, default=2000,
                       help="sequences to generate (default: 2000)")
-    return parser
-
 
 def _config(path: str, overrides: dict):
     from seqpipe.config import load_config
@@ -145,7 +157,6 @@ def _config(path: str, overrides: dict):
     if not str(path).endswith((".yaml", ".yml")) and Path(path).is_dir():
         raise ConfigError(f"{path} is a folder; this command takes a YAML config file")
     return load_config(path, overrides)
-
 
 def _inspect(args, overrides: dict) -> None:
     from seqpipe.inspection import config_for, format_inspection, inspect, plot
@@ -155,7 +166,6 @@ def _inspect(args, overrides: dict) -> None:
     if args.plot is not None:
         plot(found, args.plot)
         print(f"wrote {args.plot}")
-
 
 def _validate(args, overrides: dict) -> None:
     from seqpipe.validate import validate, validate_data
@@ -177,10 +187,8 @@ def _validate(args, overrides: dict) -> None:
                         f"data, listed above; fix them and validate again")
     print("valid (read every value)")
 
-
 def _materialize(args, overrides: dict, beam_options: list) -> None:
     from seqpipe import paths
-
     if args.shard_mb <= 0:
         raise ConfigError(f"--shard-mb must be positive; got {args.shard_mb}")
     config = _config(args.config, overrides)
@@ -204,7 +212,6 @@ def _materialize(args, overrides: dict, beam_options: list) -> None:
               f", {info['bytes'] / 2**20:,.1f} MB")
     print(f"  manifest: {paths.join(args.out, 'manifest.json')} (config sha256 "
           f"{manifest['config_sha256'][:12]}...)")
-
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()

@@ -338,6 +338,15 @@ class PipelineConfig(_Section):
 
 
 def _check_cross_fields(config: PipelineConfig) -> None:
+    """The rules that tie several keys together, one group of sections at a time."""
+    _check_inputs(config)
+    _check_source_and_split(config)
+    _check_label_leaks(config)
+    _check_feature_columns(config)
+    _check_batching(config)
+
+
+def _check_inputs(config: PipelineConfig) -> None:
     if not config.inputs:
         raise ConfigError("inputs must name at least one model input; got none. "
                           "Example: inputs: {vitals: {columns: [hr, bp]}}")
@@ -345,6 +354,12 @@ def _check_cross_fields(config: PipelineConfig) -> None:
         raise ConfigError(
             f"at least one input must have level: timestep, since seqpipe batches time "
             f"series; every input is level: sequence ({', '.join(config.inputs)})")
+    clash = set(config.inputs) & set(config.outputs)
+    if clash:
+        raise ConfigError(f"a name cannot be both an input and an output; got {sorted(clash)}")
+
+
+def _check_source_and_split(config: PipelineConfig) -> None:
     source = config.source
     if source.layout == "long" and not source.id_column:
         raise ConfigError(
@@ -360,16 +375,15 @@ def _check_cross_fields(config: PipelineConfig) -> None:
         raise ConfigError(
             "split needs source.id_column: a sequence's part is decided by its id, so that "
             "it does not change with row order or file layout. Set source.id_column.")
-    clash = set(config.inputs) & set(config.outputs)
-    if clash:
-        raise ConfigError(f"a name cannot be both an input and an output; got {sorted(clash)}")
     if source.id_column and source.id_column == source.time_column:
         raise ConfigError(
             f"source.id_column and source.time_column are both {source.id_column!r}; the id "
             f"says which rows form a sequence and the time orders them, so they must be "
             f"different columns")
-    _check_label_leaks(config)
-    keys = {c: "source.id_column" for c in [source.id_column] if c}
+
+
+def _check_feature_columns(config: PipelineConfig) -> None:
+    keys = {c: "source.id_column" for c in [config.source.id_column] if c}
     for name, spec in config.inputs.items():
         if isinstance(spec.fill_value, Mapping):
             unknown = sorted(set(spec.fill_value) - set(spec.columns))
@@ -382,6 +396,9 @@ def _check_cross_fields(config: PipelineConfig) -> None:
                 raise ConfigError(
                     f"inputs.{name}.columns uses column {column!r}, which is "
                     f"{keys[column]}; a sequence key cannot also be a feature")
+
+
+def _check_batching(config: PipelineConfig) -> None:
     batching = config.batching
     boundaries = batching.bucket_boundaries
     maxlen = config.padding.maxlen

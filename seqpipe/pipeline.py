@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import logging
 import os
+import threading
 import typing
 from collections.abc import Iterator, Mapping
 from typing import Any, Optional, Union
@@ -183,7 +184,11 @@ class Pipeline:
         self._whole: Optional[Sequences] = None
         self._stream: Optional[StreamOrder] = None
         self._records = records  # a materialized part (`seqpipe.materialized`)
-        self._counted: Optional[dict] = None  # filled features and missing labels
+        # Filled features and missing labels. A streamed source counts them during its first
+        # epoch, in whichever thread reads it (tf.data's producer): that epoch hands its
+        # counts in under this lock, and `report` reads them under it.
+        self._counted: Optional[dict] = None
+        self._counted_lock = threading.Lock()
         self._first_plan: Optional[EpochPlan] = None
         self._unlabelled: set[str] = set()  # outputs already said to have no label at all
         if records is not None:
@@ -257,9 +262,11 @@ class Pipeline:
     @property
     def report(self) -> Report:
         """What was read, kept, dropped and filled; see `Report`."""
-        if self._counted is None:
+        with self._counted_lock:
+            counted = self._counted
+        if counted is None:
             return self._report
-        return dataclasses.replace(self._report, **self._counted)
+        return dataclasses.replace(self._report, **counted)
 
     @property
     def sequences(self) -> Sequences:
@@ -357,9 +364,11 @@ class Pipeline:
                 missing[name] += pair
             yield first, chunk
             first += len(chunk)
-        if self._counted is None:
-            self._counted = {"filled_values": dict(filled), "missing_labels": {
-                name: (int(m), int(t)) for name, (m, t) in missing.items()}}
+        counted = {"filled_values": dict(filled), "missing_labels": {
+            name: (int(m), int(t)) for name, (m, t) in missing.items()}}
+        with self._counted_lock:
+            first_epoch, self._counted = self._counted is None, self._counted or counted
+        if first_epoch:
             self._warn_changes(fills_only=True)  # the rest was said when building
 
     def _group_chunk(self, table: SourceTable):
