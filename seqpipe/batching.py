@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import threading
 
 import numpy as np
 
@@ -68,15 +69,21 @@ def auto_boundaries(lengths: np.ndarray) -> tuple[int, ...]:
     """
     lengths = np.ascontiguousarray(lengths, dtype=np.int64)
     key = hashlib.blake2b(lengths.data, digest_size=16).digest()
-    if key not in _AUTO:
-        _AUTO[key] = _solve_boundaries(lengths)
-        while len(_AUTO) > tuning.TUNING.auto_kept:
-            _AUTO.pop(next(iter(_AUTO)), None)
-    return _AUTO[key]
+    with _AUTO_LOCK:
+        found = _AUTO.get(key)
+    if found is None:
+        found = _solve_boundaries(lengths)  # outside the lock: pipelines build in parallel
+        with _AUTO_LOCK:
+            _AUTO[key] = found
+            while len(_AUTO) > tuning.TUNING.auto_kept:
+                _AUTO.pop(next(iter(_AUTO)))
+    return found
 
 
 # Answers of `auto_boundaries` kept, by a digest of the lengths; the oldest go first.
+# Process-wide, as a cache: pipelines built in several threads share it under the lock.
 _AUTO: dict = {}
+_AUTO_LOCK = threading.Lock()
 
 
 def _solve_boundaries(lengths: np.ndarray) -> tuple[int, ...]:
