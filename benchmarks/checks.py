@@ -97,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     reference = ensure_data(quick=True, lstm_sequences=5000)["reference"]
     import seqpipe
-    from seqpipe.validate import validate_data
+    from seqpipe.cli.validate import validate_data
 
     logging.getLogger("seqpipe").setLevel(logging.ERROR)
 

@@ -279,7 +279,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path, table):
 
 def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, table, monkeypatch):
     from seqpipe import DataError
-    from seqpipe.inspection import config_for, inspect, plot
+    from seqpipe.cli.inspect import config_for, inspect, plot
 
     path = write(tmp_path / "data.parquet", table, 100)
     found = inspect(*config_for(path))

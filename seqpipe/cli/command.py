@@ -143,7 +143,7 @@ def _add_demo(commands, overrides: argparse.ArgumentParser) -> None:
         description="Writes a small ICU-style dataset to a cache folder (once), builds the "
         "pipeline from the packaged configs/demo.yaml, trains a two-output GRU and prints "
         "what seqpipe read and the loss Keras reports beside the true masked mean.")
-    from seqpipe.demo import default_cache_dir
+    from seqpipe.cli.demo import default_cache_dir
 
     demo.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
                       help="where the demo data goes (default: %(default)s)")
@@ -159,7 +159,7 @@ def _config(path: str, overrides: dict):
     return load_config(path, overrides)
 
 def _inspect(args, overrides: dict) -> None:
-    from seqpipe.inspection import config_for, format_inspection, inspect, plot
+    from seqpipe.cli.inspect import config_for, format_inspection, inspect, plot
 
     found = inspect(*config_for(args.target, overrides))
     print(format_inspection(found))
@@ -168,7 +168,7 @@ def _inspect(args, overrides: dict) -> None:
         print(f"wrote {args.plot}")
 
 def _validate(args, overrides: dict) -> None:
-    from seqpipe.validate import validate, validate_data
+    from seqpipe.cli.validate import validate, validate_data
 
     config = _config(args.config, overrides)
     print(f"config: {args.config}: every key known, every value within its rule")
@@ -233,7 +233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             serve(args)
         elif args.command == "demo":
-            from seqpipe.demo import run_demo
+            from seqpipe.cli.demo import run_demo
 
             run_demo(args.cache_dir, epochs=args.epochs, patients=args.patients,
                      overrides=overrides)
