@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ from seqpipe.dataset import batch_structure
 from seqpipe.errors import ConfigError, DataError, SourceNotFoundError
 from seqpipe.pipeline import Pipeline, missing_labels, valid_per_sequence
 from seqpipe.progress import Progress
-from seqpipe.records import encode_chunk, read_chunks
+from seqpipe.records import encode_chunk, id_texts, read_chunks
 from seqpipe.sequences import Sequences
 from seqpipe.shard import Shard, contiguous_runs
 from seqpipe.split import PARTS, part_of
@@ -351,7 +352,13 @@ class MaterializedPart:
     file_sequences: Optional[tuple] = None  # records per file; None from older outputs
 
     def chunks(self):
-        return read_chunks(list(self.files), self.config, self.ids, self.file_sequences)
+        return read_chunks(list(self.files), self.config, self.ids, self.file_sequences,
+                           self.id_texts)
+
+    @functools.cached_property
+    def id_texts(self) -> np.ndarray:
+        """The index's ids as records hold them: made once, checked every epoch."""
+        return id_texts(self.ids)
 
     def share(self, shard: Shard) -> Optional[MaterializedPart]:
         """This part cut down to `shard`'s run of files (`seqpipe.shard`); None when there are

@@ -367,7 +367,9 @@ class Pipeline:
         counted = {"filled_values": dict(filled), "missing_labels": {
             name: (int(m), int(t)) for name, (m, t) in missing.items()}}
         with self._counted_lock:
-            first_epoch, self._counted = self._counted is None, self._counted or counted
+            first_epoch = self._counted is None
+            if first_epoch:
+                self._counted = counted
         if first_epoch:
             self._warn_changes(fills_only=True)  # the rest was said when building
 

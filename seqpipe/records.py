@@ -126,12 +126,15 @@ def parse_spec(config: PipelineConfig) -> dict:
 
 
 def read_chunks(files: list, config: PipelineConfig, ids: np.ndarray,
-                file_sequences: Optional[tuple] = None) -> Iterator[tuple[int, Sequences]]:
+                file_sequences: Optional[tuple] = None,
+                texts: Optional[np.ndarray] = None) -> Iterator[tuple[int, Sequences]]:
     """Reads record files in order as chunks of `Sequences`, with the index of the first.
 
     Parsing runs in tf.data, `Tuning.read_batch` records per call, a few calls ahead. Each record's
     id is checked against the index (`ids`): shards swapped or edited would otherwise join
     sequences to the wrong ids.
+
+    `texts`: `id_texts(ids)`, when the caller keeps it from one epoch to the next.
 
     Raises:
       DataError: a record whose id is not the index's, a shard that cannot be read
@@ -140,12 +143,13 @@ def read_chunks(files: list, config: PipelineConfig, ids: np.ndarray,
     import tensorflow as tf
 
     try:
-        yield from _read_chunks(files, config, ids, file_sequences, tf)
+        texts = texts if texts is not None else id_texts(ids)
+        yield from _read_chunks(files, config, ids, texts, file_sequences, tf)
     except tf.errors.OpError as e:
         raise _unreadable_shard(files, e, tf) from e
 
 
-def _read_chunks(files, config, ids, file_sequences, tf):
+def _read_chunks(files, config, ids, texts, file_sequences, tf):
     spec = parse_spec(config)
 
     def parse(serialized):
@@ -160,7 +164,7 @@ def _read_chunks(files, config, ids, file_sequences, tf):
     for batch in parsed.as_numpy_iterator():
         lengths = batch["length"]
         n = len(lengths)
-        _check_ids(batch["id"], ids, first, files, file_sequences)
+        _check_ids(batch["id"], texts, first, files, file_sequences)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         features = {}
         for name, s in config.inputs.items():
@@ -178,9 +182,9 @@ def _read_chunks(files, config, ids, file_sequences, tf):
                         f"added or edited. Materialize again.")
 
 
-def _check_ids(found: np.ndarray, ids: np.ndarray, first: int, files: list,
+def _check_ids(found: np.ndarray, texts: np.ndarray, first: int, files: list,
                file_sequences: Optional[tuple]) -> None:
-    expected = id_texts(ids[first:first + len(found)])
+    expected = texts[first:first + len(found)]
     found = np.asarray(found, dtype=bytes)
     if len(found) == len(expected) and np.array_equal(found, expected):
         return

@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         add(commands, overrides)
     return parser
 
+
 def _add_inspect(commands, overrides: argparse.ArgumentParser) -> None:
     """`seqpipe inspect`: lengths, missing labels, padding cost."""
     inspect = commands.add_parser(
@@ -69,6 +70,7 @@ def _add_inspect(commands, overrides: argparse.ArgumentParser) -> None:
                          help="also write a length histogram with the bucket boundaries "
                          "(needs matplotlib: pip install 'seqpipe[plot]')")
 
+
 def _add_validate(commands, overrides: argparse.ArgumentParser) -> None:
     """`seqpipe validate`: the config and the data's schema, footers, values."""
     validate = commands.add_parser(
@@ -83,6 +85,7 @@ def _add_validate(commands, overrides: argparse.ArgumentParser) -> None:
                           "every problem reading would stop at: corrupt pages, null times, "
                           "repeated times, NaN features without fill_value, conflicting "
                           "per-sequence values, unequal nested lists, infinite labels")
+
 
 def _add_materialize(commands, overrides: argparse.ArgumentParser) -> None:
     """`seqpipe materialize`: the preprocessing step."""
@@ -110,6 +113,7 @@ def _add_materialize(commands, overrides: argparse.ArgumentParser) -> None:
                              "not know (--project=..., --direct_num_workers=2) go to Beam. "
                              "Needs pip install 'seqpipe[beam]'")
 
+
 def _add_serve(commands, overrides: argparse.ArgumentParser) -> None:
     """`seqpipe serve dispatcher|worker`: the tf.data service."""
     serve = commands.add_parser(
@@ -134,6 +138,7 @@ def _add_serve(commands, overrides: argparse.ArgumentParser) -> None:
                         help="how consumers reach this worker; %%port%% is replaced by the "
                         "port (default: %(default)s; give the host's name when trainers "
                         "run elsewhere)")
+
 
 def _add_demo(commands, overrides: argparse.ArgumentParser) -> None:
     """`seqpipe demo`: data, a pipeline and a model, end to end."""
