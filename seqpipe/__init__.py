@@ -8,7 +8,8 @@ from seqpipe.config import PipelineConfig, load_config
 from seqpipe.dataset import build_dataset, element_spec
 from seqpipe.errors import ConfigError, DataError, SeqpipeError, SourceNotFoundError
 from seqpipe.materialize import load_materialized, materialize
-from seqpipe.pipeline import Batch, Pipeline, Report
+from seqpipe.pipeline import Batch, Pipeline
+from seqpipe.report import Report
 
 __version__ = "0.1.0"
 

@@ -41,6 +41,7 @@ from seqpipe import paths, tuning
 from seqpipe.batching import truncate
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError
+from seqpipe.index import missing_labels
 from seqpipe.materialize import (
     MANIFEST,
     SHARD_BYTES,
@@ -53,7 +54,6 @@ from seqpipe.materialize import (
     write_manifest,
     write_part_index,
 )
-from seqpipe.pipeline import missing_labels
 from seqpipe.sequences import check_no_nulls, group_sequences, id_runs
 from seqpipe.source import SourceTable, open_source
 from seqpipe.split import PARTS, id_hash

@@ -13,7 +13,7 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from seqpipe.assemble import Group
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, SeqpipeError
 from seqpipe.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from seqpipe.materialize import MaterializedPart
 from seqpipe.shard import Shard, per_replica
 from seqpipe.stream import Background
 
@@ -172,15 +175,21 @@ def _options():
     return options
 
 
-def sharded_pipeline(config: Any, input_context: Any, **kwargs) -> Pipeline:
-    """The `Pipeline` of one input pipeline: its share of the sequences, per-replica batches."""
+def sharded_pipeline(config: Any, input_context: Any, data: Any = None,
+                     split: Optional[str] = None,
+                     source: Optional[MaterializedPart] = None) -> Pipeline:
+    """The `Pipeline` of one input pipeline: its share of the sequences, per-replica batches.
+    `source`: a materialized part to read instead of the config's source."""
     config = config if isinstance(config, PipelineConfig) else load_config(config)
     local_replicas = 0
     if input_context is not None and input_context.num_replicas_in_sync > 1:
         local_replicas = (input_context.num_replicas_in_sync //
                           input_context.num_input_pipelines)
-    return Pipeline(per_replica(config, input_context), shard=Shard.of(input_context),
-                    same_shape_first=local_replicas, **kwargs)
+    shard, mine = Shard.of(input_context), per_replica(config, input_context)
+    if source is None:
+        return Pipeline(mine, data, split, shard=shard, same_shape_first=local_replicas)
+    return Pipeline.from_source(source.share(shard), split, config=mine, shard=shard,
+                                same_shape_first=local_replicas)
 
 
 def _cuts(table: np.ndarray, config: PipelineConfig) -> dict:

@@ -33,10 +33,11 @@ from seqpipe.batching import Windows
 from seqpipe.config import PipelineConfig, SplitConfig, load_config
 from seqpipe.dataset import batch_structure
 from seqpipe.errors import ConfigError, DataError, SourceNotFoundError
-from seqpipe.pipeline import Pipeline, missing_labels, valid_per_sequence
+from seqpipe.index import Index, missing_labels, valid_per_sequence
+from seqpipe.pipeline import Pipeline
 from seqpipe.progress import Progress
 from seqpipe.records import encode_chunk, id_texts, read_chunks
-from seqpipe.sequences import Sequences
+from seqpipe.sequences import Sequences, concat_sequences
 from seqpipe.shard import Shard, contiguous_runs
 from seqpipe.split import PARTS, part_of
 
@@ -338,7 +339,7 @@ def record_layout(config: PipelineConfig) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class MaterializedPart:
-    """One part of a materialized output, as `Pipeline(records=...)` reads it."""
+    """One part of a materialized output: a `seqpipe.index.SequenceSource` of its records."""
 
     config: PipelineConfig
     where: str
@@ -347,24 +348,42 @@ class MaterializedPart:
     lengths: np.ndarray  # kept timesteps
     valid: Mapping[str, np.ndarray]
     rows: int
-    counted: Mapping[str, Any]
-    report_fields: Mapping[str, Any]
+    report_fields: Mapping[str, Any]  # counted when the part was written, before truncation
     file_sequences: Optional[tuple] = None  # records per file; None from older outputs
+    shared: bool = False  # cut down to one input pipeline's files (`share`)
+    streamed = False
+    unlabelled: tuple = ()
 
-    def chunks(self):
+    @property
+    def file_count(self) -> int:
+        return len(self.files)
+
+    @functools.cached_property
+    def index(self) -> Index:
+        return Index.of_lengths(self.ids, self.lengths, self.rows)
+
+    def chunks(self, in_part: Optional[np.ndarray] = None):
         return read_chunks(list(self.files), self.config, self.ids, self.file_sequences,
                            self.id_texts)
+
+    def valid_labels(self, output: str, windows: Windows) -> np.ndarray:
+        return self.valid[output]  # counted inside the kept timesteps when written
+
+    def sequences(self) -> Sequences:
+        return concat_sequences([chunk for _, chunk in self.chunks()])
 
     @functools.cached_property
     def id_texts(self) -> np.ndarray:
         """The index's ids as records hold them: made once, checked every epoch."""
         return id_texts(self.ids)
 
-    def share(self, shard: Shard) -> Optional[MaterializedPart]:
-        """This part cut down to `shard`'s run of files (`seqpipe.shard`); None when there are
-        fewer files than pipelines, or the output does not record records per file."""
-        if self.file_sequences is None or len(self.files) < shard.count:
-            return None
+    def share(self, shard: Optional[Shard]) -> MaterializedPart:
+        """This part cut down to `shard`'s run of files (`seqpipe.shard`); itself when there
+        are fewer files than pipelines, or the output does not record records per file
+        (the pipeline then takes its share by id hash)."""
+        if (shard is None or self.file_sequences is None
+                or len(self.files) < shard.count):
+            return self
         counts = np.asarray(self.file_sequences, dtype=np.int64)
         runs = contiguous_runs(counts, shard.count)
         start, stop = int(runs[shard.index]), int(runs[shard.index + 1])
@@ -373,7 +392,7 @@ class MaterializedPart:
             self, files=self.files[start:stop], ids=self.ids[first:last],
             lengths=self.lengths[first:last],
             valid={name: v[first:last] for name, v in self.valid.items()},
-            file_sequences=tuple(self.file_sequences[start:stop]))
+            file_sequences=tuple(self.file_sequences[start:stop]), shared=True)
 
 
 def read_manifest(path: Union[str, os.PathLike]) -> dict:
@@ -511,10 +530,10 @@ def open_part(path: Union[str, os.PathLike], config: Any = None,
     if not index.num_rows:
         raise DataError(f"part {split!r} of {folder!r} holds no sequences")
     valid = {name: index[f"valid/{name}"].to_numpy() for name in config.outputs}
-    counted = {"filled_values": manifest["filled_values"],
-               "missing_labels": {n: tuple(v) for n, v in info["missing_labels"].items()}}
     source = manifest["source"]
     report_fields = {
+        "filled_values": manifest["filled_values"],
+        "missing_labels": {n: tuple(v) for n, v in info["missing_labels"].items()},
         "source": f"{folder} (part {split!r}, materialized from {source['where']})",
         "timesteps": info["timesteps"], "truncated_sequences": info["truncated_sequences"],
         "truncated_timesteps": info["truncated_timesteps"],
@@ -522,8 +541,8 @@ def open_part(path: Union[str, os.PathLike], config: Any = None,
         "split": split if split != "all" else None, "source_sequences": source["sequences"]}
     return MaterializedPart(config, str(part_folder), files,
                             index["id"].to_numpy(zero_copy_only=False),
-                            index["length"].to_numpy(), valid, source["rows"], counted,
-                            report_fields, _file_sequences(info, index.num_rows))
+                            index["length"].to_numpy(), valid, source["rows"], report_fields,
+                            _file_sequences(info, index.num_rows))
 
 
 def _read_index(file: str, config: PipelineConfig) -> pa.Table:
@@ -592,7 +611,7 @@ def load_materialized(path: Union[str, os.PathLike], config: Any = None,
 
     part = open_part(path, config, split)
     if service is None:
-        return build_dataset(sharded_pipeline(part.config, input_context, records=part))
+        return build_dataset(sharded_pipeline(part.config, input_context, source=part))
     from seqpipe.service import PROCESSING_MODES, records_dataset
 
     if processing_mode not in PROCESSING_MODES:

@@ -8,23 +8,19 @@ this in tf.data.
 
 from __future__ import annotations
 
-import collections
+import concurrent.futures
 import dataclasses
 import logging
 import os
-import threading
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any, Optional, Union
 
 import numpy as np
-import pyarrow as pa
 
-from seqpipe import tuning
 from seqpipe.assemble import Assembler, Group
 from seqpipe.batching import (
     EpochPlan,
-    Windows,
     auto_boundaries,
     batch_sizes,
     bucket_of,
@@ -33,13 +29,13 @@ from seqpipe.batching import (
     plan_epoch,
     truncate,
 )
-from seqpipe.config import PipelineConfig, leaked_labels, load_config
+from seqpipe.config import PipelineConfig, ShuffleConfig, leaked_labels, load_config
 from seqpipe.errors import ConfigError, DataError
-from seqpipe.sequences import Sequences, group_sequences, list_columns, sequence_lengths, show_id
-from seqpipe.shard import Shard, hash_mask, shard_order
-from seqpipe.source import SourceTable, column_roles, open_source, read_source
+from seqpipe.index import SequenceSource, missing_labels, open_sequences
+from seqpipe.report import Report
+from seqpipe.sequences import Sequences, show_id
+from seqpipe.shard import Shard, hash_mask
 from seqpipe.split import PARTS, check_part, part_of
-from seqpipe.stream import StreamOrder, ordered_map, stream_chunks, stream_order
 
 logger = logging.getLogger("seqpipe")
 
@@ -53,83 +49,6 @@ class Batch:
     sample_weight: dict
     ids: np.ndarray  # the sequence ids, in batch order; rows past them are empty
     lengths: np.ndarray  # real timesteps per sequence, after truncation
-
-
-@dataclasses.dataclass(frozen=True)
-class Report:
-    """What the pipeline read, kept, dropped and filled. `str(report)` is a readable summary."""
-
-    source: str
-    files: int
-    rows: int
-    sequences: int
-    timesteps: int
-    empty_sequences_dropped: int
-    truncated_sequences: int
-    truncated_timesteps: int
-    filled_values: Optional[Mapping[str, int]]  # None until a streamed epoch has read them
-    missing_labels: Optional[Mapping[str, tuple[int, int]]]  # output -> (missing, labels)
-    bucket_boundaries: tuple[int, ...]
-    batches_per_epoch: int
-    sequences_dropped_per_epoch: int  # by batching.drop_remainder
-    padding_waste: float  # padded / all timesteps in the first epoch's batches
-    padding_waste_unbucketed: float  # batches cut with no regard to length, for comparison
-    seed: Optional[int]
-    streamed: bool = False  # read one row group at a time rather than grouped whole
-    split: Optional[str] = None  # the part read: train, validation or test; None for all
-    source_sequences: Optional[int] = None  # sequences in the source, all parts together
-
-    def changes(self) -> list[str]:
-        """What seqpipe dropped or changed, one phrase each; empty when nothing."""
-        changes = []
-        if self.truncated_timesteps:
-            changes.append(f"truncated {self.truncated_timesteps:,} timesteps in "
-                           f"{self.truncated_sequences:,} sequences (padding.maxlen)")
-        if self.empty_sequences_dropped:
-            changes.append(f"dropped {self.empty_sequences_dropped:,} empty sequences")
-        if self.filled_values:
-            changes.append(f"filled {sum(self.filled_values.values()):,} NaN/null/infinite "
-                           f"feature values ({', '.join(self.filled_values)})")
-        if self.sequences_dropped_per_epoch:
-            changes.append(f"drop_remainder leaves out {self.sequences_dropped_per_epoch:,} "
-                           f"sequences per epoch")
-        return changes
-
-    def __str__(self) -> str:
-        lines = [
-            f"source: {self.source} ({f'{self.files} files, ' if self.files else ''}"
-            f"{self.rows:,} rows; "
-            f"{'streamed by row group' if self.streamed else 'grouped whole, in memory'})",
-            f"sequences: {self.sequences:,}, timesteps: {self.timesteps:,}"
-            + (f" (split {self.split!r}: {self.sequences:,} of the source's "
-               f"{self.source_sequences:,} sequences)" if self.split else ""),
-            f"truncated: {self.truncated_timesteps:,} timesteps in "
-            f"{self.truncated_sequences:,} sequences (padding.maxlen)",
-        ]
-        if self.empty_sequences_dropped:
-            lines.append(f"dropped: {self.empty_sequences_dropped:,} empty sequences")
-        if self.filled_values is None:
-            lines.append("filled: counted as the features stream in, during the first "
-                         "epoch")
-        every = " (counted over every split)" if self.split else ""
-        for key, count in (self.filled_values or {}).items():
-            lines.append(f"filled: {count:,} NaN/null/infinite values in {key}{every}")
-        if self.missing_labels is None:
-            lines.append("missing labels: counted as the labels stream in, during the first "
-                         "epoch")
-        for name, (missing, total) in (self.missing_labels or {}).items():
-            share = missing / total if total else 0.0
-            lines.append(f"missing labels: {name}: {missing:,} of {total:,} ({share:.1%}), "
-                         f"weight 0")
-        lines.append(
-            f"batches per epoch: {self.batches_per_epoch:,}, bucket boundaries: "
-            f"{list(self.bucket_boundaries) or 'none'}, padding waste: "
-            f"{self.padding_waste:.1%} (without buckets: {self.padding_waste_unbucketed:.1%})")
-        if self.sequences_dropped_per_epoch:
-            lines.append(f"dropped per epoch by drop_remainder: "
-                         f"{self.sequences_dropped_per_epoch:,} sequences")
-        lines.append(f"shuffle seed: {self.seed}" if self.seed is not None else "shuffle: off")
-        return "\n".join(lines)
 
 
 class Pipeline:
@@ -164,116 +83,67 @@ class Pipeline:
     """
 
     def __init__(self, config: Union[PipelineConfig, Mapping, str, os.PathLike],
-                 data: Any = None, split: Optional[str] = None, *, records: Any = None,
+                 data: Any = None, split: Optional[str] = None, *,
                  shard: Optional[Shard] = None, same_shape_first: int = 0) -> None:
-        self.config = config if isinstance(config, PipelineConfig) else load_config(config)
-        if same_shape_first and self.config.padding.maxlen is None:
-            raise ConfigError(
-                "training on several replicas needs padding.maxlen: Keras 3 averages the "
-                "first batch of every replica to build the model, so seqpipe pads those to "
-                "batch_size x maxlen. Set padding.maxlen (the longest sequence you keep).")
+        config = config if isinstance(config, PipelineConfig) else load_config(config)
+        _check_replicas(config, same_shape_first)
+        self._build(config, open_sequences(config, data, shard), split, shard,
+                    same_shape_first)
+
+    @classmethod
+    def from_source(cls, source: SequenceSource, split: Optional[str] = None, *,
+                    config: Optional[PipelineConfig] = None, shard: Optional[Shard] = None,
+                    same_shape_first: int = 0) -> Pipeline:
+        """The pipeline of any `SequenceSource` (see `seqpipe.index`). `config` may change
+        what the source's config leaves to batching (batch size, shuffle, weights)."""
+        config = config or source.config
+        _check_replicas(config, same_shape_first)
+        pipeline = cls.__new__(cls)
+        pipeline._build(config, source, split, shard, same_shape_first)
+        return pipeline
+
+    def _build(self, config: PipelineConfig, source: SequenceSource, split: Optional[str],
+               shard: Optional[Shard], same_shape_first: int) -> None:
+        """Source -> index -> split and shard -> truncation and buckets -> the first plan."""
+        self.config, self.source, self.shard = config, source, shard
         self.same_shape_first = same_shape_first
-        for name in leaked_labels(self.config):
-            logger.warning(
-                "seqpipe: outputs.%s.column %r also feeds an input (outputs.%s.also_input: "
-                "true): the model sees the labels it predicts", name,
-                self.config.outputs[name].column, name)
+        _warn_leaked_labels(self.config)
         self.split = check_part(split, self.config.split)
-        self.shard = shard
-        self._shard_by_hash = shard is not None  # unless whole row groups can be shared out
-        self._whole: Optional[Sequences] = None
-        self._stream: Optional[StreamOrder] = None
-        self._records = records  # a materialized part (`seqpipe.materialized`)
-        # Filled features and missing labels. A streamed source counts them during its first
-        # epoch, in whichever thread reads it (tf.data's producer): that epoch hands its
-        # counts in under this lock, and `report` reads them under it.
-        self._counted: Optional[dict] = None
-        self._counted_lock = threading.Lock()
-        self._first_plan: Optional[EpochPlan] = None
+        # A streamed source counts filled values and missing labels while an epoch reads
+        # it: the first epoch to finish hands its counts over here, once.
+        self._epoch_counts: concurrent.futures.Future = concurrent.futures.Future()
         self._unlabelled: set[str] = set()  # outputs already said to have no label at all
-        if records is not None:
-            share = records.share(shard) if shard is not None else None
-            if share is not None:
-                records, self._records, self._shard_by_hash = share, share, False
-            self._index = _Index(records.ids, np.concatenate([[0], np.cumsum(records.lengths)])
-                                 .astype(np.int64), {}, records.rows, 0)
-            self._counted = dict(records.counted)
-            where, files = records.where, len(records.files)
-        elif data is not None:
-            source = read_source(self.config, data)
-            self._group_whole(source)
-            where, files = source.where, 0
-        else:
-            self._files = open_source(self.config)
-            where, files = self._files.where, len(self._files.files)
-            self._warn_unlabelled(name for name, spec in self.config.outputs.items()
-                                  if spec.column in self._files.null_labels)
-            order = stream_order(self._files, self.config)
-            if order.whole_because is None:
-                if shard is not None:
-                    ranged = shard_order(order, shard, self.config.source.layout)
-                    order = ranged or order
-                    self._shard_by_hash = ranged is None
-                self._stream = order
-                self._index = self._scan(order)
-            else:
-                logger.warning(
-                    "seqpipe groups %s whole, in memory: %s. Sort the rows by %s (and write "
-                    "the files in that order) to stream it with bounded memory.",
-                    where, order.whole_because, self.config.source.id_column)
-                self._group_whole(read_source(self.config))
-        index = self._index
-        self.windows = truncate(index.offsets, self.config.padding)
-        self._in_part = self._part_mask(where)
+        self._warn_unlabelled(source.unlabelled)
+        self.windows = truncate(source.index.offsets, self.config.padding)
+        self._in_part = self._part_mask()
         # Plans are made over the part's sequences alone (`_members` maps them back to the
         # source's index), so a part's batches do not depend on the other parts.
         self._members = np.flatnonzero(self._in_part)
-        if self._whole is not None:
-            self._counted["missing_labels"] = missing_labels(
-                self._whole.present, self._in_part, index.lengths, self.config.levels)
         kept = self.windows.length[self._members]
-        boundaries = self.config.batching.bucket_boundaries
-        if boundaries == "auto":
-            boundaries = auto_boundaries(kept)
-        self.bucket_boundaries: tuple[int, ...] = tuple(boundaries or ())
+        self.bucket_boundaries = _boundaries(kept, self.config.batching.bucket_boundaries)
         self._buckets = bucket_of(kept, self.bucket_boundaries)
         self._sizes = self._batch_sizes(self._buckets)
-        self.seed = self.config.shuffle.seed
-        if self.seed is None and self.config.shuffle.buffer_size:
-            self.seed = int(typing.cast(int, np.random.SeedSequence().entropy) % 2**31)
-        self._valid_counts = {
-            name: records.valid[name] if records is not None else
-            valid_per_sequence(index.present[name], spec.level, self.windows)
-            for name, spec in self.config.outputs.items()
-            if self.config.weight_mode(name) == "global_mean"}
+        self.seed = _seed(self.config.shuffle)
+        self._valid_counts = {name: source.valid_labels(name, self.windows)
+                              for name in self.config.outputs
+                              if self.config.weight_mode(name) == "global_mean"}
+        self._first_plan: Optional[EpochPlan] = None
         self._first_plan = self.plan(0)
-        self._report = self._make_report(where, files)
-        if records is not None:  # counted when the part was written, before truncation
-            self._report = dataclasses.replace(self._report, **records.report_fields)
-        if self._report.batches_per_epoch == 0:
-            raise DataError(
-                f"batching.drop_remainder leaves no batch: no bucket holds "
-                f"batching.batch_size={self.config.batching.batch_size} of the "
-                f"{self._report.sequences:,} sequences. Lower batch_size, use fewer buckets, "
-                f"or set drop_remainder: false.")
+        self._report = self._make_report()
         logger.info("seqpipe pipeline ready:\n%s", self.report)
         self._warn_changes()
 
     @property
     def report(self) -> Report:
         """What was read, kept, dropped and filled; see `Report`."""
-        with self._counted_lock:
-            counted = self._counted
-        if counted is None:
+        if not self._epoch_counts.done():
             return self._report
-        return dataclasses.replace(self._report, **counted)
+        return dataclasses.replace(self._report, **self._epoch_counts.result())
 
     @property
     def sequences(self) -> Sequences:
         """All sequences, grouped whole. For a streamed source this reads it all into memory."""
-        if self._whole is None:
-            self._whole, _ = group_sequences(read_source(self.config), self.config)
-        return self._whole
+        return self.source.sequences()
 
     def plan(self, epoch: int = 0) -> EpochPlan:
         """The batches of one epoch; the same (seed, epoch) always gives the same plan."""
@@ -294,106 +164,57 @@ class Pipeline:
         plan = self.plan(epoch)
         mean_valid = {name: self._mean_valid_per_batch(name, plan)
                       for name in self.config.outputs}
-        assembler = Assembler(self.config, plan, self._index.lengths, self.windows.length,
-                              mean_valid, self.same_shape_first)
+        assembler = Assembler(self.config, plan, self.source.index.lengths,
+                              self.windows.length, mean_valid, self.same_shape_first)
         yield from assembler.groups(chunks)
 
     def batches(self, epoch: int = 0) -> Iterator[Batch]:
         """Yields the padded, weighted batches of one epoch."""
-        ids, kept = self._index.ids, self.windows.length
+        ids, kept = self.source.index.ids, self.windows.length
         for group in self.groups(epoch):
             for j, members in enumerate(group.members):
                 x, y, weights = group.batch_view(j, self.config)
                 yield Batch(x, y, weights, ids[members], kept[members])
-
-    def _group_whole(self, source: SourceTable) -> None:
-        self._whole, counts = group_sequences(source, self.config)
-        self._counted = {"filled_values": dict(counts.filled_values)}  # labels: by part
-        self._index = _Index.of(self._whole, counts.rows, counts.empty_sequences_dropped)
-
-    def _scan(self, order: StreamOrder) -> _Index:
-        """Reads the ids (and the labels, when needed up front), row group by row group."""
-        config, roles = self.config, column_roles(self.config)
-        labels = config.source.layout == "nested" or any(
-            config.weight_mode(name) == "global_mean" for name in config.outputs)
-        names = [r.column for r in roles if r.key.startswith("source.")
-                 or (labels and r.key.startswith("outputs."))]
-        if config.source.layout == "nested":
-            names.append(list_columns(config)[0][0])
-        schema = pa.schema([self._files.schema.field(n) for n in dict.fromkeys(names)])
-        if not labels:  # the time column only orders rows, which lengths do not need
-            schema = pa.schema([schema.field(config.source.id_column)])
-        pieces, rows, dropped = [], 0, 0
-        for table in stream_chunks(order, config, schema):
-            if labels:
-                sequences, counts = group_sequences(table, config, with_inputs=False,
-                                                    chunk=True)
-                dropped += counts.empty_sequences_dropped
-            else:
-                ids, lengths = sequence_lengths(table, config)
-                sequences = Sequences(ids, np.concatenate([[0], np.cumsum(lengths)]), {}, {},
-                                      {})
-            pieces.append(sequences)
-            rows += table.table.num_rows
-        if not rows:
-            raise DataError(f"no sequences: {self._files.where} has no rows")
-        if not any(len(p) for p in pieces):
-            raise DataError(f"no sequences: every sequence in {self._files.where} is empty")
-        return _Index.concat(pieces, rows, dropped)
 
     def chunks(self) -> Iterator[tuple[int, Sequences]]:
         """Every sequence of the source (all parts), grouped, in index order, a chunk at a
         time, with the index of the chunk's first sequence. Untruncated: `windows` says
         which timesteps each sequence keeps. A streamed source's first row groups are read
         from the moment this is called."""
-        if self._records is not None:
-            return self._records.chunks()
-        if self._stream is None:
-            return _slices(self.sequences, self.config)  # grouped whole at build
-        return self._streamed(stream_chunks(self._stream, self.config, self._files.schema,
-                                            in_pieces=True))
+        return self._handing_over(self.source.chunks(self._in_part))
 
-    def _streamed(self, tables: Iterator[SourceTable]) -> Iterator[tuple[int, Sequences]]:
-        first, filled = 0, collections.Counter[str]()
-        missing = {name: np.zeros(2, dtype=np.int64) for name in self.config.outputs}
-        for chunk, counts in ordered_map(self._group_chunk, tables, ahead=1):
-            filled.update(counts.filled_values)
-            mine = self._in_part[first:first + len(chunk)]
-            for name, pair in missing_labels(chunk.present, mine, chunk.lengths,
-                                             self.config.levels).items():
-                missing[name] += pair
-            yield first, chunk
-            first += len(chunk)
-        counted = {"filled_values": dict(filled), "missing_labels": {
-            name: (int(m), int(t)) for name, (m, t) in missing.items()}}
-        with self._counted_lock:
-            first_epoch = self._counted is None
-            if first_epoch:
-                self._counted = counted
-        if first_epoch:
-            self._warn_changes(fills_only=True)  # the rest was said when building
+    def _handing_over(self, chunks: Generator[tuple[int, Sequences], None, Any]
+                      ) -> Iterator[tuple[int, Sequences]]:
+        counts = yield from chunks
+        if counts:
+            self._hand_over(counts)
 
-    def _group_chunk(self, table: SourceTable):
-        return group_sequences(table, self.config, chunk=True)
+    def _hand_over(self, counts: Mapping[str, Any]) -> None:
+        try:
+            self._epoch_counts.set_result(dict(counts))
+        except concurrent.futures.InvalidStateError:
+            return  # another epoch finished first, with the same counts
+        self._warn_changes(fills_only=True)  # the rest was said when building
 
-    def _part_mask(self, where: str) -> np.ndarray:
+    def _part_mask(self) -> np.ndarray:
         """(n,) True for the sequences of the part (and shard) this pipeline reads."""
-        n = len(self._index.ids)
-        mask = np.ones(n, dtype=bool)
+        ids, where = self.source.index.ids, self.source.where
+        mask = np.ones(len(ids), dtype=bool)
         if self.split is not None:
-            mask = part_of(self._index.ids, self.config.split) == PARTS.index(self.split)
+            mask = part_of(ids, self.config.split) == PARTS.index(self.split)
             if not mask.any():
                 raise DataError(
-                    f"split {self.split!r} holds none of the {n:,} sequences in {where}; raise "
-                    f"split.{self.split if self.split != 'train' else 'validation or test'} "
+                    f"split {self.split!r} holds none of the {len(ids):,} sequences in "
+                    f"{where}; raise split."
+                    f"{self.split if self.split != 'train' else 'validation or test'} "
                     f"or use more data")
-        if self._shard_by_hash and self.shard is not None:
-            mask &= hash_mask(self._index.ids, self.shard)
+        if self.shard is not None and not self.source.shared:
+            mask &= hash_mask(ids, self.shard)
         if self.shard is not None and not mask.any():
             raise DataError(
                 f"input pipeline {self.shard.index} of {self.shard.count} gets none of the "
-                f"{n:,} sequences it reads from {where}: there are too few sequences for "
-                f"{self.shard.count} input pipelines. Use fewer workers or more data.")
+                f"{len(ids):,} sequences it reads from {where}: there are too few sequences "
+                f"for {self.shard.count} input pipelines. Use fewer workers or more data.")
         return mask
 
     def _batch_sizes(self, buckets: np.ndarray) -> np.ndarray:
@@ -404,7 +225,7 @@ class Pipeline:
         if budget is not None and kept.max() > budget:
             longest = int(self._members[np.argmax(kept)])
             raise DataError(
-                f"sequence {show_id(self._index.ids[longest])} keeps "
+                f"sequence {show_id(self.source.index.ids[longest])} keeps "
                 f"{self.windows.length[longest]:,} timesteps, more than "
                 f"batching.max_timesteps={budget:,}, so it fits in no batch. Raise "
                 f"max_timesteps or set padding.maxlen to at most {budget:,}.")
@@ -435,98 +256,60 @@ class Pipeline:
         total = self._valid_counts[output][np.concatenate(plan.batches)].sum()
         return float(total) / len(plan.batches)
 
-    def _make_report(self, where: str, files: int) -> Report:
-        index, members = self._index, self._members
+    def _make_report(self) -> Report:
+        index, members, source = self.source.index, self._members, self.source
         kept, lengths = self.windows.length[members], index.lengths[members]
-        plan = self.plan(0)  # made and kept by __init__
+        plan = self.plan(0)  # made and kept by _build
         # For comparison: batches cut with no regard to length, as a plain shuffle makes them.
         size = int(self._batch_sizes(np.zeros(len(kept), dtype=np.int64))[0])
         order = (np.random.default_rng(0).permutation(len(kept))
                  if self.config.shuffle.buffer_size else np.arange(len(kept)))
         blind = [order[i:i + size] for i in range(0, len(kept), size)]
-        return Report(
-            source=where, files=files, rows=index.rows, sequences=len(lengths),
+        report = Report(
+            source=source.where, files=source.file_count, rows=index.rows, sequences=len(lengths),
             timesteps=int(lengths.sum()),
             empty_sequences_dropped=index.empty_sequences_dropped,
             truncated_sequences=int((kept < lengths).sum()),
             truncated_timesteps=int((lengths - kept).sum()),
             filled_values=None,
             missing_labels=(missing_labels(index.present, self._in_part, index.lengths,
-                                            self.config.levels) if index.present else None),
+                                           self.config.levels) if index.present else None),
             bucket_boundaries=self.bucket_boundaries, batches_per_epoch=len(plan.batches),
             sequences_dropped_per_epoch=plan.dropped_sequences,
             padding_waste=padding_waste(self.windows.length, plan.batches),
             padding_waste_unbucketed=padding_waste(kept, blind), seed=self.seed,
-            streamed=self._stream is not None, split=self.split,
-            source_sequences=len(index.ids))
+            streamed=source.streamed, split=self.split, source_sequences=len(index.ids))
+        if not plan.batches:
+            raise DataError(
+                f"batching.drop_remainder leaves no batch: no bucket holds "
+                f"batching.batch_size={self.config.batching.batch_size} of the "
+                f"{report.sequences:,} sequences. Lower batch_size, use fewer buckets, "
+                f"or set drop_remainder: false.")
+        return dataclasses.replace(report, **source.report_fields)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Index:
-    """What building keeps of every sequence: id, length and where its labels are present."""
-
-    ids: np.ndarray
-    offsets: np.ndarray
-    present: Mapping[str, np.ndarray]
-    rows: int
-    empty_sequences_dropped: int
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    @classmethod
-    def of(cls, sequences: Sequences, rows: int, dropped: int) -> _Index:
-        return cls(sequences.ids, sequences.offsets, sequences.present, rows, dropped)
-
-    @classmethod
-    def concat(cls, pieces: list, rows: int, dropped: int) -> _Index:
-        lengths = np.concatenate([p.lengths for p in pieces])
-        return cls(np.concatenate([p.ids for p in pieces]),
-                   np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                   {name: np.concatenate([p.present[name] for p in pieces])
-                    for name in pieces[0].present}, rows, dropped)
+def _check_replicas(config: PipelineConfig, same_shape_first: int) -> None:
+    if same_shape_first and config.padding.maxlen is None:
+        raise ConfigError(
+            "training on several replicas needs padding.maxlen: Keras 3 averages the "
+            "first batch of every replica to build the model, so seqpipe pads those to "
+            "batch_size x maxlen. Set padding.maxlen (the longest sequence you keep).")
 
 
-def missing_labels(present: Mapping[str, np.ndarray], in_part: Optional[np.ndarray] = None,
-                    lengths: Optional[np.ndarray] = None,
-                    levels: Optional[Mapping] = None) -> dict:
-    """output -> (missing, all) labels, over the sequences `in_part` when given."""
-    counts = {}
-    for name, p in present.items():
-        if in_part is not None and not in_part.all():
-            if levels is not None and levels[name] == "sequence":
-                p = p[in_part]
-            elif lengths is not None:
-                p = p[np.repeat(in_part, lengths)]
-            else:
-                raise ValueError("missing_labels of timestep labels needs the lengths")
-        counts[name] = (int(p.size - np.count_nonzero(p)), int(p.size))
-    return counts
+def _warn_leaked_labels(config: PipelineConfig) -> None:
+    for name in leaked_labels(config):
+        logger.warning(
+            "seqpipe: outputs.%s.column %r also feeds an input (outputs.%s.also_input: "
+            "true): the model sees the labels it predicts", name,
+            config.outputs[name].column, name)
 
 
-
-def _slices(sequences: Sequences, config: PipelineConfig) -> Iterator[tuple[int, Sequences]]:
-    offsets = sequences.offsets
-    cuts = np.unique(np.searchsorted(offsets, np.arange(0, offsets[-1],
-                                                        tuning.TUNING.slice_timesteps)))
-    cuts = np.append(cuts[cuts < len(sequences)], len(sequences))
-    levels = config.levels
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        t0, t1 = offsets[a], offsets[b]
-
-        def cut(arrays, steps=slice(t0, t1), rows=slice(a, b)):
-            return {name: values[steps if levels[name] == "timestep" else rows]
-                    for name, values in arrays.items()}
-
-        yield int(a), Sequences(sequences.ids[a:b], offsets[a:b + 1] - t0,
-                                cut(sequences.features), cut(sequences.labels),
-                                cut(sequences.present))
+def _boundaries(kept: np.ndarray, configured: Any) -> tuple[int, ...]:
+    return tuple((auto_boundaries(kept) if configured == "auto" else configured) or ())
 
 
-def valid_per_sequence(present: np.ndarray, level: str, windows: Windows) -> np.ndarray:
-    """Present labels of one output inside each sequence's kept window."""
-    if level == "sequence":
-        return present.astype(np.int64)
-    cumulative = np.concatenate([[0], np.cumsum(present, dtype=np.int64)])
-    return cumulative[windows.start + windows.length] - cumulative[windows.start]
+def _seed(shuffle: ShuffleConfig) -> Optional[int]:
+    """The configured seed; a fresh one when shuffling without one."""
+    if shuffle.seed is None and shuffle.buffer_size:
+        return int(typing.cast(int, np.random.SeedSequence().entropy) % 2**31)
+    return shuffle.seed

@@ -53,6 +53,18 @@ class Sequences:
         return len(self.ids)
 
 
+def concat_sequences(pieces: list[Sequences]) -> Sequences:
+    """Chunks of sequences (each with its features as matrices) as one `Sequences`."""
+    def joined(field):
+        return {name: np.concatenate([getattr(p, field)[name] for p in pieces])
+                for name in getattr(pieces[0], field)}
+
+    lengths = np.concatenate([p.lengths for p in pieces])
+    return Sequences(np.concatenate([p.ids for p in pieces]),
+                     np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                     joined("features"), joined("labels"), joined("present"))
+
+
 @dataclasses.dataclass(frozen=True)
 class GroupingCounts:
     """What grouping read, filled and dropped."""

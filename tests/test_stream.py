@@ -199,10 +199,13 @@ def test_the_id_runs_a_chunk_carries_are_those_of_its_rows(tmp_path, monkeypatch
     path = write(tmp_path / "d.parquet", _by_id(long_table(LENGTHS)),
                  row_group_size=row_group_size)
     _tune(monkeypatch, piece_rows=40)
-    pipeline = Pipeline(_config(path))
+    from seqpipe.source import open_source
+
+    config = _config(path)
+    files = open_source(config)
     carried = 0
-    for chunk in stream.stream_chunks(pipeline._stream, pipeline.config,
-                                      pipeline._files.schema, in_pieces=True):
+    for chunk in stream.stream_chunks(stream.stream_order(files, config), config,
+                                      files.schema, in_pieces=True):
         if chunk.id_starts is not None:
             np.testing.assert_array_equal(chunk.id_starts, id_runs(chunk.table["id"]))
             carried += 1

@@ -1,0 +1,293 @@
+"""Index: where a pipeline's sequences come from, and every sequence's id and length.
+
+Every kind of source gives its sequences the same way (`SequenceSource`): an index read
+when the pipeline is built, then chunks of grouped sequences in index order, once per
+epoch. There are three kinds:
+
+- `StreamedParquet`: Parquet whose row groups hold disjoint id ranges. Building reads only
+  ids (and labels, when weights need them up front); each epoch reads one row group at a
+  time, so memory does not grow with the data.
+- `GroupedTable`: any other source, or an in-memory DataFrame or Table, grouped whole.
+- `seqpipe.materialized.MaterializedPart`: records `seqpipe materialize` wrote.
+
+`open_sequences` chooses between the first two. A new kind of source implements the
+protocol and is handed to `Pipeline.from_source`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from collections.abc import Generator, Iterator, Mapping
+from typing import Any, Optional, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from seqpipe import tuning
+from seqpipe.batching import Windows
+from seqpipe.config import PipelineConfig
+from seqpipe.errors import DataError
+from seqpipe.sequences import Sequences, group_sequences, list_columns, sequence_lengths
+from seqpipe.shard import Shard, shard_order
+from seqpipe.source import SourceFiles, SourceTable, column_roles, open_source, read_source
+from seqpipe.stream import StreamOrder, ordered_map, stream_chunks, stream_order
+
+logger = logging.getLogger("seqpipe")
+
+
+@dataclasses.dataclass(frozen=True)
+class Index:
+    """What building keeps of every sequence: id, length and where its labels are present
+    (`present` is empty when the source does not read labels up front)."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    present: Mapping[str, np.ndarray]
+    rows: int
+    empty_sequences_dropped: int = 0
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @classmethod
+    def of_lengths(cls, ids: np.ndarray, lengths: np.ndarray, rows: int) -> Index:
+        return cls(ids, _offsets(lengths), {}, rows)
+
+    @classmethod
+    def concat(cls, pieces: list, rows: int, dropped: int) -> Index:
+        return cls(np.concatenate([p.ids for p in pieces]),
+                   _offsets(np.concatenate([p.lengths for p in pieces])),
+                   {name: np.concatenate([p.present[name] for p in pieces])
+                    for name in pieces[0].present}, rows, dropped)
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
+class SequenceSource(Protocol):
+    """Where a pipeline's sequences come from.
+
+    Attributes:
+      config: the config the source was opened with.
+      where: the source as messages and the report name it.
+      file_count: how many files it reads (0 for data in memory).
+      streamed: read a piece at a time (memory does not grow with the data).
+      index: every sequence's id and length, in the order `chunks` gives them.
+      shared: the source holds only its input pipeline's share of the sequences already;
+        otherwise the pipeline takes its share by id hash (`seqpipe.shard`).
+      report_fields: `Report` fields the source knows before any epoch (what grouping
+        filled, what a materialized output counted when it was written).
+      unlabelled: outputs known when opening to have no label at all.
+    """
+
+    @property
+    def config(self) -> PipelineConfig: ...
+
+    @property
+    def where(self) -> str: ...
+
+    @property
+    def file_count(self) -> int: ...
+
+    @property
+    def streamed(self) -> bool: ...
+
+    @property
+    def index(self) -> Index: ...
+
+    @property
+    def shared(self) -> bool: ...
+
+    @property
+    def report_fields(self) -> Mapping[str, Any]: ...
+
+    @property
+    def unlabelled(self) -> tuple[str, ...]: ...
+
+    def chunks(self, in_part: np.ndarray) -> Generator[tuple[int, Sequences], None, Any]:
+        """Every sequence of the index, grouped and untruncated, in index order, a chunk at
+        a time with the index of its first sequence. A source that counts as it reads
+        returns `Report` fields (filled values, missing labels of the `in_part` sequences)
+        as the generator's return value."""
+        ...
+
+    def valid_labels(self, output: str, windows: Windows) -> np.ndarray:
+        """(n,) present labels of `output` inside each sequence's kept timesteps."""
+        ...
+
+    def sequences(self) -> Sequences:
+        """Every sequence, grouped whole, in memory."""
+        ...
+
+
+def open_sequences(config: PipelineConfig, data: Any = None,
+                   shard: Optional[Shard] = None) -> SequenceSource:
+    """The source of `config` (or `data`): streamed when its row groups allow, else grouped
+    whole. With `shard`, a streamed source reads only that input pipeline's row groups when
+    there are enough of them."""
+    if data is not None:
+        return GroupedTable(config, read_source(config, data))
+    files = open_source(config)
+    order = stream_order(files, config)
+    if order.whole_because is not None:
+        logger.warning(
+            "seqpipe groups %s whole, in memory: %s. Sort the rows by %s (and write the files "
+            "in that order) to stream it with bounded memory.", files.where,
+            order.whole_because, config.source.id_column)
+        return GroupedTable(config, read_source(config), file_count=len(files.files))
+    ranged = shard_order(order, shard, config.source.layout) if shard is not None else None
+    return StreamedParquet(config, files, ranged or order, shared=ranged is not None)
+
+
+class GroupedTable:
+    """A source table grouped into sequences whole, in memory, when it is opened."""
+
+    streamed = False
+    shared = False
+    unlabelled: tuple[str, ...] = ()
+
+    def __init__(self, config: PipelineConfig, table: SourceTable, file_count: int = 0) -> None:
+        self.config, self.where, self.file_count = config, table.where, file_count
+        self._sequences, counts = group_sequences(table, config)
+        self.index = Index(self._sequences.ids, self._sequences.offsets,
+                           self._sequences.present, counts.rows, counts.empty_sequences_dropped)
+        self.report_fields = {"filled_values": dict(counts.filled_values)}
+
+    def chunks(self, in_part: np.ndarray) -> Generator[tuple[int, Sequences], None, None]:
+        """The sequences in slices of about `slice_timesteps`, so that assembly works on
+        pieces the size of a streamed source's."""
+        sequences, levels = self._sequences, self.config.levels
+        offsets = sequences.offsets
+        cuts = np.unique(np.searchsorted(offsets, np.arange(0, offsets[-1],
+                                                            tuning.TUNING.slice_timesteps)))
+        cuts = np.append(cuts[cuts < len(sequences)], len(sequences))
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            t0, t1 = offsets[a], offsets[b]
+
+            def cut(arrays, steps=slice(t0, t1), rows=slice(a, b)):
+                return {name: values[steps if levels[name] == "timestep" else rows]
+                        for name, values in arrays.items()}
+
+            yield int(a), Sequences(sequences.ids[a:b], offsets[a:b + 1] - t0,
+                                    cut(sequences.features), cut(sequences.labels),
+                                    cut(sequences.present))
+
+    def valid_labels(self, output: str, windows: Windows) -> np.ndarray:
+        return valid_per_sequence(self.index.present[output], self.config.levels[output],
+                                  windows)
+
+    def sequences(self) -> Sequences:
+        return self._sequences
+
+
+class StreamedParquet:
+    """Parquet files whose row groups hold disjoint id ranges, read one row group at a time.
+
+    Opening reads the index: only the id column (with times and labels when the layout or
+    the weights need them up front), row group by row group.
+    """
+
+    streamed = True
+    report_fields: Mapping[str, Any] = {}
+
+    def __init__(self, config: PipelineConfig, files: SourceFiles, order: StreamOrder,
+                 shared: bool = False) -> None:
+        self.config, self._files, self._order, self.shared = config, files, order, shared
+        self.where, self.file_count = files.where, len(files.files)
+        self.unlabelled = tuple(name for name, spec in config.outputs.items()
+                                if spec.column in files.null_labels)
+        self.index = self._scan()
+        self._whole: Optional[Sequences] = None
+
+    def _scan(self) -> Index:
+        config = self.config
+        labels = config.source.layout == "nested" or any(
+            config.weight_mode(name) == "global_mean" for name in config.outputs)
+        pieces, rows, dropped = [], 0, 0
+        for table in stream_chunks(self._order, config, self._index_schema(labels)):
+            if labels:
+                sequences, counts = group_sequences(table, config, with_inputs=False,
+                                                    chunk=True)
+                dropped += counts.empty_sequences_dropped
+                pieces.append(Index(sequences.ids, sequences.offsets, sequences.present, 0))
+            else:  # the time column only orders rows, which lengths do not need
+                pieces.append(Index.of_lengths(*sequence_lengths(table, config), 0))
+            rows += table.table.num_rows
+        if not rows:
+            raise DataError(f"no sequences: {self.where} has no rows")
+        if not any(len(p.ids) for p in pieces):
+            raise DataError(f"no sequences: every sequence in {self.where} is empty")
+        return Index.concat(pieces, rows, dropped)
+
+    def _index_schema(self, labels: bool) -> pa.Schema:
+        config = self.config
+        if not labels:
+            return pa.schema([self._files.schema.field(config.source.id_column)])
+        names = [r.column for r in column_roles(config) if r.key.startswith("source.")
+                 or r.key.startswith("outputs.")]
+        if config.source.layout == "nested":
+            names.append(list_columns(config)[0][0])
+        return pa.schema([self._files.schema.field(n) for n in dict.fromkeys(names)])
+
+    def chunks(self, in_part: np.ndarray) -> Generator[tuple[int, Sequences], None, Any]:
+        """Reads the row groups from the moment it is called, a few ahead; the generator
+        returns what it filled and found missing."""
+        tables = stream_chunks(self._order, self.config, self._files.schema, in_pieces=True)
+        return self._grouped(tables, in_part)
+
+    def _grouped(self, tables: Iterator[SourceTable], in_part: np.ndarray):
+        levels = self.config.levels
+        first, filled = 0, collections.Counter[str]()
+        missing = {name: np.zeros(2, dtype=np.int64) for name in self.config.outputs}
+        for chunk, counts in ordered_map(self._group, tables, ahead=1):
+            filled.update(counts.filled_values)
+            mine = in_part[first:first + len(chunk)]
+            for name, pair in missing_labels(chunk.present, mine, chunk.lengths,
+                                             levels).items():
+                missing[name] += pair
+            yield first, chunk
+            first += len(chunk)
+        return {"filled_values": dict(filled),
+                "missing_labels": {name: (int(m), int(t)) for name, (m, t) in missing.items()}}
+
+    def _group(self, table: SourceTable):
+        return group_sequences(table, self.config, chunk=True)
+
+    def valid_labels(self, output: str, windows: Windows) -> np.ndarray:
+        return valid_per_sequence(self.index.present[output], self.config.levels[output],
+                                  windows)
+
+    def sequences(self) -> Sequences:
+        """Reads the whole source (as it is at the first call), grouped, into memory."""
+        if self._whole is None:
+            self._whole = group_sequences(read_source(self.config), self.config)[0]
+        return self._whole
+
+
+def missing_labels(present: Mapping[str, np.ndarray], in_part: Optional[np.ndarray] = None,
+                   lengths: Optional[np.ndarray] = None,
+                   levels: Optional[Mapping] = None) -> dict:
+    """output -> (missing, all) labels, over the sequences `in_part` when given."""
+    counts = {}
+    for name, p in present.items():
+        if in_part is not None and not in_part.all():
+            if levels is not None and levels[name] == "sequence":
+                p = p[in_part]
+            elif lengths is not None:
+                p = p[np.repeat(in_part, lengths)]
+            else:
+                raise ValueError("missing_labels of timestep labels needs the lengths")
+        counts[name] = (int(p.size - np.count_nonzero(p)), int(p.size))
+    return counts
+
+
+def valid_per_sequence(present: np.ndarray, level: str, windows: Windows) -> np.ndarray:
+    """Present labels of one output inside each sequence's kept timesteps."""
+    if level == "sequence":
+        return present.astype(np.int64)
+    cumulative = np.concatenate([[0], np.cumsum(present, dtype=np.int64)])
+    return cumulative[windows.start + windows.length] - cumulative[windows.start]

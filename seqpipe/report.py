@@ -1,0 +1,84 @@
+"""Report: what a pipeline read, kept, dropped and filled, as numbers and as text."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What the pipeline read, kept, dropped and filled. `str(report)` is a readable summary."""
+
+    source: str
+    files: int
+    rows: int
+    sequences: int
+    timesteps: int
+    empty_sequences_dropped: int
+    truncated_sequences: int
+    truncated_timesteps: int
+    filled_values: Optional[Mapping[str, int]]  # None until a streamed epoch has read them
+    missing_labels: Optional[Mapping[str, tuple[int, int]]]  # output -> (missing, labels)
+    bucket_boundaries: tuple[int, ...]
+    batches_per_epoch: int
+    sequences_dropped_per_epoch: int  # by batching.drop_remainder
+    padding_waste: float  # padded / all timesteps in the first epoch's batches
+    padding_waste_unbucketed: float  # batches cut with no regard to length, for comparison
+    seed: Optional[int]
+    streamed: bool = False  # read one row group at a time rather than grouped whole
+    split: Optional[str] = None  # the part read: train, validation or test; None for all
+    source_sequences: Optional[int] = None  # sequences in the source, all parts together
+
+    def changes(self) -> list[str]:
+        """What seqpipe dropped or changed, one phrase each; empty when nothing."""
+        changes = []
+        if self.truncated_timesteps:
+            changes.append(f"truncated {self.truncated_timesteps:,} timesteps in "
+                           f"{self.truncated_sequences:,} sequences (padding.maxlen)")
+        if self.empty_sequences_dropped:
+            changes.append(f"dropped {self.empty_sequences_dropped:,} empty sequences")
+        if self.filled_values:
+            changes.append(f"filled {sum(self.filled_values.values()):,} NaN/null/infinite "
+                           f"feature values ({', '.join(self.filled_values)})")
+        if self.sequences_dropped_per_epoch:
+            changes.append(f"drop_remainder leaves out {self.sequences_dropped_per_epoch:,} "
+                           f"sequences per epoch")
+        return changes
+
+    def __str__(self) -> str:
+        lines = [
+            f"source: {self.source} ({f'{self.files} files, ' if self.files else ''}"
+            f"{self.rows:,} rows; "
+            f"{'streamed by row group' if self.streamed else 'grouped whole, in memory'})",
+            f"sequences: {self.sequences:,}, timesteps: {self.timesteps:,}"
+            + (f" (split {self.split!r}: {self.sequences:,} of the source's "
+               f"{self.source_sequences:,} sequences)" if self.split else ""),
+            f"truncated: {self.truncated_timesteps:,} timesteps in "
+            f"{self.truncated_sequences:,} sequences (padding.maxlen)",
+        ]
+        if self.empty_sequences_dropped:
+            lines.append(f"dropped: {self.empty_sequences_dropped:,} empty sequences")
+        if self.filled_values is None:
+            lines.append("filled: counted as the features stream in, during the first "
+                         "epoch")
+        every = " (counted over every split)" if self.split else ""
+        for key, count in (self.filled_values or {}).items():
+            lines.append(f"filled: {count:,} NaN/null/infinite values in {key}{every}")
+        if self.missing_labels is None:
+            lines.append("missing labels: counted as the labels stream in, during the first "
+                         "epoch")
+        for name, (missing, total) in (self.missing_labels or {}).items():
+            share = missing / total if total else 0.0
+            lines.append(f"missing labels: {name}: {missing:,} of {total:,} ({share:.1%}), "
+                         f"weight 0")
+        lines.append(
+            f"batches per epoch: {self.batches_per_epoch:,}, bucket boundaries: "
+            f"{list(self.bucket_boundaries) or 'none'}, padding waste: "
+            f"{self.padding_waste:.1%} (without buckets: {self.padding_waste_unbucketed:.1%})")
+        if self.sequences_dropped_per_epoch:
+            lines.append(f"dropped per epoch by drop_remainder: "
+                         f"{self.sequences_dropped_per_epoch:,} sequences")
+        lines.append(f"shuffle seed: {self.seed}" if self.seed is not None else "shuffle: off")
+        return "\n".join(lines)
