@@ -3,7 +3,7 @@ autotuner on and off.
 
     python benchmarks/iterator_deletion.py [--rounds 20]
 
-seqpipe turns autotuning off (`seqpipe.dataset._options`): deleting an iterator joins the
+seqpipe turns autotuning off (`seqpipe.tfdata.dataset._options`): deleting an iterator joins the
 autotuner's model thread, and on our 2-core machines that often took about a second.
 Keras deletes its iterator at the end of every epoch, and a `for` loop over a dataset
 deletes it when the loop ends, so the second lands in the epoch's time. Each round runs

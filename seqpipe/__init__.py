@@ -5,11 +5,12 @@
 """
 
 from seqpipe.config import PipelineConfig, load_config
-from seqpipe.dataset import build_dataset, element_spec
 from seqpipe.errors import ConfigError, DataError, SeqpipeError, SourceNotFoundError
-from seqpipe.materialize import load_materialized, materialize
+from seqpipe.materialized.write import materialize
 from seqpipe.pipeline import Batch, Pipeline
 from seqpipe.report import Report
+from seqpipe.tfdata.dataset import build_dataset, element_spec
+from seqpipe.tfdata.load import load_materialized
 
 __version__ = "0.1.0"
 

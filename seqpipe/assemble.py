@@ -2,7 +2,7 @@
 
 An epoch's plan says where every kept timestep lands: batch, row and column. The batches of
 one assembly group lie end to end in flat arrays (one per input and output), so a chunk of
-sequences, as it arrives from the source, is copied into them run by run (`seqpipe.runs`):
+sequences, as it arrives from the source, is copied into them run by run (`seqpipe._internal.runs`):
 each timestep is read once and written once, and no batch is copied again.
 A group goes out when its last sequence has arrived; until then only the chunk in hand and
 the groups being filled are in memory.
@@ -16,8 +16,8 @@ from collections.abc import Iterable, Iterator, Mapping
 import numpy as np
 
 from seqpipe import tuning
+from seqpipe._internal.buffers import ALIGNMENT, SHARED, BufferPool
 from seqpipe.batching import EpochPlan
-from seqpipe.buffers import ALIGNMENT, SHARED, BufferPool
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.sequences import Sequences, ranges
@@ -197,7 +197,7 @@ class Assembler:
 
     def _scatter(self, group: Group, chunk: Sequences, local: np.ndarray,
                  index: np.ndarray) -> None:
-        from seqpipe.runs import copy_runs  # numba, imported when batches are first made
+        from seqpipe._internal.runs import copy_runs  # numba, imported when batches are first made
 
         kept, dest = self.kept[index], self.time_dest[index]
         source = chunk.offsets[local] + self.skip[index]

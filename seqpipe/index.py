@@ -26,13 +26,14 @@ import numpy as np
 import pyarrow as pa
 
 from seqpipe import tuning
+from seqpipe._internal.threads import ordered_map
 from seqpipe.batching import Windows
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.sequences import Sequences, group_sequences, list_columns, sequence_lengths
 from seqpipe.shard import Shard, shard_order
 from seqpipe.source import SourceFiles, SourceTable, column_roles, open_source, read_source
-from seqpipe.stream import StreamOrder, ordered_map, stream_chunks, stream_order
+from seqpipe.stream import StreamOrder, stream_chunks, stream_order
 
 logger = logging.getLogger("seqpipe")
 

@@ -51,6 +51,23 @@ class Batch:
     lengths: np.ndarray  # real timesteps per sequence, after truncation
 
 
+def batch_structure(config: PipelineConfig) -> Any:
+    """One batch's structure as plain data: `{"shape": [...], "dtype": "float32"}` leaves
+    in the `(x, y, sample_weight)` tuple (x alone without outputs). No TensorFlow."""
+    def spec(*shape):
+        return {"shape": list(shape), "dtype": "float32"}
+
+    x = {name: spec(None, None, len(s.columns)) if s.level == "timestep"
+         else spec(None, len(s.columns)) for name, s in config.inputs.items()}
+    if not config.outputs:
+        return x
+    y = {name: spec(None, None, 1) if s.level == "timestep" else spec(None, 1)
+         for name, s in config.outputs.items()}
+    weights = {name: spec(None, None) if s.level == "timestep" else spec(None)
+               for name, s in config.outputs.items()}
+    return x, y, weights
+
+
 class Pipeline:
     """Reads the source's index once, then makes the batches of any epoch in NumPy.
 

@@ -139,14 +139,16 @@ def id_runs(ids) -> Optional[np.ndarray]:
     values = _comparable(ids)
     if values is None:  # strings, say: Arrow's kernels, in several passes
         return _sequence_starts(ids) if _ascending(ids) else None
-    from seqpipe.runs import run_starts  # numba, imported when sequences are first grouped
+    from seqpipe._internal.runs import (
+        run_starts,  # numba, imported when sequences are first grouped
+    )
 
     return run_starts(values)
 
 
 def _time_order(times, starts: np.ndarray) -> int:
-    """`seqpipe.runs.time_order` of an Arrow time column (without nulls)."""
-    from seqpipe.runs import time_order
+    """`seqpipe._internal.runs.time_order` of an Arrow time column (without nulls)."""
+    from seqpipe._internal.runs import time_order
 
     values = _comparable(times)
     if values is None:  # the source's schema check admits only types that are
@@ -234,7 +236,7 @@ def _sorted_by_id_and_time(table: pa.Table, id_name: str, time_name,
     """The table sorted by id, then time (the table itself when it already is), where each
     sequence begins in it, and whether a time repeats within a sequence. `id_starts`: the
     id runs, when already found (None: look)."""
-    from seqpipe.runs import ASCENDING, REPEATED, UNSORTED
+    from seqpipe._internal.runs import ASCENDING, REPEATED, UNSORTED
 
     starts = id_starts if id_starts is not None else id_runs(table[id_name])
     order = ASCENDING
@@ -482,7 +484,9 @@ def _bad_feature_error(name, spec, counts, unfilled, bad, where) -> DataError:
 
 
 def _labels(columns, config, where, problems):
-    from seqpipe.runs import fill_missing  # numba, imported when sequences are first grouped
+    from seqpipe._internal.runs import (
+        fill_missing,  # numba, imported when sequences are first grouped
+    )
 
     labels, present = {}, {}
     for name, output in config.outputs.items():

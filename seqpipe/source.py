@@ -21,7 +21,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from seqpipe import paths
+from seqpipe._internal import paths
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError, SourceNotFoundError
 from seqpipe.footers import (

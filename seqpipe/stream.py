@@ -10,12 +10,8 @@ and then the source has to be grouped whole, in memory.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
-import itertools
-import os
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import numpy as np
@@ -25,6 +21,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from seqpipe import tuning
+from seqpipe._internal.threads import shared_pool
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.footers import Fingerprint, check_unchanged
@@ -152,7 +149,7 @@ class _ReadAhead:
 
     def __init__(self, parts: tuple, schema: pa.Schema) -> None:
         self._parts, self._schema = parts, schema
-        self._pool = _threads("read", tuning.TUNING.read_threads)
+        self._pool = shared_pool("read", tuning.TUNING.read_threads)
         self._pending: collections.deque = collections.deque()  # (rows, future)
         self._next = 0
         self._top_up()
@@ -270,104 +267,6 @@ def _split(table: pa.Table, starts: Optional[np.ndarray], id_name: str, value: A
         edge, rest = table.filter(match), table.filter(pc.invert(match))
         starts = None if starts is None else _id_starts(rest, id_name)
     return (edge, rest, starts) if at_start else (rest, edge, starts)
-
-
-def ordered_map(function, items: Iterable, ahead: int = 1) -> Iterator:
-    """`map(function, items)` run `ahead` items ahead in threads, results in order: NumPy
-    and Arrow release the GIL for whole-column work, so grouping the next chunk overlaps
-    with padding this one. A result is handed on as soon as it is ready, before the next
-    item is pulled from `items` (which may have to wait for a read)."""
-    pool = _threads("map", ahead)
-    items = iter(items)
-    pending = collections.deque(pool.submit(function, item)
-                                for item in itertools.islice(items, ahead + 1))
-    while pending:
-        yield pending.popleft().result()
-        for item in itertools.islice(items, 1):
-            pending.append(pool.submit(function, item))
-
-
-_POOLS: dict = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _threads(name: str, count: int) -> concurrent.futures.ThreadPoolExecutor:
-    """A pool of `count` threads that lives as long as the process, shared by every epoch
-    and pipeline. New threads each epoch cost page faults: Arrow's allocator (mimalloc)
-    gives each thread memory of its own, fresh from the kernel. Tasks on these pools never
-    wait for one another, so sharing them cannot deadlock. A forked child process (whose
-    copy of a pool has no threads) gets pools of its own."""
-    key = (name, count, os.getpid())
-    with _POOLS_LOCK:
-        if key not in _POOLS:
-            _POOLS[key] = concurrent.futures.ThreadPoolExecutor(count, f"seqpipe-{name}")
-        return _POOLS[key]
-
-
-class Background:
-    """Iterates `items` in a thread of its own from the moment it is made, up to `depth`
-    items (`Tuning.producer_depth` when None) ahead of the consumer; iterate it once.
-
-    The consumer (tf.data's generator thread) then only takes finished items off a queue,
-    and the producer is never stalled waiting for the consumer to ask. `stop` ends the
-    thread early; iterating a stopped producer raises RuntimeError. Every item waiting
-    holds its padded batches, so the queue is short.
-    """
-
-    def __init__(self, items: Iterable, depth: Optional[int] = None) -> None:
-        self._queue: collections.deque = collections.deque()
-        self._ready = threading.Condition()
-        self._stop = threading.Event()
-        self._depth = depth if depth is not None else tuning.TUNING.producer_depth
-        self._thread = threading.Thread(target=self._produce, args=(items,),
-                                         name="seqpipe-producer", daemon=True)
-        self._thread.start()
-
-    @property
-    def stopped(self) -> bool:
-        return self._stop.is_set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        with self._ready:
-            self._ready.notify_all()
-
-    def _produce(self, items: Iterable) -> None:
-        ready = self._ready
-        try:
-            for item in items:
-                with ready:
-                    ready.wait_for(lambda: len(self._queue) < self._depth or self.stopped)
-                    if self.stopped:
-                        return
-                    self._queue.append((item, None))
-                    ready.notify_all()
-            result: tuple[object, Optional[BaseException]] = (_DONE, None)
-        except BaseException as e:  # handed to the consumer, which raises it
-            result = (_DONE, e)
-        with ready:
-            self._queue.append(result)
-            ready.notify_all()
-
-    def __iter__(self) -> Iterator:
-        if self.stopped:
-            raise RuntimeError("this producer was stopped (a seqpipe bug; please report it)")
-        try:
-            while True:
-                with self._ready:
-                    self._ready.wait_for(lambda: self._queue)
-                    item, error = self._queue.popleft()
-                    self._ready.notify_all()
-                if item is _DONE:
-                    if error is not None:
-                        raise error
-                    return
-                yield item
-        finally:
-            self.stop()
-
-
-_DONE = object()
 
 
 def _scan_options(fragment: Any) -> pads.ParquetFragmentScanOptions:

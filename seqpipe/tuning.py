@@ -27,7 +27,7 @@ class Tuning:
     parked_share: float = 0.05  # a group's earliest members parked before its store exists
     slice_timesteps: int = 1 << 20  # a source grouped whole is assembled in row-group-sized slices
     auto_kept: int = 8  # auto boundaries kept for lengths seen again (per epoch, per fold)
-    # memory pool (seqpipe.buffers)
+    # memory pool (seqpipe._internal.buffers)
     reuse_buffers: bool = True  # False: fresh memory for every group (never on free-threaded)
     slack: float = 1.5  # a spare buffer serves requests down to 1/slack of its size
     headroom: float = 1.125  # new buffers are this much larger: a slightly larger group fits

@@ -97,7 +97,10 @@ def batch_weights(mode: str, valid: np.ndarray, start: np.ndarray, rows: np.ndar
             sample_weight(mode, valid[a:a + b * t].reshape(b, t), out=out[a:a + b * t]
                           .reshape(b, t))
         return out
-    from seqpipe.runs import count_runs, scale_runs  # numba, imported with the first batch
+    from seqpipe._internal.runs import (  # numba, imported with the first batch
+        count_runs,
+        scale_runs,
+    )
 
     if mode == "binary":
         scale = np.ones(len(start))

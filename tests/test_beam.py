@@ -11,13 +11,13 @@ import pytest
 import tensorflow as tf
 
 from seqpipe import ConfigError, DataError, load_config, load_materialized, materialize
-from seqpipe.materialize import open_part
+from seqpipe.materialized.read import open_part
 from tests.helpers import base_config, long_table, nested_from_long, scatter, write
 
 beam = pytest.importorskip(
     "apache_beam", reason="the beam extra is not installed (pip install -e '.[test,beam]'); "
     ".ci/run runs these tests in an environment of their own")
-from seqpipe.beam import materialize_on_beam  # noqa: E402  (needs apache_beam)
+from seqpipe.materialized.beam import materialize_on_beam  # noqa: E402  (needs apache_beam)
 
 pytestmark = pytest.mark.slow  # each test starts a Beam pipeline: seconds
 

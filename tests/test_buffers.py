@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from seqpipe import tuning
-from seqpipe.buffers import ALIGNMENT, BufferPool
+from seqpipe._internal.buffers import ALIGNMENT, BufferPool
 
 
 def _address(array: np.ndarray) -> int:
@@ -97,7 +97,7 @@ def test_buffers_in_use_beyond_the_tracked_budget_are_left_to_their_holders(monk
 def test_reuse_can_be_switched_off_and_is_off_without_the_gil(monkeypatch):
     """Reuse rests on reference counts; where they cannot prove a buffer unused (a
     free-threaded Python) or when switched off, every request gets fresh memory."""
-    from seqpipe import buffers
+    from seqpipe._internal import buffers
 
     def requests(pool):
         for _ in range(3):

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from seqpipe import Pipeline, build_dataset, element_spec, load_config
-from seqpipe.buffers import SHARED
+from seqpipe._internal.buffers import SHARED
 from tests.helpers import base_config, long_table, write
 
 LENGTHS = [5, 1, 9, 3, 12, 7, 2, 8, 4, 6, 11, 3, 10, 4]
@@ -133,7 +133,7 @@ def test_batches_reach_keras_without_a_copy(monkeypatch):
     TensorFlow's slice copies unless the batch starts and ends on 64-byte boundaries, so
     every batch starts on one: a batch tensor of a multiple of 16 values (all of them, with
     a batch_size that is a multiple of 16) is a view into its group's array."""
-    from seqpipe import dataset as seqpipe_dataset
+    from seqpipe.tfdata import dataset as seqpipe_dataset
 
     groups = []
     flat = seqpipe_dataset._flat
@@ -161,7 +161,7 @@ def test_batches_reach_keras_without_a_copy(monkeypatch):
 
 
 def test_batches_a_user_keeps_hold_their_values_while_later_epochs_reuse_memory():
-    """Epochs reuse the memory of groups nothing refers to any more (`seqpipe.buffers`);
+    """Epochs reuse the memory of groups nothing refers to any more (`seqpipe._internal.buffers`);
     a batch still held, as a tensor or as NumPy, keeps its own."""
     lengths = np.random.default_rng(5).integers(1, 40, 400)
     pipeline = Pipeline(_config(**{"shuffle.buffer_size": 30, "batching.batch_size": 16}),
@@ -239,7 +239,7 @@ def test_an_iterator_or_a_derived_dataset_keeps_the_pipeline_while_in_use():
 def test_an_epoch_asked_of_a_deleted_dataset_says_to_keep_a_reference():
     """Only a copy of the dataset TensorFlow made from its graph can still ask once the
     dataset is deleted; it gets a message, not a KeyError."""
-    from seqpipe import dataset as seqpipe_dataset
+    from seqpipe.tfdata import dataset as seqpipe_dataset
 
     dataset = build_dataset(Pipeline(_config(), long_table(LENGTHS)))
     token = max(seqpipe_dataset._LIVE)
@@ -257,7 +257,7 @@ def test_batch_functions_run_in_the_callers_thread_with_the_public_map_as_fallba
     CPU); a TensorFlow whose private map class lacks the switch gets the public map."""
     from tensorflow.python.data.ops import map_op
 
-    from seqpipe import dataset as seqpipe_dataset
+    from seqpipe.tfdata import dataset as seqpipe_dataset
 
     def double(x):
         return {"v": tf.reshape(tf.slice(x, [0], [2]), [1, 2]) * 2}
@@ -292,7 +292,7 @@ def test_batch_functions_run_in_the_callers_thread_with_the_public_map_as_fallba
 def test_the_dataset_functions_are_traced_once_for_each_shape_of_config():
     """Tracing them for every dataset cost about 58 ms an epoch; configs that differ only in
     what does not change the functions (here shuffle and batch size) share one trace."""
-    from seqpipe import dataset as seqpipe_dataset
+    from seqpipe.tfdata import dataset as seqpipe_dataset
 
     first = _config()
     other = _config(**{"batching.batch_size": 3, "shuffle.seed": 4})

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from seqpipe import (ConfigError, DataError, SourceNotFoundError, build_dataset, load_config,
                      load_materialized, materialize)
-from seqpipe.materialize import config_hash
+from seqpipe.materialized.manifest import config_hash
 from tests.helpers import (base_config, long_table, nested_from_long, raw_sequences, scatter,
                             write)
 
@@ -292,7 +292,7 @@ def test_a_missing_or_truncated_index_is_one_clear_error(tmp_path, damage):
 def test_an_output_that_appears_during_a_run_is_not_replaced(tmp_path):
     """The last step, the rename into place, checks again: another run may have finished
     first (the lock keeps seqpipe runs apart; this is the last line of defence)."""
-    from seqpipe import paths
+    from seqpipe._internal import paths
 
     out, temp = tmp_path / "out", tmp_path / "temp"
     out.mkdir()

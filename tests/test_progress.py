@@ -2,8 +2,8 @@
 
 import io
 
-from seqpipe import progress as progress_module
-from seqpipe.progress import Progress
+from seqpipe.materialized import progress as progress_module
+from seqpipe.materialized.progress import Progress
 
 
 class Terminal(io.StringIO):

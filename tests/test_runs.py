@@ -4,7 +4,7 @@ against the same copy written as one slice assignment per run."""
 import numpy as np
 import pytest
 
-from seqpipe.runs import (ASCENDING, REPEATED, UNSORTED, copy_runs, fill_missing, run_starts,
+from seqpipe._internal.runs import (ASCENDING, REPEATED, UNSORTED, copy_runs, fill_missing, run_starts,
                           time_order)
 
 

@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 
 from seqpipe import ConfigError, load_config, load_materialized, materialize
-from seqpipe.materialize import open_part
-from seqpipe.service import records_dataset
+from seqpipe.materialized.read import open_part
+from seqpipe.tfdata.service import records_dataset
 from tests.helpers import base_config, long_table, raw_sequences, write
 
 LENGTHS = np.random.default_rng(4).integers(1, 40, 90)

@@ -193,19 +193,19 @@ def _validate(args, overrides: dict) -> None:
     print("valid (read every value)")
 
 def _materialize(args, overrides: dict, beam_options: list) -> None:
-    from seqpipe import paths
+    from seqpipe._internal import paths
     if args.shard_mb <= 0:
         raise ConfigError(f"--shard-mb must be positive; got {args.shard_mb}")
     config = _config(args.config, overrides)
     shard_bytes = int(args.shard_mb * 2**20)
     if args.runner is None:
-        from seqpipe.materialize import materialize
+        from seqpipe.materialized.write import materialize
 
         manifest = materialize(config, args.out, overwrite=args.overwrite,
                                shard_bytes=shard_bytes, progress=True)
         how = ""
     else:
-        from seqpipe.beam import materialize_on_beam
+        from seqpipe.materialized.beam import materialize_on_beam
 
         manifest = materialize_on_beam(config, args.out, args.runner, beam_options,
                                        overwrite=args.overwrite, shard_bytes=shard_bytes)
@@ -234,7 +234,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif args.command == "materialize":
             _materialize(args, overrides, unknown)
         elif args.command == "serve":
-            from seqpipe.service import serve
+            from seqpipe.tfdata.service import serve
 
             serve(args)
         elif args.command == "demo":

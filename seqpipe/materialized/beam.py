@@ -37,23 +37,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from seqpipe import paths, tuning
+from seqpipe import tuning
+from seqpipe._internal import paths
+from seqpipe._internal.lazy import tensorflow
 from seqpipe.batching import truncate
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError
 from seqpipe.index import missing_labels
-from seqpipe.materialize import (
+from seqpipe.materialized.manifest import (
     MANIFEST,
-    SHARD_BYTES,
-    _share,
     build_manifest,
-    check_out,
-    encode_for_parts,
     output_parts,
     part_number,
+    share_of,
     write_manifest,
-    write_part_index,
 )
+from seqpipe.materialized.write import SHARD_BYTES, check_out, encode_for_parts, write_part_index
 from seqpipe.sequences import check_no_nulls, group_sequences, id_runs
 from seqpipe.source import SourceTable, open_source
 from seqpipe.split import PARTS, id_hash
@@ -103,7 +102,7 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
         raise DataError(f"no sequences: {files.where} has no rows")
     source_bytes = sum(p.fragment.row_groups[0].total_byte_size for p in pieces)
     parts = output_parts(config.split)
-    shards = {part: max(1, math.ceil(source_bytes * _share(config.split, part) / shard_bytes))
+    shards = {part: max(1, math.ceil(source_bytes * share_of(config.split, part) / shard_bytes))
               for part in parts}
     facts = {"where": config.source.path, "files": len(files.files), "runner": runner}
     try:
@@ -233,7 +232,7 @@ def add_counts(counts: Iterable[dict]) -> dict:
 
 def write_shard(item: tuple, temp: str) -> dict:
     """Writes one shard's records in id order; returns what the part's index needs."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     (part, shard), rows = item
     rows = sorted(rows, key=lambda row: row[0])

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from seqpipe import tuning
+from seqpipe._internal.lazy import tensorflow
 from seqpipe.errors import ConfigError
 
 PROCESSING_MODES = ("distributed_epoch", "parallel_epochs")
@@ -38,9 +39,9 @@ def records_dataset(part: Any):
       ConfigError: `batching.max_timesteps` is set; the service path cannot size batches by
         a token budget yet.
     """
-    import tensorflow as tf
+    tf = tensorflow()
 
-    from seqpipe.records import parse_spec
+    from seqpipe.materialized.records import parse_spec
 
     config = part.config
     if config.batching.max_timesteps is not None:
@@ -102,7 +103,7 @@ def records_dataset(part: Any):
 
 def _finish(config, mean_valid: dict):
     """Turns a padded batch of parsed records into `(x, y, sample_weight)`."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     side, pad = config.padding.side, np.float32(config.padding.value)
 
@@ -173,7 +174,7 @@ def serve(args: Any) -> None:
             raise ConfigError(f"--dispatcher must be HOST:PORT, such as localhost:5050; got "
                               f"{args.dispatcher!r}")
         _check_port(int(port), "the --dispatcher port")
-    import tensorflow as tf
+    tf = tensorflow()
 
     service = tf.data.experimental.service
     try:

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Union
 
+from seqpipe._internal.lazy import tensorflow
 from seqpipe.errors import DataError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -29,7 +30,7 @@ def join(folder: PathLike, *names: str) -> str:
 
 
 def _gfile():
-    import tensorflow as tf
+    tf = tensorflow()
 
     return tf.io.gfile
 

@@ -20,12 +20,13 @@ import numpy as np
 from seqpipe.assemble import Group
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, SeqpipeError
-from seqpipe.pipeline import Pipeline
+from seqpipe.pipeline import Pipeline, batch_structure
 
 if TYPE_CHECKING:
-    from seqpipe.materialize import MaterializedPart
+    from seqpipe.materialized.read import MaterializedPart
+from seqpipe._internal.lazy import tensorflow
+from seqpipe._internal.threads import Background
 from seqpipe.shard import Shard, per_replica
-from seqpipe.stream import Background
 
 logger = logging.getLogger("seqpipe")
 
@@ -72,7 +73,7 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
         pipeline = config
     else:
         pipeline = sharded_pipeline(config, input_context, data=data, split=split)
-    import tensorflow as tf
+    tf = tensorflow()
 
     config, token = pipeline.config, next(_TOKENS)
     _LIVE[token] = _Epochs(pipeline)
@@ -167,7 +168,7 @@ def _options():
 
     A user who appends stages of their own can turn either back on with `with_options`:
     the later options win."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     options = tf.data.Options()
     options.autotune.enabled = False
@@ -228,7 +229,7 @@ def _cuts(table: np.ndarray, config: PipelineConfig) -> dict:
 
 
 def _group_spec(config: PipelineConfig):
-    import tensorflow as tf
+    tf = tensorflow()
 
     cuts = {key: tf.TensorSpec((None, value.shape[1]), tf.int64)
             for key, value in _cuts(np.zeros((1, 4), np.int64), config).items()}
@@ -265,7 +266,7 @@ def _traced_groups(config: PipelineConfig):
     tensorflow/tensorflow#57690), with whatever the function refers to; here that is one
     function (`_epochs_of`) per shape of config, and a dataset's pipeline goes when the
     dataset does."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     key = (tuple((name, s.level, len(s.columns)) for name, s in config.inputs.items()),
            tuple((name, s.level) for name, s in config.outputs.items()))
@@ -287,7 +288,7 @@ def _traced_groups(config: PipelineConfig):
 def _split_group(config: PipelineConfig):
     """The tf.data function that cuts one group's flat arrays into its padded batches:
     each batch is a slice of every flat array, reshaped; no data is copied."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     spec = element_spec(config)
     x_spec, y_spec, w_spec = spec if config.outputs else (spec, {}, {})
@@ -348,27 +349,10 @@ def _map_in_caller_class():
 
 def element_spec(config: PipelineConfig):
     """The `tf.TensorSpec` structure of one batch, from the config alone."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     return _map_specs(lambda s: tf.TensorSpec(shape=s["shape"], dtype=s["dtype"]),
                       batch_structure(config))
-
-
-def batch_structure(config: PipelineConfig) -> Any:
-    """One batch's structure as plain data: `{"shape": [...], "dtype": "float32"}` leaves
-    in the `(x, y, sample_weight)` tuple (x alone without outputs). No TensorFlow."""
-    def spec(*shape):
-        return {"shape": list(shape), "dtype": "float32"}
-
-    x = {name: spec(None, None, len(s.columns)) if s.level == "timestep"
-         else spec(None, len(s.columns)) for name, s in config.inputs.items()}
-    if not config.outputs:
-        return x
-    y = {name: spec(None, None, 1) if s.level == "timestep" else spec(None, 1)
-         for name, s in config.outputs.items()}
-    weights = {name: spec(None, None) if s.level == "timestep" else spec(None)
-               for name, s in config.outputs.items()}
-    return x, y, weights
 
 
 def _map_specs(function, structure):

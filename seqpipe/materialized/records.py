@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 
 from seqpipe import tuning
+from seqpipe._internal.lazy import tensorflow
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.sequences import Sequences
@@ -112,7 +113,7 @@ def id_texts(ids: np.ndarray) -> np.ndarray:
 
 def parse_spec(config: PipelineConfig) -> dict:
     """The `tf.io.parse_example` features of a record (imports TensorFlow)."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     spec = {"length": tf.io.FixedLenFeature([], tf.int64),
             "id": tf.io.FixedLenFeature([], tf.string)}
@@ -140,7 +141,7 @@ def read_chunks(files: list, config: PipelineConfig, ids: np.ndarray,
       DataError: a record whose id is not the index's, a shard that cannot be read
         (truncated, corrupt), or fewer or more records than the index lists.
     """
-    import tensorflow as tf
+    tf = tensorflow()
 
     try:
         texts = texts if texts is not None else id_texts(ids)

@@ -1,0 +1,220 @@
+"""The manifest of a materialized output: its format, what decides the records, and the
+checks made when it is read. A manifest names only files beside it; it is data, never a
+pointer elsewhere.
+
+Output layout (one folder per part of the split; `all` when the config does not split):
+
+    DIR/manifest.json                  config, its hash, counts, element spec, version
+    DIR/<part>/index.parquet           id, kept length and valid labels of each sequence
+    DIR/<part>/part-00000.tfrecord     one tf.train.Example per sequence (`records`)
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from typing import Any, Union
+
+from seqpipe._internal import paths
+from seqpipe.config import PipelineConfig, SplitConfig
+from seqpipe.errors import DataError, SourceNotFoundError
+from seqpipe.pipeline import batch_structure
+from seqpipe.split import PARTS
+
+FORMAT = "seqpipe.materialized"
+
+
+FORMAT_VERSION = 1
+
+
+MANIFEST = "manifest.json"
+
+
+# Config keys that decide what the records hold. The rest (batching, shuffle, weights,
+# padding side and value, label fill values) is applied when the records are loaded.
+FROZEN = ("source.layout", "source.id_column", "source.time_column", "inputs",
+          "outputs.*.column", "outputs.*.level", "padding.maxlen", "padding.truncating",
+          "split")
+
+
+def config_hash(config: Union[PipelineConfig, Mapping]) -> str:
+    """sha256 of the config's canonical JSON: equal configs, equal hashes. A mapping is
+    hashed as it is (a manifest's `config`, as written)."""
+    plain = config.to_dict() if isinstance(config, PipelineConfig) else config
+    text = json.dumps(plain, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def is_output(folder: str) -> bool:
+    """Whether `folder` holds a manifest seqpipe materialize wrote (its format marker)."""
+    try:
+        manifest = json.loads(paths.read_text(paths.join(folder, MANIFEST)))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+def share_of(split: SplitConfig, part: str) -> float:
+    """The share of the ids in `part` ('all' when the config does not split: every id)."""
+    if part == "all":
+        return 1.0
+    return {"train": 1 - split.validation - split.test, "validation": split.validation,
+            "test": split.test}[part]
+
+
+def part_number(part: str) -> int:
+    """The `part_of` number of a part folder's name ('all' when the config does not split)."""
+    return PARTS.index(part) if part != "all" else 0
+
+
+def output_parts(split: SplitConfig) -> list[str]:
+    """The part folders an output holds: those with a share of the ids, or 'all'."""
+    return [p for p in PARTS if share_of(split, p) > 0] if split.enabled else ["all"]
+
+
+def build_manifest(config: PipelineConfig, source: dict, filled_values: dict,
+                   parts: dict) -> dict:
+    """The manifest of an output: `source` holds where, files, rows, sequences, streamed and
+    empty_sequences_dropped; `parts` each part's `write_part_index` summary."""
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "seqpipe_version": _version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": config.to_dict(), "config_sha256": config_hash(config),
+        "source": source, "filled_values": filled_values,
+        "element_spec": _named(batch_structure(config)),
+        "record": record_layout(config),
+        "parts": parts,
+    }
+
+
+def write_manifest(folder: str, manifest: dict) -> None:
+    paths.write_bytes(paths.join(folder, MANIFEST), json.dumps(manifest, indent=2).encode())
+
+
+def _version() -> str:
+    from seqpipe import __version__
+
+    return __version__
+
+
+def _named(structure) -> dict:
+    """The batch structure with its parts named, for JSON."""
+    if isinstance(structure, tuple):
+        return dict(zip(("x", "y", "sample_weight"), structure))
+    return {"x": structure}
+
+
+def record_layout(config: PipelineConfig) -> dict:
+    """What each record holds, for readers that are not seqpipe."""
+    layout = {"length": "int64: kept timesteps", "id": "bytes: the sequence id as text"}
+    for name, spec in config.inputs.items():
+        width = len(spec.columns)
+        layout[f"x/{name}"] = (f"float32 list, length x {width} ({', '.join(spec.columns)}), "
+                               f"timestep-major" if spec.level == "timestep" else
+                               f"float32 list of {width} ({', '.join(spec.columns)})")
+    for name, output in config.outputs.items():
+        layout[f"y/{name}"] = ("float32 list of `length` labels, NaN where missing"
+                               if output.level == "timestep" else
+                               "float32: one label, NaN when missing")
+    return layout
+
+
+def read_manifest(path: Union[str, os.PathLike]) -> dict:
+    """The manifest of a materialized output folder.
+
+    Raises:
+      SourceNotFoundError: no such folder, or no manifest in it.
+      DataError: the manifest is not one seqpipe wrote, or from a newer format.
+    """
+    folder = str(path)
+    if not paths.isdir(folder):
+        raise SourceNotFoundError(f"materialized output not found: {folder!r} is not a "
+                                  f"folder")
+    file = paths.join(folder, MANIFEST)
+    if not paths.exists(file):
+        raise SourceNotFoundError(
+            f"{folder!r} holds no {MANIFEST}: it is not the output of seqpipe "
+            f"materialize, or a run that did not finish. Run seqpipe materialize again.")
+    try:
+        manifest = json.loads(paths.read_text(file))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{file} is not readable JSON: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise DataError(f"{file} is not a seqpipe materialize manifest: its format is "
+                        f"{found!r}, not {FORMAT!r}")
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise DataError(f"{file} has format version {manifest['format_version']}, newer than "
+                        f"this seqpipe reads ({FORMAT_VERSION}); upgrade seqpipe")
+    _check_shape(manifest, _MANIFEST_KEYS, file, "")
+    for name, part in manifest["parts"].items():
+        _check_shape(part, _PART_KEYS, file, f"parts.{name}.")
+        for key, entry in [("folder", part["folder"])] + [("shards", s) for s in part["shards"]]:
+            if not _inside(entry):
+                raise DataError(
+                    f"{file} is damaged: parts.{name}.{key} names {entry!r}, which is not a "
+                    f"file in the output's own folder; a manifest names only files beside it "
+                    f"(a materialized folder is data, never a pointer elsewhere). Materialize "
+                    f"again.")
+    _check_shape(manifest["source"], _SOURCE_KEYS, file, "source.")
+    if config_hash(manifest["config"]) != manifest["config_sha256"]:
+        raise DataError(
+            f"{file} was edited: its config no longer matches its config_sha256, so it no "
+            f"longer says how the records were written. Materialize again rather than edit "
+            f"the manifest (to load with other batching, pass config= to load_materialized).")
+    return manifest
+
+
+# What a manifest must hold for loading, and of which type.
+_MANIFEST_KEYS = {"config": dict, "config_sha256": str, "source": dict, "filled_values": dict,
+                  "parts": dict}
+
+
+_PART_KEYS = {"folder": str, "sequences": int, "timesteps": int, "truncated_sequences": int,
+              "truncated_timesteps": int, "missing_labels": dict, "shards": list}
+
+
+_SOURCE_KEYS = {"where": str, "rows": int, "sequences": int, "empty_sequences_dropped": int}
+
+
+def _inside(name: Any) -> bool:
+    """Whether a manifest's entry names a file or folder directly inside the output."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and "\\" not in name and ":" not in name)
+
+
+def _check_shape(found: Any, keys: dict, file: str, prefix: str) -> None:
+    if not isinstance(found, dict):
+        raise DataError(f"{file} is damaged: {prefix.rstrip('.')} is not a mapping. "
+                        f"Materialize again.")
+    for key, kind in keys.items():
+        if key not in found:
+            raise DataError(f"{file} is damaged: it has no key {prefix + key!r}. "
+                            f"Materialize again.")
+        if not isinstance(found[key], kind) or isinstance(found[key], bool):
+            raise DataError(f"{file} is damaged: {prefix + key} must be a "
+                            f"{_KIND_NAMES[kind]}; got {found[key]!r}. Materialize again.")
+
+
+_KIND_NAMES = {dict: "mapping", str: "string", int: "whole number", list: "list"}
+
+
+def frozen_differences(written: dict, wanted: dict) -> list[str]:
+    differences = []
+    for key in FROZEN:
+        section, _, rest = key.partition(".")
+        if rest.startswith("*."):
+            names = sorted(set(written.get(section, {})) | set(wanted.get(section, {})))
+            pairs = [(f"{section}.{n}.{rest[2:]}",
+                      written.get(section, {}).get(n, {}).get(rest[2:]),
+                      wanted.get(section, {}).get(n, {}).get(rest[2:])) for n in names]
+        elif rest:
+            pairs = [(key, written.get(section, {}).get(rest), wanted.get(section, {}).get(rest))]
+        else:
+            pairs = [(key, written.get(section), wanted.get(section))]
+        differences += [f"{k}: written with {a!r}, asked for {b!r}" for k, a, b in pairs if a != b]
+    return differences

@@ -1,0 +1,60 @@
+"""`load_materialized`: the dataset of a materialized output, batched on the fly by the
+same pipeline as `build_dataset`, or by tf.data service workers."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Union
+
+from seqpipe._internal.lazy import tensorflow
+from seqpipe.errors import ConfigError
+from seqpipe.materialized.read import open_part
+from seqpipe.tfdata.dataset import build_dataset, sharded_pipeline
+from seqpipe.tfdata.service import PROCESSING_MODES, records_dataset
+
+
+def load_materialized(path: Union[str, os.PathLike], config: Any = None,
+                      split: Optional[str] = None, *, input_context: Any = None,
+                      service: Optional[str] = None, processing_mode: str = "distributed_epoch",
+                      job_name: Optional[str] = None):
+    """The `(x, y, sample_weight)` dataset of a materialized output, batched on the fly.
+
+    With the same config and seed, it yields exactly the batches `build_dataset` yields
+    from the Parquet source, in the same order, epoch after epoch.
+
+    Args:
+      path: the folder `seqpipe materialize` wrote.
+      config: None uses the config it was written with. Another config may change
+        batching, shuffle, weights, padding side and value, and label fill values; the
+        keys that decide what the records hold (`FROZEN`) must match.
+      split: the part to read ('train', 'validation', 'test'); needed when there are several.
+      input_context: a `tf.distribute.InputContext`: read this input pipeline's share of
+        the shard files and batch per replica, as `build_dataset` does.
+      service: a tf.data service dispatcher, 'grpc://HOST:PORT': the workers read and
+        batch, in TensorFlow ops alone (`seqpipe.service`), so the batches are not the
+        NumPy plan's (see there). Every worker must read `path` at the same path.
+      processing_mode: with `service`: 'distributed_epoch' hands each shard file to one
+        worker, so all consumers together get every sequence once per epoch;
+        'parallel_epochs' has every worker run whole epochs.
+      job_name: with `service`: consumers that give the same name share one job.
+
+    Raises:
+      SeqpipeError: no such output, an unfinished one, or a config that does not fit it.
+
+    Example::
+
+      model.fit(seqpipe.load_materialized("out/", split="train"),
+                validation_data=seqpipe.load_materialized("out/", split="validation"))
+    """
+    part = open_part(path, config, split)
+    if service is None:
+        return build_dataset(sharded_pipeline(part.config, input_context, source=part))
+    if processing_mode not in PROCESSING_MODES:
+        raise ConfigError(f"processing_mode must be one of {', '.join(PROCESSING_MODES)}; "
+                          f"got {processing_mode!r}")
+    if input_context is not None:
+        raise ConfigError("give service or input_context, not both: with the tf.data "
+                          "service the dispatcher shares out the files")
+    tf = tensorflow()
+    return records_dataset(part).apply(tf.data.experimental.service.distribute(
+        processing_mode, service, job_name=job_name))
