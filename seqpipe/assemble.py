@@ -24,13 +24,36 @@ from seqpipe.sequences import Sequences, ranges
 from seqpipe.weights import batch_weights
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchPlaces:
+    """Where each batch of a group lies in the group's flat arrays, one entry per batch:
+    batch j is rows `timestep_start[j]` to `+ rows[j] * steps[j]` of a per-timestep array
+    (shaped `(rows[j], steps[j], ...)`) and rows `sequence_start[j]` to `+ rows[j]` of a
+    per-sequence one."""
+
+    timestep_start: np.ndarray  # int64
+    sequence_start: np.ndarray  # int64
+    rows: np.ndarray  # B: the batch's rows (its sequences, and empty rows)
+    steps: np.ndarray  # T: timesteps of every row
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def select(self, mask: np.ndarray) -> BatchPlaces:
+        return BatchPlaces(self.timestep_start[mask], self.sequence_start[mask],
+                           self.rows[mask], self.steps[mask])
+
+    def ends(self) -> dict:
+        """Per level, the rows a group needs: past the end of its last batch."""
+        return {"timestep": int(self.timestep_start[-1] + self.rows[-1] * self.steps[-1]),
+                "sequence": int(self.sequence_start[-1] + self.rows[-1])}
+
+
 @dataclasses.dataclass
 class Group:
-    """Padded batches end to end. Batch j is rows `t0 : t0 + B * T` of a per-timestep array
-    (reshaped to (B, T, ...)) and rows `s0 : s0 + B` of a per-sequence one, where
-    `t0, s0, B, T = table[j]`."""
+    """Padded batches end to end, in flat arrays (`places` says where each batch lies)."""
 
-    table: np.ndarray  # (batches, 4) int64
+    places: BatchPlaces
     members: list  # sequence indices of each batch, in row order
     x: dict
     y: dict
@@ -41,7 +64,9 @@ class Group:
 
     def batch_view(self, j: int, config: PipelineConfig):
         """The arrays of batch j, shaped for Keras; views into the group."""
-        t0, s0, size, steps = (int(v) for v in self.table[j])
+        p = self.places
+        t0, s0 = int(p.timestep_start[j]), int(p.sequence_start[j])
+        size, steps = int(p.rows[j]), int(p.steps[j])
 
         def shaped(flat, level, *tail):
             if level == "sequence":
@@ -94,7 +119,8 @@ class Assembler:
         # slice hands an aligned batch on as a view, and copies one that is not.
         t0 = _exclusive_cumsum_within(_aligned_rows(sizes * steps), plan.groups)
         s0 = _exclusive_cumsum_within(_aligned_rows(sizes), plan.groups)
-        self.tables = [np.stack([t0, s0, sizes, steps], axis=1)[plan.groups == g]
+        every = BatchPlaces(t0, s0, sizes, steps)
+        self.places = [every.select(plan.groups == g)
                        for g in range(int(plan.groups.max()) + 1 if len(sizes) else 0)]
         n = len(lengths)
         self.group_of = np.full(n, -1, dtype=np.int64)
@@ -107,8 +133,8 @@ class Assembler:
         self.skip = lengths - kept if config.padding.truncating == "pre" else np.zeros_like(
             lengths)
         self.members_per_group = np.bincount(self.group_of[members],
-                                             minlength=len(self.tables))
-        self._batch_groups = [np.flatnonzero(plan.groups == g) for g in range(len(self.tables))]
+                                             minlength=len(self.places))
+        self._batch_groups = [np.flatnonzero(plan.groups == g) for g in range(len(self.places))]
         # A group's store is allocated once the stream reaches its first members, past the
         # few (`Tuning.parked_share`) that come much earlier: sequences that waited windows long
         # for a batch of their bucket to fill. Those are parked unpadded until then, so a
@@ -126,7 +152,7 @@ class Assembler:
         for first, chunk in chunks:
             self._add(first, chunk)
             yield from self._finished()
-        if self._next < len(self.tables):
+        if self._next < len(self.places):
             raise DataError(f"the source ended with {self._missing():,} sequences of the epoch "
                             f"still to arrive; it changed since the pipeline was built. Build "
                             f"the pipeline again.")
@@ -139,7 +165,7 @@ class Assembler:
             yield group
 
     def _missing(self) -> int:
-        waiting = range(self._next, len(self.tables))
+        waiting = range(self._next, len(self.places))
         return sum(self._open[g].remaining if g in self._open else
                    int(self.members_per_group[g]) for g in waiting)
 
@@ -163,9 +189,8 @@ class Assembler:
             self._scatter(self._open[g], chunk, local, index[local])
 
     def _allocate(self, g: int) -> Group:
-        table = self.tables[g]
-        t0, s0, size, steps = table[-1]
-        rows = {"timestep": int(t0 + size * steps), "sequence": int(s0 + size)}
+        places = self.places[g]
+        rows = places.ends()
         config, value = self.config, self.config.padding.value
         # Every real position is written by a chunk later; only the padding is set here.
         x = {name: self.buffers.empty((rows[spec.level], len(spec.columns)))
@@ -175,19 +200,20 @@ class Assembler:
         valid = {name: np.zeros(rows[spec.level], dtype=bool)
                  for name, spec in config.outputs.items()}
         members = [self.plan.batches[k] for k in self._batch_groups[g]]
-        empty = _empty_rows(members, table)
-        padding = np.concatenate([self._padding_positions(members, table), empty["timestep"]])
+        empty = _empty_rows(members, places)
+        padding = np.concatenate([self._padding_positions(members, places),
+                                  empty["timestep"]])
         for name, spec in config.inputs.items():
             x[name][padding if spec.level == "timestep" else empty[spec.level]] = value
         for name, output in config.outputs.items():
             y[name][padding if output.level == "timestep" else empty[output.level]] = value
-        return Group(table, members, x, y, valid, {}, int(self.members_per_group[g]),
+        return Group(places, members, x, y, valid, {}, int(self.members_per_group[g]),
                      config.levels)
 
-    def _padding_positions(self, batches: list, table: np.ndarray) -> np.ndarray:
+    def _padding_positions(self, batches: list, places: BatchPlaces) -> np.ndarray:
         """The padded timestep rows after (or before) every sequence of a group, given each
         batch's members."""
-        steps = np.repeat(table[:, 3], [len(m) for m in batches])
+        steps = np.repeat(places.steps, [len(m) for m in batches])
         members = np.concatenate(batches)
         kept = self.kept[members]
         missing = steps - kept
@@ -224,11 +250,11 @@ class Assembler:
     def _weigh(self, group: Group) -> None:
         for name, output in self.config.outputs.items():
             mode = self.config.weight_mode(name)
-            t0, s0, size, steps = group.table.T
-            valid = group.valid[name]
-            start, steps = (t0, steps) if output.level == "timestep" else (s0, None)
+            p, valid = group.places, group.valid[name]
+            start, steps = ((p.timestep_start, p.steps) if output.level == "timestep"
+                            else (p.sequence_start, None))
             group.sample_weight[name] = batch_weights(
-                mode, valid, start, size, steps, self.mean_valid[name],
+                mode, valid, start, p.rows, steps, self.mean_valid[name],
                 out=self.buffers.empty(valid.shape))
 
 
@@ -257,14 +283,14 @@ def _take(chunk: Sequences, local: np.ndarray, config: PipelineConfig) -> Sequen
                      take(chunk.features), take(chunk.labels), take(chunk.present))
 
 
-def _empty_rows(batches: list, table: np.ndarray) -> dict:
+def _empty_rows(batches: list, places: BatchPlaces) -> dict:
     """Per level, the positions of the rows of a group that no sequence fills: the rows past
     each batch's members (`same_shape_first`)."""
-    t0, s0, size, steps = table.T
     filled = np.array([len(b) for b in batches], dtype=np.int64)
-    empty = size - filled
-    return {"timestep": ranges(t0 + filled * steps, empty * steps),
-            "sequence": ranges(s0 + filled, empty)}
+    empty = places.rows - filled
+    return {"timestep": ranges(places.timestep_start + filled * places.steps,
+                               empty * places.steps),
+            "sequence": ranges(places.sequence_start + filled, empty)}
 
 
 def _exclusive_cumsum_within(values: np.ndarray, groups: np.ndarray) -> np.ndarray:

@@ -133,17 +133,19 @@ def test_batches_reach_keras_without_a_copy(monkeypatch):
     TensorFlow's slice copies unless the batch starts and ends on 64-byte boundaries, so
     every batch starts on one: a batch tensor of a multiple of 16 values (all of them, with
     a batch_size that is a multiple of 16) is a view into its group's array."""
-    from seqpipe.tfdata import dataset as seqpipe_dataset
+    from seqpipe.tfdata import handoff
 
     groups = []
-    flat = seqpipe_dataset._flat
+    hand_off = handoff.hand_off
 
-    def keep(group):
-        arrays = flat(group)
-        groups.append([_address_range(a) for part in arrays for a in part.values()])
-        return arrays
+    def keep(group, config):
+        element = hand_off(group, config)
+        groups.append([_address_range(a) for part in (element.x, element.y,
+                                                       element.sample_weight)
+                       for a in part.values()])
+        return element
 
-    monkeypatch.setattr(seqpipe_dataset, "_flat", keep)
+    monkeypatch.setattr(handoff, "hand_off", keep)
     lengths = np.random.default_rng(3).integers(1, 40, 300)
     # batch_size 8: a batch of odd length leaves the next one's start unaligned, unless
     # seqpipe aligns it.
@@ -258,12 +260,13 @@ def test_batch_functions_run_in_the_callers_thread_with_the_public_map_as_fallba
     from tensorflow.python.data.ops import map_op
 
     from seqpipe.tfdata import dataset as seqpipe_dataset
+    from seqpipe.tfdata import handoff
 
     def double(x):
         return {"v": tf.reshape(tf.slice(x, [0], [2]), [1, 2]) * 2}
 
     source = tf.data.Dataset.from_tensor_slices(np.arange(12, dtype=np.float32).reshape(6, 2))
-    inline = seqpipe_dataset.map_in_caller(source, double)
+    inline = handoff.map_in_caller(source, double)
     assert inline._use_inter_op_parallelism is False  # the installed TF has the switch
     expected = [{"v": v["v"].numpy()} for v in source.map(double)]
 
@@ -275,7 +278,7 @@ def test_batch_functions_run_in_the_callers_thread_with_the_public_map_as_fallba
 
     monkeypatch.setattr(map_op, "_MapDataset", Older)
     monkeypatch.setattr(seqpipe_dataset, "_TRACED", {})  # traced again, with the fallback
-    fallback = seqpipe_dataset.map_in_caller(source, double)
+    fallback = handoff.map_in_caller(source, double)
     assert fallback._use_inter_op_parallelism is True
     for got in (inline, fallback):
         values = [v["v"].numpy() for v in got]

@@ -6,7 +6,6 @@ seqpipe or validating a config stays fast and TensorFlow-free.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import logging
 import os
@@ -17,7 +16,6 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
-from seqpipe.assemble import Group
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, SeqpipeError
 from seqpipe.pipeline import Pipeline, batch_structure
@@ -27,6 +25,7 @@ if TYPE_CHECKING:
 from seqpipe._internal.lazy import tensorflow
 from seqpipe._internal.threads import Background
 from seqpipe.shard import Shard, per_replica
+from seqpipe.tfdata import handoff
 
 logger = logging.getLogger("seqpipe")
 
@@ -113,8 +112,8 @@ def _epochs_of(token) -> Iterator[tuple]:
 
 
 class _Epochs:
-    """One dataset's epochs: each call yields the next epoch's groups, as `_group_spec`
-    has them. `close` stops a first epoch nobody read and lets go of the pipeline."""
+    """One dataset's epochs: each call yields the next epoch's groups, handed off
+    (`handoff.HandOff`). `close` stops a first epoch nobody read and lets go of the pipeline."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline: Optional[Pipeline] = pipeline
@@ -136,14 +135,14 @@ class _Epochs:
         # A group of no batches goes first. TensorFlow sets up its per-group machinery (the
         # function that cuts a group into batches) on the first group it sees; with this
         # one it does so while the first real group is still being assembled.
-        yield _no_batches(pipeline.config)
+        yield handoff.no_batches(pipeline.config)
         yield from producer
 
     @staticmethod
     def _pieces(pipeline: Pipeline, epoch: int) -> Iterator[tuple]:
         try:
             for group in pipeline.groups(epoch):
-                yield (_cuts(group.table, pipeline.config),) + _flat(group)
+                yield handoff.hand_off(group, pipeline.config)
         except SeqpipeError as e:
             # TensorFlow hands the error on as an InvalidArgumentError whose first line
             # names its own function; the log says it first, as it happens.
@@ -193,64 +192,6 @@ def sharded_pipeline(config: Any, input_context: Any, data: Any = None,
                                 same_shape_first=local_replicas)
 
 
-def _cuts(table: np.ndarray, config: PipelineConfig) -> dict:
-    """Where each batch of a group lies in its flat arrays, and its shape, as the begin,
-    size and shape vectors `tf.slice` and `tf.reshape` take: computed here for all of a
-    group's batches at once, so tf.data runs two ops per tensor per batch and no
-    arithmetic. `table` rows are (t0, s0, B, T).
-
-    Every array is sliced in one dimension, inputs too (their `(rows, k)` arrays go to
-    TensorFlow flat): TensorFlow's slice returns a view of its input only when the slice
-    starts and ends on 64-byte boundaries of a 1-D tensor, or when each row of a 2-D one
-    is a multiple of 64 bytes (8 float32 features are 32). `Assembler` starts every batch
-    on such a boundary; a batch whose size is a multiple of 16 values (a batch_size that
-    is a multiple of 16, in every array) then ends on one and is never copied."""
-    t0, s0, size, steps = table.T
-    ones = np.ones_like(size)
-    rows = {"timestep": (t0, size * steps), "sequence": (s0, size)}
-
-    def shape(level, *tail):
-        lead = [size, steps] if level == "timestep" else [size]
-        return np.stack(lead + [t * ones for t in tail], axis=1)
-
-    cuts = {}
-    for name, spec in config.inputs.items():
-        begin, count = rows[spec.level]
-        width = len(spec.columns)
-        cuts[f"x/{name}/begin"], cuts[f"x/{name}/size"] = (begin * width)[:, None], (
-            count * width)[:, None]
-        cuts[f"x/{name}/shape"] = shape(spec.level, width)
-    for level, (begin, count) in rows.items():  # labels and weights: one column
-        cuts[f"{level}/begin"], cuts[f"{level}/size"] = begin[:, None], count[:, None]
-    for name, output in config.outputs.items():
-        cuts[f"y/{name}/shape"], cuts[f"w/{name}/shape"] = shape(output.level, 1), shape(
-            output.level)
-    return cuts
-
-
-def _group_spec(config: PipelineConfig):
-    tf = tensorflow()
-
-    cuts = {key: tf.TensorSpec((None, value.shape[1]), tf.int64)
-            for key, value in _cuts(np.zeros((1, 4), np.int64), config).items()}
-    flat = tf.TensorSpec((None,), tf.float32)
-    return (cuts, {name: flat for name in config.inputs}, {name: flat for name in config.outputs},
-            {name: flat for name in config.outputs})
-
-
-def _no_batches(config: PipelineConfig) -> tuple:
-    """A group element with no batches, as `_group_spec` has it."""
-    empty = np.zeros(0, dtype=np.float32)
-    return (_cuts(np.zeros((0, 4), np.int64), config), {name: empty for name in config.inputs},
-            {name: empty for name in config.outputs}, {name: empty for name in config.outputs})
-
-
-def _flat(group: Group) -> tuple:
-    """A group's arrays as `_group_spec` has them: 1-D views, no copies."""
-    return ({name: values.reshape(-1) for name, values in group.x.items()}, group.y,
-            group.sample_weight)
-
-
 _TRACED: dict = {}
 _TRACED_LOCK = threading.Lock()
 
@@ -272,7 +213,7 @@ def _traced_groups(config: PipelineConfig):
            tuple((name, s.level) for name, s in config.outputs.items()))
     with _TRACED_LOCK:
         if key not in _TRACED:
-            spec, split = _group_spec(config), _split_group(config)
+            spec, split = handoff.spec(config), handoff.split_group(config)
 
             def epoch(token):
                 groups = tf.data.Dataset.from_generator(_epochs_of, args=(token,),
@@ -283,68 +224,6 @@ def _traced_groups(config: PipelineConfig):
 
             _TRACED[key] = tf.function(epoch, input_signature=[tf.TensorSpec((), tf.int64)])
         return _TRACED[key]
-
-
-def _split_group(config: PipelineConfig):
-    """The tf.data function that cuts one group's flat arrays into its padded batches:
-    each batch is a slice of every flat array, reshaped; no data is copied."""
-    tf = tensorflow()
-
-    spec = element_spec(config)
-    x_spec, y_spec, w_spec = spec if config.outputs else (spec, {}, {})
-
-    def cut(values, begin, size, shape, known):
-        values = tf.reshape(tf.slice(values, begin, size), shape)
-        values.set_shape(known.shape)  # the static shape the vectors cannot carry
-        return values
-
-    def split(cuts, x, y, weights):
-        def batch(c):
-            xs = {name: cut(x[name], c[f"x/{name}/begin"], c[f"x/{name}/size"],
-                            c[f"x/{name}/shape"], x_spec[name]) for name in config.inputs}
-            if not config.outputs:
-                return xs
-            ys, ws = {}, {}
-            for name, output in config.outputs.items():
-                begin, size = c[f"{output.level}/begin"], c[f"{output.level}/size"]
-                ys[name] = cut(y[name], begin, size, c[f"y/{name}/shape"], y_spec[name])
-                ws[name] = cut(weights[name], begin, size, c[f"w/{name}/shape"], w_spec[name])
-            return xs, ys, ws
-
-        return map_in_caller(tf.data.Dataset.from_tensor_slices(cuts), batch)
-
-    return split
-
-
-def map_in_caller(dataset, function):
-    """`dataset.map(function)`, its ops run one after another in the thread that asks for
-    the element instead of being handed to TensorFlow's inter-op thread pool.
-
-    A batch's function is a dozen slices and reshapes of microseconds each; handing every
-    one to the pool, and waking its threads, costs more than the ops (docs/performance.md).
-    tf.data offers the switch only on its private map class: it is used when a feature check
-    finds it with that switch (tests/test_dataset.py pins its behaviour), and any other
-    TensorFlow gets the public `map`, with the same batches."""
-    private = _map_in_caller_class()
-    if private is None:
-        return dataset.map(function)
-    return private(dataset, function, use_inter_op_parallelism=False,
-                   preserve_cardinality=True)
-
-
-def _map_in_caller_class():
-    """tf.data's private `_MapDataset` when it takes the keywords `map_in_caller` passes,
-    else None."""
-    try:
-        from tensorflow.python.data.ops.map_op import _MapDataset
-    except ImportError:
-        return None
-    try:
-        accepted = inspect.signature(_MapDataset.__init__).parameters
-    except (TypeError, ValueError):
-        return None
-    wanted = {"use_inter_op_parallelism", "preserve_cardinality"}
-    return _MapDataset if wanted <= set(accepted) else None
 
 
 def element_spec(config: PipelineConfig):

@@ -1,0 +1,180 @@
+"""The hand-off: one assembly group of NumPy batches, as tf.data receives it, and the
+tf.data function that cuts it into its batches.
+
+A group travels as one element (`HandOff`): its flat arrays, and where each batch lies in
+them (`Cuts`), computed in NumPy for all of the group's batches at once. tf.data then runs
+two ops per tensor per batch (a slice and a reshape) and no arithmetic.
+
+Every array is sliced in one dimension, inputs too (their `(rows, k)` arrays go to
+TensorFlow flat): TensorFlow's slice returns a view of its input only when the slice
+starts and ends on 64-byte boundaries of a 1-D tensor, or when each row of a 2-D one is a
+multiple of 64 bytes (8 float32 features are 32). `Assembler` starts every batch on such a
+boundary; a batch whose size is a multiple of 16 values (a batch_size that is a multiple of
+16, in every array) then ends on one and is never copied.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from seqpipe._internal.lazy import tensorflow
+from seqpipe.assemble import BatchPlaces, Group
+from seqpipe.config import PipelineConfig
+from seqpipe.pipeline import batch_structure
+
+LEVELS = ("timestep", "sequence")
+
+
+class Cut(NamedTuple):
+    """Where each batch lies in one flat array, one row per batch: `tf.slice`'s `begin` and
+    `size`, each `(batches, 1)`."""
+
+    begin: Any
+    size: Any
+
+
+class Cuts(NamedTuple):
+    """Where each batch of a group lies, and its shape, by input and output name."""
+
+    x: Mapping[str, Cut]  # input -> its batches in the input's flat array
+    x_shape: Mapping[str, Any]  # input -> (batches, rank) each batch's shape
+    labels: Mapping[str, Cut]  # level -> the batches in every label and weight array
+    y_shape: Mapping[str, Any]  # output -> (batches, rank)
+    weight_shape: Mapping[str, Any]  # output -> (batches, rank)
+
+
+class HandOff(NamedTuple):
+    """One group as tf.data receives it: flat float32 arrays (views of the group's, no
+    copies) and the cuts."""
+
+    cuts: Cuts
+    x: Mapping[str, Any]
+    y: Mapping[str, Any]
+    sample_weight: Mapping[str, Any]
+
+
+def hand_off(group: Group, config: PipelineConfig) -> HandOff:
+    return HandOff(_cuts(group.places, config),
+                   {name: values.reshape(-1) for name, values in group.x.items()},
+                   group.y, group.sample_weight)
+
+
+def no_batches(config: PipelineConfig) -> HandOff:
+    """A group of no batches."""
+    empty = np.zeros(0, dtype=np.float32)
+    return HandOff(_cuts(_places(0), config), {name: empty for name in config.inputs},
+                   {name: empty for name in config.outputs},
+                   {name: empty for name in config.outputs})
+
+
+def _places(batches: int) -> BatchPlaces:
+    zeros = np.zeros(batches, np.int64)
+    return BatchPlaces(zeros, zeros, zeros, zeros)
+
+
+def _cuts(places: BatchPlaces, config: PipelineConfig) -> Cuts:
+    size, steps = places.rows, places.steps
+    ones = np.ones_like(size)
+    rows = {"timestep": (places.timestep_start, size * steps),
+            "sequence": (places.sequence_start, size)}
+
+    def shape(level, *tail):
+        lead = [size, steps] if level == "timestep" else [size]
+        return np.stack(lead + [t * ones for t in tail], axis=1)
+
+    x, x_shape = {}, {}
+    for name, spec in config.inputs.items():
+        begin, count = rows[spec.level]
+        width = len(spec.columns)
+        x[name] = Cut((begin * width)[:, None], (count * width)[:, None])
+        x_shape[name] = shape(spec.level, width)
+    labels = {level: Cut(begin[:, None], count[:, None])
+              for level, (begin, count) in rows.items()}  # labels and weights: one column
+    return Cuts(x, x_shape, labels,
+                {name: shape(out.level, 1) for name, out in config.outputs.items()},
+                {name: shape(out.level) for name, out in config.outputs.items()})
+
+
+def spec(config: PipelineConfig) -> HandOff:
+    """The `tf.TensorSpec` structure of a `HandOff`."""
+    tf = tensorflow()
+    vectors = tf.nest.map_structure(
+        lambda value: tf.TensorSpec((None, value.shape[1]), tf.int64),
+        _cuts(_places(1), config))
+    flat = tf.TensorSpec((None,), tf.float32)
+    return HandOff(vectors, {name: flat for name in config.inputs},
+                   {name: flat for name in config.outputs},
+                   {name: flat for name in config.outputs})
+
+
+def split_group(config: PipelineConfig):
+    """The tf.data function that cuts one group into its padded batches: each batch is a
+    slice of every flat array, reshaped; no data is copied."""
+    tf = tensorflow()
+    known = _static_shapes(config)
+
+    def cut(values, where, shape, static):
+        values = tf.reshape(tf.slice(values, where.begin, where.size), shape)
+        values.set_shape(static)  # the static shape the vectors cannot carry
+        return values
+
+    def split(group: HandOff):
+        x, y, weights = group.x, group.y, group.sample_weight
+
+        def batch(c: Cuts):
+            xs = {name: cut(x[name], c.x[name], c.x_shape[name], known["x"][name])
+                  for name in config.inputs}
+            if not config.outputs:
+                return xs
+            ys, ws = {}, {}
+            for name, output in config.outputs.items():
+                where = c.labels[output.level]
+                ys[name] = cut(y[name], where, c.y_shape[name], known["y"][name])
+                ws[name] = cut(weights[name], where, c.weight_shape[name], known["w"][name])
+            return xs, ys, ws
+
+        return map_in_caller(tf.data.Dataset.from_tensor_slices(group.cuts), batch)
+
+    return split
+
+
+def _static_shapes(config: PipelineConfig) -> dict:
+    structure = batch_structure(config)
+    x, y, w = structure if config.outputs else (structure, {}, {})
+    return {key: {name: leaf["shape"] for name, leaf in part.items()}
+            for key, part in (("x", x), ("y", y), ("w", w))}
+
+
+def map_in_caller(dataset, function):
+    """`dataset.map(function)`, its ops run one after another in the thread that asks for
+    the element instead of being handed to TensorFlow's inter-op thread pool.
+
+    A batch's function is a dozen slices and reshapes of microseconds each; handing every
+    one to the pool, and waking its threads, costs more than the ops (docs/performance.md).
+    tf.data offers the switch only on its private map class: it is used when a feature check
+    finds it with that switch (tests/test_dataset.py pins its behaviour), and any other
+    TensorFlow gets the public `map`, with the same batches."""
+    private = _map_in_caller_class()
+    if private is None:
+        return dataset.map(function)
+    return private(dataset, function, use_inter_op_parallelism=False,
+                   preserve_cardinality=True)
+
+
+def _map_in_caller_class():
+    """tf.data's private `_MapDataset` when it takes the keywords `map_in_caller` passes,
+    else None."""
+    try:
+        from tensorflow.python.data.ops.map_op import _MapDataset
+    except ImportError:
+        return None
+    try:
+        accepted = inspect.signature(_MapDataset.__init__).parameters
+    except (TypeError, ValueError):
+        return None
+    wanted = {"use_inter_op_parallelism", "preserve_cardinality"}
+    return _MapDataset if wanted <= set(accepted) else None
