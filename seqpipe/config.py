@@ -9,28 +9,18 @@ Nothing here imports TensorFlow or touches the data.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import types
-import typing
 from collections.abc import Mapping
 from typing import Any, Literal, Optional, Union
 
-import yaml
-
-from seqpipe.errors import ConfigError, SourceNotFoundError
+from seqpipe._internal.typed import Section, build, field
+from seqpipe._internal.yaml_file import read_yaml, set_dotted, to_plain
+from seqpipe.errors import ConfigError
 
 Level = Literal["timestep", "sequence"]
 WeightMode = Literal["binary", "batch_mean", "global_mean", "sequence_mean"]
-
-
-def _field(default: Any = dataclasses.MISSING, doc: str = "", check=None, rule: str = ""):
-    """A dataclass field carrying its one-line doc and an optional value rule."""
-    metadata = {"doc": doc, "check": check, "rule": rule}
-    if isinstance(default, types.MappingProxyType):
-        return dataclasses.field(default_factory=lambda: default, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
 
 
 def _positive(value) -> bool:
@@ -47,145 +37,34 @@ def _finite(value) -> bool:
     return value is None or math.isfinite(value)
 
 
-def _build(cls, raw: Any, path: str):
-    """Builds dataclass `cls` from a mapping, checking keys, types and rules."""
-    where = path or "the config"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where} must be a mapping of keys; got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            hint = difflib.get_close_matches(str(key), list(fields), n=1)
-            guess = f" Did you mean {hint[0]!r}?" if hint else ""
-            raise ConfigError(f"unknown key {_join(path, key)!r}.{guess} "
-                              f"Allowed keys in {where}: {', '.join(fields)}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, f in fields.items():
-        key = _join(path, name)
-        if name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{key} is required. {f.metadata['doc']}")
-            continue
-        value = _convert(raw[name], hints[name], key)
-        _check_rule(f, value, raw[name], key)
-        values[name] = value
-    return cls(**values)
-
-
-def _check_rule(f: dataclasses.Field, value: Any, given: Any, key: str) -> None:
-    check = f.metadata.get("check")
-    if check is not None and not check(value):
-        raise ConfigError(f"{key} {f.metadata['rule']}; got {_show(given)}")
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _convert(value, option, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key} must be {_describe(tp)}; got {_show(value)}")
-    if origin is Literal:
-        if value in args:
-            return value
-        raise ConfigError(f"{key} must be {_describe(tp)}; got {_show(value)}")
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return value if isinstance(value, tp) else _build(tp, value, key)
-    if origin is Mapping:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key} must be a mapping of name -> spec; got {_show(value)}")
-        return types.MappingProxyType(
-            {str(k): _convert(v, args[1], _join(key, k)) for k, v in value.items()})
-    if origin is tuple:
-        if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be {_describe(tp)}; got {_show(value)}")
-        return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-    if _is_instance(value, tp):
-        return float(value) if tp is float else value
-    raise ConfigError(f"{key} must be {_describe(tp)}; got {_show(value)}")
-
-
-def _is_instance(value: Any, tp: Any) -> bool:
-    if isinstance(value, bool):
-        return tp is bool
-    if tp is float:
-        return isinstance(value, (int, float))
-    return isinstance(value, tp)
-
-
-def _describe(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if origin is Literal:
-        return " or ".join(repr(a) for a in args)
-    if origin is tuple:
-        plurals = {int: "integers", float: "numbers", str: "strings"}
-        return f"a list of {plurals[args[0]]}"
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-             type(None): "null"}
-    return names.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _show(value: Any) -> str:
-    return "null" if value is None else repr(value)
-
-
-def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
-class _Section:
-    """A config section: every field is checked against its type and rule when the section
-    is made, so that a config built in Python is checked like one loaded from YAML (which
-    `_build` checks first, with the full key path)."""
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        name = type(self).__name__
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]  # every subclass is one
-            value = _convert(getattr(self, f.name), hints[f.name], f"{name}.{f.name}")
-            _check_rule(f, value, getattr(self, f.name), f"{name}.{f.name}")
-            object.__setattr__(self, f.name, value)  # lists as tuples, mappings read-only
-
-
 @dataclasses.dataclass(frozen=True)
-class SourceConfig(_Section):
+class SourceConfig(Section):
     """Where the sequences come from and how their rows are laid out."""
 
-    path: Optional[str] = _field(
+    path: Optional[str] = field(
         None, "A Parquet file, a directory of Parquet files (hive partitions too), or a glob. "
         "Optional when the data is passed in memory.")
-    layout: Literal["long", "nested"] = _field(
+    layout: Literal["long", "nested"] = field(
         "long", "long: one row per timestep; nested: one row per sequence with list columns.")
-    id_column: Optional[str] = _field(
+    id_column: Optional[str] = field(
         None, "The sequence id. Required for `long`; for `nested`, sequences keep row order "
         "when absent.")
-    time_column: Optional[str] = _field(
+    time_column: Optional[str] = field(
         None, "Orders the timesteps of a sequence. When absent, timesteps keep source order "
         "(files by name, rows in file order).")
 
 
 @dataclasses.dataclass(frozen=True)
-class InputConfig(_Section):
+class InputConfig(Section):
     """One model input: which columns feed it and at which level."""
 
-    columns: tuple[str, ...] = _field(
+    columns: tuple[str, ...] = field(
         doc="Numeric columns, stacked in this order on the last axis.",
         check=lambda v: len(v) > 0 and len(set(v)) == len(v),
         rule="must be a non-empty list of distinct column names")
-    level: Level = _field(
+    level: Level = field(
         "timestep", "timestep: a (batch, time, columns) tensor; sequence: (batch, columns).")
-    fill_value: Union[float, Mapping[str, float], None] = _field(
+    fill_value: Union[float, Mapping[str, float], None] = field(
         None, "Replaces NaN, null and infinite values: one number for every column, or "
         "{column: number}. null (default), or a column left out, makes them an error, "
         "because a NaN feature silently turns every loss it touches into NaN.",
@@ -200,81 +79,81 @@ class InputConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
-class OutputConfig(_Section):
+class OutputConfig(Section):
     """One model output: its label column, its level and how its sample weights are made."""
 
-    column: str = _field(doc="The label column. Null or NaN labels are missing: weight 0.")
-    level: Level = _field(
+    column: str = field(doc="The label column. Null or NaN labels are missing: weight 0.")
+    level: Level = field(
         "timestep", "timestep: y (batch, time, 1), weight (batch, time); "
         "sequence: y (batch, 1), weight (batch,).")
-    fill_value: float = _field(
+    fill_value: float = field(
         0.0, "Stands in for a missing label. It must be finite because 0 * NaN is NaN.",
         check=_finite, rule="must be a finite number")
-    weights: Optional[WeightMode] = _field(
+    weights: Optional[WeightMode] = field(
         None, "This output's weight mode; null uses `weights.mode`.")
-    also_input: bool = _field(
+    also_input: bool = field(
         False, "true lets the label column also feed an input (an autoencoder reconstructs "
         "its input), with a warning; false refuses it, because a label fed to the model as a "
         "feature is a leak.")
 
 
 @dataclasses.dataclass(frozen=True)
-class PaddingConfig(_Section):
+class PaddingConfig(Section):
     """Truncation and padding, in the words of `keras.utils.pad_sequences`."""
 
-    maxlen: Optional[int] = _field(
+    maxlen: Optional[int] = field(
         None, "Longer sequences are truncated to this many timesteps; null keeps them whole. "
         "A batch pads to its longest sequence, never beyond maxlen.",
         check=_positive, rule="must be a positive integer or null")
-    side: Literal["pre", "post"] = _field(
+    side: Literal["pre", "post"] = field(
         "post", "Where padding goes (pad_sequences `padding`).")
-    truncating: Literal["pre", "post"] = _field(
+    truncating: Literal["pre", "post"] = field(
         "post", "Which end of a long sequence is cut (pad_sequences `truncating`): "
         "pre cuts the start and keeps the latest timesteps.")
-    value: float = _field(
+    value: float = field(
         0.0, "Written at padded positions of features and labels.",
         check=_finite, rule="must be a finite number")
 
 
 @dataclasses.dataclass(frozen=True)
-class BatchingConfig(_Section):
+class BatchingConfig(Section):
     """How sequences are grouped into batches."""
 
-    batch_size: int = _field(
+    batch_size: int = field(
         64, "Sequences per batch; with max_timesteps, the most sequences per batch.",
         check=_positive, rule="must be a positive integer")
-    bucket_boundaries: Union[tuple[int, ...], Literal["auto"], None] = _field(
+    bucket_boundaries: Union[tuple[int, ...], Literal["auto"], None] = field(
         None, "Length boundaries: bucket i holds lengths in [b[i-1], b[i]), so a batch only "
         "mixes similar lengths. 'auto' picks them from the data; null means one bucket.",
         check=lambda v: v is None or v == "auto" or (
             len(v) > 0 and all(b > 0 for b in v) and all(a < b for a, b in zip(v, v[1:]))),
         rule="must be 'auto', null, or a non-empty, strictly increasing list of positive "
         "integers")
-    drop_remainder: bool = _field(
+    drop_remainder: bool = field(
         False, "Drop the last, smaller batch of each bucket; counted in the report.")
-    max_timesteps: Optional[int] = _field(
+    max_timesteps: Optional[int] = field(
         None, "Token budget: each batch holds at most this many padded timesteps, so "
         "buckets of short sequences get larger batches. null: batch_size alone decides.",
         check=lambda v: v is None or v > 0, rule="must be a positive integer or null")
 
 
 @dataclasses.dataclass(frozen=True)
-class WeightsConfig(_Section):
+class WeightsConfig(Section):
     """How sample weights are made from padding and missing labels."""
 
-    mode: WeightMode = _field(
+    mode: WeightMode = field(
         "batch_mean", "batch_mean makes Keras's default loss the mean over present labels. "
         "See the README table for which mode goes with which Keras reduction.")
 
 
 @dataclasses.dataclass(frozen=True)
-class ShuffleConfig(_Section):
+class ShuffleConfig(Section):
     """Shuffling of sequences and batches; reshuffled every epoch, reproducibly."""
 
-    buffer_size: int = _field(
+    buffer_size: int = field(
         0, "Sequences mixed together; 0 means no shuffle. At least the number of sequences "
         "gives a full shuffle.", check=lambda v: v >= 0, rule="must be an integer >= 0")
-    seed: Optional[int] = _field(
+    seed: Optional[int] = field(
         None, "The same seed gives the same batches in the same order, run after run. "
         "null draws a fresh seed, recorded in the report.",
         check=lambda v: v is None or v >= 0, rule="must be an integer >= 0 or null")
@@ -285,16 +164,16 @@ def _fraction(value) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class SplitConfig(_Section):
+class SplitConfig(Section):
     """Train/validation/test split by sequence id: deterministic and leak-free."""
 
-    validation: float = _field(
+    validation: float = field(
         0.0, "Share of sequences in the validation part.", check=_fraction,
         rule="must be a number in [0, 1)")
-    test: float = _field(
+    test: float = field(
         0.0, "Share of sequences in the test part.", check=_fraction,
         rule="must be a number in [0, 1)")
-    seed: int = _field(
+    seed: int = field(
         0, "Another seed gives another split; the same seed, the same split everywhere.",
         check=lambda v: v >= 0, rule="must be an integer >= 0")
 
@@ -304,19 +183,19 @@ class SplitConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
-class PipelineConfig(_Section):
+class PipelineConfig(Section):
     """The whole pipeline: one field per YAML section."""
 
-    inputs: Mapping[str, InputConfig] = _field(doc="Model input name -> input spec.")
-    outputs: Mapping[str, OutputConfig] = _field(
+    inputs: Mapping[str, InputConfig] = field(doc="Model input name -> input spec.")
+    outputs: Mapping[str, OutputConfig] = field(
         types.MappingProxyType({}),
         "Model output name -> output spec. Empty yields features only, for predict().")
-    source: SourceConfig = _field(SourceConfig(), "Where the data is.")
-    padding: PaddingConfig = _field(PaddingConfig(), "Truncation and padding.")
-    batching: BatchingConfig = _field(BatchingConfig(), "Batch size and buckets.")
-    weights: WeightsConfig = _field(WeightsConfig(), "Sample weight mode.")
-    shuffle: ShuffleConfig = _field(ShuffleConfig(), "Shuffling.")
-    split: SplitConfig = _field(SplitConfig(), "Train/validation/test parts by sequence id.")
+    source: SourceConfig = field(SourceConfig(), "Where the data is.")
+    padding: PaddingConfig = field(PaddingConfig(), "Truncation and padding.")
+    batching: BatchingConfig = field(BatchingConfig(), "Batch size and buckets.")
+    weights: WeightsConfig = field(WeightsConfig(), "Sample weight mode.")
+    shuffle: ShuffleConfig = field(ShuffleConfig(), "Shuffling.")
+    split: SplitConfig = field(SplitConfig(), "Train/validation/test parts by sequence id.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -334,7 +213,7 @@ class PipelineConfig(_Section):
 
     def to_dict(self) -> dict:
         """A plain, YAML-ready dict that `load_config` turns back into an equal config."""
-        return _to_plain(self)
+        return to_plain(self)
 
 
 def _check_cross_fields(config: PipelineConfig) -> None:
@@ -458,81 +337,9 @@ def load_config(source: Union[str, os.PathLike, Mapping, PipelineConfig],
     if isinstance(source, PipelineConfig):
         raw = source.to_dict()
     elif isinstance(source, Mapping):
-        raw = _to_plain(source)
+        raw = to_plain(source)
     else:
-        raw = _read_yaml(source)
+        raw = read_yaml(source)
     for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
-    return _build(PipelineConfig, raw, "")
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key given twice in one mapping is an error:
-    PyYAML keeps the last, so a whole section written twice would vanish without a word."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.setdefault(key, key_node)
-            except TypeError:  # an unhashable key: PyYAML's own error says so
-                break
-            if first is not key_node:
-                raise ConfigError(
-                    f"key {key!r} appears twice in one mapping of config file "
-                    f"{key_node.start_mark.name!r}, on lines {first.start_mark.line + 1} "
-                    f"and {key_node.start_mark.line + 1}; YAML would keep only the last. "
-                    f"Merge the two into one.")
-        return super().construct_mapping(node, deep=deep)
-
-
-def _read_yaml(path) -> dict:
-    name = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError as e:
-        raise SourceNotFoundError(f"config file not found: {name!r}") from e
-    if data.startswith(b"PAR1"):
-        raise ConfigError(f"config file {name!r} is a Parquet file, not a YAML config; give "
-                          f"the YAML config here (seqpipe inspect reads Parquet files)")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {name!r} is not UTF-8 text (byte {data[e.start]:#04x} "
-                          f"on line {data[:e.start].count(10) + 1}); save it as UTF-8 YAML") from e
-    loader = _UniqueKeyLoader(text)
-    loader.name = name  # for the line numbers of errors
-    try:
-        raw = loader.get_single_data()
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {name!r} is not valid YAML: {e}") from e
-    finally:
-        loader.dispose()
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {os.fspath(path)!r} must hold a mapping of sections "
-                          f"(source, inputs, outputs, ...); got {type(raw).__name__}")
-    return raw
-
-
-def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = raw
-    for depth, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            where = ".".join(parts[:depth + 1])
-            raise ConfigError(f"override {dotted!r}: {where} is {child!r}, not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def _to_plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _to_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_plain(v) for v in value]
-    return value
+        set_dotted(raw, dotted, value)
+    return build(PipelineConfig, raw, "")

@@ -6,6 +6,10 @@ learn that a column is missing. Config, schema and id errors come before the fir
 a streamed source's bad values come when their row group is read.
 """
 
+from __future__ import annotations
+
+from typing import Optional
+
 
 class SeqpipeError(Exception):
     """Base class of every error seqpipe raises for bad input or bad configuration."""
@@ -21,3 +25,12 @@ class DataError(SeqpipeError, ValueError):
 
 class SourceNotFoundError(SeqpipeError, FileNotFoundError):
     """`source.path` names no file, or matches no Parquet file."""
+
+
+def raise_or_collect(problems: Optional[list], error: Optional[DataError]) -> None:
+    """Raises `error`, or keeps it in `problems` when they are collected."""
+    if error is None:
+        return
+    if problems is None:
+        raise error
+    problems.append(error)

@@ -4,7 +4,7 @@ All timesteps of all sequences lie end to end in flat arrays; `offsets[i]:offset
 is sequence i. Grouping, ordering and the missing-value rules run on whole columns, with no
 Python loop per sequence or per timestep.
 
-Missing values: a null or NaN label is missing (filled with a finite value, `present` False);
+Missing values (`seqpipe.missing`): a null or NaN label is missing (filled, `present` False);
 a NaN, null or infinite feature is an error unless its input sets `fill_value`, and every
 filled value is counted.
 """
@@ -19,8 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from seqpipe import missing
 from seqpipe.config import PipelineConfig
-from seqpipe.errors import DataError
+from seqpipe.errors import DataError, raise_or_collect
 from seqpipe.source import SourceTable
 
 
@@ -110,9 +111,9 @@ def group_sequences(source: SourceTable, config: PipelineConfig,
                                                        with_inputs, problems)
     if len(ids) == 0 and not chunk:
         raise DataError(f"no sequences: every sequence in {source.where} is empty")
-    features, filled = ({}, {}) if not with_inputs else _features(
+    features, filled = ({}, {}) if not with_inputs else missing.features(
         columns, ids, offsets, config, source.where, chunk, problems)
-    labels, present = _labels(columns, config, source.where, problems)
+    labels, present = missing.labels(columns, config, source.where, problems)
     sequences = Sequences(ids, offsets, features, labels, present)
     return sequences, GroupingCounts(table.num_rows, dropped, filled)
 
@@ -196,15 +197,6 @@ def check_no_nulls(column: pa.ChunkedArray, key: str, name: str, where: str) -> 
                         f"every row needs one")
 
 
-def _found(problems: Optional[list], error: Optional[DataError]) -> None:
-    """Raises `error`, or keeps it in `problems` when they are collected."""
-    if error is None:
-        return
-    if problems is None:
-        raise error
-    problems.append(error)
-
-
 def _group_long(table: pa.Table, config: PipelineConfig, where: str, with_inputs: bool,
                 id_starts: Optional[np.ndarray], problems: Optional[list]):
     id_name = config.source.id_column or ""  # the long layout always has one
@@ -219,8 +211,8 @@ def _group_long(table: pa.Table, config: PipelineConfig, where: str, with_inputs
         times = table[time_name].to_numpy()
         new_sequence = np.zeros(table.num_rows, dtype=bool)
         new_sequence[starts] = True
-        _found(problems, _repeated_times(times, new_sequence, sequence_ids, offsets, time_name,
-                                         where))
+        raise_or_collect(problems, _repeated_times(times, new_sequence, sequence_ids, offsets,
+                                                   time_name, where))
     columns = {}
     for column, key, level in _value_columns(config, with_inputs):
         values = table[column].to_numpy()
@@ -287,7 +279,7 @@ def _one_value_per_sequence(values, starts, sequence_ids, column, key, where,
     conflicts = conflicts[~np.isnan(low[conflicts])]
     if len(conflicts):
         first = conflicts[0]
-        _found(problems, DataError(
+        raise_or_collect(problems, DataError(
             f"column {column!r} ({key}, level: sequence) has two different values in sequence "
             f"{show_id(sequence_ids[first])} of {where}: {low[first]:g} and {high[first]:g}. "
             f"A per-sequence column must repeat one value on the rows of its sequence "
@@ -302,7 +294,7 @@ def _group_nested(table: pa.Table, config: PipelineConfig, where: str, with_inpu
         check_no_nulls(table[id_name], "source.id_column", id_name, where)
         table = table.take(pc.sort_indices(table, sort_keys=[(id_name, "ascending")]))
         sequence_ids = table[id_name].to_numpy()
-        _found(problems, _repeated_ids(sequence_ids, id_name, where))
+        raise_or_collect(problems, _repeated_ids(sequence_ids, id_name, where))
     else:
         sequence_ids = np.arange(table.num_rows)
     lists = list_columns(config)
@@ -318,10 +310,11 @@ def _group_nested(table: pa.Table, config: PipelineConfig, where: str, with_inpu
         columns[column, "timestep"] = _flatten(table[column], lengths, offsets, column, key,
                                                may_be_null, reference, sequence_ids, where)
     if config.source.time_column:
-        _found(problems, _missing_nested_times(table[config.source.time_column],
-                                               config.source.time_column, sequence_ids, where))
-        _found(problems, _order_nested_by_time(columns, config.source.time_column, offsets,
-                                               sequence_ids, where))
+        time_name = config.source.time_column
+        raise_or_collect(problems, _missing_nested_times(table[time_name], time_name,
+                                                         sequence_ids, where))
+        raise_or_collect(problems, _order_nested_by_time(columns, time_name, offsets,
+                                                         sequence_ids, where))
     keep = lengths > 0
     for column, _, level in _value_columns(config, with_inputs):
         if level == "sequence":
@@ -424,80 +417,6 @@ def _order_nested_by_time(columns, time_name, offsets, sequence_ids,
     for key, values in columns.items():
         columns[key] = values[order]
     return _repeated_times(times[order], new_sequence, sequence_ids, offsets, time_name, where)
-
-
-def _features(columns, ids, offsets, config, where, as_columns: bool, problems):
-    if as_columns:
-        return _feature_columns(columns, config, where, problems)
-    features, filled = {}, {}
-    for name, spec in config.inputs.items():
-        rows = len(ids) if spec.level == "sequence" else int(offsets[-1])
-        matrix = np.empty((rows, len(spec.columns)), dtype=np.float32)
-        for j, column in enumerate(spec.columns):
-            matrix[:, j] = columns[column, spec.level]
-        bad = ~np.isfinite(matrix)
-        if bad.any():
-            counts = bad.sum(axis=0)
-            fills = [spec.fill_for(c) for c in spec.columns]
-            unfilled = [j for j, n in enumerate(counts) if n and fills[j] is None]
-            if unfilled:
-                _found(problems, _bad_feature_error(name, spec, counts, unfilled, bad, where))
-            for j, column in enumerate(spec.columns):
-                if counts[j] and fills[j] is not None:
-                    matrix[bad[:, j], j] = fills[j]
-                    filled[f"inputs.{name}.{column}"] = int(counts[j])
-        features[name] = matrix
-    return features, filled
-
-
-def _feature_columns(columns, config, where, problems):
-    """Like `_features`, but each input as a tuple of its columns: no matrix is built, and
-    columns read straight from Arrow are not copied unless a value has to be filled."""
-    features, filled = {}, {}
-    for name, spec in config.inputs.items():
-        values = [np.asarray(columns[c, spec.level], dtype=np.float32) for c in spec.columns]
-        counts = np.array([v.size - np.count_nonzero(np.isfinite(v)) for v in values])
-        if counts.any():
-            fills = [spec.fill_for(c) for c in spec.columns]
-            unfilled = [j for j, n in enumerate(counts) if n and fills[j] is None]
-            if unfilled:
-                bad = ~np.isfinite(np.stack(values, axis=1))
-                _found(problems, _bad_feature_error(name, spec, counts, unfilled, bad, where))
-            for j, column in enumerate(spec.columns):
-                if counts[j] and fills[j] is not None:
-                    values[j] = np.where(np.isfinite(values[j]), values[j],
-                                         np.float32(fills[j]))
-                    filled[f"inputs.{name}.{column}"] = int(counts[j])
-        features[name] = tuple(values)
-    return features, filled
-
-
-def _bad_feature_error(name, spec, counts, unfilled, bad, where) -> DataError:
-    per_column = ", ".join(f"column {spec.columns[j]!r}: {counts[j]:,}" for j in unfilled)
-    rows = int(bad[:, unfilled].any(axis=1).sum())
-    unit = "sequences" if spec.level == "sequence" else "rows"
-    return DataError(
-        f"inputs.{name}: {int(counts[unfilled].sum()):,} NaN, null or infinite values in "
-        f"{rows:,} {unit} of {where} ({per_column}). A NaN feature turns every loss it "
-        f"touches into NaN. Set inputs.{name}.fill_value to a number (or {{column: number}}) "
-        f"to replace them (they are counted in the report), or clean the data.")
-
-
-def _labels(columns, config, where, problems):
-    from seqpipe._internal.runs import (
-        fill_missing,  # numba, imported when sequences are first grouped
-    )
-
-    labels, present = {}, {}
-    for name, output in config.outputs.items():
-        labels[name], present[name], infinite = fill_missing(
-            columns[output.column, output.level], output.fill_value)
-        if infinite:
-            _found(problems, DataError(
-                f"outputs.{name}: column {output.column!r} has {infinite:,} infinite labels in "
-                f"{where} (or values beyond float32's range); a label must be finite, or "
-                f"null/NaN when missing"))
-    return labels, present
 
 
 def show_id(value) -> str:

@@ -54,7 +54,7 @@ from seqpipe.materialized.manifest import (
 )
 from seqpipe.materialized.write import SHARD_BYTES, check_out, encode_for_parts, write_part_index
 from seqpipe.sequences import check_no_nulls, group_sequences, id_runs
-from seqpipe.source import SourceTable, open_source
+from seqpipe.source import SourceFiles, SourceTable, open_source
 from seqpipe.split import PARTS, id_hash
 from seqpipe.stream import Part, read_part
 
@@ -94,12 +94,7 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
     out = str(out).rstrip("/")
     check_out(out, overwrite)
     files = open_source(config)
-    pieces = [Part(piece, fragment.path, piece.row_groups[0].id, piece.row_groups[0].num_rows,
-                   built_from=files.fingerprints[fragment.path])
-              for fragment in files.dataset.get_fragments()
-              for piece in fragment.split_by_row_group() if piece.row_groups[0].num_rows]
-    if not pieces:
-        raise DataError(f"no sequences: {files.where} has no rows")
+    pieces = _row_groups(files)
     source_bytes = sum(p.fragment.row_groups[0].total_byte_size for p in pieces)
     parts = output_parts(config.split)
     shards = {part: max(1, math.ceil(source_bytes * share_of(config.split, part) / shard_bytes))
@@ -126,6 +121,17 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
                 raise found from e
             raise
     return manifest
+
+
+def _row_groups(files: SourceFiles) -> list[Part]:
+    """Every row group that holds rows: the pieces Beam's workers read."""
+    pieces = [Part(piece, fragment.path, piece.row_groups[0].id, piece.row_groups[0].num_rows,
+                   built_from=files.fingerprints[fragment.path])
+              for fragment in files.dataset.get_fragments()
+              for piece in fragment.split_by_row_group() if piece.row_groups[0].num_rows]
+    if not pieces:
+        raise DataError(f"no sequences: {files.where} has no rows")
+    return pieces
 
 
 def _build(p, config: PipelineConfig, schema: pa.Schema, pieces: list, shards: dict,

@@ -87,29 +87,10 @@ def open_part(path: Union[str, os.PathLike], config: Any = None,
     """Reads the manifest and index of one part of a materialized output."""
     folder = str(path).rstrip("/")
     manifest = read_manifest(folder)
-    written = load_config(manifest["config"])
-    parts = manifest["parts"]
-    if split is None:
-        if len(parts) > 1:
-            raise ConfigError(f"{folder!r} holds the parts {', '.join(parts)}; say which "
-                              f"to read: split='train' (or --split train)")
-        split = next(iter(parts))
-    if split not in parts:
-        raise ConfigError(f"{folder!r} holds no part {split!r}; it holds "
-                          f"{', '.join(parts)}")
-    if config is None:
-        config = written
-    else:
-        config = config if isinstance(config, PipelineConfig) else load_config(config)
-        differences = frozen_differences(written.to_dict(), config.to_dict())
-        if differences:
-            raise ConfigError(
-                f"the config differs from the one {folder!r} was materialized with, in "
-                f"keys that decide what the records hold: {'; '.join(differences)}. "
-                f"Materialize again with this config, or change only batching, shuffle, "
-                f"weights, padding.side, padding.value and outputs' fill_value or weights.")
-    config = dataclasses.replace(config, split=SplitConfig())
-    info = parts[split]
+    split = _part_name(folder, manifest["parts"], split)
+    config = dataclasses.replace(_loading_config(folder, manifest, config),
+                                 split=SplitConfig())
+    info = manifest["parts"][split]
     part_folder = paths.join(folder, info["folder"])
     files = tuple(paths.join(part_folder, shard) for shard in info["shards"])
     missing = [f for f in files if not paths.exists(f)]
@@ -124,8 +105,46 @@ def open_part(path: Union[str, os.PathLike], config: Any = None,
     if not index.num_rows:
         raise DataError(f"part {split!r} of {folder!r} holds no sequences")
     valid = {name: index[f"valid/{name}"].to_numpy() for name in config.outputs}
-    source = manifest["source"]
-    report_fields = {
+    return MaterializedPart(config, str(part_folder), files,
+                            index["id"].to_numpy(zero_copy_only=False),
+                            index["length"].to_numpy(), valid, manifest["source"]["rows"],
+                            _report_fields(folder, manifest, split),
+                            _file_sequences(info, index.num_rows))
+
+
+def _part_name(folder: str, parts: Mapping, split: Optional[str]) -> str:
+    if split is None:
+        if len(parts) > 1:
+            raise ConfigError(f"{folder!r} holds the parts {', '.join(parts)}; say which "
+                              f"to read: split='train' (or --split train)")
+        split = next(iter(parts))
+    if split not in parts:
+        raise ConfigError(f"{folder!r} holds no part {split!r}; it holds "
+                          f"{', '.join(parts)}")
+    return split
+
+
+def _loading_config(folder: str, manifest: dict, config: Any) -> PipelineConfig:
+    """The config the records were written with, or `config` when it changes only what
+    loading decides (batching, shuffle, weights, padding side and value)."""
+    written = load_config(manifest["config"])
+    if config is None:
+        return written
+    config = config if isinstance(config, PipelineConfig) else load_config(config)
+    differences = frozen_differences(written.to_dict(), config.to_dict())
+    if differences:
+        raise ConfigError(
+            f"the config differs from the one {folder!r} was materialized with, in "
+            f"keys that decide what the records hold: {'; '.join(differences)}. "
+            f"Materialize again with this config, or change only batching, shuffle, "
+            f"weights, padding.side, padding.value and outputs' fill_value or weights.")
+    return config
+
+
+def _report_fields(folder: str, manifest: dict, split: str) -> dict:
+    """What the manifest says for the report: counted when the part was written."""
+    info, source = manifest["parts"][split], manifest["source"]
+    return {
         "filled_values": manifest["filled_values"],
         "missing_labels": {n: tuple(v) for n, v in info["missing_labels"].items()},
         "source": f"{folder} (part {split!r}, materialized from {source['where']})",
@@ -133,10 +152,6 @@ def open_part(path: Union[str, os.PathLike], config: Any = None,
         "truncated_timesteps": info["truncated_timesteps"],
         "empty_sequences_dropped": source["empty_sequences_dropped"],
         "split": split if split != "all" else None, "source_sequences": source["sequences"]}
-    return MaterializedPart(config, str(part_folder), files,
-                            index["id"].to_numpy(zero_copy_only=False),
-                            index["length"].to_numpy(), valid, source["rows"], report_fields,
-                            _file_sequences(info, index.num_rows))
 
 
 def _read_index(file: str, config: PipelineConfig) -> pa.Table:

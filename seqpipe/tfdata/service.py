@@ -20,7 +20,9 @@ import numpy as np
 
 from seqpipe import tuning
 from seqpipe._internal.lazy import tensorflow
+from seqpipe.config import PipelineConfig
 from seqpipe.errors import ConfigError
+from seqpipe.materialized.records import parse_spec
 
 PROCESSING_MODES = ("distributed_epoch", "parallel_epochs")
 
@@ -40,19 +42,31 @@ def records_dataset(part: Any):
         a token budget yet.
     """
     tf = tensorflow()
-
-    from seqpipe.materialized.records import parse_spec
-
     config = part.config
     if config.batching.max_timesteps is not None:
         raise ConfigError("batching.max_timesteps is not supported with the tf.data service "
                           "yet; set it to null and use batch_size (or read without service)")
     size = config.batching.batch_size
-    spec = parse_spec(config)
-    pad = np.float32(config.padding.value)
     batches = max(1, -(-len(part.lengths) // size))
     mean_valid = {name: float(np.asarray(part.valid[name]).sum()) / batches
                   for name in config.outputs}
+    files = tf.data.Dataset.from_tensor_slices([str(f) for f in part.files])
+    dataset = files.interleave(tf.data.TFRecordDataset, cycle_length=1).map(_parse(config))
+    if config.shuffle.buffer_size:
+        dataset = dataset.shuffle(config.shuffle.buffer_size, seed=config.shuffle.seed)
+    pad = np.float32(config.padding.value)
+    padding_values = {key: (tf.constant(0, tf.int32) if key == "length" else
+                            tf.constant(np.nan if key.startswith("y/") else pad, tf.float32))
+                      for key in dataset.element_spec}
+    dataset = dataset.padded_batch(tuning.TUNING.window_batches * size,
+                                   padding_values=padding_values)
+    return dataset.flat_map(_cut_window(config)).map(_finish(config, mean_valid))
+
+
+def _parse(config: PipelineConfig):
+    """The function that parses one record into its length and arrays."""
+    tf = tensorflow()
+    spec = parse_spec(config)
 
     def parse(record):
         example = tf.io.parse_single_example(record, spec)
@@ -67,8 +81,18 @@ def records_dataset(part: Any):
             element[f"y/{name}"] = tf.reshape(example[f"y/{name}"], [-1])
         return element
 
+    return parse
+
+
+def _cut_window(config: PipelineConfig):
+    """The function that sorts one window of records by length and cuts it into batches,
+    in random order when shuffling."""
+    tf = tensorflow()
+    size = config.batching.batch_size
+    timestep_keys = {f"x/{n}" for n, s in config.inputs.items() if s.level == "timestep"} | {
+        f"y/{n}" for n, s in config.outputs.items() if s.level == "timestep"}
+
     def cut(window):
-        """One window of records, sorted by length and cut into batches in random order."""
         order = tf.argsort(window["length"], stable=True)
         window = {key: tf.gather(values, order) for key, values in window.items()}
         count = tf.shape(order)[0]
@@ -86,19 +110,7 @@ def records_dataset(part: Any):
             starts = tf.random.shuffle(starts)
         return tf.data.Dataset.from_tensor_slices(starts).map(batch)
 
-    timestep_keys = {f"x/{n}" for n, s in config.inputs.items() if s.level == "timestep"} | {
-        f"y/{n}" for n, s in config.outputs.items() if s.level == "timestep"}
-    files = tf.data.Dataset.from_tensor_slices([str(f) for f in part.files])
-    dataset = files.interleave(tf.data.TFRecordDataset, cycle_length=1).map(parse)
-    if config.shuffle.buffer_size:
-        dataset = dataset.shuffle(config.shuffle.buffer_size, seed=config.shuffle.seed)
-    padding_values = {key: (tf.constant(0, tf.int32) if key == "length" else
-                            tf.constant(np.nan if key.startswith("y/") else pad, tf.float32))
-                      for key in dataset.element_spec}
-    dataset = dataset.padded_batch(tuning.TUNING.window_batches * size,
-                                   padding_values=padding_values)
-    return dataset.flat_map(cut).map(_finish(config, mean_valid))
-
+    return cut
 
 
 def _finish(config, mean_valid: dict):
@@ -108,19 +120,6 @@ def _finish(config, mean_valid: dict):
     side, pad = config.padding.side, np.float32(config.padding.value)
 
     timestep_input = next(n for n, s in config.inputs.items() if s.level == "timestep")
-
-    def weights(mode, valid, name):
-        valid = tf.cast(valid, tf.float32)
-        elements = tf.cast(tf.size(valid), tf.float32)
-        if mode == "binary":
-            return valid
-        if mode == "global_mean":
-            return valid * (elements / mean_valid[name]) if mean_valid[name] else valid * 0
-        if mode == "sequence_mean" and valid.shape.rank == 2:
-            per_row = tf.reduce_sum(valid, axis=1, keepdims=True)
-            rows = tf.reduce_sum(tf.cast(per_row > 0, tf.float32))
-            return tf.math.divide_no_nan(valid * elements, rows * tf.maximum(per_row, 1.0))
-        return tf.math.divide_no_nan(valid * elements, tf.reduce_sum(valid))  # batch_mean
 
     def finish(batch):
         length = batch["length"]
@@ -150,10 +149,27 @@ def _finish(config, mean_valid: dict):
                 labels = labels[:, 0]
                 present = ~tf.math.is_nan(labels)
                 y[name] = tf.where(present, labels, np.float32(output.fill_value))[:, None]
-            w[name] = weights(config.weight_mode(name), present, name)
+            w[name] = _weigh(config.weight_mode(name), present, mean_valid[name])
         return x, y, w
 
     return finish
+
+
+def _weigh(mode: str, valid, mean_valid: float):
+    """The sample weights of one output of a batch, in TensorFlow ops (`seqpipe.weights`
+    says what each mode means)."""
+    tf = tensorflow()
+    valid = tf.cast(valid, tf.float32)
+    elements = tf.cast(tf.size(valid), tf.float32)
+    if mode == "binary":
+        return valid
+    if mode == "global_mean":
+        return valid * (elements / mean_valid) if mean_valid else valid * 0
+    if mode == "sequence_mean" and valid.shape.rank == 2:
+        per_row = tf.reduce_sum(valid, axis=1, keepdims=True)
+        rows = tf.reduce_sum(tf.cast(per_row > 0, tf.float32))
+        return tf.math.divide_no_nan(valid * elements, rows * tf.maximum(per_row, 1.0))
+    return tf.math.divide_no_nan(valid * elements, tf.reduce_sum(valid))  # batch_mean
 
 
 def serve(args: Any) -> None:

@@ -1,0 +1,88 @@
+"""Missing values: what grouping does with nulls, NaNs and infinities.
+
+A null or NaN label is missing: it is filled with its output's `fill_value` (so that it is
+finite) and marked not `present`, which gives it weight 0. A NaN, null or infinite feature
+is an error unless its input sets `fill_value`; every filled value is counted, per column.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from seqpipe.errors import DataError, raise_or_collect
+
+
+def features(columns, ids, offsets, config, where, as_columns: bool, problems):
+    if as_columns:
+        return _feature_columns(columns, config, where, problems)
+    features, filled = {}, {}
+    for name, spec in config.inputs.items():
+        rows = len(ids) if spec.level == "sequence" else int(offsets[-1])
+        matrix = np.empty((rows, len(spec.columns)), dtype=np.float32)
+        for j, column in enumerate(spec.columns):
+            matrix[:, j] = columns[column, spec.level]
+        bad = ~np.isfinite(matrix)
+        if bad.any():
+            counts = bad.sum(axis=0)
+            fills = [spec.fill_for(c) for c in spec.columns]
+            unfilled = [j for j, n in enumerate(counts) if n and fills[j] is None]
+            if unfilled:
+                raise_or_collect(problems, _bad_feature_error(name, spec, counts, unfilled, bad,
+                                                              where))
+            for j, column in enumerate(spec.columns):
+                if counts[j] and fills[j] is not None:
+                    matrix[bad[:, j], j] = fills[j]
+                    filled[f"inputs.{name}.{column}"] = int(counts[j])
+        features[name] = matrix
+    return features, filled
+
+
+def _feature_columns(columns, config, where, problems):
+    """Like `_features`, but each input as a tuple of its columns: no matrix is built, and
+    columns read straight from Arrow are not copied unless a value has to be filled."""
+    features, filled = {}, {}
+    for name, spec in config.inputs.items():
+        values = [np.asarray(columns[c, spec.level], dtype=np.float32) for c in spec.columns]
+        counts = np.array([v.size - np.count_nonzero(np.isfinite(v)) for v in values])
+        if counts.any():
+            fills = [spec.fill_for(c) for c in spec.columns]
+            unfilled = [j for j, n in enumerate(counts) if n and fills[j] is None]
+            if unfilled:
+                bad = ~np.isfinite(np.stack(values, axis=1))
+                raise_or_collect(problems, _bad_feature_error(name, spec, counts, unfilled, bad,
+                                                              where))
+            for j, column in enumerate(spec.columns):
+                if counts[j] and fills[j] is not None:
+                    values[j] = np.where(np.isfinite(values[j]), values[j],
+                                         np.float32(fills[j]))
+                    filled[f"inputs.{name}.{column}"] = int(counts[j])
+        features[name] = tuple(values)
+    return features, filled
+
+
+def _bad_feature_error(name, spec, counts, unfilled, bad, where) -> DataError:
+    per_column = ", ".join(f"column {spec.columns[j]!r}: {counts[j]:,}" for j in unfilled)
+    rows = int(bad[:, unfilled].any(axis=1).sum())
+    unit = "sequences" if spec.level == "sequence" else "rows"
+    return DataError(
+        f"inputs.{name}: {int(counts[unfilled].sum()):,} NaN, null or infinite values in "
+        f"{rows:,} {unit} of {where} ({per_column}). A NaN feature turns every loss it "
+        f"touches into NaN. Set inputs.{name}.fill_value to a number (or {{column: number}}) "
+        f"to replace them (they are counted in the report), or clean the data.")
+
+
+def labels(columns, config, where, problems):
+    from seqpipe._internal.runs import (
+        fill_missing,  # numba, imported when sequences are first grouped
+    )
+
+    labels, present = {}, {}
+    for name, output in config.outputs.items():
+        labels[name], present[name], infinite = fill_missing(
+            columns[output.column, output.level], output.fill_value)
+        if infinite:
+            raise_or_collect(problems, DataError(
+                f"outputs.{name}: column {output.column!r} has {infinite:,} infinite labels in "
+                f"{where} (or values beyond float32's range); a label must be finite, or "
+                f"null/NaN when missing"))
+    return labels, present
