@@ -43,10 +43,10 @@ def load_old(commit: str, folder: Path):
     return seqpipe_old
 
 
-def epoch(package, config: dict):
+def epoch(package, config: dict, **options):
     def run() -> float:
         start = time.perf_counter()
-        for _ in package.build_dataset(package.load_config(config)):
+        for _ in package.build_dataset(package.load_config(config), **options):
             pass
         return time.perf_counter() - start
     return run
@@ -56,6 +56,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("commit")
     parser.add_argument("--pairs", type=int, default=10)
+    parser.add_argument("--read-early", action="store_true",
+                        help="build the new datasets with read_early=True")
     args = parser.parse_args()
     config = seqpipe_config(ensure_data(quick=True, lstm_sequences=5000)["reference"])
     with tempfile.TemporaryDirectory() as folder:
@@ -64,7 +66,8 @@ def main() -> None:
 
         for name in ("seqpipe", "seqpipe_old"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        runs = {"old": epoch(old, config), "new": epoch(new, config)}
+        options = {"read_early": True} if args.read_early else {}
+        runs = {"old": epoch(old, config), "new": epoch(new, config, **options)}
         runs["old"](), runs["new"]()  # warm-up: compiled code, TensorFlow's first ops
         times: dict = {"old": [], "new": []}
         for pair in range(args.pairs):
@@ -72,7 +75,7 @@ def main() -> None:
                 times[which].append(runs[which]())
     ratios = [n / o for n, o in zip(times["new"], times["old"])]
     print(f"A/B against {args.commit}, {args.pairs} pairs of epochs of the reference file, "
-          f"alternating in one process:")
+          f"alternating in one process{' (new: read_early=True)' if args.read_early else ''}:")
     print(f"  old: median {statistics.median(times['old']):.3f} s")
     print(f"  new: median {statistics.median(times['new']):.3f} s")
     print(f"  new / old per pair: median {statistics.median(ratios):.3f} "

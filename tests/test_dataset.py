@@ -189,13 +189,28 @@ def _producers() -> list:
     return [t for t in threading.enumerate() if t.name == "seqpipe-producer" and t.is_alive()]
 
 
-def test_the_first_epoch_starts_at_once_and_stops_if_the_dataset_is_deleted_unread():
-    """build_dataset starts reading and assembling the first epoch while TensorFlow builds
-    the dataset and its iterator; a dataset deleted before anyone iterates it stops."""
+def test_building_reads_nothing_until_the_dataset_is_iterated():
+    """Building a dataset starts no reading: a validation dataset built beside the training
+    one holds nothing, and takes no CPU, until Keras iterates it."""
     lengths = np.random.default_rng(4).integers(1, 40, 600)
     config = _config(**{"shuffle.buffer_size": 20})  # many small groups: more than it queues
     before = len(_producers())
     dataset = build_dataset(config, long_table(lengths))
+    time.sleep(0.3)
+    assert len(_producers()) == before
+    iterator = iter(dataset)
+    next(iterator)
+    assert len(_producers()) == before + 1  # the epoch is being read now
+    del iterator
+
+
+def test_read_early_starts_the_first_epoch_at_once_and_stops_if_deleted_unread():
+    """With read_early, build_dataset reads and assembles the first epoch while TensorFlow
+    builds the dataset and its iterator; a dataset deleted before anyone iterates it stops."""
+    lengths = np.random.default_rng(4).integers(1, 40, 600)
+    config = _config(**{"shuffle.buffer_size": 20})  # many small groups: more than it queues
+    before = len(_producers())
+    dataset = build_dataset(config, long_table(lengths), read_early=True)
     time.sleep(0.5)
     assert len(_producers()) == before + 1  # waiting for a consumer, its queue full
     del dataset

@@ -31,13 +31,13 @@ logger = logging.getLogger("seqpipe")
 
 
 def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathLike],
-                  data: Any = None, split: Optional[str] = None, *, input_context: Any = None):
+                  data: Any = None, split: Optional[str] = None, *, input_context: Any = None,
+                  read_early: bool = False):
     """Builds the `tf.data.Dataset` of `(x, y, sample_weight)` batches for `model.fit`.
 
     Every pass over the dataset is one epoch; epoch k is reshuffled with (seed, k), so the
-    same config and seed give the same batches in the same order, run after run. Reading
-    the first epoch starts at once, in the background, and holds what a running epoch
-    holds (a few row groups and batches) until it is iterated or the dataset deleted.
+    same config and seed give the same batches in the same order, run after run. Nothing
+    is read until the dataset is first iterated, unless `read_early`.
 
     Args:
       config: a `PipelineConfig`, YAML path or mapping; or a `Pipeline` already built.
@@ -48,6 +48,11 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
         `strategy.distribute_datasets_from_function` passes: this input pipeline then reads
         its own share of the sequences (`seqpipe.shard`), and `batching.batch_size` is the
         global batch, divided over the replicas.
+      read_early: start reading and assembling the first epoch now, in a background
+        thread, while TensorFlow builds the dataset and its iterator: its first batches are
+        ready sooner. It holds what a running epoch holds (a few row groups and batches)
+        until the dataset is iterated or deleted; leave it off for datasets iterated later,
+        such as validation data.
 
     Returns:
       A dataset whose elements are `(x, y, sample_weight)`: `x` maps input names to float32
@@ -75,7 +80,7 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
     tf = tensorflow()
 
     config, token = pipeline.config, next(_TOKENS)
-    _LIVE[token] = _Epochs(pipeline)
+    _LIVE[token] = _Epochs(pipeline, read_early)
     # The dataset's functions are traced once per shape of config and told which dataset's
     # epochs to read by a token; see `_traced_groups`.
     dataset = tf.data.Dataset.from_tensors(np.int64(token)).flat_map(_traced_groups(config))
@@ -115,14 +120,13 @@ class _Epochs:
     """One dataset's epochs: each call yields the next epoch's groups, handed off
     (`handoff.HandOff`). `close` stops a first epoch nobody read and lets go of the pipeline."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, read_early: bool = False) -> None:
         self._pipeline: Optional[Pipeline] = pipeline
         self._count = itertools.count()
-        # The first epoch starts reading and assembling now, while TensorFlow builds the
-        # dataset and its iterator (0.15 s of a 1.3 s epoch of the reference file): its
-        # first batches are ready that much sooner. It holds what a running epoch holds,
-        # and stops when the dataset is deleted unread.
-        self._warm: Optional[Background] = Background(self._pieces(pipeline, 0))
+        # With read_early, the first epoch is read while TensorFlow builds the dataset and
+        # its iterator; it stops when the dataset is deleted unread.
+        self._warm: Optional[Background] = (Background(self._pieces(pipeline, 0))
+                                            if read_early else None)
 
     def __call__(self) -> Iterator[tuple]:
         pipeline, epoch = self._pipeline, next(self._count)
