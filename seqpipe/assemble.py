@@ -1,11 +1,11 @@
 """Assembly: writes each chunk of sequences straight into the padded batches it belongs to.
 
 An epoch's plan says where every kept timestep lands: batch, row and column. The batches of
-one assembly group lie end to end in flat arrays (one per input and output), so a chunk of
+one assembly block lie end to end in flat arrays (one per input and output), so a chunk of
 sequences, as it arrives from the source, is copied into them run by run (`seqpipe._internal.runs`):
 each timestep is read once and written once, and no batch is copied again.
-A group goes out when its last sequence has arrived; until then only the chunk in hand and
-the groups being filled are in memory.
+A block goes out when its last sequence has arrived; until then only the chunk in hand and
+the blocks being filled are in memory.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from seqpipe.weights import batch_weights
 
 @dataclasses.dataclass(frozen=True)
 class BatchPlaces:
-    """Where each batch of a group lies in the group's flat arrays, one entry per batch:
+    """Where each batch of a block lies in the block's flat arrays, one entry per batch:
     batch j is rows `timestep_start[j]` to `+ rows[j] * steps[j]` of a per-timestep array
     (shaped `(rows[j], steps[j], ...)`) and rows `sequence_start[j]` to `+ rows[j]` of a
     per-sequence one."""
@@ -44,13 +44,13 @@ class BatchPlaces:
                            self.rows[mask], self.steps[mask])
 
     def ends(self) -> dict:
-        """Per level, the rows a group needs: past the end of its last batch."""
+        """Per level, the rows a block needs: past the end of its last batch."""
         return {"timestep": int(self.timestep_start[-1] + self.rows[-1] * self.steps[-1]),
                 "sequence": int(self.sequence_start[-1] + self.rows[-1])}
 
 
 @dataclasses.dataclass
-class Group:
+class Block:
     """Padded batches end to end, in flat arrays (`places` says where each batch lies)."""
 
     places: BatchPlaces
@@ -63,7 +63,7 @@ class Group:
     levels: Mapping[str, str]  # input or output name -> "timestep" or "sequence"
 
     def batch_view(self, j: int, config: PipelineConfig):
-        """The arrays of batch j, shaped for Keras; views into the group."""
+        """The arrays of batch j, shaped for Keras; views into the block."""
         p = self.places
         t0, s0 = int(p.timestep_start[j]), int(p.sequence_start[j])
         size, steps = int(p.rows[j]), int(p.steps[j])
@@ -82,7 +82,7 @@ class Group:
 
 
 class Assembler:
-    """Turns chunks of sequences, in source order, into the planned epoch's groups.
+    """Turns chunks of sequences, in source order, into the planned epoch's blocks.
 
     Args:
       config: the pipeline config.
@@ -94,7 +94,7 @@ class Assembler:
         rows of `padding.maxlen` timesteps, rows past their sequences left empty (all
         padding, weight 0). For several replicas: Keras 3 averages the first batch of every
         replica to build the model, which needs them all the same shape.
-      buffers: where the groups' arrays come from: by default the process's pool, so that
+      buffers: where the blocks' arrays come from: by default the process's pool, so that
         an epoch reuses the memory of the batches the last one is done with.
     """
 
@@ -117,14 +117,14 @@ class Assembler:
         row = np.arange(len(members)) - first[batch_rows]
         # Every batch starts on an ALIGNMENT-byte boundary of each flat array: TensorFlow's
         # slice hands an aligned batch on as a view, and copies one that is not.
-        t0 = _exclusive_cumsum_within(_aligned_rows(sizes * steps), plan.groups)
-        s0 = _exclusive_cumsum_within(_aligned_rows(sizes), plan.groups)
+        t0 = _exclusive_cumsum_within(_aligned_rows(sizes * steps), plan.blocks)
+        s0 = _exclusive_cumsum_within(_aligned_rows(sizes), plan.blocks)
         every = BatchPlaces(t0, s0, sizes, steps)
-        self.places = [every.select(plan.groups == g)
-                       for g in range(int(plan.groups.max()) + 1 if len(sizes) else 0)]
+        self.places = [every.select(plan.blocks == g)
+                       for g in range(int(plan.blocks.max()) + 1 if len(sizes) else 0)]
         n = len(lengths)
-        self.group_of = np.full(n, -1, dtype=np.int64)
-        self.group_of[members] = plan.groups[batch_rows]
+        self.block_of = np.full(n, -1, dtype=np.int64)
+        self.block_of[members] = plan.blocks[batch_rows]
         lead = steps[batch_rows] - kept[members] if config.padding.side == "pre" else 0
         self.time_dest = np.zeros(n, dtype=np.int64)
         self.time_dest[members] = t0[batch_rows] + row * steps[batch_rows] + lead
@@ -132,23 +132,23 @@ class Assembler:
         self.sequence_dest[members] = s0[batch_rows] + row
         self.skip = lengths - kept if config.padding.truncating == "pre" else np.zeros_like(
             lengths)
-        self.members_per_group = np.bincount(self.group_of[members],
+        self.members_per_block = np.bincount(self.block_of[members],
                                              minlength=len(self.places))
-        self._batch_groups = [np.flatnonzero(plan.groups == g) for g in range(len(self.places))]
-        # A group's store is allocated once the stream reaches its first members, past the
-        # few (`Tuning.parked_share`) that come much earlier: sequences that waited windows long
-        # for a batch of their bucket to fill. Those are parked unpadded until then, so a
-        # group that waits does not hold a whole store, and little is copied twice.
-        by_group = np.lexsort((members, self.group_of[members]))
-        ordered, counts = members[by_group], self.members_per_group
+        self._batch_blocks = [np.flatnonzero(plan.blocks == g) for g in range(len(self.places))]
+        # A block's store is allocated once the stream reaches its first members, past the
+        # few (`Tuning.parked_share`) that come much earlier: sequences that waited several
+        # shuffle buffers for a batch of their bucket to fill. Those are parked unpadded until
+        # then, so a block that waits does not hold a whole store, and little is copied twice.
+        by_block = np.lexsort((members, self.block_of[members]))
+        ordered, counts = members[by_block], self.members_per_block
         early = (counts * tuning.TUNING.parked_share).astype(np.int64)
         self.open_at = ordered[np.cumsum(counts) - counts + early] if len(members) else []
         self._parked: dict[int, list] = {}
-        self._open: dict[int, Group] = {}
+        self._open: dict[int, Block] = {}
         self._next = 0
 
-    def groups(self, chunks: Iterable[tuple[int, Sequences]]) -> Iterator[Group]:
-        """Yields the finished groups, in plan order, as the chunks arrive."""
+    def blocks(self, chunks: Iterable[tuple[int, Sequences]]) -> Iterator[Block]:
+        """Yields the finished blocks, in plan order, as the chunks arrive."""
         for first, chunk in chunks:
             self._add(first, chunk)
             yield from self._finished()
@@ -157,17 +157,17 @@ class Assembler:
                             f"still to arrive; it changed since the pipeline was built. Build "
                             f"the pipeline again.")
 
-    def _finished(self) -> Iterator[Group]:
+    def _finished(self) -> Iterator[Block]:
         while self._next in self._open and self._open[self._next].remaining == 0:
-            group = self._open.pop(self._next)
-            self._weigh(group)
+            block = self._open.pop(self._next)
+            self._weigh(block)
             self._next += 1
-            yield group
+            yield block
 
     def _missing(self) -> int:
         waiting = range(self._next, len(self.places))
         return sum(self._open[g].remaining if g in self._open else
-                   int(self.members_per_group[g]) for g in waiting)
+                   int(self.members_per_block[g]) for g in waiting)
 
     def _add(self, first: int, chunk: Sequences) -> None:
         index = np.arange(first, first + len(chunk))
@@ -175,9 +175,9 @@ class Assembler:
                                                                 self.lengths[index]):
             raise DataError("the source changed since the pipeline was built (sequence "
                             "lengths differ); build the pipeline again")
-        group_of = self.group_of[index]
-        for g in np.unique(group_of[group_of >= 0]).tolist():
-            local = np.flatnonzero(group_of == g)
+        block_of = self.block_of[index]
+        for g in np.unique(block_of[block_of >= 0]).tolist():
+            local = np.flatnonzero(block_of == g)
             if g not in self._open and index[-1] < self.open_at[g]:
                 self._parked.setdefault(g, []).append(
                     (_take(chunk, local, self.config), index[local]))
@@ -188,7 +188,7 @@ class Assembler:
                     self._scatter(self._open[g], parked, np.arange(len(parked)), parked_index)
             self._scatter(self._open[g], chunk, local, index[local])
 
-    def _allocate(self, g: int) -> Group:
+    def _allocate(self, g: int) -> Block:
         places = self.places[g]
         rows = places.ends()
         config, value = self.config, self.config.padding.value
@@ -199,7 +199,7 @@ class Assembler:
              for name, spec in config.outputs.items()}
         valid = {name: np.zeros(rows[spec.level], dtype=bool)
                  for name, spec in config.outputs.items()}
-        members = [self.plan.batches[k] for k in self._batch_groups[g]]
+        members = [self.plan.batches[k] for k in self._batch_blocks[g]]
         empty = _empty_rows(members, places)
         padding = np.concatenate([self._padding_positions(members, places),
                                   empty["timestep"]])
@@ -207,11 +207,11 @@ class Assembler:
             x[name][padding if spec.level == "timestep" else empty[spec.level]] = value
         for name, output in config.outputs.items():
             y[name][padding if output.level == "timestep" else empty[output.level]] = value
-        return Group(places, members, x, y, valid, {}, int(self.members_per_group[g]),
+        return Block(places, members, x, y, valid, {}, int(self.members_per_block[g]),
                      config.levels)
 
     def _padding_positions(self, batches: list, places: BatchPlaces) -> np.ndarray:
-        """The padded timestep rows after (or before) every sequence of a group, given each
+        """The padded timestep rows after (or before) every sequence of a block, given each
         batch's members."""
         steps = np.repeat(places.steps, [len(m) for m in batches])
         members = np.concatenate(batches)
@@ -221,7 +221,7 @@ class Assembler:
                                            else -missing)
         return ranges(start, missing)
 
-    def _scatter(self, group: Group, chunk: Sequences, local: np.ndarray,
+    def _scatter(self, block: Block, chunk: Sequences, local: np.ndarray,
                  index: np.ndarray) -> None:
         from seqpipe._internal.runs import copy_runs  # numba, imported when batches are first made
 
@@ -231,29 +231,29 @@ class Assembler:
         for name, spec in self.config.inputs.items():
             values = chunk.features[name]
             if spec.level == "timestep":
-                copy_runs(values, source, group.x[name], dest, kept)
+                copy_runs(values, source, block.x[name], dest, kept)
             elif isinstance(values, tuple):  # one row per sequence: few, NumPy is enough
                 for j, column in enumerate(values):
-                    group.x[name][sequence_dest, j] = column[local]
+                    block.x[name][sequence_dest, j] = column[local]
             else:
-                group.x[name][sequence_dest] = values[local]
+                block.x[name][sequence_dest] = values[local]
         for name, output in self.config.outputs.items():
             labels, present = chunk.labels[name], chunk.present[name]
             if output.level == "timestep":
-                copy_runs(labels, source, group.y[name], dest, kept)
-                copy_runs(present, source, group.valid[name], dest, kept)
+                copy_runs(labels, source, block.y[name], dest, kept)
+                copy_runs(present, source, block.valid[name], dest, kept)
             else:
-                group.y[name][sequence_dest] = labels[local]
-                group.valid[name][sequence_dest] = present[local]
-        group.remaining -= len(index)
+                block.y[name][sequence_dest] = labels[local]
+                block.valid[name][sequence_dest] = present[local]
+        block.remaining -= len(index)
 
-    def _weigh(self, group: Group) -> None:
+    def _weigh(self, block: Block) -> None:
         for name, output in self.config.outputs.items():
             mode = self.config.weight_mode(name)
-            p, valid = group.places, group.valid[name]
+            p, valid = block.places, block.valid[name]
             start, steps = ((p.timestep_start, p.steps) if output.level == "timestep"
                             else (p.sequence_start, None))
-            group.sample_weight[name] = batch_weights(
+            block.sample_weight[name] = batch_weights(
                 mode, valid, start, p.rows, steps, self.mean_valid[name],
                 out=self.buffers.empty(valid.shape))
 
@@ -284,7 +284,7 @@ def _take(chunk: Sequences, local: np.ndarray, config: PipelineConfig) -> Sequen
 
 
 def _empty_rows(batches: list, places: BatchPlaces) -> dict:
-    """Per level, the positions of the rows of a group that no sequence fills: the rows past
+    """Per level, the positions of the rows of a block that no sequence fills: the rows past
     each batch's members (`same_shape_first`)."""
     filled = np.array([len(b) for b in batches], dtype=np.int64)
     empty = places.rows - filled
@@ -293,10 +293,10 @@ def _empty_rows(batches: list, places: BatchPlaces) -> dict:
             "sequence": ranges(places.sequence_start + filled, empty)}
 
 
-def _exclusive_cumsum_within(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Running total of `values` before each position, restarting at each new group."""
+def _exclusive_cumsum_within(values: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """Running total of `values` before each position, restarting at each new block."""
     total = np.cumsum(values) - values
     if not len(values):
         return total
-    starts = np.flatnonzero(np.concatenate([[True], groups[1:] != groups[:-1]]))
+    starts = np.flatnonzero(np.concatenate([[True], blocks[1:] != blocks[:-1]]))
     return total - np.repeat(total[starts], np.diff(np.append(starts, len(values))))

@@ -1,6 +1,6 @@
 """Batching: truncates, buckets and plans the batches of an epoch.
 
-Truncation moves no data: it only narrows each sequence to a window `(start, length)` of
+Truncation moves no data: it only narrows each sequence to its kept steps `(start, length)` of
 the flat timestep arrays, following `keras.utils.pad_sequences` (`maxlen`, `truncating`).
 `seqpipe.assemble` pads the planned batches.
 """
@@ -26,14 +26,14 @@ AUTO_CANDIDATES = 512
 
 
 @dataclasses.dataclass(frozen=True)
-class Windows:
+class KeptSteps:
     """Each sequence's kept timesteps: flat indices `start[i] : start[i] + length[i]`."""
 
     start: np.ndarray
     length: np.ndarray
 
 
-def truncate(offsets: np.ndarray, padding: PaddingConfig) -> Windows:
+def truncate(offsets: np.ndarray, padding: PaddingConfig) -> KeptSteps:
     """Keeps at most `padding.maxlen` timesteps per sequence, from the end `truncating` spares.
 
     Example:
@@ -44,7 +44,7 @@ def truncate(offsets: np.ndarray, padding: PaddingConfig) -> Windows:
     lengths = np.diff(offsets)
     kept = lengths if padding.maxlen is None else np.minimum(lengths, padding.maxlen)
     start = offsets[:-1] + (lengths - kept if padding.truncating == "pre" else 0)
-    return Windows(start.astype(np.int64), kept.astype(np.int64))
+    return KeptSteps(start.astype(np.int64), kept.astype(np.int64))
 
 
 def bucket_of(lengths: np.ndarray, boundaries) -> np.ndarray:
@@ -143,13 +143,13 @@ def batch_sizes(lengths: np.ndarray, buckets: np.ndarray, n_buckets: int,
 class EpochPlan:
     """The batches of one epoch, as arrays of sequence indices, in the order they go out.
 
-    `groups[k]` is the assembly group of batch k, non-decreasing: a group's batches are
+    `blocks[k]` is the assembly block of batch k, non-decreasing: a block's batches are
     padded together and only draw on sequences near each other in the source, which is
     what bounds memory when the source is streamed.
     """
 
     batches: list
-    groups: np.ndarray
+    blocks: np.ndarray
     dropped_sequences: int  # left out by drop_remainder
 
 
@@ -161,10 +161,10 @@ def plan_epoch(lengths: np.ndarray, buckets: np.ndarray, sizes: np.ndarray,
 
     Without shuffle, each bucket fills batches in sequence order and a batch goes out as
     soon as it is full, like tf.data's `bucket_by_sequence_length`. With shuffle, the
-    sequences are cut into windows of `shuffle.buffer_size` consecutive sequences (the grid
-    moves by a random offset each epoch). Within a window each bucket's sequences are
+    sequences are cut into shuffle buffers of `shuffle.buffer_size` consecutive sequences (the grid
+    moves by a random offset each epoch). Within a buffer each bucket's sequences are
     sorted by length, with random ties, and cut into batches, so a batch pads little; the
-    window's batches are shuffled. What does not fill a batch waits for the next window.
+    buffer's batches are shuffled. What does not fill a batch waits for the next buffer.
 
     Args:
       lengths: (n,) timesteps of each sequence after truncation.
@@ -175,15 +175,15 @@ def plan_epoch(lengths: np.ndarray, buckets: np.ndarray, sizes: np.ndarray,
       rng: the epoch's random generator; None means no shuffle.
     """
     if shuffle.buffer_size and rng is not None:
-        batches, groups, left = _shuffled(lengths, buckets, sizes, shuffle.buffer_size, rng)
+        batches, blocks, left = _shuffled(lengths, buckets, sizes, shuffle.buffer_size, rng)
     else:
-        batches, groups, left = _in_order(buckets, sizes)
+        batches, blocks, left = _in_order(buckets, sizes)
     dropped = 0
     if batching.drop_remainder:
         dropped = sum(len(b) for b in left)
         left = []
-    batches, groups = batches + left, groups + [groups[-1] if groups else 0] * len(left)
-    return EpochPlan(batches, _split_groups(np.asarray(groups, dtype=np.int64)), dropped)
+    batches, blocks = batches + left, blocks + [blocks[-1] if blocks else 0] * len(left)
+    return EpochPlan(batches, _split_blocks(np.asarray(blocks, dtype=np.int64)), dropped)
 
 
 
@@ -199,7 +199,7 @@ def in_multiples(plan: EpochPlan, multiple: int) -> EpochPlan:
     >>> [b.tolist() for b in in_multiples(plan, 2).batches]
     [[0, 1], [2, 3], [4, 5], [6]]
     """
-    batches, groups = list(plan.batches), list(plan.groups)
+    batches, blocks = list(plan.batches), list(plan.blocks)
     while len(batches) % multiple:
         k = max(range(len(batches)), key=lambda j: len(batches[j]))
         if len(batches[k]) < 2:
@@ -207,39 +207,39 @@ def in_multiples(plan: EpochPlan, multiple: int) -> EpochPlan:
                             f"{multiple} replicas in equal steps; use more data")
         half = (len(batches[k]) + 1) // 2
         batches[k:k + 1] = [batches[k][:half], batches[k][half:]]
-        groups[k:k + 1] = [groups[k]] * 2
-    return dataclasses.replace(plan, batches=batches, groups=np.asarray(groups, dtype=np.int64))
+        blocks[k:k + 1] = [blocks[k]] * 2
+    return dataclasses.replace(plan, batches=batches, blocks=np.asarray(blocks, dtype=np.int64))
 
 
-def _split_groups(groups: np.ndarray) -> np.ndarray:
-    """Consecutive group numbers, with each group cut into runs of
-    `Tuning.batches_per_group`."""
-    if not len(groups):
-        return groups
-    starts = np.flatnonzero(np.concatenate([[True], groups[1:] != groups[:-1]]))
-    sizes = np.diff(np.append(starts, len(groups)))
-    within = np.arange(len(groups)) - np.repeat(starts, sizes)
-    full = within[1:] % tuning.TUNING.batches_per_group == 0
-    runs = np.concatenate([[True], (groups[1:] != groups[:-1]) | full])
+def _split_blocks(blocks: np.ndarray) -> np.ndarray:
+    """Consecutive block numbers, with each block cut into runs of
+    `Tuning.batches_per_block`."""
+    if not len(blocks):
+        return blocks
+    starts = np.flatnonzero(np.concatenate([[True], blocks[1:] != blocks[:-1]]))
+    sizes = np.diff(np.append(starts, len(blocks)))
+    within = np.arange(len(blocks)) - np.repeat(starts, sizes)
+    full = within[1:] % tuning.TUNING.batches_per_block == 0
+    runs = np.concatenate([[True], (blocks[1:] != blocks[:-1]) | full])
     return np.cumsum(runs) - 1
 
 
-def _shuffled(lengths, buckets, sizes, window, rng):
+def _shuffled(lengths, buckets, sizes, buffer, rng):
     n = len(lengths)
-    offset = int(rng.integers(window)) if window < n else 0
-    edges = np.unique(np.concatenate([[0], np.arange(window - offset, n, window), [n]]))
+    offset = int(rng.integers(buffer)) if buffer < n else 0
+    edges = np.unique(np.concatenate([[0], np.arange(buffer - offset, n, buffer), [n]]))
     tie = rng.random(n)
-    batches, groups = [], []
+    batches, blocks = [], []
     waiting = np.empty(0, dtype=np.int64)
-    for group, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+    for block, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
         pool = np.concatenate([waiting, np.arange(a, b)])
         pool = pool[np.lexsort((tie[pool], lengths[pool], buckets[pool]))]
         full, rest = _cut(pool, buckets[pool], sizes, rng)
         batches += [full[i] for i in rng.permutation(len(full))]
-        groups += [group] * len(full)
+        blocks += [block] * len(full)
         waiting = np.concatenate(rest) if rest else waiting[:0]
     # What never filled a batch: one smaller batch per bucket, last.
-    return batches, groups, [r for r in rest if len(r)] if n else []
+    return batches, blocks, [r for r in rest if len(r)] if n else []
 
 
 def _cut(pool, pool_buckets, sizes, rng):
@@ -267,8 +267,8 @@ def _in_order(buckets, sizes):
     left = [b for b in batches if len(b) < sizes[buckets[b[0]]]]
     full.sort(key=lambda b: b[-1])  # a batch goes out when its last sequence arrives
     left.sort(key=lambda b: b[-1])
-    groups = [int(b[-1]) // tuning.TUNING.unshuffled_group for b in full]
-    return full, groups, left
+    blocks = [int(b[-1]) // tuning.TUNING.unshuffled_block for b in full]
+    return full, blocks, left
 
 
 def padding_waste(lengths: np.ndarray, batches: list) -> float:

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from seqpipe import tuning
 from seqpipe._internal.threads import ordered_map
-from seqpipe.batching import Windows
+from seqpipe.batching import KeptSteps
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.sequences import Sequences, group_sequences, list_columns, sequence_lengths
@@ -116,7 +116,7 @@ class SequenceSource(Protocol):
         as the generator's return value."""
         ...
 
-    def valid_labels(self, output: str, windows: Windows) -> np.ndarray:
+    def valid_labels(self, output: str, kept: KeptSteps) -> np.ndarray:
         """(n,) present labels of `output` inside each sequence's kept timesteps."""
         ...
 
@@ -177,9 +177,9 @@ class GroupedTable:
                                     cut(sequences.features), cut(sequences.labels),
                                     cut(sequences.present))
 
-    def valid_labels(self, output: str, windows: Windows) -> np.ndarray:
+    def valid_labels(self, output: str, kept: KeptSteps) -> np.ndarray:
         return valid_per_sequence(self.index.present[output], self.config.levels[output],
-                                  windows)
+                                  kept)
 
     def sequences(self) -> Sequences:
         return self._sequences
@@ -258,9 +258,9 @@ class StreamedParquet:
     def _group(self, table: SourceTable):
         return group_sequences(table, self.config, chunk=True)
 
-    def valid_labels(self, output: str, windows: Windows) -> np.ndarray:
+    def valid_labels(self, output: str, kept: KeptSteps) -> np.ndarray:
         return valid_per_sequence(self.index.present[output], self.config.levels[output],
-                                  windows)
+                                  kept)
 
     def sequences(self) -> Sequences:
         """Reads the whole source (as it is at the first call), grouped, into memory."""
@@ -286,9 +286,9 @@ def missing_labels(present: Mapping[str, np.ndarray], in_part: Optional[np.ndarr
     return counts
 
 
-def valid_per_sequence(present: np.ndarray, level: str, windows: Windows) -> np.ndarray:
+def valid_per_sequence(present: np.ndarray, level: str, kept: KeptSteps) -> np.ndarray:
     """Present labels of one output inside each sequence's kept timesteps."""
     if level == "sequence":
         return present.astype(np.int64)
     cumulative = np.concatenate([[0], np.cumsum(present, dtype=np.int64)])
-    return cumulative[windows.start + windows.length] - cumulative[windows.start]
+    return cumulative[kept.start + kept.length] - cumulative[kept.start]

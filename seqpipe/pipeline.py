@@ -18,7 +18,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from seqpipe.assemble import Assembler, Group
+from seqpipe.assemble import Assembler, Block
 from seqpipe.batching import (
     EpochPlan,
     auto_boundaries,
@@ -131,17 +131,17 @@ class Pipeline:
         self._epoch_counts: concurrent.futures.Future = concurrent.futures.Future()
         self._unlabelled: set[str] = set()  # outputs already said to have no label at all
         self._warn_unlabelled(source.unlabelled)
-        self.windows = truncate(source.index.offsets, self.config.padding)
+        self.kept_steps = truncate(source.index.offsets, self.config.padding)
         self._in_part = self._part_mask()
         # Plans are made over the part's sequences alone (`_members` maps them back to the
         # source's index), so a part's batches do not depend on the other parts.
         self._members = np.flatnonzero(self._in_part)
-        kept = self.windows.length[self._members]
+        kept = self.kept_steps.length[self._members]
         self.bucket_boundaries = _boundaries(kept, self.config.batching.bucket_boundaries)
         self._buckets = bucket_of(kept, self.bucket_boundaries)
         self._sizes = self._batch_sizes(self._buckets)
         self.seed = _seed(self.config.shuffle)
-        self._valid_counts = {name: source.valid_labels(name, self.windows)
+        self._valid_counts = {name: source.valid_labels(name, self.kept_steps)
                               for name in self.config.outputs
                               if self.config.weight_mode(name) == "global_mean"}
         self._first_plan: Optional[EpochPlan] = None
@@ -167,35 +167,35 @@ class Pipeline:
         if epoch == 0 and self._first_plan is not None:
             return self._first_plan
         rng = np.random.default_rng([self.seed, epoch]) if self.seed is not None else None
-        plan = plan_epoch(self.windows.length[self._members], self._buckets, self._sizes,
+        plan = plan_epoch(self.kept_steps.length[self._members], self._buckets, self._sizes,
                           self.config.batching, self.config.shuffle, rng)
         if self.same_shape_first > 1:  # local replicas: every step a batch for each
             plan = in_multiples(plan, self.same_shape_first)
-        if len(self._members) == len(self.windows.length):
+        if len(self._members) == len(self.kept_steps.length):
             return plan
         return dataclasses.replace(plan, batches=[self._members[b] for b in plan.batches])
 
-    def groups(self, epoch: int = 0) -> Iterator[Group]:
-        """Yields the epoch's batches in assembly groups: padded batches end to end."""
+    def blocks(self, epoch: int = 0) -> Iterator[Block]:
+        """Yields the epoch's batches in assembly blocks: padded batches end to end."""
         chunks = self.chunks()  # a streamed source is read from now on, while we plan
         plan = self.plan(epoch)
         mean_valid = {name: self._mean_valid_per_batch(name, plan)
                       for name in self.config.outputs}
         assembler = Assembler(self.config, plan, self.source.index.lengths,
-                              self.windows.length, mean_valid, self.same_shape_first)
-        yield from assembler.groups(chunks)
+                              self.kept_steps.length, mean_valid, self.same_shape_first)
+        yield from assembler.blocks(chunks)
 
     def batches(self, epoch: int = 0) -> Iterator[Batch]:
         """Yields the padded, weighted batches of one epoch."""
-        ids, kept = self.source.index.ids, self.windows.length
-        for group in self.groups(epoch):
-            for j, members in enumerate(group.members):
-                x, y, weights = group.batch_view(j, self.config)
+        ids, kept = self.source.index.ids, self.kept_steps.length
+        for block in self.blocks(epoch):
+            for j, members in enumerate(block.members):
+                x, y, weights = block.batch_view(j, self.config)
                 yield Batch(x, y, weights, ids[members], kept[members])
 
     def chunks(self) -> Iterator[tuple[int, Sequences]]:
         """Every sequence of the source (all parts), grouped, in index order, a chunk at a
-        time, with the index of the chunk's first sequence. Untruncated: `windows` says
+        time, with the index of the chunk's first sequence. Untruncated: `kept_steps` says
         which timesteps each sequence keeps. A streamed source's first row groups are read
         from the moment this is called."""
         return self._handing_over(self.source.chunks(self._in_part))
@@ -235,7 +235,7 @@ class Pipeline:
         return mask
 
     def _batch_sizes(self, buckets: np.ndarray) -> np.ndarray:
-        kept = self.windows.length[self._members]
+        kept = self.kept_steps.length[self._members]
         sizes = batch_sizes(kept, buckets, len(self.bucket_boundaries) + 1,
                             self.config.batching)
         budget = self.config.batching.max_timesteps
@@ -243,7 +243,7 @@ class Pipeline:
             longest = int(self._members[np.argmax(kept)])
             raise DataError(
                 f"sequence {show_id(self.source.index.ids[longest])} keeps "
-                f"{self.windows.length[longest]:,} timesteps, more than "
+                f"{self.kept_steps.length[longest]:,} timesteps, more than "
                 f"batching.max_timesteps={budget:,}, so it fits in no batch. Raise "
                 f"max_timesteps or set padding.maxlen to at most {budget:,}.")
         return sizes
@@ -275,7 +275,7 @@ class Pipeline:
 
     def _make_report(self) -> Report:
         index, members, source = self.source.index, self._members, self.source
-        kept, lengths = self.windows.length[members], index.lengths[members]
+        kept, lengths = self.kept_steps.length[members], index.lengths[members]
         plan = self.plan(0)  # made and kept by _build
         # For comparison: batches cut with no regard to length, as a plain shuffle makes them.
         size = int(self._batch_sizes(np.zeros(len(kept), dtype=np.int64))[0])
@@ -293,7 +293,7 @@ class Pipeline:
                                            self.config.levels) if index.present else None),
             bucket_boundaries=self.bucket_boundaries, batches_per_epoch=len(plan.batches),
             sequences_dropped_per_epoch=plan.dropped_sequences,
-            padding_waste=padding_waste(self.windows.length, plan.batches),
+            padding_waste=padding_waste(self.kept_steps.length, plan.batches),
             padding_waste_unbucketed=padding_waste(kept, blind), seed=self.seed,
             streamed=source.streamed, split=self.split, source_sequences=len(index.ids))
         if not plan.batches:

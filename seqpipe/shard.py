@@ -59,31 +59,34 @@ class Shard:
 def shard_order(order: StreamOrder, shard: Shard, layout: str) -> Optional[StreamOrder]:
     """The row groups `shard` reads, and the ids it keeps of them; None when there are
     fewer row groups than pipelines (then every pipeline reads all, see `hash_mask`)."""
-    parts = order.parts
-    if len(parts) < shard.count or any(p.first is None for p in parts):
+    row_groups = order.row_groups
+    if len(row_groups) < shard.count or any(p.first is None for p in row_groups):
         return None  # too few row groups, or no id column to bound
-    runs = contiguous_runs(np.array([p.rows for p in parts]), shard.count)
+    runs = contiguous_runs(np.array([p.rows for p in row_groups]), shard.count)
     start, stop = int(runs[shard.index]), int(runs[shard.index + 1])
 
-    def goes_on(k):  # the last sequence of part k - 1 goes on into part k
-        return layout == "long" and 0 < k < len(parts) and parts[k - 1].last == parts[k].first
+    def goes_on(k):  # the last sequence of row group k - 1 goes on into row group k
+        return (layout == "long" and 0 < k < len(row_groups)
+                and row_groups[k - 1].last == row_groups[k].first)
 
     end = stop
     if goes_on(stop):  # read on until this run's last sequence is whole
-        spanning = parts[stop - 1].last
-        while end < len(parts) and parts[end].first == spanning:
+        spanning = row_groups[stop - 1].last
+        while end < len(row_groups) and row_groups[end].first == spanning:
             end += 1
-            if parts[end - 1].last != spanning:
+            if row_groups[end - 1].last != spanning:
                 break
     bounds = IdBounds(
-        low=parts[start].first if shard.index else None, low_inclusive=not goes_on(start),
-        high=parts[stop].first if stop < len(parts) else None, high_inclusive=goes_on(stop))
-    return dataclasses.replace(order, parts=parts[start:end], bounds=bounds)
+        low=row_groups[start].first if shard.index else None,
+        low_inclusive=not goes_on(start),
+        high=row_groups[stop].first if stop < len(row_groups) else None,
+        high_inclusive=goes_on(stop))
+    return dataclasses.replace(order, row_groups=row_groups[start:end], bounds=bounds)
 
 
 def contiguous_runs(rows: np.ndarray, count: int) -> np.ndarray:
-    """(count + 1,) where each pipeline's run of parts starts, and the end: runs balanced by
-    rows, each at least one part. Needs `len(rows) >= count`.
+    """(count + 1,) where each pipeline's run of row groups starts, and the end: runs balanced by
+    rows, each at least one row group. Needs `len(rows) >= count`.
 
     >>> contiguous_runs(np.array([10, 10, 10, 10]), 2).tolist()
     [0, 2, 4]
@@ -93,7 +96,7 @@ def contiguous_runs(rows: np.ndarray, count: int) -> np.ndarray:
     before = np.cumsum(rows) - rows
     steps = np.arange(count)
     cuts = np.searchsorted(before, steps * (rows.sum() / count), side="left")
-    cuts = np.maximum.accumulate(cuts - steps) + steps  # each run at least one part
+    cuts = np.maximum.accumulate(cuts - steps) + steps  # each run at least one row group
     cuts = np.minimum(cuts, len(rows) - count + steps)  # ... and room for the rest
     cuts[0] = 0
     return np.append(cuts, len(rows))

@@ -34,12 +34,12 @@ from seqpipe.source import CHECKSUMS, SourceFiles, SourceTable, read_error
 
 
 @dataclasses.dataclass(frozen=True)
-class Part:
+class RowGroup:
     """One row group of one file, with the id range its footer records."""
 
     fragment: Any  # pyarrow.dataset.ParquetFileFragment of a single row group
     file: str
-    row_group: int
+    number: int  # the row group's number in its file
     rows: int
     first: Any = None
     last: Any = None
@@ -47,7 +47,7 @@ class Part:
 
     @property
     def where(self) -> str:
-        return f"{self.file} (row group {self.row_group})"
+        return f"{self.file} (row group {self.number})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,37 +73,37 @@ class StreamOrder:
     """The row groups in the order to read them, or why the source cannot be streamed;
     for one of several input pipelines, also the ids it keeps (`seqpipe.shard`)."""
 
-    parts: tuple[Part, ...]
-    whole_because: Optional[str]  # None when the parts can be streamed
+    row_groups: tuple[RowGroup, ...]
+    whole_because: Optional[str]  # None when the row groups can be streamed
     bounds: Optional[IdBounds] = None
 
 
 def stream_order(files: SourceFiles, config: PipelineConfig) -> StreamOrder:
     """Orders the row groups of `files` by sequence id, from the footers alone."""
     id_name = config.source.id_column
-    parts = []
+    row_groups = []
     for fragment in files.dataset.get_fragments():
         for piece in fragment.split_by_row_group():
             info = piece.row_groups[0]
             first, last = _id_range(info, id_name) if id_name else (None, None)
-            parts.append(Part(piece, fragment.path, info.id, info.num_rows, first, last,
+            row_groups.append(RowGroup(piece, fragment.path, info.id, info.num_rows, first, last,
                               files.fingerprints.get(fragment.path)))
     if not id_name:
-        return StreamOrder(tuple(parts), None)
-    unknown = next((p for p in parts if p.first is None and p.rows), None)
+        return StreamOrder(tuple(row_groups), None)
+    unknown = next((p for p in row_groups if p.first is None and p.rows), None)
     if unknown is not None:
-        return StreamOrder(tuple(parts), f"{unknown.where} records no statistics for "
+        return StreamOrder(tuple(row_groups), f"{unknown.where} records no statistics for "
                                          f"source.id_column {id_name!r}")
-    parts = sorted((p for p in parts if p.rows), key=lambda p: (p.first, p.last))
-    for before, after in zip(parts, parts[1:]):
+    row_groups = sorted((p for p in row_groups if p.rows), key=lambda p: (p.first, p.last))
+    for before, after in zip(row_groups, row_groups[1:]):
         shared = after.first < before.last or (
             after.first == before.last and config.source.layout == "nested")
         if shared:
-            return StreamOrder(tuple(parts), (
+            return StreamOrder(tuple(row_groups), (
                 f"rows of the same sequences are spread over row groups: {before.where} "
                 f"holds ids {before.first!r} to {before.last!r} and {after.where} holds ids "
                 f"{after.first!r} to {after.last!r}"))
-    return StreamOrder(tuple(parts), None)
+    return StreamOrder(tuple(row_groups), None)
 
 
 def _id_range(info: Any, id_name: str) -> tuple:
@@ -140,51 +140,52 @@ def stream_chunks(order: StreamOrder, config: PipelineConfig, schema: pa.Schema,
     The first row groups are read from the moment this is called, not from the first
     chunk asked for: an epoch's planning then overlaps its first reads.
     """
-    reads = _ReadAhead(order.parts, schema)
+    reads = _ReadAhead(order.row_groups, schema)
     return _chunks(order, config, in_pieces, reads)
 
 
 class _ReadAhead:
-    """Reads `parts` in order, `Tuning.read_ahead_rows` ahead of the one taken last."""
+    """Reads `row_groups` in order, `Tuning.read_ahead_rows` ahead of the one taken last."""
 
-    def __init__(self, parts: tuple, schema: pa.Schema) -> None:
-        self._parts, self._schema = parts, schema
+    def __init__(self, row_groups: tuple, schema: pa.Schema) -> None:
+        self._row_groups, self._schema = row_groups, schema
         self._pool = shared_pool("read", tuning.TUNING.read_threads)
         self._pending: collections.deque = collections.deque()  # (rows, future)
         self._next = 0
         self._top_up()
 
     def take(self) -> pa.Table:
-        """The next part's table, once read; the reads after it are started first."""
+        """The next row group's table, once read; the reads after it are started first."""
         future = self._pending.popleft()[1]
         self._top_up()
         return future.result()
 
     def _top_up(self) -> None:
         ahead = sum(rows for rows, _ in self._pending)
-        while self._next < len(self._parts) and (
+        while self._next < len(self._row_groups) and (
                 not self._pending
-                or ahead + self._parts[self._next].rows <= tuning.TUNING.read_ahead_rows):
-            part = self._parts[self._next]
-            self._pending.append((part.rows, self._pool.submit(read_part, part, self._schema)))
-            ahead += part.rows
+                or ahead + self._row_groups[self._next].rows <= tuning.TUNING.read_ahead_rows):
+            row_group = self._row_groups[self._next]
+            read = self._pool.submit(read_row_group, row_group, self._schema)
+            self._pending.append((row_group.rows, read))
+            ahead += row_group.rows
             self._next += 1
 
 
 def _chunks(order: StreamOrder, config: PipelineConfig, in_pieces: bool,
             reads: _ReadAhead) -> Iterator[SourceTable]:
-    parts, id_name = order.parts, config.source.id_column or ""
+    row_groups, id_name = order.row_groups, config.source.id_column or ""
     long_layout = config.source.layout == "long" and bool(id_name)
     waiting: list[pa.Table] = []  # rows of a sequence that began in an earlier row group
-    for k, part in enumerate(parts):
+    for k, row_group in enumerate(row_groups):
         table = reads.take()
-        following = parts[k + 1] if k + 1 < len(parts) else None
-        goes_on = long_layout and following is not None and following.first == part.last
+        following = row_groups[k + 1] if k + 1 < len(row_groups) else None
+        goes_on = long_layout and following is not None and following.first == row_group.last
         # Where each sequence begins, found once per row group and kept through the cuts
         # below and into grouping (four passes over the ids before).
         starts = _id_starts(table, id_name) if long_layout else None
         if waiting:
-            head, table, starts = _split(table, starts, id_name, part.first, at_start=True)
+            head, table, starts = _split(table, starts, id_name, row_group.first, at_start=True)
             waiting.append(head)
             if table.num_rows == 0 and goes_on:
                 continue
@@ -193,19 +194,19 @@ def _chunks(order: StreamOrder, config: PipelineConfig, in_pieces: bool,
             spanning = _within(pa.concat_tables(waiting).combine_chunks(), order.bounds,
                                id_name)
             if spanning.num_rows:
-                yield SourceTable(spanning, part.where, (part.file,))
+                yield SourceTable(spanning, row_group.where, (row_group.file,))
             waiting = []
         if goes_on:
-            table, tail, starts = _split(table, starts, id_name, part.last, at_start=False)
+            table, tail, starts = _split(table, starts, id_name, row_group.last, at_start=False)
             waiting = [tail]
-        if order.bounds is not None and not order.bounds.holds_all(part.first, part.last):
+        if order.bounds is not None and not order.bounds.holds_all(row_group.first, row_group.last):
             table = _within(table, order.bounds, id_name)
             starts = _id_starts(table, id_name) if long_layout else None
         if table.num_rows:
             pieces = (_pieces(table, starts) if long_layout and in_pieces
                       else [(table, starts)])
             for piece, piece_starts in pieces:
-                yield SourceTable(piece, part.where, (part.file,), piece_starts)
+                yield SourceTable(piece, row_group.where, (row_group.file,), piece_starts)
 
 
 def _id_starts(table: pa.Table, id_name: str) -> Optional[np.ndarray]:
@@ -282,7 +283,7 @@ def _scan_options(fragment: Any) -> pads.ParquetFragmentScanOptions:
 _LOCAL = pads.ParquetFragmentScanOptions(pre_buffer=False, page_checksum_verification=True)
 
 
-def read_part(part: Part, schema: pa.Schema) -> pa.Table:
+def read_row_group(row_group: RowGroup, schema: pa.Schema) -> pa.Table:
     """Reads one row group as one Arrow chunk per column: pyarrow's default cuts it in
     batches of 128 k rows, and a piece of a sequence straddling two chunks has to be
     copied before NumPy can see it (0.1 s an epoch of the reference file).
@@ -290,16 +291,16 @@ def read_part(part: Part, schema: pa.Schema) -> pa.Table:
     The file is checked afterwards to be the one the index was built from: a rewrite,
     before or during the read, is an error and not rows read under the old index."""
     try:
-        table = part.fragment.to_table(schema=schema, columns=list(schema.names),
-                                       batch_size=max(part.rows, 1),
-                                       fragment_scan_options=_scan_options(part.fragment))
+        table = row_group.fragment.to_table(schema=schema, columns=list(schema.names),
+                                       batch_size=max(row_group.rows, 1),
+                                       fragment_scan_options=_scan_options(row_group.fragment))
     except (pa.ArrowException, OSError) as e:
-        _check_unchanged(part)
-        raise DataError(f"could not read {part.where}: {read_error(e)}") from e
-    _check_unchanged(part)
+        _check_unchanged(row_group)
+        raise DataError(f"could not read {row_group.where}: {read_error(e)}") from e
+    _check_unchanged(row_group)
     return table
 
 
-def _check_unchanged(part: Part) -> None:
-    if part.built_from is not None:
-        check_unchanged(part.fragment.filesystem, part.file, part.built_from)
+def _check_unchanged(row_group: RowGroup) -> None:
+    if row_group.built_from is not None:
+        check_unchanged(row_group.fragment.filesystem, row_group.file, row_group.built_from)

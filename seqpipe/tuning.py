@@ -20,22 +20,22 @@ class Tuning:
     read_ahead_rows: int = 1 << 20  # one big row group read while the last is grouped
     read_threads: int = 2  # small files are read two at a time; pyarrow decodes in its own
     piece_rows: int = 1 << 17  # sorted row groups go on in pieces: batches start sooner
-    producer_depth: int = 4  # finished groups queued for tf.data: each holds its batches
+    producer_depth: int = 4  # finished blocks queued for tf.data: each holds its batches
     # batching and assembly
-    batches_per_group: int = 64  # fewer, bigger groups cost fewer copies and tf.data crossings
-    unshuffled_group: int = 2048  # unshuffled, batches go out as they fill: a group per this many
-    parked_share: float = 0.05  # a group's earliest members parked before its store exists
+    batches_per_block: int = 64  # fewer, bigger blocks cost fewer copies and tf.data crossings
+    unshuffled_block: int = 2048  # unshuffled, batches go out as they fill: a block per this many
+    parked_share: float = 0.05  # a block's earliest members parked before its store exists
     slice_timesteps: int = 1 << 20  # a source grouped whole is assembled in row-group-sized slices
     auto_kept: int = 8  # auto boundaries kept for lengths seen again (per epoch, per fold)
     # memory pool (seqpipe._internal.buffers)
-    reuse_buffers: bool = True  # False: fresh memory for every group (never on free-threaded)
+    reuse_buffers: bool = True  # False: fresh memory for every block (never on free-threaded)
     slack: float = 1.5  # a spare buffer serves requests down to 1/slack of its size
-    headroom: float = 1.125  # new buffers are this much larger: a slightly larger group fits
+    headroom: float = 1.125  # new buffers are this much larger: a slightly larger block fits
     spare_bytes: int = 64 << 20  # spare buffers kept at most, oldest forgotten first
     tracked_bytes: int = 256 << 20  # buffers in use tracked at most, so kept batches are let go
     # materialized records and the tf.data service
     read_batch: int = 1024  # records parsed per tf.io.parse_example call
-    window_batches: int = 32  # service batches sorted together: more pads less, holds more
+    sort_batches: int = 32  # service batches sorted by length together: more pads less, holds more
     beam_sequences_per_batch: int = 512  # Beam groups and encodes this many sequences per call
 
 

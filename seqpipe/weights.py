@@ -47,7 +47,7 @@ def sample_weight(mode: str, valid: np.ndarray, mean_valid_per_batch: float = 0.
       mean_valid_per_batch: for global_mean, the valid labels of this output in the epoch
         divided by the number of batches.
       out: a float32 array shaped like `valid` to write the weights into (a batch's place
-        in its group's array: one pass, no temporary), instead of a new one.
+        in its block's array: one pass, no temporary), instead of a new one.
 
     Returns:
       float32 weights shaped like `valid` (`out`, when given); all zero when no label is
@@ -80,13 +80,13 @@ def batch_weights(mode: str, valid: np.ndarray, start: np.ndarray, rows: np.ndar
                   steps: Optional[np.ndarray], mean_valid_per_batch: float,
                   out: np.ndarray) -> np.ndarray:
     """`sample_weight` of many batches whose masks lie in one flat array, as an assembly
-    group holds them: batch j's mask is `valid[start[j] : start[j] + rows[j] * steps[j]]`,
+    block holds them: batch j's mask is `valid[start[j] : start[j] + rows[j] * steps[j]]`,
     shaped `(rows[j], steps[j])`, or `valid[start[j] : start[j] + rows[j]]` for a
     per-sequence output (`steps` None). Its weights go to the same place in `out`;
     positions between batches are left as they are.
 
     The same weights as `sample_weight` batch by batch (tested), in two compiled passes over
-    the group instead of a Python call per batch. `sequence_mean` on a per-timestep output,
+    the block instead of a Python call per batch. `sequence_mean` on a per-timestep output,
     which scales each sequence, goes batch by batch.
     """
     if mode not in MODES:

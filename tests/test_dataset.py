@@ -314,12 +314,12 @@ def test_the_dataset_functions_are_traced_once_for_each_shape_of_config():
 
     first = _config()
     other = _config(**{"batching.batch_size": 3, "shuffle.seed": 4})
-    traced = seqpipe_dataset._traced_groups(first)
+    traced = seqpipe_dataset._traced_blocks(first)
     for config in (first, other, first):
         pipeline = Pipeline(config, long_table(LENGTHS))
         _assert_same_batches([_as_numpy(e) for e in build_dataset(pipeline)],
                              list(pipeline.batches(0)))
-    assert seqpipe_dataset._traced_groups(other) is traced
+    assert seqpipe_dataset._traced_blocks(other) is traced
     assert traced.experimental_get_tracing_count() == 1
     narrower = load_config(base_config(None), {"inputs.steps.columns": ["x"]})
-    assert seqpipe_dataset._traced_groups(narrower) is not traced
+    assert seqpipe_dataset._traced_blocks(narrower) is not traced

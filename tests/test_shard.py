@@ -98,9 +98,9 @@ def test_each_pipeline_reads_its_own_row_groups(tmp_path, monkeypatch, count):
     path = _one_file(tmp_path, long_table(LENGTHS), 40)
     parts = pq.ParquetFile(path).num_row_groups
     read = []
-    real = seqpipe.stream.read_part
-    monkeypatch.setattr(seqpipe.stream, "read_part",
-                        lambda part, schema: read.append(part.row_group) or real(part, schema))
+    real = seqpipe.stream.read_row_group
+    monkeypatch.setattr(seqpipe.stream, "read_row_group",
+                        lambda part, schema: read.append(part.number) or real(part, schema))
     config = _config(path)
     per_pipeline = []
     for index in range(count):

@@ -72,9 +72,9 @@ def test_an_epoch_starts_reading_before_it_plans_and_before_its_first_chunk_is_a
     path = write(tmp_path / "d.parquet", _by_id(long_table(LENGTHS)), row_group_size=50)
     pipeline = Pipeline(_config(path, **{"shuffle.buffer_size": 25, "shuffle.seed": 3}))
     started = []
-    read = stream.read_part
-    monkeypatch.setattr(stream, "read_part", lambda part, schema: (
-        started.append(part.row_group), read(part, schema))[1])
+    read = stream.read_row_group
+    monkeypatch.setattr(stream, "read_row_group", lambda part, schema: (
+        started.append(part.number), read(part, schema))[1])
     planned = []
     plan = Pipeline.plan
 
@@ -95,7 +95,7 @@ def test_an_epoch_starts_reading_before_it_plans_and_before_its_first_chunk_is_a
     assert sorted(started) == [0, 1]  # nothing asked for yet
     assert sum(len(chunk) for _, chunk in chunks) == len(LENGTHS)
     started.clear()
-    groups = pipeline.groups(1)
+    groups = pipeline.blocks(1)
     next(groups)
     assert planned[0], "the epoch was planned before any row group was read"
 
@@ -114,7 +114,7 @@ def test_reads_run_ahead_by_rows_several_small_files_at_once(tmp_path, monkeypat
     pipeline = Pipeline(_config(str(tmp_path)))
     assert pipeline.report.streamed
     running, most, ahead, lock = [0], [0], [], threading.Lock()
-    read = stream.read_part
+    read = stream.read_row_group
 
     def slow_read(part, schema):
         with lock:
@@ -125,7 +125,7 @@ def test_reads_run_ahead_by_rows_several_small_files_at_once(tmp_path, monkeypat
             running[0] -= 1
         return read(part, schema)
 
-    monkeypatch.setattr(stream, "read_part", slow_read)
+    monkeypatch.setattr(stream, "read_row_group", slow_read)
     _tune(monkeypatch, read_ahead_rows=budget)
     take = stream._ReadAhead.take
 

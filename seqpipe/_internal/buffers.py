@@ -1,10 +1,10 @@
-"""Buffers: the aligned arrays assembly pads groups into, reused once nothing holds them.
+"""Buffers: the aligned arrays assembly pads blocks into, reused once nothing holds them.
 
-A group's arrays are a few MB each, and the batches Keras gets are views of them:
+A block's arrays are a few MB each, and the batches Keras gets are views of them:
 TensorFlow wraps a NumPy array without copying it and holds a Python reference to it until
-its last tensor is gone. Fresh memory for every group costs the kernel a page fault and a
+its last tensor is gone. Fresh memory for every block costs the kernel a page fault and a
 zeroed page for every page touched, a large share of an epoch's CPU (docs/performance.md).
-A buffer that nothing else refers to any more (no batch, tensor or group views it) is
+A buffer that nothing else refers to any more (no batch, tensor or block views it) is
 handed out again instead.
 
 Pipelines share one pool per process (`SHARED`), as an allocator would: a dataset built for
@@ -22,7 +22,7 @@ import numpy as np
 from seqpipe import tuning
 
 # TensorFlow wraps a NumPy array without copying it only when its data is aligned to this
-# many bytes (Eigen's widest vectors); tf.data's generator copies any other group.
+# many bytes (Eigen's widest vectors); tf.data's generator copies any other block.
 ALIGNMENT = 64
 
 # How much the pool keeps and how it matches sizes: `Tuning.slack`, `headroom`,
@@ -33,7 +33,7 @@ class BufferPool:
     """Hands out aligned, uninitialised arrays, reusing buffers nobody refers to any more.
 
     Whether anything still refers to a buffer is read from its reference count: every view
-    of it (a group's array, a batch, an array TensorFlow wraps) holds a reference to it,
+    of it (a block's array, a batch, an array TensorFlow wraps) holds a reference to it,
     and so does TensorFlow's tensor until it is deleted. Thread-safe.
 
     Example:
@@ -111,7 +111,7 @@ class BufferPool:
 def reuse_allowed() -> bool:
     """Whether buffers may be handed out again. Reuse is decided from reference counts,
     which only a Python with the GIL keeps exact enough to prove a buffer unused: on a
-    free-threaded build, and with `Tuning.reuse_buffers` off, every group gets fresh memory
+    free-threaded build, and with `Tuning.reuse_buffers` off, every block gets fresh memory
     (slower, never wrong)."""
     gil = getattr(sys, "_is_gil_enabled", lambda: True)()
     return bool(tuning.TUNING.reuse_buffers and gil)

@@ -7,7 +7,7 @@ passes over the columns, each writing a temporary array.
 
 Copying: a chunk's sequences land in their batches as runs of rows: sequence i's kept
 timesteps are rows `source[i] : source[i] + count[i]` of the chunk and rows
-`dest[i] : dest[i] + count[i]` of its group's padded arrays. NumPy can only move them with
+`dest[i] : dest[i] + count[i]` of its block's padded arrays. NumPy can only move them with
 an index per timestep: build 8-byte source and destination indices for every row, gather,
 then scatter, once per column. Compiled, each run is one copy, all of a row's columns
 together, and the GIL is released while it runs, so the copy overlaps the Parquet reads

@@ -267,7 +267,7 @@ def format_inspection(found: Inspection) -> str:
     if found.parts:
         lines.append("split by id: " + ", ".join(f"{part} {count:,}"
                                                  for part, count in found.parts.items()))
-    shuffle = (f"sorted by length within shuffle windows of {found.shuffle_buffer:,}"
+    shuffle = (f"sorted by length within shuffle buffers of {found.shuffle_buffer:,}"
                if found.shuffle_buffer else "no shuffle: buckets fill in id order")
     lines.append(f"padding waste (padded / all timesteps), batch_size {found.batch_size}"
                  f"{'' if found.maxlen is None else f', maxlen {found.maxlen}'}, {shuffle}:")

@@ -14,7 +14,7 @@ from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.sequences import group_sequences
 from seqpipe.source import KIND_TEXT, SourceTable, column_roles, open_source, read_schema
-from seqpipe.stream import read_part, stream_order
+from seqpipe.stream import read_row_group, stream_order
 
 
 def validate(config: PipelineConfig) -> list[str]:
@@ -75,15 +75,15 @@ def validate_data(config: PipelineConfig) -> tuple[list[str], list[str]]:
     order = stream_order(files, config)
     problems: list = []
     tables, rows = [], 0
-    for part in order.parts:
+    for row_group in order.row_groups:
         try:
-            table = read_part(part, files.schema)
+            table = read_row_group(row_group, files.schema)
         except DataError as e:
             problems.append(e)
             continue
         rows += table.num_rows
         if order.whole_because is None:
-            _group(SourceTable(table, part.where, (part.file,)), config, problems)
+            _group(SourceTable(table, row_group.where, (row_group.file,)), config, problems)
         else:
             tables.append(table)
     if tables:
@@ -91,7 +91,7 @@ def validate_data(config: PipelineConfig) -> tuple[list[str], list[str]]:
                problems)
     how = ("a row group at a time, as it streams" if order.whole_because is None
            else "whole, as it is grouped in memory")
-    read = [f"data: read every value of {len(order.parts):,} row groups, {rows:,} rows, {how}"]
+    read = [f"data: read every value of {len(order.row_groups):,} row groups, {rows:,} rows, {how}"]
     return read, [str(p) for p in problems]
 
 

@@ -56,7 +56,7 @@ from seqpipe.materialized.write import SHARD_BYTES, check_out, encode_for_parts,
 from seqpipe.sequences import check_no_nulls, group_sequences, id_runs
 from seqpipe.source import SourceFiles, SourceTable, open_source
 from seqpipe.split import PARTS, id_hash
-from seqpipe.stream import Part, read_part
+from seqpipe.stream import RowGroup, read_row_group
 
 SHARD_SEED = 0x5E9_51A2D
 
@@ -123,9 +123,9 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
     return manifest
 
 
-def _row_groups(files: SourceFiles) -> list[Part]:
+def _row_groups(files: SourceFiles) -> list[RowGroup]:
     """Every row group that holds rows: the pieces Beam's workers read."""
-    pieces = [Part(piece, fragment.path, piece.row_groups[0].id, piece.row_groups[0].num_rows,
+    pieces = [RowGroup(piece, fragment.path, piece.row_groups[0].id, piece.row_groups[0].num_rows,
                    built_from=files.fingerprints[fragment.path])
               for fragment in files.dataset.get_fragments()
               for piece in fragment.split_by_row_group() if piece.row_groups[0].num_rows]
@@ -160,9 +160,9 @@ def _build(p, config: PipelineConfig, schema: pa.Schema, pieces: list, shards: d
          beam.pvalue.AsSingleton(counts), config, list(shards), temp, facts))
 
 
-def rows_by_id(piece: Part, config: PipelineConfig, schema: pa.Schema) -> Iterator[tuple]:
+def rows_by_id(piece: RowGroup, config: PipelineConfig, schema: pa.Schema) -> Iterator[tuple]:
     """The rows of each id in one row group: (id, one Arrow IPC record batch)."""
-    table = read_part(piece, schema)
+    table = read_row_group(piece, schema)
     id_name = config.source.id_column or ""  # materialize_on_beam requires one
     check_no_nulls(table[id_name], "source.id_column", id_name, piece.where)
     starts = id_runs(table[id_name])

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from seqpipe._internal import paths
-from seqpipe.batching import Windows
+from seqpipe.batching import KeptSteps
 from seqpipe.config import PipelineConfig, SplitConfig, load_config
 from seqpipe.errors import ConfigError, DataError
 from seqpipe.index import Index
@@ -53,7 +53,7 @@ class MaterializedPart:
         return read_chunks(list(self.files), self.config, self.ids, self.file_sequences,
                            self.id_texts)
 
-    def valid_labels(self, output: str, windows: Windows) -> np.ndarray:
+    def valid_labels(self, output: str, kept: KeptSteps) -> np.ndarray:
         return self.valid[output]  # counted inside the kept timesteps when written
 
     def sequences(self) -> Sequences:

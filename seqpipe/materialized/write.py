@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from seqpipe._internal import paths
 from seqpipe._internal.lazy import tensorflow
-from seqpipe.batching import Windows
+from seqpipe.batching import KeptSteps
 from seqpipe.config import PipelineConfig, SplitConfig, load_config
 from seqpipe.errors import DataError
 from seqpipe.index import missing_labels, valid_per_sequence
@@ -76,7 +76,7 @@ def _write(pipeline: Pipeline, config: PipelineConfig, out: str, overwrite: bool
     try:
         for part in parts:
             writers[part] = _PartWriter(paths.join(temp, part), config, shard_bytes, tf)
-        kept_all = pipeline.windows.length
+        kept_all = pipeline.kept_steps.length
         for first, chunk in pipeline.chunks():
             encoded = encode_for_parts(chunk, kept_all[first:first + len(chunk)], config)
             for part, writer in writers.items():
@@ -153,7 +153,7 @@ def encode_for_parts(chunk: Sequences, kept: np.ndarray, config: PipelineConfig)
     skip = chunk.lengths - kept if config.padding.truncating == "pre" else 0
     start = chunk.offsets[:-1] + skip
     records = list(encode_chunk(chunk, np.arange(n), start, kept, config))
-    valid = {name: valid_per_sequence(chunk.present[name], spec.level, Windows(start, kept))
+    valid = {name: valid_per_sequence(chunk.present[name], spec.level, KeptSteps(start, kept))
              for name, spec in config.outputs.items()}
     return EncodedChunk(chunk.ids, part_of(chunk.ids, config.split), kept, chunk.lengths,
                         records, valid)

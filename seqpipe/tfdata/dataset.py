@@ -82,8 +82,8 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
     config, token = pipeline.config, next(_TOKENS)
     _LIVE[token] = _Epochs(pipeline, read_early)
     # The dataset's functions are traced once per shape of config and told which dataset's
-    # epochs to read by a token; see `_traced_groups`.
-    dataset = tf.data.Dataset.from_tensors(np.int64(token)).flat_map(_traced_groups(config))
+    # epochs to read by a token; see `_traced_blocks`.
+    dataset = tf.data.Dataset.from_tensors(np.int64(token)).flat_map(_traced_blocks(config))
     # Every epoch has the same number of batches (bucket sizes do not change), and saying
     # so lets Keras show progress from the first epoch instead of warning at its end.
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(
@@ -117,7 +117,7 @@ def _epochs_of(token) -> Iterator[tuple]:
 
 
 class _Epochs:
-    """One dataset's epochs: each call yields the next epoch's groups, handed off
+    """One dataset's epochs: each call yields the next epoch's blocks, handed off
     (`handoff.HandOff`). `close` stops a first epoch nobody read and lets go of the pipeline."""
 
     def __init__(self, pipeline: Pipeline, read_early: bool = False) -> None:
@@ -136,17 +136,17 @@ class _Epochs:
         producer, self._warm = self._warm, None
         if producer is None or producer.stopped:
             producer = Background(self._pieces(pipeline, epoch))
-        # A group of no batches goes first. TensorFlow sets up its per-group machinery (the
-        # function that cuts a group into batches) on the first group it sees; with this
-        # one it does so while the first real group is still being assembled.
+        # A block of no batches goes first. TensorFlow sets up its per-block machinery (the
+        # function that cuts a block into batches) on the first block it sees; with this
+        # one it does so while the first real block is still being assembled.
         yield handoff.no_batches(pipeline.config)
         yield from producer
 
     @staticmethod
     def _pieces(pipeline: Pipeline, epoch: int) -> Iterator[tuple]:
         try:
-            for group in pipeline.groups(epoch):
-                yield handoff.hand_off(group, pipeline.config)
+            for block in pipeline.blocks(epoch):
+                yield handoff.hand_off(block, pipeline.config)
         except SeqpipeError as e:
             # TensorFlow hands the error on as an InvalidArgumentError whose first line
             # names its own function; the log says it first, as it happens.
@@ -200,7 +200,7 @@ _TRACED: dict = {}
 _TRACED_LOCK = threading.Lock()
 
 
-def _traced_groups(config: PipelineConfig):
+def _traced_blocks(config: PipelineConfig):
     """The dataset of one epoch's batches, from a dataset's token, as a `tf.function`
     traced once per process for each shape of config (input and output names, levels,
     widths).
@@ -217,14 +217,14 @@ def _traced_groups(config: PipelineConfig):
            tuple((name, s.level) for name, s in config.outputs.items()))
     with _TRACED_LOCK:
         if key not in _TRACED:
-            spec, split = handoff.spec(config), handoff.split_group(config)
+            spec, split = handoff.spec(config), handoff.split_block(config)
 
             def epoch(token):
-                groups = tf.data.Dataset.from_generator(_epochs_of, args=(token,),
+                blocks = tf.data.Dataset.from_generator(_epochs_of, args=(token,),
                                                         output_signature=spec)
-                # Groups are prefetched; batches are not. Cutting a batch out of its group
+                # Blocks are prefetched; batches are not. Cutting a batch out of its block
                 # is a few slices, cheaper than handing it over from a prefetch thread.
-                return groups.prefetch(1).flat_map(split)
+                return blocks.prefetch(1).flat_map(split)
 
             _TRACED[key] = tf.function(epoch, input_signature=[tf.TensorSpec((), tf.int64)])
         return _TRACED[key]

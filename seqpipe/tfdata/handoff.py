@@ -1,8 +1,8 @@
-"""The hand-off: one assembly group of NumPy batches, as tf.data receives it, and the
+"""The hand-off: one assembly block of NumPy batches, as tf.data receives it, and the
 tf.data function that cuts it into its batches.
 
-A group travels as one element (`HandOff`): its flat arrays, and where each batch lies in
-them (`Cuts`), computed in NumPy for all of the group's batches at once. tf.data then runs
+A block travels as one element (`HandOff`): its flat arrays, and where each batch lies in
+them (`Cuts`), computed in NumPy for all of the block's batches at once. tf.data then runs
 two ops per tensor per batch (a slice and a reshape) and no arithmetic.
 
 Every array is sliced in one dimension, inputs too (their `(rows, k)` arrays go to
@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from seqpipe._internal.lazy import tensorflow
-from seqpipe.assemble import BatchPlaces, Group
+from seqpipe.assemble import BatchPlaces, Block
 from seqpipe.config import PipelineConfig
 from seqpipe.pipeline import batch_structure
 
@@ -38,7 +38,7 @@ class Cut(NamedTuple):
 
 
 class Cuts(NamedTuple):
-    """Where each batch of a group lies, and its shape, by input and output name."""
+    """Where each batch of a block lies, and its shape, by input and output name."""
 
     x: Mapping[str, Cut]  # input -> its batches in the input's flat array
     x_shape: Mapping[str, Any]  # input -> (batches, rank) each batch's shape
@@ -48,7 +48,7 @@ class Cuts(NamedTuple):
 
 
 class HandOff(NamedTuple):
-    """One group as tf.data receives it: flat float32 arrays (views of the group's, no
+    """One block as tf.data receives it: flat float32 arrays (views of the block's, no
     copies) and the cuts."""
 
     cuts: Cuts
@@ -57,14 +57,14 @@ class HandOff(NamedTuple):
     sample_weight: Mapping[str, Any]
 
 
-def hand_off(group: Group, config: PipelineConfig) -> HandOff:
-    return HandOff(_cuts(group.places, config),
-                   {name: values.reshape(-1) for name, values in group.x.items()},
-                   group.y, group.sample_weight)
+def hand_off(block: Block, config: PipelineConfig) -> HandOff:
+    return HandOff(_cuts(block.places, config),
+                   {name: values.reshape(-1) for name, values in block.x.items()},
+                   block.y, block.sample_weight)
 
 
 def no_batches(config: PipelineConfig) -> HandOff:
-    """A group of no batches."""
+    """A block of no batches."""
     empty = np.zeros(0, dtype=np.float32)
     return HandOff(_cuts(_places(0), config), {name: empty for name in config.inputs},
                    {name: empty for name in config.outputs},
@@ -111,8 +111,8 @@ def spec(config: PipelineConfig) -> HandOff:
                    {name: flat for name in config.outputs})
 
 
-def split_group(config: PipelineConfig):
-    """The tf.data function that cuts one group into its padded batches: each batch is a
+def split_block(config: PipelineConfig):
+    """The tf.data function that cuts one block into its padded batches: each batch is a
     slice of every flat array, reshaped; no data is copied."""
     tf = tensorflow()
     known = _static_shapes(config)
@@ -122,8 +122,8 @@ def split_group(config: PipelineConfig):
         values.set_shape(static)  # the static shape the vectors cannot carry
         return values
 
-    def split(group: HandOff):
-        x, y, weights = group.x, group.y, group.sample_weight
+    def split(block: HandOff):
+        x, y, weights = block.x, block.y, block.sample_weight
 
         def batch(c: Cuts):
             xs = {name: cut(x[name], c.x[name], c.x_shape[name], known["x"][name])
@@ -137,7 +137,7 @@ def split_group(config: PipelineConfig):
                 ws[name] = cut(weights[name], where, c.weight_shape[name], known["w"][name])
             return xs, ys, ws
 
-        return map_in_caller(tf.data.Dataset.from_tensor_slices(group.cuts), batch)
+        return map_in_caller(tf.data.Dataset.from_tensor_slices(block.cuts), batch)
 
     return split
 

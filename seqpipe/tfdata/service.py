@@ -3,7 +3,7 @@
 `load_materialized(DIR, service=...)` cannot ship seqpipe's NumPy planner to a worker: a
 tf.data service worker runs a serialized graph and no Python. So this pipeline is built
 from TensorFlow ops only: the shard files (the unit the dispatcher hands out in
-`distributed_epoch` mode), `parse_single_example`, a shuffle buffer, then windows of
+`distributed_epoch` mode), `parse_single_example`, a shuffle buffer, then stretches of
 records sorted by length and cut into batches (`records_dataset`), padding, and the sample
 weights made with the same rules as `seqpipe.weights`.
 
@@ -30,8 +30,8 @@ PROCESSING_MODES = ("distributed_epoch", "parallel_epochs")
 def records_dataset(part: Any):
     """The `(x, y, sample_weight)` batches of a materialized part, in TensorFlow ops only.
 
-    Records are shuffled in a buffer of `shuffle.buffer_size`, taken `Tuning.window_batches`
-    batches' worth at a time, sorted by length within that window and cut into batches of
+    Records are shuffled in a buffer of `shuffle.buffer_size`, taken `Tuning.sort_batches`
+    batches' worth at a time, sorted by length within that stretch and cut into batches of
     `batch_size`, which go out in random order: padding stays low without bucket
     boundaries. (tf.data's `bucket_by_sequence_length` after a shuffle delivered every
     sequence once per worker under `distributed_epoch` in our tests, TF 2.21, so it is not
@@ -58,9 +58,9 @@ def records_dataset(part: Any):
     padding_values = {key: (tf.constant(0, tf.int32) if key == "length" else
                             tf.constant(np.nan if key.startswith("y/") else pad, tf.float32))
                       for key in dataset.element_spec}
-    dataset = dataset.padded_batch(tuning.TUNING.window_batches * size,
+    dataset = dataset.padded_batch(tuning.TUNING.sort_batches * size,
                                    padding_values=padding_values)
-    return dataset.flat_map(_cut_window(config)).map(_finish(config, mean_valid))
+    return dataset.flat_map(_cut_sorted(config)).map(_finish(config, mean_valid))
 
 
 def _parse(config: PipelineConfig):
@@ -84,17 +84,17 @@ def _parse(config: PipelineConfig):
     return parse
 
 
-def _cut_window(config: PipelineConfig):
-    """The function that sorts one window of records by length and cuts it into batches,
+def _cut_sorted(config: PipelineConfig):
+    """The function that sorts one stretch of records by length and cuts it into batches,
     in random order when shuffling."""
     tf = tensorflow()
     size = config.batching.batch_size
     timestep_keys = {f"x/{n}" for n, s in config.inputs.items() if s.level == "timestep"} | {
         f"y/{n}" for n, s in config.outputs.items() if s.level == "timestep"}
 
-    def cut(window):
-        order = tf.argsort(window["length"], stable=True)
-        window = {key: tf.gather(values, order) for key, values in window.items()}
+    def cut(stretch):
+        order = tf.argsort(stretch["length"], stable=True)
+        stretch = {key: tf.gather(values, order) for key, values in stretch.items()}
         count = tf.shape(order)[0]
         starts = tf.range(0, count, size)
         if config.batching.drop_remainder:
@@ -102,9 +102,9 @@ def _cut_window(config: PipelineConfig):
 
         def batch(start):
             stop = tf.minimum(start + size, count)
-            steps = tf.reduce_max(window["length"][start:stop])
+            steps = tf.reduce_max(stretch["length"][start:stop])
             return {key: values[start:stop, :steps] if key in timestep_keys
-                    else values[start:stop] for key, values in window.items()}
+                    else values[start:stop] for key, values in stretch.items()}
 
         if config.shuffle.buffer_size:
             starts = tf.random.shuffle(starts)
