@@ -18,10 +18,10 @@ class _FrameSource:
     chunk, that counts what it 'filled' as it is read."""
 
     streamed, shared, file_count, unlabelled = True, False, 0, ()
-    report_fields: dict = {}
 
     def __init__(self, config, table: pa.Table, counted: dict) -> None:
         self.config, self.where, self._counted = config, "a pandas frame", counted
+        self.report_fields: dict = {}
         frame = table.to_pandas().sort_values(["id", "t"])
         groups = [g for _, g in frame.groupby("id", sort=True)]
         lengths = np.array([len(g) for g in groups])
