@@ -30,6 +30,7 @@ class Report:
     streamed: bool = False  # read one row group at a time rather than grouped whole
     split: Optional[str] = None  # the part read: train, validation or test; None for all
     source_sequences: Optional[int] = None  # sequences in the source, all parts together
+    reading: Optional[str] = None  # how it is read, when not by row group or whole
 
     def changes(self) -> list[str]:
         """What seqpipe dropped or changed, one phrase each; empty when nothing."""
@@ -48,10 +49,12 @@ class Report:
         return changes
 
     def __str__(self) -> str:
+        reading = self.reading or ("streamed by row group" if self.streamed
+                                   else "grouped whole, in memory")
         lines = [
             f"source: {self.source} ({f'{self.files} files, ' if self.files else ''}"
             f"{self.rows:,} rows; "
-            f"{'streamed by row group' if self.streamed else 'grouped whole, in memory'})",
+            f"{reading})",
             f"sequences: {self.sequences:,}, timesteps: {self.timesteps:,}"
             + (f" (split {self.split!r}: {self.sequences:,} of the source's "
                f"{self.source_sequences:,} sequences)" if self.split else ""),

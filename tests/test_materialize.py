@@ -61,6 +61,19 @@ def test_load_materialized_equals_build_dataset_batch_for_batch(tmp_path, source
                             load_materialized(out, split=part))
 
 
+def test_the_report_of_a_materialized_part_says_it_is_streamed_from_its_records(tmp_path):
+    from seqpipe import Pipeline
+    from seqpipe.materialized.read import open_part
+
+    path = write(tmp_path / "d.parquet", long_table(LENGTHS, seed=2), 300)
+    out = tmp_path / "out"
+    materialize(load_config(base_config(path)), out)
+    report = Pipeline.from_source(open_part(out)).report
+    assert report.streamed
+    assert "streamed from its TFRecord files" in str(report)
+    assert "in memory" not in str(report)
+
+
 def test_a_record_holds_the_sequence_pyarrow_reads(tmp_path):
     """Any TensorFlow job can parse the records: each holds the sequence in time order,
     truncated, with NaN where its label is missing."""

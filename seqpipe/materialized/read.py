@@ -151,7 +151,8 @@ def _report_fields(folder: str, manifest: dict, split: str) -> dict:
         "timesteps": info["timesteps"], "truncated_sequences": info["truncated_sequences"],
         "truncated_timesteps": info["truncated_timesteps"],
         "empty_sequences_dropped": source["empty_sequences_dropped"],
-        "split": split if split != "all" else None, "source_sequences": source["sequences"]}
+        "split": split if split != "all" else None, "source_sequences": source["sequences"],
+        "streamed": True, "reading": "streamed from its TFRecord files"}
 
 
 def _read_index(file: str, config: PipelineConfig) -> pa.Table:
