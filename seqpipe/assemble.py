@@ -20,7 +20,7 @@ from seqpipe._internal.buffers import ALIGNMENT, SHARED, BufferPool
 from seqpipe.batching import EpochPlan
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
-from seqpipe.sequences import Sequences, ranges
+from seqpipe.sequences import Sequences, offsets_of, ranges
 from seqpipe.weights import batch_weights
 
 
@@ -279,7 +279,7 @@ def _take(chunk: Sequences, local: np.ndarray, config: PipelineConfig) -> Sequen
                            else values[at])
         return taken
 
-    return Sequences(chunk.ids[local], np.concatenate([[0], np.cumsum(lengths)]),
+    return Sequences(chunk.ids[local], offsets_of(lengths),
                      take(chunk.features), take(chunk.labels), take(chunk.present))
 
 

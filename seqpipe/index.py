@@ -30,7 +30,13 @@ from seqpipe._internal.threads import ordered_map
 from seqpipe.batching import KeptSteps
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
-from seqpipe.sequences import Sequences, group_sequences, list_columns, sequence_lengths
+from seqpipe.sequences import (
+    Sequences,
+    group_sequences,
+    list_columns,
+    offsets_of,
+    sequence_lengths,
+)
 from seqpipe.shard import Shard, shard_order
 from seqpipe.source import SourceFiles, SourceTable, column_roles, open_source, read_source
 from seqpipe.stream import StreamOrder, stream_chunks, stream_order
@@ -55,18 +61,14 @@ class Index:
 
     @classmethod
     def of_lengths(cls, ids: np.ndarray, lengths: np.ndarray, rows: int) -> Index:
-        return cls(ids, _offsets(lengths), {}, rows)
+        return cls(ids, offsets_of(lengths), {}, rows)
 
     @classmethod
     def concat(cls, pieces: list, rows: int, dropped: int) -> Index:
         return cls(np.concatenate([p.ids for p in pieces]),
-                   _offsets(np.concatenate([p.lengths for p in pieces])),
+                   offsets_of(np.concatenate([p.lengths for p in pieces])),
                    {name: np.concatenate([p.present[name] for p in pieces])
                     for name in pieces[0].present}, rows, dropped)
-
-
-def _offsets(lengths: np.ndarray) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
 
 class SequenceSource(Protocol):
@@ -139,7 +141,8 @@ def open_sequences(config: PipelineConfig, data: Any = None,
             "seqpipe groups %s whole, in memory: %s. Sort the rows by %s (and write the files "
             "in that order) to stream it with bounded memory.", files.where,
             order.whole_because, config.source.id_column)
-        return GroupedTable(config, read_source(config), file_count=len(files.files))
+        return GroupedTable(config, read_source(config, files=files),
+                            file_count=len(files.files))
     ranged = shard_order(order, shard, config.source.layout) if shard is not None else None
     return StreamedParquet(config, files, ranged or order, shared=ranged is not None)
 

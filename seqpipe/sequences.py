@@ -54,15 +54,19 @@ class Sequences:
         return len(self.ids)
 
 
+def offsets_of(lengths: np.ndarray) -> np.ndarray:
+    """(n + 1,) int64 offsets of sequences of these lengths laid end to end."""
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
 def concat_sequences(pieces: list[Sequences]) -> Sequences:
     """Chunks of sequences (each with its features as matrices) as one `Sequences`."""
     def joined(field):
         return {name: np.concatenate([getattr(p, field)[name] for p in pieces])
                 for name in getattr(pieces[0], field)}
 
-    lengths = np.concatenate([p.lengths for p in pieces])
     return Sequences(np.concatenate([p.ids for p in pieces]),
-                     np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                     offsets_of(np.concatenate([p.lengths for p in pieces])),
                      joined("features"), joined("labels"), joined("present"))
 
 
@@ -304,7 +308,7 @@ def _group_nested(table: pa.Table, config: PipelineConfig, where: str, with_inpu
     lengths = _list_lengths(table[reference])
     if (lengths < 0).any():
         raise _null_list_error(table, reference, lists[0][1], lengths, sequence_ids, where)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    offsets = offsets_of(lengths)
     columns = {}
     for column, key, may_be_null in lists:
         columns[column, "timestep"] = _flatten(table[column], lengths, offsets, column, key,
@@ -321,7 +325,7 @@ def _group_nested(table: pa.Table, config: PipelineConfig, where: str, with_inpu
             columns[column, level] = table[column].to_numpy()[keep]
     if not keep.all():
         sequence_ids = sequence_ids[keep]
-        offsets = np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64)
+        offsets = offsets_of(lengths[keep])
     return sequence_ids, offsets, columns, int((~keep).sum())
 
 

@@ -188,12 +188,14 @@ def source_schema(path: str) -> pa.Schema:
     return _open_dataset(path).schema
 
 
-def read_source(config: PipelineConfig, data: Any = None) -> SourceTable:
+def read_source(config: PipelineConfig, data: Any = None,
+                files: Optional[SourceFiles] = None) -> SourceTable:
     """Reads the columns the config needs from `source.path` or from in-memory `data`.
 
     Args:
       config: a validated pipeline config.
       data: a pandas DataFrame or pyarrow Table to use instead of `source.path`.
+      files: the source already opened (`open_source`), so that it is not opened again.
 
     Returns:
       A `SourceTable` whose numeric columns are float32 (or list<float32>).
@@ -208,7 +210,7 @@ def read_source(config: PipelineConfig, data: Any = None) -> SourceTable:
         _check_schema(table.schema, roles, "the in-memory data", set())
         _check_ranges(table, roles)
         return SourceTable(_cast(table, roles), "the in-memory data", ())
-    source = open_source(config)
+    source = files if files is not None else open_source(config)
     try:
         table = source.dataset.to_table(columns=list(source.schema.names))
     except (pa.ArrowException, OSError) as e:

@@ -27,7 +27,7 @@ from seqpipe import tuning
 from seqpipe._internal.lazy import tensorflow
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
-from seqpipe.sequences import Sequences
+from seqpipe.sequences import Sequences, offsets_of
 
 
 def _varint(value: int) -> bytes:
@@ -166,7 +166,7 @@ def _read_chunks(files, config, ids, texts, file_sequences, tf):
         lengths = batch["length"]
         n = len(lengths)
         _check_ids(batch["id"], texts, first, files, file_sequences)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        offsets = offsets_of(lengths)
         features = {}
         for name, s in config.inputs.items():
             features[name] = batch[f"x/{name}"].reshape(-1, len(s.columns))
