@@ -9,6 +9,7 @@ from seqpipe.errors import ConfigError, DataError, SeqpipeError, SourceNotFoundE
 from seqpipe.materialized.write import materialize
 from seqpipe.pipeline import Batch, Pipeline
 from seqpipe.report import Report
+from seqpipe.statistics import Statistics
 from seqpipe.tfdata.dataset import build_dataset, element_spec
 from seqpipe.tfdata.load import load_materialized
 
@@ -16,6 +17,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batch", "ConfigError", "DataError", "Pipeline", "PipelineConfig", "Report",
-    "SeqpipeError", "SourceNotFoundError", "build_dataset", "element_spec", "load_config",
-    "load_materialized", "materialize",
+    "SeqpipeError", "SourceNotFoundError", "Statistics", "build_dataset", "element_spec",
+    "load_config", "load_materialized", "materialize",
 ]

@@ -73,9 +73,12 @@ class Block:
                 return flat[s0:s0 + size].reshape((size,) + tail)
             return flat[t0:t0 + size * steps].reshape((size, steps) + tail)
 
-        x = {name: shaped(self.x[name], spec.level, len(spec.columns))
+        x = {name: shaped(self.x[name], spec.level, *spec.tail)
              for name, spec in config.inputs.items()}
-        y = {name: shaped(self.y[name], spec.level, 1) for name, spec in config.outputs.items()}
+        if config.padding.mask:
+            x[config.padding.mask] = shaped(self.x[config.padding.mask], "timestep")
+        y = {name: shaped(self.y[name], spec.level, spec.width)
+             for name, spec in config.outputs.items()}
         weights = {name: shaped(self.sample_weight[name], spec.level)
                    for name, spec in config.outputs.items()}
         return x, y, weights
@@ -193,9 +196,10 @@ class Assembler:
         rows = places.ends()
         config, value = self.config, self.config.padding.value
         # Every real position is written by a chunk later; only the padding is set here.
-        x = {name: self.buffers.empty((rows[spec.level], len(spec.columns)))
+        x = {name: self.buffers.empty((rows[spec.level], *spec.tail), spec.dtype)
              for name, spec in config.inputs.items()}
-        y = {name: self.buffers.empty((rows[spec.level],))
+        y = {name: self.buffers.empty((rows[spec.level],) + ((spec.width,) if spec.width > 1
+                                                             else ()), spec.dtype)
              for name, spec in config.outputs.items()}
         valid = {name: np.zeros(rows[spec.level], dtype=bool)
                  for name, spec in config.outputs.items()}
@@ -204,9 +208,13 @@ class Assembler:
         padding = np.concatenate([self._padding_positions(members, places),
                                   empty["timestep"]])
         for name, spec in config.inputs.items():
-            x[name][padding if spec.level == "timestep" else empty[spec.level]] = value
+            x[name][padding if spec.level == "timestep" else empty[spec.level]] = (
+                0 if spec.categorical else value)
         for name, output in config.outputs.items():
             y[name][padding if output.level == "timestep" else empty[output.level]] = value
+        if config.padding.mask:  # every position a sequence does not fill is padding
+            mask = x[config.padding.mask] = np.ones(rows["timestep"], dtype=bool)
+            mask[padding] = False
         return Block(places, members, x, y, valid, {}, int(self.members_per_block[g]),
                      config.levels)
 

@@ -56,10 +56,11 @@ class SourceConfig(Section):
 
 @dataclasses.dataclass(frozen=True)
 class InputConfig(Section):
-    """One model input: which columns feed it and at which level."""
+    """One model input: which columns feed it, at which level, and how they are prepared."""
 
     columns: tuple[str, ...] = field(
-        doc="Numeric columns, stacked in this order on the last axis.",
+        doc="Numeric columns, stacked in this order on the last axis; or, with "
+        "categorical: true, the one column whose values are categories.",
         check=lambda v: len(v) > 0 and len(set(v)) == len(v),
         rule="must be a non-empty list of distinct column names")
     level: Level = field(
@@ -67,22 +68,65 @@ class InputConfig(Section):
     fill_value: Union[float, Mapping[str, float], None] = field(
         None, "Replaces NaN, null and infinite values: one number for every column, or "
         "{column: number}. null (default), or a column left out, makes them an error, "
-        "because a NaN feature silently turns every loss it touches into NaN.",
+        "because a NaN feature silently turns every loss it touches into NaN; with "
+        "normalize or missing_indicators, null means 0 (after scaling).",
         check=lambda v: all(math.isfinite(x) for x in _fills(v)),
         rule="must be a finite number, a mapping of column -> finite number, or null")
+    normalize: Optional[Literal["standard", "minmax"]] = field(
+        None, "standard: (value - mean) / std; minmax: min -> 0, max -> 1; statistics per "
+        "column over present values at kept timesteps of the train part. null: as read.")
+    time_delta: bool = field(
+        False, "Appends one column: time since the sequence's previous kept timestep, 0 at "
+        "the first (time_column units; seconds for dates and timestamps).")
+    missing_indicators: bool = field(
+        False, "Appends one 0/1 column per column: 1 where the value was missing and filled.")
+    categorical: bool = field(
+        False, "The one column holds categories (string, integer, boolean or dictionary): "
+        "int32 ids, 0 padding, 1 missing or unseen, 2.. the vocabulary by frequency.")
+    max_tokens: Optional[int] = field(
+        None, "With categorical: keep at most this many values, the most frequent; the "
+        "rest map to 1. null keeps every value seen in the train part.",
+        check=_positive, rule="must be a positive integer or null")
 
     def fill_for(self, column: str) -> Optional[float]:
         """The value that replaces a missing value of `column`, or None for an error."""
         if isinstance(self.fill_value, Mapping):
-            return self.fill_value.get(column)
-        return self.fill_value
+            value = self.fill_value.get(column)
+        else:
+            value = self.fill_value
+        if value is None and (self.normalize or self.missing_indicators):
+            return 0.0
+        return value
+
+    @property
+    def width(self) -> int:
+        """Values per timestep (or per sequence) the model receives; 1 for categorical."""
+        if self.categorical:
+            return 1
+        return (len(self.columns) * (2 if self.missing_indicators else 1)
+                + int(self.time_delta))
+
+    @property
+    def dtype(self) -> str:
+        return "int32" if self.categorical else "float32"
+
+    @property
+    def tail(self) -> tuple[int, ...]:
+        """The shape after (batch, time) or (batch,): categorical ids have no last axis."""
+        return () if self.categorical else (self.width,)
 
 
 @dataclasses.dataclass(frozen=True)
 class OutputConfig(Section):
-    """One model output: its label column, its level and how its sample weights are made."""
+    """One model output: its label columns, its level and how its sample weights are made."""
 
-    column: str = field(doc="The label column. Null or NaN labels are missing: weight 0.")
+    column: Optional[str] = field(
+        None, "The label column. Null or NaN labels are missing: weight 0.")
+    columns: Optional[tuple[str, ...]] = field(
+        None, "Several label columns instead of `column`: y (batch, time, k); a timestep "
+        "counts only when all of them are present.",
+        check=lambda v: v is None or (len(v) > 0 and len(set(v)) == len(v)),
+        rule="must be a non-empty list of distinct column names or null")
     level: Level = field(
         "timestep", "timestep: y (batch, time, 1), weight (batch, time); "
         "sequence: y (batch, 1), weight (batch,).")
@@ -95,6 +139,22 @@ class OutputConfig(Section):
         False, "true lets the label column also feed an input (an autoencoder reconstructs "
         "its input), with a warning; false refuses it, because a label fed to the model as a "
         "feature is a leak.")
+    categorical: bool = field(
+        False, "The label holds classes (string, integer, boolean or dictionary): int32 "
+        "class ids 0..C-1 by frequency in the train part; a missing or unseen class weighs 0.")
+
+    @property
+    def label_columns(self) -> tuple[str, ...]:
+        """The label columns, in the order they fill y's last axis."""
+        return self.columns or ((self.column,) if self.column else ())
+
+    @property
+    def width(self) -> int:
+        return len(self.label_columns)
+
+    @property
+    def dtype(self) -> str:
+        return "int32" if self.categorical else "float32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +171,11 @@ class PaddingConfig(Section):
         "post", "Which end of a long sequence is cut (pad_sequences `truncating`): "
         "pre cuts the start and keeps the latest timesteps.")
     value: float = field(
-        0.0, "Written at padded positions of features and labels.",
+        0.0, "Written at padded positions of features and labels (categorical ids: 0).",
         check=_finite, rule="must be a finite number")
+    mask: Optional[str] = field(
+        None, "The name of an extra input, bool (batch, time), True at real timesteps: for "
+        "layers that take mask= (RNNs, attention). null: no mask input.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,8 +283,10 @@ def _check_cross_fields(config: PipelineConfig) -> None:
     """The rules that tie several keys together, one group of sections at a time."""
     _check_inputs(config)
     _check_source_and_split(config)
+    _check_outputs(config)
     _check_label_leaks(config)
     _check_feature_columns(config)
+    _check_preparation(config)
     _check_batching(config)
 
 
@@ -236,6 +301,55 @@ def _check_inputs(config: PipelineConfig) -> None:
     clash = set(config.inputs) & set(config.outputs)
     if clash:
         raise ConfigError(f"a name cannot be both an input and an output; got {sorted(clash)}")
+    mask = config.padding.mask
+    if mask is not None and (mask in config.inputs or mask in config.outputs):
+        raise ConfigError(
+            f"padding.mask {mask!r} is also the name of an input or output; the mask is an "
+            f"input of its own. Give it another name, say 'timestep_mask'.")
+
+
+def _check_outputs(config: PipelineConfig) -> None:
+    for name, output in config.outputs.items():
+        if (output.column is None) == (output.columns is None):
+            raise ConfigError(
+                f"outputs.{name} needs exactly one of column (one label column) or columns "
+                f"(several); got column={output.column!r}, columns="
+                f"{list(output.columns) if output.columns else None!r}")
+        if output.categorical and output.columns is not None and len(output.columns) > 1:
+            raise ConfigError(
+                f"outputs.{name}.categorical takes one label column; got columns "
+                f"{list(output.columns)}. Make one output per categorical label.")
+
+
+def _check_preparation(config: PipelineConfig) -> None:
+    """normalize, time_delta, missing_indicators and categorical, input by input."""
+    for name, spec in config.inputs.items():
+        key = f"inputs.{name}"
+        if spec.categorical:
+            if len(spec.columns) != 1:
+                raise ConfigError(
+                    f"{key}.categorical takes exactly one column, whose values become ids; "
+                    f"got columns {list(spec.columns)}. Make one input per categorical "
+                    f"column.")
+            for option in ("normalize", "time_delta", "missing_indicators"):
+                if getattr(spec, option):
+                    raise ConfigError(
+                        f"{key}.{option} does not apply to a categorical input (its values "
+                        f"are ids, and a missing one is id 1); got {option}: "
+                        f"{getattr(spec, option)!r}. Put numeric columns in another input.")
+            if spec.fill_value is not None:
+                raise ConfigError(
+                    f"{key}.fill_value does not apply to a categorical input: a missing "
+                    f"value is id 1. Remove it; got {spec.fill_value!r}")
+        elif spec.max_tokens is not None:
+            raise ConfigError(f"{key}.max_tokens needs {key}.categorical: true; got "
+                              f"max_tokens: {spec.max_tokens}")
+        if spec.time_delta and spec.level == "sequence":
+            raise ConfigError(f"{key}.time_delta needs level: timestep (a time between "
+                              f"timesteps); {key} has level: sequence")
+        if spec.time_delta and not config.source.time_column:
+            raise ConfigError(f"{key}.time_delta needs source.time_column, the times it "
+                              f"takes differences of; none is set")
 
 
 def _check_source_and_split(config: PipelineConfig) -> None:
@@ -298,9 +412,11 @@ def _check_label_leaks(config: PipelineConfig) -> None:
     fed = {c: f"inputs.{name}.columns" for name, spec in config.inputs.items()
            for c in spec.columns}
     for name, output in config.outputs.items():
-        if output.column in fed and not output.also_input:
+        leaked = [c for c in output.label_columns if c in fed]
+        if leaked and not output.also_input:
+            column, key = leaked[0], "column" if output.column else "columns"
             raise ConfigError(
-                f"outputs.{name}.column {output.column!r} is also in {fed[output.column]}: the "
+                f"outputs.{name}.{key} {column!r} is also in {fed[column]}: the "
                 f"model would be fed the label it has to predict (a label leak). Use another "
                 f"column for the input or the label (a shifted copy, say), or set "
                 f"outputs.{name}.also_input: true if the model reconstructs its input.")
@@ -309,7 +425,8 @@ def _check_label_leaks(config: PipelineConfig) -> None:
 def leaked_labels(config: PipelineConfig) -> list[str]:
     """The outputs whose label column also feeds an input, as `also_input` allows."""
     fed = {c for spec in config.inputs.values() for c in spec.columns}
-    return [name for name, spec in config.outputs.items() if spec.column in fed]
+    return [name for name, spec in config.outputs.items()
+            if any(c in fed for c in spec.label_columns)]
 
 
 def load_config(source: Union[str, os.PathLike, Mapping, PipelineConfig],

@@ -39,6 +39,7 @@ from seqpipe.sequences import (
 )
 from seqpipe.shard import Shard, shard_order
 from seqpipe.source import SourceFiles, SourceTable, column_roles, open_source, read_source
+from seqpipe.statistics import Statistics
 from seqpipe.stream import StreamOrder, stream_chunks, stream_order
 
 logger = logging.getLogger("seqpipe")
@@ -85,6 +86,9 @@ class SequenceSource(Protocol):
       report_fields: `Report` fields the source knows before any epoch (what grouping
         filled, what a materialized output counted when it was written).
       unlabelled: outputs known when opening to have no label at all.
+      statistics: the `seqpipe.Statistics` its chunks were already prepared with (a
+        materialized part holds model-ready values), or None: its chunks are raw, and the
+        pipeline scales and encodes them (`seqpipe.transform`).
     """
 
     @property
@@ -110,6 +114,9 @@ class SequenceSource(Protocol):
 
     @property
     def unlabelled(self) -> tuple[str, ...]: ...
+
+    @property
+    def statistics(self) -> Optional[Statistics]: ...
 
     def chunks(self, in_part: np.ndarray) -> Generator[tuple[int, Sequences], None, Any]:
         """Every sequence of the index, grouped and untruncated, in index order, a chunk at
@@ -153,6 +160,7 @@ class GroupedTable:
     streamed = False
     shared = False
     unlabelled: tuple[str, ...] = ()
+    statistics = None
 
     def __init__(self, config: PipelineConfig, table: SourceTable, file_count: int = 0) -> None:
         self.config, self.where, self.file_count = config, table.where, file_count
@@ -176,9 +184,10 @@ class GroupedTable:
                 return {name: values[steps if levels[name] == "timestep" else rows]
                         for name, values in arrays.items()}
 
+            times = None if sequences.times is None else sequences.times[t0:t1]
             yield int(a), Sequences(sequences.ids[a:b], offsets[a:b + 1] - t0,
                                     cut(sequences.features), cut(sequences.labels),
-                                    cut(sequences.present))
+                                    cut(sequences.present), times)
 
     def valid_labels(self, output: str, kept: KeptSteps) -> np.ndarray:
         return valid_per_sequence(self.index.present[output], self.config.levels[output],
@@ -197,6 +206,7 @@ class StreamedParquet:
 
     streamed = True
     report_fields: Mapping[str, Any] = {}
+    statistics = None
 
     def __init__(self, config: PipelineConfig, files: SourceFiles, order: StreamOrder,
                  shared: bool = False) -> None:

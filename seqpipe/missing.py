@@ -3,6 +3,9 @@
 A null or NaN label is missing: it is filled with its output's `fill_value` (so that it is
 finite) and marked not `present`, which gives it weight 0. A NaN, null or infinite feature
 is an error unless its input sets `fill_value`; every filled value is counted, per column.
+An input that is scaled or flags its missing values keeps them as NaN here, counted:
+`seqpipe.transform` fills them after scaling. A missing category (a null) is counted and
+becomes id 1 there.
 """
 
 from __future__ import annotations
@@ -13,10 +16,23 @@ from seqpipe.errors import DataError, raise_or_collect
 
 
 def features(columns, ids, offsets, config, where, as_columns: bool, problems):
-    if as_columns:
-        return _feature_columns(columns, config, where, problems)
     features, filled = {}, {}
     for name, spec in config.inputs.items():
+        if spec.categorical:
+            values = columns[spec.columns[0], spec.level]
+            features[name] = values
+            missing = int(np.count_nonzero(values.codes < 0))
+            if missing:
+                filled[f"inputs.{name}.{spec.columns[0]}"] = missing
+    numeric = {name: spec for name, spec in config.inputs.items() if not spec.categorical}
+    found, counts = (_feature_columns(columns, numeric, where, problems) if as_columns
+                     else _feature_matrices(columns, ids, offsets, numeric, where, problems))
+    return {**features, **found}, {**filled, **counts}
+
+
+def _feature_matrices(columns, ids, offsets, inputs, where, problems):
+    features, filled = {}, {}
+    for name, spec in inputs.items():
         rows = len(ids) if spec.level == "sequence" else int(offsets[-1])
         matrix = np.empty((rows, len(spec.columns)), dtype=np.float32)
         for j, column in enumerate(spec.columns):
@@ -31,17 +47,24 @@ def features(columns, ids, offsets, config, where, as_columns: bool, problems):
                                                               where))
             for j, column in enumerate(spec.columns):
                 if counts[j] and fills[j] is not None:
-                    matrix[bad[:, j], j] = fills[j]
+                    if not deferred(spec):
+                        matrix[bad[:, j], j] = fills[j]
                     filled[f"inputs.{name}.{column}"] = int(counts[j])
         features[name] = matrix
     return features, filled
 
 
-def _feature_columns(columns, config, where, problems):
-    """Like `_features`, but each input as a tuple of its columns: no matrix is built, and
-    columns read straight from Arrow are not copied unless a value has to be filled."""
+def deferred(spec) -> bool:
+    """Whether an input's missing values stay NaN until `seqpipe.transform` fills them: after
+    scaling, or beside their indicator columns."""
+    return bool(spec.normalize or spec.missing_indicators)
+
+
+def _feature_columns(columns, inputs, where, problems):
+    """Like `_feature_matrices`, but each input as a tuple of its columns: no matrix is
+    built, and columns read straight from Arrow are not copied unless a value is filled."""
     features, filled = {}, {}
-    for name, spec in config.inputs.items():
+    for name, spec in inputs.items():
         values = [np.asarray(columns[c, spec.level], dtype=np.float32) for c in spec.columns]
         counts = np.array([v.size - np.count_nonzero(np.isfinite(v)) for v in values])
         if counts.any():
@@ -53,8 +76,9 @@ def _feature_columns(columns, config, where, problems):
                                                               where))
             for j, column in enumerate(spec.columns):
                 if counts[j] and fills[j] is not None:
-                    values[j] = np.where(np.isfinite(values[j]), values[j],
-                                         np.float32(fills[j]))
+                    if not deferred(spec):
+                        values[j] = np.where(np.isfinite(values[j]), values[j],
+                                             np.float32(fills[j]))
                     filled[f"inputs.{name}.{column}"] = int(counts[j])
         features[name] = tuple(values)
     return features, filled
@@ -78,11 +102,23 @@ def labels(columns, config, where, problems):
 
     labels, present = {}, {}
     for name, output in config.outputs.items():
-        labels[name], present[name], infinite = fill_missing(
-            columns[output.column, output.level], output.fill_value)
-        if infinite:
-            raise_or_collect(problems, DataError(
-                f"outputs.{name}: column {output.column!r} has {infinite:,} infinite labels in "
-                f"{where} (or values beyond float32's range); a label must be finite, or "
-                f"null/NaN when missing"))
+        if output.categorical:
+            labels[name] = columns[output.label_columns[0], output.level]
+            present[name] = labels[name].codes >= 0
+            continue
+        found = []
+        for column in output.label_columns:
+            values, here, infinite = fill_missing(columns[column, output.level],
+                                                  output.fill_value)
+            found.append((values, here))
+            if infinite:
+                raise_or_collect(problems, DataError(
+                    f"outputs.{name}: column {column!r} has {infinite:,} infinite labels in "
+                    f"{where} (or values beyond float32's range); a label must be finite, or "
+                    f"null/NaN when missing"))
+        if len(found) == 1:
+            labels[name], present[name] = found[0]
+        else:  # a timestep counts only when every one of its labels is present
+            labels[name] = np.stack([values for values, _ in found], axis=1)
+            present[name] = np.logical_and.reduce([here for _, here in found])
     return labels, present

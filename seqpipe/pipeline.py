@@ -8,6 +8,7 @@ this in tf.data.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import logging
@@ -36,6 +37,8 @@ from seqpipe.report import Report
 from seqpipe.sequences import Sequences, show_id
 from seqpipe.shard import Shard, hash_mask
 from seqpipe.split import PARTS, check_part, part_of
+from seqpipe.statistics import Statistics, categorical_names, compute, needed
+from seqpipe.transform import Transform, changes_values
 
 logger = logging.getLogger("seqpipe")
 
@@ -52,19 +55,23 @@ class Batch:
 
 
 def batch_structure(config: PipelineConfig) -> Any:
-    """One batch's structure as plain data: `{"shape": [...], "dtype": "float32"}` leaves
-    in the `(x, y, sample_weight)` tuple (x alone without outputs). No TensorFlow."""
-    def spec(*shape):
-        return {"shape": list(shape), "dtype": "float32"}
+    """One batch's structure as plain data: `{"shape": [...], "dtype": ...}` leaves in the
+    `(x, y, sample_weight)` tuple (x alone without outputs). No TensorFlow.
 
-    x = {name: spec(None, None, len(s.columns)) if s.level == "timestep"
-         else spec(None, len(s.columns)) for name, s in config.inputs.items()}
+    Numeric inputs and labels are float32, categorical ones int32 ids without a last axis
+    (inputs) or with one (labels, as Keras's sparse losses take them), the
+    `padding.mask` input bool."""
+    def spec(level, tail, dtype="float32"):
+        lead = [None, None] if level == "timestep" else [None]
+        return {"shape": lead + list(tail), "dtype": dtype}
+
+    x = {name: spec(s.level, s.tail, s.dtype) for name, s in config.inputs.items()}
+    if config.padding.mask:
+        x[config.padding.mask] = spec("timestep", (), "bool")
     if not config.outputs:
         return x
-    y = {name: spec(None, None, 1) if s.level == "timestep" else spec(None, 1)
-         for name, s in config.outputs.items()}
-    weights = {name: spec(None, None) if s.level == "timestep" else spec(None)
-               for name, s in config.outputs.items()}
+    y = {name: spec(s.level, (s.width,), s.dtype) for name, s in config.outputs.items()}
+    weights = {name: spec(s.level, ()) for name, s in config.outputs.items()}
     return x, y, weights
 
 
@@ -86,6 +93,8 @@ class Pipeline:
       same_shape_first: pad each epoch's first this many batches to `batch_size` rows of
         `padding.maxlen` timesteps (see `Assembler`); `build_dataset` sets it for several
         replicas.
+      statistics: `seqpipe.Statistics` to scale and encode with (saved from another run,
+        say); None computes them from the train part (see `seqpipe.statistics`).
 
     Raises:
       SeqpipeError: a bad config, schema or id, before the first batch. In a streamed
@@ -101,27 +110,31 @@ class Pipeline:
 
     def __init__(self, config: Union[PipelineConfig, Mapping, str, os.PathLike],
                  data: Any = None, split: Optional[str] = None, *,
-                 shard: Optional[Shard] = None, same_shape_first: int = 0) -> None:
+                 shard: Optional[Shard] = None, same_shape_first: int = 0,
+                 statistics: Optional[Statistics] = None) -> None:
         config = config if isinstance(config, PipelineConfig) else load_config(config)
         _check_replicas(config, same_shape_first)
         self._build(config, open_sequences(config, data, shard), split, shard,
-                    same_shape_first)
+                    same_shape_first, statistics)
 
     @classmethod
     def from_source(cls, source: SequenceSource, split: Optional[str] = None, *,
                     config: Optional[PipelineConfig] = None, shard: Optional[Shard] = None,
-                    same_shape_first: int = 0) -> Pipeline:
+                    same_shape_first: int = 0,
+                    statistics: Optional[Statistics] = None) -> Pipeline:
         """The pipeline of any `SequenceSource` (see `seqpipe.index`). `config` may change
         what the source's config leaves to batching (batch size, shuffle, weights)."""
         config = config or source.config
         _check_replicas(config, same_shape_first)
         pipeline = cls.__new__(cls)
-        pipeline._build(config, source, split, shard, same_shape_first)
+        pipeline._build(config, source, split, shard, same_shape_first, statistics)
         return pipeline
 
     def _build(self, config: PipelineConfig, source: SequenceSource, split: Optional[str],
-               shard: Optional[Shard], same_shape_first: int) -> None:
-        """Source -> index -> split and shard -> truncation and buckets -> the first plan."""
+               shard: Optional[Shard], same_shape_first: int,
+               statistics: Optional[Statistics]) -> None:
+        """Source -> index -> split and shard -> truncation and buckets -> statistics -> the
+        first plan."""
         self.config, self.source, self.shard = config, source, shard
         self.same_shape_first = same_shape_first
         _warn_leaked_labels(self.config)
@@ -141,6 +154,9 @@ class Pipeline:
         self._buckets = bucket_of(kept, self.bucket_boundaries)
         self._sizes = self._batch_sizes(self._buckets)
         self.seed = _seed(self.config.shuffle)
+        self.statistics = self._statistics(statistics)
+        self._transform = (Transform(config, self.statistics, self._skipped(), self._in_part)
+                           if source.statistics is None and changes_values(config) else None)
         self._valid_counts = {name: source.valid_labels(name, self.kept_steps)
                               for name in self.config.outputs
                               if self.config.weight_mode(name) == "global_mean"}
@@ -202,9 +218,63 @@ class Pipeline:
 
     def _handing_over(self, chunks: Generator[tuple[int, Sequences], None, Any]
                       ) -> Iterator[tuple[int, Sequences]]:
-        counts = yield from chunks
+        unseen: collections.Counter = collections.Counter()
+        counts = dict((yield from self._transformed(chunks, unseen)) or {})
+        if self._transform is not None and categorical_names(self.config):
+            counts["unseen_categories"] = dict(unseen)
         if counts:
             self._hand_over(counts)
+
+    def _transformed(self, chunks: Generator[tuple[int, Sequences], None, Any],
+                     unseen: collections.Counter) -> Generator[tuple[int, Sequences], None, Any]:
+        """The chunks prepared for the model (`seqpipe.transform`), counting unseen
+        categories; returns what the source's chunks return."""
+        if self._transform is None:
+            return (yield from chunks)
+        while True:
+            try:
+                first, chunk = next(chunks)
+            except StopIteration as end:
+                return end.value
+            chunk, found = self._transform.apply(first, chunk)
+            unseen.update(found)
+            yield first, chunk
+
+    def _statistics(self, given: Optional[Statistics]) -> Statistics:
+        """The statistics this pipeline prepares its chunks with: the source's own (a
+        materialized part), the given ones, or computed now in one pass over the train
+        part (every sequence without a split), whichever part this pipeline reads."""
+        source, config = self.source, self.config
+        if source.statistics is not None:
+            if given is not None and given != source.statistics:
+                raise ConfigError(
+                    f"{source.where} was written with its own statistics, and its records "
+                    f"hold values prepared with them; statistics= cannot change them. Pass "
+                    f"none, or materialize again with these statistics.")
+            return source.statistics
+        if given is not None:
+            given.check(config)
+            return given
+        if not needed(config):
+            return Statistics(computed_on="no sequences: the config scales no column and has "
+                              "no categorical input or output")
+        ids = source.index.ids
+        counted = (part_of(ids, config.split) == PARTS.index("train") if config.split.enabled
+                   else np.ones(len(ids), dtype=bool))
+        what = "the train part" if config.split.enabled else "every sequence"
+        if source.shared and self.shard is not None:
+            what += f" of input pipeline {self.shard.index} of {self.shard.count}'s share"
+            logger.warning(
+                "seqpipe: input pipeline %d computes statistics over its own share of the "
+                "sequences; compute them once (Pipeline(config).statistics.save(path)) and "
+                "pass statistics= to every pipeline to scale them all alike",
+                self.shard.index)
+        return compute(config, source.chunks(counted), self._skipped(),
+                       self.kept_steps.length, counted, f"{what} of {source.where}")
+
+    def _skipped(self) -> np.ndarray:
+        """(n,) timesteps truncation cuts from the start of each sequence."""
+        return self.kept_steps.start - self.source.index.offsets[:-1]
 
     def _hand_over(self, counts: Mapping[str, Any]) -> None:
         try:
@@ -295,7 +365,8 @@ class Pipeline:
             sequences_dropped_per_epoch=plan.dropped_sequences,
             padding_waste=padding_waste(self.kept_steps.length, plan.batches),
             padding_waste_unbucketed=padding_waste(kept, blind), seed=self.seed,
-            streamed=source.streamed, split=self.split, source_sequences=len(index.ids))
+            streamed=source.streamed, split=self.split, source_sequences=len(index.ids),
+            statistics=self.statistics)
         if not plan.batches:
             raise DataError(
                 f"batching.drop_remainder leaves no batch: no bucket holds "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Optional
+from typing import Any, Optional
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +31,10 @@ class Report:
     split: Optional[str] = None  # the part read: train, validation or test; None for all
     source_sequences: Optional[int] = None  # sequences in the source, all parts together
     reading: Optional[str] = None  # how it is read, when not by row group or whole
+    statistics: Optional[Any] = None  # the `seqpipe.Statistics` values are prepared with
+    # "inputs.<name>" or "outputs.<name>" -> categories not in the vocabulary (id 1; a
+    # label: weight 0); None until an epoch has read them
+    unseen_categories: Optional[Mapping[str, int]] = None
 
     def changes(self) -> list[str]:
         """What seqpipe dropped or changed, one phrase each; empty when nothing."""
@@ -43,6 +47,10 @@ class Report:
         if self.filled_values:
             changes.append(f"filled {sum(self.filled_values.values()):,} NaN/null/infinite "
                            f"feature values ({', '.join(self.filled_values)})")
+        if self.unseen_categories and any(self.unseen_categories.values()):
+            changes.append(f"mapped {sum(self.unseen_categories.values()):,} categories the "
+                           f"vocabulary does not hold to 'unseen' ("
+                           f"{', '.join(k for k, n in self.unseen_categories.items() if n)})")
         if self.sequences_dropped_per_epoch:
             changes.append(f"drop_remainder leaves out {self.sequences_dropped_per_epoch:,} "
                            f"sequences per epoch")
@@ -80,6 +88,12 @@ class Report:
             f"batches per epoch: {self.batches_per_epoch:,}, bucket boundaries: "
             f"{list(self.bucket_boundaries) or 'none'}, padding waste: "
             f"{self.padding_waste:.1%} (without buckets: {self.padding_waste_unbucketed:.1%})")
+        for key, count in (self.unseen_categories or {}).items():
+            lines.append(f"unseen categories: {count:,} values of {key} are not in its "
+                         f"vocabulary (id 1; a label weighs 0)")
+        if self.statistics is not None and (self.statistics.columns
+                                            or self.statistics.vocabularies):
+            lines.append(str(self.statistics))
         if self.sequences_dropped_per_epoch:
             lines.append(f"dropped per epoch by drop_remainder: "
                          f"{self.sequences_dropped_per_epoch:,} sequences")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -38,13 +38,21 @@ class Sequences:
       labels: output name -> float32 `(timesteps,)` or `(n,)`. Always finite: missing labels
         hold their output's `fill_value`.
       present: output name -> bool, shaped like `labels`: False where the label was missing.
+      times: (timesteps,) the time column's values (numbers or datetime64), in order;
+        None without a time column, or once the sequences are prepared for the model.
+
+    A categorical input or label comes from grouping as `Categories` (codes into the
+    chunk's own values) and leaves `seqpipe.transform` as int32 ids; a label of several
+    columns is a float32 `(timesteps, k)` matrix whose `present` is True only where every
+    column is.
     """
 
     ids: np.ndarray
     offsets: np.ndarray
-    features: Mapping[str, np.ndarray]
-    labels: Mapping[str, np.ndarray]
+    features: Mapping[str, Any]
+    labels: Mapping[str, Any]
     present: Mapping[str, np.ndarray]
+    times: Optional[np.ndarray] = None
 
     @property
     def lengths(self) -> np.ndarray:
@@ -52,6 +60,33 @@ class Sequences:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class Categories:
+    """A categorical column as grouping hands it on: int32 codes into the column's own
+    distinct values (-1 where the value is missing), before a vocabulary maps them to ids.
+    Indexing takes rows and keeps the values."""
+
+    codes: np.ndarray
+    values: pa.Array
+
+    def __getitem__(self, rows) -> Categories:
+        return Categories(self.codes[rows], self.values)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    @classmethod
+    def of(cls, column) -> Categories:
+        """The codes and values of an Arrow column (nulls are missing values)."""
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        encoded = pc.dictionary_encode(column)
+        codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
+        return cls(codes.astype(np.int32, copy=False), encoded.dictionary)
 
 
 def offsets_of(lengths: np.ndarray) -> np.ndarray:
@@ -65,9 +100,11 @@ def concat_sequences(pieces: list[Sequences]) -> Sequences:
         return {name: np.concatenate([getattr(p, field)[name] for p in pieces])
                 for name in getattr(pieces[0], field)}
 
+    times = (None if pieces[0].times is None
+             else np.concatenate([p.times for p in pieces]))
     return Sequences(np.concatenate([p.ids for p in pieces]),
                      offsets_of(np.concatenate([p.lengths for p in pieces])),
-                     joined("features"), joined("labels"), joined("present"))
+                     joined("features"), joined("labels"), joined("present"), times)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +155,8 @@ def group_sequences(source: SourceTable, config: PipelineConfig,
     features, filled = ({}, {}) if not with_inputs else missing.features(
         columns, ids, offsets, config, source.where, chunk, problems)
     labels, present = missing.labels(columns, config, source.where, problems)
-    sequences = Sequences(ids, offsets, features, labels, present)
+    times = columns.get((config.source.time_column, "timestep"))
+    sequences = Sequences(ids, offsets, features, labels, present, times)
     return sequences, GroupingCounts(table.num_rows, dropped, filled)
 
 
@@ -218,11 +256,14 @@ def _group_long(table: pa.Table, config: PipelineConfig, where: str, with_inputs
         raise_or_collect(problems, _repeated_times(times, new_sequence, sequence_ids, offsets,
                                                    time_name, where))
     columns = {}
-    for column, key, level in _value_columns(config, with_inputs):
-        values = table[column].to_numpy()
+    if time_name:
+        columns[time_name, "timestep"] = table[time_name].to_numpy()
+    for column, key, level, categorical in _value_columns(config, with_inputs):
+        values = (Categories.of(table[column]) if categorical
+                  else table[column].to_numpy())
         if level == "sequence":
-            values = _one_value_per_sequence(values, starts, sequence_ids, column, key, where,
-                                             problems)
+            check = _one_category_per_sequence if categorical else _one_value_per_sequence
+            values = check(values, starts, sequence_ids, column, key, where, problems)
         columns[column, level] = values
     return sequence_ids, offsets, columns, 0
 
@@ -263,15 +304,19 @@ def _repeated_times(times, new_sequence, sequence_ids, offsets, time_name,
 
 
 def _value_columns(config: PipelineConfig, with_inputs: bool = True):
-    """(column, config key, level) for every feature and label column, each once per level."""
+    """(column, config key, level, categorical) for every feature and label column, each
+    once per level."""
     seen = set()
     for name, spec in config.inputs.items() if with_inputs else ():
         for column in spec.columns:
             seen.add((column, spec.level))
-            yield column, f"inputs.{name}.columns", spec.level
+            yield column, f"inputs.{name}.columns", spec.level, spec.categorical
     for name, output in config.outputs.items():
-        if (output.column, output.level) not in seen:
-            yield output.column, f"outputs.{name}.column", output.level
+        key = f"outputs.{name}.column" + ("s" if output.columns else "")
+        for column in output.label_columns:
+            if (column, output.level) not in seen:
+                seen.add((column, output.level))
+                yield column, key, output.level, output.categorical
 
 
 def _one_value_per_sequence(values, starts, sequence_ids, column, key, where,
@@ -289,6 +334,24 @@ def _one_value_per_sequence(values, starts, sequence_ids, column, key, where,
             f"A per-sequence column must repeat one value on the rows of its sequence "
             f"(missing rows are fine). {len(conflicts):,} sequences conflict."))
     return low
+
+
+def _one_category_per_sequence(values: Categories, starts, sequence_ids, column, key, where,
+                               problems: Optional[list]) -> Categories:
+    """`_one_value_per_sequence` for categories: missing rows (code -1) are fine."""
+    codes = values.codes
+    high = np.maximum.reduceat(codes, starts)
+    low = np.minimum.reduceat(np.where(codes < 0, np.iinfo(np.int32).max, codes), starts)
+    conflicts = np.flatnonzero((low != high) & (high >= 0))
+    if len(conflicts):
+        first = conflicts[0]
+        show = values.values.take(pa.array([low[first], high[first]])).to_pylist()
+        raise_or_collect(problems, DataError(
+            f"column {column!r} ({key}, level: sequence) has two different values in sequence "
+            f"{show_id(sequence_ids[first])} of {where}: {show[0]!r} and {show[1]!r}. A "
+            f"per-sequence column must repeat one value on the rows of its sequence (missing "
+            f"rows are fine). {len(conflicts):,} sequences conflict."))
+    return Categories(high, values.values)
 
 
 def _group_nested(table: pa.Table, config: PipelineConfig, where: str, with_inputs: bool,
@@ -310,9 +373,10 @@ def _group_nested(table: pa.Table, config: PipelineConfig, where: str, with_inpu
         raise _null_list_error(table, reference, lists[0][1], lengths, sequence_ids, where)
     offsets = offsets_of(lengths)
     columns = {}
-    for column, key, may_be_null in lists:
+    for column, key, may_be_null, categorical in lists:
         columns[column, "timestep"] = _flatten(table[column], lengths, offsets, column, key,
-                                               may_be_null, reference, sequence_ids, where)
+                                               may_be_null, reference, sequence_ids, where,
+                                               categorical)
     if config.source.time_column:
         time_name = config.source.time_column
         raise_or_collect(problems, _missing_nested_times(table[time_name], time_name,
@@ -320,9 +384,10 @@ def _group_nested(table: pa.Table, config: PipelineConfig, where: str, with_inpu
         raise_or_collect(problems, _order_nested_by_time(columns, time_name, offsets,
                                                          sequence_ids, where))
     keep = lengths > 0
-    for column, _, level in _value_columns(config, with_inputs):
+    for column, _, level, categorical in _value_columns(config, with_inputs):
         if level == "sequence":
-            columns[column, level] = table[column].to_numpy()[keep]
+            values = Categories.of(table[column]) if categorical else table[column].to_numpy()
+            columns[column, level] = values[keep]
     if not keep.all():
         sequence_ids = sequence_ids[keep]
         offsets = offsets_of(lengths[keep])
@@ -341,25 +406,29 @@ def _repeated_ids(sequence_ids: np.ndarray, id_name: str, where: str) -> Optiona
 
 
 def list_columns(config: PipelineConfig):
-    """(column, key, may_be_null) for each list column; the first fixes the sequence length."""
-    found: dict[str, tuple[str, bool]] = {}
+    """(column, key, may_be_null, categorical) for each list column; the first fixes the
+    sequence length."""
+    found: dict[str, tuple[str, bool, bool]] = {}
     for name, spec in config.inputs.items():
         if spec.level == "timestep":
             for column in spec.columns:
-                found.setdefault(column, (f"inputs.{name}.columns", False))
+                found.setdefault(column, (f"inputs.{name}.columns", False, spec.categorical))
     for name, output in config.outputs.items():
         if output.level == "timestep":
-            found.setdefault(output.column, (f"outputs.{name}.column", True))
+            key = f"outputs.{name}.column" + ("s" if output.columns else "")
+            for column in output.label_columns:
+                found.setdefault(column, (key, True, output.categorical))
     if config.source.time_column:
-        found.setdefault(config.source.time_column, ("source.time_column", False))
-    return [(column, key, may_be_null) for column, (key, may_be_null) in found.items()]
+        found.setdefault(config.source.time_column, ("source.time_column", False, False))
+    return [(column, *rest) for column, rest in found.items()]
 
 
 def _list_lengths(column: pa.ChunkedArray) -> np.ndarray:
     return pc.fill_null(pc.list_value_length(column), -1).to_numpy().astype(np.int64)
 
 
-def _flatten(column, lengths, offsets, name, key, may_be_null, reference, sequence_ids, where):
+def _flatten(column, lengths, offsets, name, key, may_be_null, reference, sequence_ids, where,
+             categorical=False):
     own = _list_lengths(column)
     mismatch = np.flatnonzero((own != lengths) & (own >= 0))
     if len(mismatch):
@@ -370,12 +439,18 @@ def _flatten(column, lengths, offsets, name, key, may_be_null, reference, sequen
             f"row must have one value per timestep. {len(mismatch):,} rows differ.")
     if (own < 0).any() and not may_be_null:
         raise _null_list_error(column, name, key, own, sequence_ids, where)
-    values = pc.list_flatten(column).to_numpy()
+    flat = pc.list_flatten(column)
+    values = Categories.of(flat) if categorical else flat.to_numpy()
     if not (own < 0).any():
         return values
     # A null label list means every label of that sequence is missing.
+    at = ranges(offsets[:-1][own >= 0], own[own >= 0])
+    if categorical:
+        codes = np.full(offsets[-1], -1, dtype=np.int32)
+        codes[at] = values.codes
+        return Categories(codes, values.values)
     full = np.full(offsets[-1], np.nan, dtype=values.dtype)
-    full[ranges(offsets[:-1][own >= 0], own[own >= 0])] = values
+    full[at] = values
     return full
 
 

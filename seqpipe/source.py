@@ -42,7 +42,7 @@ class ColumnRole:
 
     column: str
     key: str
-    kind: str  # "key" (any type), "time" (orderable), "number" or "list of numbers"
+    kind: str  # "key" (any type), "time" (orderable), "number", "category", or a list of one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,16 +68,18 @@ def column_roles(config: PipelineConfig) -> list[ColumnRole]:
         roles.append(ColumnRole(source.time_column, "source.time_column",
                                 "list of times" if nested else "time"))
     for name, spec in config.inputs.items():
-        kind = _value_kind(nested, spec.level)
+        kind = _value_kind(nested, spec.level, spec.categorical)
         roles += [ColumnRole(c, f"inputs.{name}.columns", kind) for c in spec.columns]
     for name, output in config.outputs.items():
-        roles.append(ColumnRole(output.column, f"outputs.{name}.column",
-                                _value_kind(nested, output.level)))
+        key = f"outputs.{name}.column" + ("s" if output.columns else "")
+        kind = _value_kind(nested, output.level, output.categorical)
+        roles += [ColumnRole(c, key, kind) for c in output.label_columns]
     return roles
 
 
-def _value_kind(nested: bool, level: str) -> str:
-    return "list of numbers" if nested and level == "timestep" else "number"
+def _value_kind(nested: bool, level: str, categorical: bool = False) -> str:
+    kind = "category" if categorical else "number"
+    return f"list of {kind.replace('y', 'ie')}s" if nested and level == "timestep" else kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,7 +364,17 @@ def _check_schema(schema: pa.Schema, roles: list[ColumnRole], where: str,
         if not _fits(field_type, role.kind):
             raise DataError(
                 f"column {role.column!r} in {where} is {field_type}; {role.key} must be "
-                f"{KIND_TEXT[role.kind]}")
+                f"{KIND_TEXT[role.kind]}{_categorical_hint(role, field_type)}")
+
+
+def _categorical_hint(role: ColumnRole, found: pa.DataType) -> str:
+    """A string column where numbers are wanted is most often categories."""
+    if "number" not in role.kind or not _is_category(
+            found.value_type if _is_list(found) else found):
+        return ""
+    owner = role.key.rsplit(".", 1)[0]
+    return (f". If its values are categories, set {owner}.categorical: true (one column "
+            f"per input) to turn them into int32 ids")
 
 
 KIND_TEXT = {
@@ -371,6 +383,8 @@ KIND_TEXT = {
     "list of times": "a list of numbers, dates or timestamps in the nested layout",
     "number": "numeric (integer, float, boolean or decimal)",
     "list of numbers": "a list of numbers in the nested layout (one value per timestep)",
+    "category": "a string, integer, boolean or dictionary column",
+    "list of categories": "a list of strings, integers or booleans in the nested layout",
 }
 
 
@@ -388,6 +402,13 @@ def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
+def _is_category(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return (pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_string(t)
+            or pa.types.is_large_string(t) or pa.types.is_null(t))
+
+
 def _fits(t: pa.DataType, kind: str) -> bool:
     if kind == "key":
         return True
@@ -395,14 +416,24 @@ def _fits(t: pa.DataType, kind: str) -> bool:
         return _is_time(t)
     if kind == "number":
         return _is_number(t)
+    if kind == "category":
+        return _is_category(t)
     if kind == "list of times":
         return _is_list(t) and _is_time(t.value_type)
+    if kind == "list of categories":
+        return _is_list(t) and _is_category(t.value_type)
     return _is_list(t) and _is_number(t.value_type)
 
 
 def _target_type(kind: str, found: pa.DataType) -> pa.DataType:
-    if kind == "key" and pa.types.is_dictionary(found):
+    if kind in ("key", "category") and pa.types.is_dictionary(found):
         return found.value_type  # categorical ids sort by their values, not their codes
+    if kind == "category":
+        return pa.string() if pa.types.is_large_string(found) else found
+    if kind == "list of categories":
+        value = found.value_type
+        value = value.value_type if pa.types.is_dictionary(value) else value
+        return pa.list_(pa.string() if pa.types.is_large_string(value) else value)
     if kind == "number":
         return pa.float32()
     if kind == "list of numbers":

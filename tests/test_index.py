@@ -17,7 +17,7 @@ class _FrameSource:
     """A `SequenceSource` built with pandas alone (no seqpipe grouping), a few sequences per
     chunk, that counts what it 'filled' as it is read."""
 
-    streamed, shared, file_count, unlabelled = True, False, 0, ()
+    streamed, shared, file_count, unlabelled, statistics = True, False, 0, (), None
 
     def __init__(self, config, table: pa.Table, counted: dict) -> None:
         self.config, self.where, self._counted = config, "a pandas frame", counted

@@ -22,6 +22,7 @@ from seqpipe.materialized.manifest import frozen_differences, read_manifest
 from seqpipe.materialized.records import id_texts, read_chunks
 from seqpipe.sequences import Sequences, concat_sequences
 from seqpipe.shard import Shard, contiguous_runs
+from seqpipe.statistics import Statistics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,7 @@ class MaterializedPart:
     report_fields: Mapping[str, Any]  # counted when the part was written, before truncation
     file_sequences: Optional[tuple] = None  # records per file; None from older outputs
     shared: bool = False  # cut down to one input pipeline's files (`share`)
+    statistics: Optional[Statistics] = None  # the records are prepared with these
     streamed = False
     unlabelled: tuple = ()
 

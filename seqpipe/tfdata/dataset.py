@@ -19,6 +19,7 @@ import numpy as np
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, SeqpipeError
 from seqpipe.pipeline import Pipeline, batch_structure
+from seqpipe.statistics import Statistics
 
 if TYPE_CHECKING:
     from seqpipe.materialized.read import MaterializedPart
@@ -32,7 +33,7 @@ logger = logging.getLogger("seqpipe")
 
 def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathLike],
                   data: Any = None, split: Optional[str] = None, *, input_context: Any = None,
-                  read_early: bool = False):
+                  read_early: bool = False, statistics: Optional[Statistics] = None):
     """Builds the `tf.data.Dataset` of `(x, y, sample_weight)` batches for `model.fit`.
 
     Every pass over the dataset is one epoch; epoch k is reshuffled with (seed, k), so the
@@ -53,11 +54,16 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
         ready sooner. It holds what a running epoch holds (a few row groups and batches)
         until the dataset is iterated or deleted; leave it off for datasets iterated later,
         such as validation data.
+      statistics: the `seqpipe.Statistics` to scale and encode with (saved from training,
+        say); None computes them from the train part (see `Pipeline`).
 
     Returns:
       A dataset whose elements are `(x, y, sample_weight)`: `x` maps input names to float32
-      `(B, T, k)` or `(B, k)`; `y` maps output names to `(B, T, 1)` or `(B, 1)`;
-      `sample_weight` to `(B, T)` or `(B,)`. With no outputs configured, elements are `x`.
+      `(B, T, k)` or `(B, k)` (categorical inputs: int32 `(B, T)` or `(B,)`; the
+      `padding.mask` input: bool `(B, T)`); `y` maps output names to `(B, T, k)` or `(B, k)`
+      (float32; int32 class ids for a categorical output); `sample_weight` to `(B, T)` or
+      `(B,)`. With no outputs configured, elements are `x`. `element_spec(config)` gives the
+      structure.
 
     Raises:
       SeqpipeError: bad config or data, before any TensorFlow work.
@@ -74,9 +80,13 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
         if input_context is not None:
             raise ConfigError("input_context needs a config, not a Pipeline already built: "
                               "each input pipeline builds its own share")
+        if statistics is not None:
+            raise ConfigError("statistics= goes to the Pipeline when it is built, not to "
+                              "build_dataset with a Pipeline already built")
         pipeline = config
     else:
-        pipeline = sharded_pipeline(config, input_context, data=data, split=split)
+        pipeline = sharded_pipeline(config, input_context, data=data, split=split,
+                                    statistics=statistics)
     tf = tensorflow()
 
     config, token = pipeline.config, next(_TOKENS)
@@ -181,7 +191,8 @@ def _options():
 
 def sharded_pipeline(config: Any, input_context: Any, data: Any = None,
                      split: Optional[str] = None,
-                     source: Optional[MaterializedPart] = None) -> Pipeline:
+                     source: Optional[MaterializedPart] = None,
+                     statistics: Optional[Statistics] = None) -> Pipeline:
     """The `Pipeline` of one input pipeline: its share of the sequences, per-replica batches.
     `source`: a materialized part to read instead of the config's source."""
     config = config if isinstance(config, PipelineConfig) else load_config(config)
@@ -191,9 +202,10 @@ def sharded_pipeline(config: Any, input_context: Any, data: Any = None,
                           input_context.num_input_pipelines)
     shard, mine = Shard.of(input_context), per_replica(config, input_context)
     if source is None:
-        return Pipeline(mine, data, split, shard=shard, same_shape_first=local_replicas)
+        return Pipeline(mine, data, split, shard=shard, same_shape_first=local_replicas,
+                        statistics=statistics)
     return Pipeline.from_source(source.share(shard), split, config=mine, shard=shard,
-                                same_shape_first=local_replicas)
+                                same_shape_first=local_replicas, statistics=statistics)
 
 
 _TRACED: dict = {}
@@ -213,8 +225,7 @@ def _traced_blocks(config: PipelineConfig):
     dataset does."""
     tf = tensorflow()
 
-    key = (tuple((name, s.level, len(s.columns)) for name, s in config.inputs.items()),
-           tuple((name, s.level) for name, s in config.outputs.items()))
+    key = repr(batch_structure(config))
     with _TRACED_LOCK:
         if key not in _TRACED:
             spec, split = handoff.spec(config), handoff.split_block(config)

@@ -42,14 +42,15 @@ class Cuts(NamedTuple):
 
     x: Mapping[str, Cut]  # input -> its batches in the input's flat array
     x_shape: Mapping[str, Any]  # input -> (batches, rank) each batch's shape
-    labels: Mapping[str, Cut]  # level -> the batches in every label and weight array
+    y: Mapping[str, Cut]  # output -> its batches in the output's flat label array
+    labels: Mapping[str, Cut]  # level -> the batches in every weight array
     y_shape: Mapping[str, Any]  # output -> (batches, rank)
     weight_shape: Mapping[str, Any]  # output -> (batches, rank)
 
 
 class HandOff(NamedTuple):
-    """One block as tf.data receives it: flat float32 arrays (views of the block's, no
-    copies) and the cuts."""
+    """One block as tf.data receives it: flat arrays (views of the block's, no copies) and
+    the cuts."""
 
     cuts: Cuts
     x: Mapping[str, Any]
@@ -60,15 +61,31 @@ class HandOff(NamedTuple):
 def hand_off(block: Block, config: PipelineConfig) -> HandOff:
     return HandOff(_cuts(block.places, config),
                    {name: values.reshape(-1) for name, values in block.x.items()},
-                   block.y, block.sample_weight)
+                   {name: values.reshape(-1) for name, values in block.y.items()},
+                   block.sample_weight)
 
 
 def no_batches(config: PipelineConfig) -> HandOff:
     """A block of no batches."""
-    empty = np.zeros(0, dtype=np.float32)
-    return HandOff(_cuts(_places(0), config), {name: empty for name in config.inputs},
-                   {name: empty for name in config.outputs},
-                   {name: empty for name in config.outputs})
+    x, y, _ = _layout(config)
+    return HandOff(_cuts(_places(0), config),
+                   {name: np.zeros(0, dtype) for name, (_, _, dtype) in x.items()},
+                   {name: np.zeros(0, dtype) for name, (_, _, dtype) in y.items()},
+                   {name: np.zeros(0, np.float32) for name in config.outputs})
+
+
+def _layout(config: PipelineConfig) -> tuple[dict, dict, dict]:
+    """(level, shape after the batch and time axes, dtype) of every input, label and weight,
+    from `batch_structure`."""
+    structure = batch_structure(config)
+    parts = structure if config.outputs else (structure, {}, {})
+
+    def layout(leaf):
+        level = "timestep" if leaf["shape"][:2] == [None, None] else "sequence"
+        return level, tuple(leaf["shape"][2 if level == "timestep" else 1:]), leaf["dtype"]
+
+    return tuple({name: layout(leaf) for name, leaf in part.items()}  # type: ignore[return-value]
+                 for part in parts)
 
 
 def _places(batches: int) -> BatchPlaces:
@@ -86,16 +103,19 @@ def _cuts(places: BatchPlaces, config: PipelineConfig) -> Cuts:
         lead = [size, steps] if level == "timestep" else [size]
         return np.stack(lead + [t * ones for t in tail], axis=1)
 
-    x, x_shape = {}, {}
-    for name, spec in config.inputs.items():
-        begin, count = rows[spec.level]
-        width = len(spec.columns)
-        x[name] = Cut((begin * width)[:, None], (count * width)[:, None])
-        x_shape[name] = shape(spec.level, width)
+    def cut(level, tail):
+        begin, count = rows[level]
+        width = int(np.prod(tail))
+        return Cut((begin * width)[:, None], (count * width)[:, None])
+
+    x_layout, y_layout, _ = _layout(config)
     labels = {level: Cut(begin[:, None], count[:, None])
-              for level, (begin, count) in rows.items()}  # labels and weights: one column
-    return Cuts(x, x_shape, labels,
-                {name: shape(out.level, 1) for name, out in config.outputs.items()},
+              for level, (begin, count) in rows.items()}  # weights: one value per position
+    return Cuts({name: cut(level, tail) for name, (level, tail, _) in x_layout.items()},
+                {name: shape(level, *tail) for name, (level, tail, _) in x_layout.items()},
+                {name: cut(level, tail) for name, (level, tail, _) in y_layout.items()},
+                labels,
+                {name: shape(level, *tail) for name, (level, tail, _) in y_layout.items()},
                 {name: shape(out.level) for name, out in config.outputs.items()})
 
 
@@ -105,10 +125,11 @@ def spec(config: PipelineConfig) -> HandOff:
     vectors = tf.nest.map_structure(
         lambda value: tf.TensorSpec((None, value.shape[1]), tf.int64),
         _cuts(_places(1), config))
-    flat = tf.TensorSpec((None,), tf.float32)
-    return HandOff(vectors, {name: flat for name in config.inputs},
-                   {name: flat for name in config.outputs},
-                   {name: flat for name in config.outputs})
+    x, y, _ = _layout(config)
+    return HandOff(vectors,
+                   {name: tf.TensorSpec((None,), dtype) for name, (_, _, dtype) in x.items()},
+                   {name: tf.TensorSpec((None,), dtype) for name, (_, _, dtype) in y.items()},
+                   {name: tf.TensorSpec((None,), tf.float32) for name in config.outputs})
 
 
 def split_block(config: PipelineConfig):
@@ -127,14 +148,14 @@ def split_block(config: PipelineConfig):
 
         def batch(c: Cuts):
             xs = {name: cut(x[name], c.x[name], c.x_shape[name], known["x"][name])
-                  for name in config.inputs}
+                  for name in known["x"]}
             if not config.outputs:
                 return xs
             ys, ws = {}, {}
             for name, output in config.outputs.items():
-                where = c.labels[output.level]
-                ys[name] = cut(y[name], where, c.y_shape[name], known["y"][name])
-                ws[name] = cut(weights[name], where, c.weight_shape[name], known["w"][name])
+                ys[name] = cut(y[name], c.y[name], c.y_shape[name], known["y"][name])
+                ws[name] = cut(weights[name], c.labels[output.level], c.weight_shape[name],
+                               known["w"][name])
             return xs, ys, ws
 
         return map_in_caller(tf.data.Dataset.from_tensor_slices(block.cuts), batch)

@@ -1,0 +1,300 @@
+"""Statistics: what scaling and categorical ids are computed from, in one streaming pass.
+
+Means, standard deviations, minima and maxima of the scaled columns, and the vocabularies
+of the categorical inputs and labels, come from the present values at the kept timesteps of
+the sequences they are computed over: the train part when the config has a `split` (whichever
+part is being built, so that validation and test never leak into training), else every
+sequence read. Never from padding. Chunks are reduced as they stream past (counts, means and
+squared deviations merge exactly, Chan et al.), so memory does not grow with the data.
+
+`Statistics` is a plain, frozen object: saved as readable JSON, loaded again to prepare data
+seen later (validation run alone, serving, `seqpipe.predict`) exactly as training did.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, Union
+
+import numpy as np
+
+from seqpipe.config import PipelineConfig
+from seqpipe.errors import ConfigError
+from seqpipe.sequences import Categories, Sequences, ranges
+
+logger = logging.getLogger("seqpipe")
+FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnStatistics:
+    """One scaled column's present values: how many, their mean, population std (ddof 0),
+    minimum and maximum."""
+
+    count: int
+    mean: float
+    std: float
+    min: float
+    max: float
+
+    def scale(self, method: str) -> tuple[float, float]:
+        """(shift, divisor) that map a raw value v to (v - shift) / divisor. A constant or
+        empty column divides by 1."""
+        if method == "standard":
+            return self.mean, self.std if self.std > 0 else 1.0
+        spread = self.max - self.min
+        return self.min, spread if spread > 0 else 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+    """The categories of one input or label, most frequent first (ties by value), with how
+    often each was seen. `values[i]` gets id `first_id + i`: 2 for an input (0 is padding,
+    1 missing or unseen), 0 for a label (a class id). `dropped` values were left out by
+    `max_tokens` and map to 1."""
+
+    values: tuple
+    counts: tuple[int, ...]
+    first_id: int
+    missing: int = 0
+    dropped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Statistics:
+    """Scaling statistics and vocabularies, as `Pipeline.statistics` holds them.
+
+    Attributes:
+      columns: input name -> column -> `ColumnStatistics`, for inputs with `normalize`.
+      vocabularies: input or output name -> `Vocabulary`, for categorical ones.
+      sequences: how many sequences they were computed over.
+      computed_on: which sequences, in words ("the train part of data/x.parquet").
+
+    Example::
+
+      pipeline = Pipeline("train.yaml", split="train")
+      pipeline.statistics.save("stats.json")
+      keras.layers.Embedding(pipeline.statistics.input_dim("event"), 16, mask_zero=True)
+      later = build_dataset("train.yaml", split="test",
+                            statistics=Statistics.load("stats.json"))
+    """
+
+    columns: Mapping[str, Mapping[str, ColumnStatistics]] = dataclasses.field(
+        default_factory=dict)
+    vocabularies: Mapping[str, Vocabulary] = dataclasses.field(default_factory=dict)
+    sequences: int = 0
+    computed_on: str = ""
+
+    def input_dim(self, name: str) -> int:
+        """`Embedding(input_dim=...)` for a categorical input (ids 0 and 1 included), or the
+        number of classes of a categorical output."""
+        if name not in self.vocabularies:
+            raise KeyError(f"{name!r} is not categorical; categorical inputs and outputs: "
+                           f"{sorted(self.vocabularies)}")
+        vocabulary = self.vocabularies[name]
+        return len(vocabulary) + vocabulary.first_id
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "computed_on": self.computed_on, "sequences": self.sequences,
+                "columns": {name: {c: dataclasses.asdict(s) for c, s in columns.items()}
+                            for name, columns in self.columns.items()},
+                "vocabularies": {name: {"values": list(v.values), "counts": list(v.counts),
+                                        "first_id": v.first_id, "missing": v.missing,
+                                        "dropped": v.dropped}
+                                 for name, v in self.vocabularies.items()}}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Statistics:
+        if raw.get("format") != FORMAT:
+            raise ConfigError(f"statistics format {raw.get('format')!r} is not one this "
+                              f"seqpipe reads ({FORMAT}); compute them again")
+        return cls({name: {c: ColumnStatistics(**s) for c, s in columns.items()}
+                    for name, columns in raw["columns"].items()},
+                   {name: Vocabulary(tuple(v["values"]), tuple(v["counts"]), v["first_id"],
+                                     v["missing"], v["dropped"])
+                    for name, v in raw["vocabularies"].items()},
+                   raw["sequences"], raw["computed_on"])
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Writes the statistics as JSON (readable, diffable)."""
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=1)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> Statistics:
+        """Reads statistics `save` wrote."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"could not read statistics from {os.fspath(path)!r}: {e}") from e
+        return cls.from_dict(raw)
+
+    def check(self, config: PipelineConfig) -> None:
+        """Raises a ConfigError when these statistics do not hold what `config` needs."""
+        for name, spec in config.inputs.items():
+            if spec.normalize:
+                have = sorted(self.columns.get(name, {}))
+                if have != sorted(spec.columns):
+                    raise ConfigError(
+                        f"the statistics do not match the config: inputs.{name} normalizes "
+                        f"columns {list(spec.columns)}, the statistics hold {have or 'none'} "
+                        f"for it. Compute statistics with this config (Pipeline(config)"
+                        f".statistics), or pass none.")
+        for name in categorical_names(config):
+            if name not in self.vocabularies:
+                raise ConfigError(
+                    f"the statistics do not match the config: {name!r} is categorical and "
+                    f"the statistics hold no vocabulary for it (they hold "
+                    f"{sorted(self.vocabularies) or 'none'}). Compute statistics with this "
+                    f"config, or pass none.")
+
+    def __str__(self) -> str:
+        lines = [f"statistics over {self.computed_on} ({self.sequences:,} sequences)"]
+        for name, columns in self.columns.items():
+            for column, s in columns.items():
+                lines.append(f"  inputs.{name}.{column}: mean {s.mean:.6g}, std {s.std:.6g}, "
+                             f"min {s.min:.6g}, max {s.max:.6g} ({s.count:,} values)")
+        for name, v in self.vocabularies.items():
+            shown = ", ".join(repr(x) for x in v.values[:5]) + (", ..." if len(v) > 5 else "")
+            lines.append(f"  {name}: {len(v):,} values ({shown}); input_dim "
+                         f"{self.input_dim(name)}" + (f", {v.dropped:,} rarer values map to 1"
+                                                      if v.dropped else ""))
+        return "\n".join(lines)
+
+
+def needed(config: PipelineConfig) -> bool:
+    """Whether the config scales a column or has a categorical input or output."""
+    return any(spec.normalize for spec in config.inputs.values()) or bool(
+        categorical_names(config))
+
+
+def categorical_names(config: PipelineConfig) -> list[str]:
+    return [name for specs in (config.inputs, config.outputs)
+            for name, spec in specs.items() if spec.categorical]
+
+
+class _Moments:
+    """count, mean and sum of squared deviations of one column, merged chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+        self.low, self.high = math.inf, -math.inf
+
+    def add(self, values: np.ndarray) -> None:
+        values = values[np.isfinite(values)].astype(np.float64)
+        n = values.size
+        if not n:
+            return
+        mean = float(values.mean())
+        m2 = float(np.square(values - mean).sum())
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.count * n / total
+        self.count = total
+        self.low, self.high = min(self.low, float(values.min())), max(self.high,
+                                                                      float(values.max()))
+
+    def result(self) -> ColumnStatistics:
+        if not self.count:
+            return ColumnStatistics(0, 0.0, 1.0, 0.0, 1.0)
+        return ColumnStatistics(self.count, self.mean, math.sqrt(self.m2 / self.count),
+                                self.low, self.high)
+
+
+class StatisticsPass:
+    """Reduces chunks of grouped sequences to `Statistics`, one chunk at a time.
+
+    Args:
+      config: the pipeline config.
+      skipped, kept_length: (n,) where each sequence's kept timesteps begin and how
+        many there are (`seqpipe.batching.KeptSteps`).
+      counted: (n,) True for the sequences the statistics are computed over.
+    """
+
+    def __init__(self, config: PipelineConfig, skipped: np.ndarray,
+                 kept_length: np.ndarray, counted: np.ndarray) -> None:
+        self.config, self.counted = config, counted
+        self.skipped, self.kept_length = skipped, kept_length
+        self.moments = {name: {c: _Moments() for c in spec.columns}
+                        for name, spec in config.inputs.items() if spec.normalize}
+        self.categories: dict[str, collections.Counter] = {
+            name: collections.Counter() for name in categorical_names(config)}
+        self.missing = dict.fromkeys(self.categories, 0)
+        self.sequences = 0
+
+    def add(self, first: int, chunk: Sequences) -> None:
+        """Counts the chunk of sequences whose first has index `first`."""
+        index = np.arange(first, first + len(chunk))
+        mine = np.flatnonzero(self.counted[index])
+        if not len(mine):
+            return
+        self.sequences += len(mine)
+        rows = {"timestep": ranges(chunk.offsets[mine] + self.skipped[index[mine]],
+                                   self.kept_length[index[mine]]),
+                "sequence": mine}
+        for name, moments in self.moments.items():
+            spec = self.config.inputs[name]
+            values = chunk.features[name]
+            for j, column in enumerate(spec.columns):
+                at = rows[spec.level]
+                moments[column].add(values[j][at] if isinstance(values, tuple)
+                                    else values[at, j])
+        for name, counter in self.categories.items():
+            level = self.config.levels[name]
+            values = (chunk.features if name in self.config.inputs else chunk.labels)[name]
+            self._count(name, counter, values[rows[level]])
+
+    def _count(self, name: str, counter: collections.Counter, values: Categories) -> None:
+        codes = values.codes
+        self.missing[name] += int(np.count_nonzero(codes < 0))
+        seen = np.bincount(codes[codes >= 0], minlength=len(values.values))
+        found = np.flatnonzero(seen)
+        for value, count in zip(values.values.take(found).to_pylist(), seen[found].tolist()):
+            counter[value] += count
+
+    def result(self, computed_on: str) -> Statistics:
+        columns = {name: {c: m.result() for c, m in moments.items()}
+                   for name, moments in self.moments.items()}
+        for name, stats in columns.items():
+            for column, s in stats.items():
+                if s.count and s.std == 0:
+                    logger.warning("seqpipe: inputs.%s column %r is constant (%g) over %s; "
+                                   "it is scaled with std 1", name, column, s.mean, computed_on)
+                elif not s.count:
+                    logger.warning("seqpipe: inputs.%s column %r has no present value in %s; "
+                                   "it is scaled with mean 0 and std 1", name, column,
+                                   computed_on)
+        vocabularies = {name: self._vocabulary(name, counter)
+                        for name, counter in self.categories.items()}
+        return Statistics(columns, vocabularies, self.sequences, computed_on)
+
+    def _vocabulary(self, name: str, counter: collections.Counter) -> Vocabulary:
+        ordered = sorted(counter.items(), key=lambda item: (-item[1], item[0]))
+        spec = self.config.inputs.get(name)
+        limit = spec.max_tokens if spec is not None else None
+        kept = ordered[:limit] if limit else ordered
+        return Vocabulary(tuple(v for v, _ in kept), tuple(int(c) for _, c in kept),
+                          2 if spec is not None else 0, self.missing[name],
+                          len(ordered) - len(kept))
+
+
+def compute(config: PipelineConfig, chunks: Iterable[tuple[int, Sequences]],
+            skipped: np.ndarray, kept_length: np.ndarray, counted: np.ndarray,
+            computed_on: str) -> Statistics:
+    """The statistics of the `counted` sequences of a stream of chunks, in one pass."""
+    reducer = StatisticsPass(config, skipped, kept_length, counted)
+    for first, chunk in chunks:
+        reducer.add(first, chunk)
+    return reducer.result(computed_on)
+

@@ -1,0 +1,150 @@
+"""Transform: turns grouped sequences into the values the model receives.
+
+One chunk at a time, on whole columns: scales (`normalize`), fills missing values after
+scaling, appends `time_delta` and `missing_indicators` columns, and maps categorical inputs
+and labels to int32 ids through their vocabularies (`seqpipe.statistics`). What it changes
+is counted: categories the vocabulary does not hold become id 1 (a label: weight 0).
+
+An input's columns leave in this order: its `columns` (scaled and filled), then the time
+since the previous kept timestep (`time_delta`), then one 0/1 column per column
+(`missing_indicators`).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from seqpipe.config import InputConfig, PipelineConfig
+from seqpipe.errors import DataError
+from seqpipe.missing import deferred
+from seqpipe.sequences import Categories, Sequences
+from seqpipe.statistics import Statistics, Vocabulary
+
+
+def changes_values(config: PipelineConfig) -> bool:
+    """Whether any input or output is transformed at all (else chunks pass untouched)."""
+    return any(deferred(s) or s.time_delta or s.categorical for s in config.inputs.values()) \
+        or any(s.categorical for s in config.outputs.values())
+
+
+class Transform:
+    """Prepares chunks of grouped sequences for the model.
+
+    Args:
+      config: the pipeline config.
+      statistics: the statistics to scale and encode with (`Statistics.check`ed).
+      skipped: (n,) the first kept timestep of each sequence of the source's index: a
+        time delta is 0 there, as at a sequence's first timestep.
+      counted: (n,) the sequences whose unseen categories are counted (the part read).
+    """
+
+    def __init__(self, config: PipelineConfig, statistics: Statistics, skipped: np.ndarray,
+                 counted: np.ndarray) -> None:
+        self.config, self.statistics = config, statistics
+        self.skipped, self.counted = skipped, counted
+        self._vocabularies = {name: _value_set(v)
+                              for name, v in statistics.vocabularies.items()}
+
+    def apply(self, first: int, chunk: Sequences) -> tuple[Sequences, Mapping[str, int]]:
+        """The chunk whose first sequence has index `first`, prepared; and, per categorical
+        input or output, how many of its values (in counted sequences) were not in the
+        vocabulary."""
+        index = np.arange(first, first + len(chunk))
+        counted = self.counted[index]
+        unseen: collections.Counter = collections.Counter()
+        features: dict[str, Any] = {}
+        for name, spec in self.config.inputs.items():
+            values = chunk.features[name]
+            if spec.categorical:
+                ids, missed = self._ids(name, values, 2, chunk, counted, spec.level)
+                features[name] = ids
+                unseen[f"inputs.{name}"] += missed
+            elif deferred(spec) or spec.time_delta:
+                features[name] = self._numeric(name, spec, values, chunk, index)
+            else:
+                features[name] = values
+        labels, present = dict(chunk.labels), dict(chunk.present)
+        for name, output in self.config.outputs.items():
+            if output.categorical:
+                ids, missed = self._ids(name, labels[name], 0, chunk, counted, output.level)
+                present[name] = ids >= 0
+                labels[name] = np.where(present[name], ids,
+                                        np.int32(output.fill_value)).astype(np.int32)
+                unseen[f"outputs.{name}"] += missed
+        prepared = Sequences(chunk.ids, chunk.offsets, features, labels, present, chunk.times)
+        return prepared, {key: n for key, n in unseen.items() if n}
+
+    def _numeric(self, name: str, spec: InputConfig, values: Any, chunk: Sequences,
+                 index: np.ndarray) -> tuple:
+        columns = (list(values) if isinstance(values, tuple)
+                   else [values[:, j] for j in range(values.shape[1])])
+        scaled, flags = [], []
+        stats = self.statistics.columns.get(name, {})
+        for j, column in enumerate(spec.columns):
+            v = columns[j]
+            bad = ~np.isfinite(v)
+            if spec.normalize:
+                shift, divisor = stats[column].scale(spec.normalize)
+                v = (v - np.float32(shift)) / np.float32(divisor)
+            if bad.any():
+                v = np.where(bad, np.float32(spec.fill_for(column) or 0.0), v)
+            scaled.append(np.asarray(v, dtype=np.float32))
+            if spec.missing_indicators:
+                flags.append(bad.astype(np.float32))
+        delta = [self._time_delta(chunk, index)] if spec.time_delta else []
+        return tuple(scaled + delta + flags)
+
+    def _time_delta(self, chunk: Sequences, index: np.ndarray) -> np.ndarray:
+        times = chunk.times
+        if times is None:  # the config check requires a time column
+            raise AssertionError("time_delta without times (a seqpipe bug; please report it)")
+        delta = np.zeros(len(times), dtype=np.float64)
+        if len(times) > 1:
+            steps = np.diff(times)
+            if steps.dtype.kind == "m":  # dates and timestamps: seconds
+                steps = steps / np.timedelta64(1, "s")
+            delta[1:] = steps
+        starts = chunk.offsets[:-1]
+        delta[starts] = 0
+        delta[starts + self.skipped[index]] = 0
+        return delta.astype(np.float32)
+
+    def _ids(self, name: str, values: Categories, first_id: int, chunk: Sequences,
+             counted: np.ndarray, level: str) -> tuple[np.ndarray, int]:
+        """int32 ids of a chunk's categories: `first_id + i` for vocabulary value i; for an
+        input 1 at a missing or unseen value, for a label -1. And how many present values of
+        counted sequences were unseen."""
+        found = _lookup(self._vocabularies[name], values.values, name)
+        none = 1 if first_id else -1
+        table = np.full(len(values.values) + 1, none, dtype=np.int32)  # the last: missing
+        table[:-1] = np.where(found >= 0, found + first_id, none)
+        ids = table[values.codes]
+        unseen_codes = (found < 0)[np.maximum(values.codes, 0)] & (values.codes >= 0)
+        rows = counted if level == "sequence" else np.repeat(counted, chunk.lengths)
+        return ids, int(np.count_nonzero(unseen_codes & rows))
+
+
+def _value_set(vocabulary: Vocabulary) -> pa.Array:
+    return pa.array(list(vocabulary.values))
+
+
+def _lookup(vocabulary: pa.Array, values: pa.Array, name: str) -> np.ndarray:
+    """The vocabulary index of each of a chunk's distinct values, -1 where it has none."""
+    if len(vocabulary) == 0:
+        return np.full(len(values), -1, dtype=np.int64)
+    if values.type != vocabulary.type:
+        try:
+            values = values.cast(vocabulary.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise DataError(
+                f"{name}: the vocabulary holds {vocabulary.type} values but the column "
+                f"holds {values.type}; statistics computed on other data do not fit this "
+                f"column. Compute them again on this data.") from e
+    found = pc.index_in(values, value_set=vocabulary)
+    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)

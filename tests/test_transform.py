@@ -1,0 +1,443 @@
+"""Real-world data: scaling, categorical ids, time deltas, missing indicators, several
+targets and the mask input, checked against pandas and NumPy computed straight from the
+Parquet file, and against real Keras where a loss is at stake."""
+
+import keras
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from seqpipe import ConfigError, DataError, Pipeline, Statistics, element_spec, load_config
+from tests.helpers import write
+
+EVENTS = ["click", "view", "buy", "scroll", None]
+
+
+def sessions(n=60, seed=0, shuffle=True) -> pa.Table:
+    """Long rows of n sessions: timestamps with irregular gaps, numeric vitals with NaNs,
+    an integer column, a string event (some null), a per-session device and a per-session
+    string class label (some null), and two per-timestep targets (some NaN)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 15, n)
+    sequence = np.repeat(np.arange(n), lengths)
+    rows = len(sequence)
+    step = np.arange(rows) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    gaps = rng.integers(1, 600, rows)
+    seconds = np.cumsum(gaps) - np.repeat((np.cumsum(gaps) - gaps)[np.cumsum(lengths) - lengths],
+                                          lengths)
+    hr = rng.normal(80, 12, rows)
+    hr[rng.random(rows) < 0.2] = np.nan
+    bp = rng.normal(120, 20, rows)
+    bp[rng.random(rows) < 0.1] = np.nan
+    event = np.array(EVENTS, dtype=object)[rng.choice(5, rows, p=[0.4, 0.3, 0.1, 0.15, 0.05])]
+    dx = np.array(["speaker-1", "speaker-2", "speaker-3", None],
+                  dtype=object)[rng.choice(4, n, p=[0.5, 0.3, 0.15, 0.05])]
+    y1, y2 = rng.normal(size=rows), rng.normal(size=rows)
+    y1[rng.random(rows) < 0.15] = np.nan
+    y2[rng.random(rows) < 0.15] = np.nan
+    table = pa.table({
+        "id": pa.array([f"u{i:03d}" for i in sequence]),
+        "ts": pa.array(np.datetime64("2026-01-01T00:00:00") + seconds.astype("timedelta64[s]"),
+                       pa.timestamp("s")),
+        "step": step,
+        "hr": hr, "bp": bp,
+        "visits": rng.integers(0, 50, rows),  # an integer feature, cast to float32
+        "event": pa.array(list(event), pa.string()),
+        "device": pa.array([["ios", "android", "web"][i % 3] for i in sequence]),
+        "dx": pa.array(list(dx[sequence]), pa.string()),
+        "y1": y1, "y2": y2,
+    })
+    return table.take(rng.permutation(rows)) if shuffle else table
+
+
+def frame_of(table) -> pd.DataFrame:
+    return table.to_pandas().sort_values(["id", "ts"]).reset_index(drop=True)
+
+
+def config(path, **sections):
+    raw = {"source": {"path": path, "id_column": "id", "time_column": "ts"},
+           "inputs": {"vitals": {"columns": ["hr", "bp"], "normalize": "standard"},
+                      "event": {"columns": ["event"], "categorical": True}},
+           "outputs": {"targets": {"columns": ["y1", "y2"]},
+                       "dx": {"column": "dx", "level": "sequence", "categorical": True}},
+           "batching": {"batch_size": 8}}
+    raw.update(sections)
+    return load_config(raw)
+
+
+def rows_of(batch, name, level="timestep"):
+    """id -> the real rows of one input or label of a batch (post padding)."""
+    values = batch.x[name] if name in batch.x else batch.y[name]
+    if level == "sequence":
+        return {i: values[r] for r, i in enumerate(batch.ids)}
+    return {i: values[r, :n] for r, (i, n) in enumerate(zip(batch.ids, batch.lengths))}
+
+
+def every(pipeline, epoch=0):
+    return list(pipeline.batches(epoch))
+
+
+@pytest.fixture
+def source(tmp_path):
+    table = sessions()
+    return write(tmp_path / "s.parquet", table, row_group_size=40), frame_of(table)
+
+
+def test_standard_scaling_uses_the_train_parts_present_values_at_kept_timesteps(source):
+    path, frame = source
+    cfg = config(path, split={"validation": 0.3, "seed": 3}, padding={"maxlen": 6})
+    train = Pipeline(cfg, split="train")
+    train_ids = sorted(i for b in every(train) for i in b.ids)
+    kept = frame[frame.id.isin(train_ids)].groupby("id").head(6)  # truncating: post
+    kept = kept[["hr", "bp"]].astype(np.float32).astype(np.float64)  # the values read
+    expected = {c: (kept[c].mean(), kept[c].std(ddof=0)) for c in ("hr", "bp")}
+    for c, (mean, std) in expected.items():
+        got = train.statistics.columns["vitals"][c]
+        assert got.mean == pytest.approx(mean, rel=1e-9) and got.std == pytest.approx(std, rel=1e-9)
+        assert got.count == kept[c].notna().sum()
+    validation = Pipeline(cfg, split="validation")  # built alone: the train part's statistics
+    assert validation.statistics == train.statistics
+    for batch in every(validation):
+        for i, rows in rows_of(batch, "vitals").items():
+            raw = frame[frame.id == i].head(6)
+            for j, c in enumerate(("hr", "bp")):
+                mean, std = expected[c]
+                want = ((raw[c] - mean) / std).fillna(0.0).to_numpy()  # fill 0: the mean
+                np.testing.assert_allclose(rows[:, j], want, rtol=1e-5, atol=1e-5)
+        for r, n in enumerate(batch.lengths):
+            assert (batch.x["vitals"][r, n:] == 0).all()  # padding.value, never scaled
+
+
+def test_minmax_maps_the_observed_range_to_0_and_1(source):
+    path, frame = source
+    cfg = config(path, inputs={"vitals": {"columns": ["hr", "visits"], "normalize": "minmax",
+                                          "fill_value": -1}})
+    pipeline = Pipeline(cfg)
+    low, high = frame[["hr", "visits"]].min(), frame[["hr", "visits"]].max()
+    for batch in every(pipeline):
+        for i, rows in rows_of(batch, "vitals").items():
+            raw = frame[frame.id == i]
+            for j, c in enumerate(("hr", "visits")):
+                want = ((raw[c] - low[c]) / (high[c] - low[c])).fillna(-1.0).to_numpy()
+                np.testing.assert_allclose(rows[:, j], want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_constant_column_is_scaled_with_std_1_and_says_so(tmp_path, caplog):
+    table = sessions().append_column("flat", pa.array(np.full(sessions().num_rows, 7.0)))
+    path = write(tmp_path / "s.parquet", table)
+    cfg = config(path, inputs={"vitals": {"columns": ["flat"], "normalize": "standard"}})
+    pipeline = Pipeline(cfg)
+    assert pipeline.statistics.columns["vitals"]["flat"].std == 0
+    assert "column 'flat' is constant (7)" in caplog.text
+    batch = next(pipeline.batches())
+    assert (batch.x["vitals"][0, :batch.lengths[0]] == 0).all()
+
+
+def test_categorical_ids_are_stable_frequency_ordered_and_0_only_at_padding(source):
+    path, frame = source
+    cfg = config(path, split={"validation": 0.3, "seed": 3}, shuffle={"buffer_size": 64})
+    train = Pipeline(cfg, split="train")
+    train_ids = sorted(i for b in every(train) for i in b.ids)
+    counts = frame[frame.id.isin(train_ids)].event.value_counts()
+    order = sorted(counts.index, key=lambda v: (-counts[v], v))
+    vocabulary = train.statistics.vocabularies["event"]
+    assert list(vocabulary.values) == order
+    assert train.statistics.input_dim("event") == len(order) + 2
+    id_of = {v: k + 2 for k, v in enumerate(order)}
+    for pipeline in (train, Pipeline(cfg, split="validation")):
+        for epoch in (0, 1):
+            for batch in every(pipeline, epoch):
+                ids = batch.x["event"]
+                assert ids.dtype == np.int32 and ids.ndim == 2
+                real = np.arange(ids.shape[1])[None, :] < batch.lengths[:, None]
+                assert (ids[~real] == 0).all() and (ids[real] > 0).all()
+                for i, rows in rows_of(batch, "event").items():
+                    raw = frame[frame.id == i].event
+                    want = [id_of.get(v, 1) if v is not None else 1 for v in raw]
+                    assert rows.tolist() == want
+
+
+def test_a_string_class_label_gets_class_ids_and_missing_or_unseen_ones_weigh_0(source):
+    path, frame = source
+    pipeline = Pipeline(config(path))
+    per_sequence = frame.groupby("id").dx.first()
+    classes = pipeline.statistics.vocabularies["dx"].values
+    assert set(classes) == {"speaker-1", "speaker-2", "speaker-3"}
+    assert pipeline.statistics.input_dim("dx") == 3
+    for batch in every(pipeline):
+        y, w = batch.y["dx"], batch.sample_weight["dx"]
+        assert y.dtype == np.int32 and y.shape == (len(batch.ids), 1)
+        for r, i in enumerate(batch.ids):
+            label = per_sequence[i]
+            if pd.isna(label):
+                assert w[r] == 0
+            else:
+                assert y[r, 0] == classes.index(label) and w[r] > 0
+
+
+def test_several_targets_weigh_0_where_any_one_is_missing_and_are_counted(source):
+    path, frame = source
+    pipeline = Pipeline(config(path, weights={"mode": "binary"}))
+    for batch in every(pipeline):
+        y, w = batch.y["targets"], batch.sample_weight["targets"]
+        assert y.shape[2] == 2 and w.shape == y.shape[:2]
+        for r, (i, n) in enumerate(zip(batch.ids, batch.lengths)):
+            raw = frame[frame.id == i]
+            both = (raw.y1.notna() & raw.y2.notna()).to_numpy()
+            np.testing.assert_array_equal(w[r, :n], both.astype(np.float32))
+            np.testing.assert_allclose(y[r, :n, 0], raw.y1.fillna(0).to_numpy(), rtol=1e-6)
+            np.testing.assert_allclose(y[r, :n, 1], raw.y2.fillna(0).to_numpy(), rtol=1e-6)
+    missing, total = pipeline.report.missing_labels["targets"]
+    assert total == len(frame)
+    assert missing == int((frame.y1.isna() | frame.y2.isna()).sum())
+
+
+def test_time_delta_and_missing_indicators_equal_pandas_on_shuffled_timestamped_rows(source):
+    path, frame = source
+    cfg = config(path, inputs={"vitals": {"columns": ["hr", "bp"], "time_delta": True,
+                                          "missing_indicators": True, "fill_value": -5}},
+                 padding={"maxlen": 5, "truncating": "pre"})
+    pipeline = Pipeline(cfg)
+    assert element_spec(cfg)[0]["vitals"].shape.as_list() == [None, None, 5]
+    seen = 0
+    for batch in every(pipeline):
+        for i, rows in rows_of(batch, "vitals").items():
+            raw = frame[frame.id == i].tail(5)  # truncating: pre keeps the latest
+            delta = raw.ts.diff().dt.total_seconds().fillna(0).to_numpy()
+            np.testing.assert_allclose(rows[:, 0], raw.hr.fillna(-5).to_numpy(), rtol=1e-6)
+            np.testing.assert_allclose(rows[:, 1], raw.bp.fillna(-5).to_numpy(), rtol=1e-6)
+            np.testing.assert_array_equal(rows[:, 2], delta)
+            np.testing.assert_array_equal(rows[:, 3], raw.hr.isna().to_numpy())
+            np.testing.assert_array_equal(rows[:, 4], raw.bp.isna().to_numpy())
+            seen += 1
+    assert seen == frame.id.nunique()
+    filled = pipeline.report.filled_values
+    assert filled == {"inputs.vitals.hr": int(frame.hr.isna().sum()),
+                      "inputs.vitals.bp": int(frame.bp.isna().sum())}
+
+
+def test_the_mask_input_is_true_exactly_at_real_timesteps(source):
+    path, _ = source
+    cfg = config(path, padding={"mask": "timestep_mask", "side": "pre"})
+    assert element_spec(cfg)[0]["timestep_mask"].dtype.name == "bool"
+    for batch in every(Pipeline(cfg)):
+        mask = batch.x["timestep_mask"]
+        steps = mask.shape[1]
+        want = np.arange(steps)[None, :] >= (steps - batch.lengths)[:, None]
+        np.testing.assert_array_equal(mask, want)
+
+
+def _masked_gru(per_sequence: bool, reduction: str):
+    vitals = keras.Input((None, 2), name="vitals")
+    mask = keras.Input((None,), dtype="bool", name="timestep_mask")
+    hidden = keras.layers.GRU(4, return_sequences=not per_sequence)(vitals, mask=mask)
+    head = keras.layers.Dense(1 if per_sequence else 2, name="out")(hidden)
+    model = keras.Model({"vitals": vitals, "timestep_mask": mask}, {"out": head})
+    model.compile(loss={"out": keras.losses.MeanSquaredError(reduction=reduction)})
+    return model
+
+
+@pytest.mark.parametrize("per_sequence, reduction, mode", [
+    # The mask stops at the GRU: batch_mean with the default reduction is the masked mean.
+    (True, "sum_over_batch_size", "batch_mean"),
+    # The GRU hands the mask on to a per-timestep head (Keras 3.15), so Keras masks the loss
+    # itself: with mean_with_sample_weight every weight mode gives the masked mean.
+    (False, "mean_with_sample_weight", "batch_mean"),
+    (False, "mean_with_sample_weight", "binary"),
+], ids=["per-sequence-head", "per-timestep-batch_mean", "per-timestep-binary"])
+def test_an_rnn_given_the_mask_input_reports_the_masked_mean(source, per_sequence, reduction,
+                                                             mode):
+    path, _ = source
+    label = ({"out": {"column": "y1", "level": "sequence"}} if per_sequence
+             else {"out": {"columns": ["y1", "y2"]}})
+    cfg = config(path, inputs={"vitals": {"columns": ["hr", "bp"], "normalize": "standard"}},
+                 outputs=label, padding={"mask": "timestep_mask"}, weights={"mode": mode})
+    if per_sequence:  # a per-sequence label from the first y1 of each session
+        cfg = load_config(cfg, {"source.layout": "long"})
+    model = _masked_gru(per_sequence, reduction)
+    pipeline = Pipeline(cfg, data=_first_label_per_session(sessions()) if per_sequence else None)
+    for batch in every(pipeline)[:3]:
+        predicted = model.predict_on_batch(batch.x)["out"].astype(np.float64)
+        per_element = ((batch.y["out"] - predicted) ** 2).mean(axis=-1)
+        valid = batch.sample_weight["out"] > 0
+        reported = model.test_on_batch(batch.x, batch.y, batch.sample_weight,
+                                       return_dict=True)["loss"]
+        assert reported == pytest.approx(per_element[valid].mean(), rel=1e-5)
+
+
+def _first_label_per_session(table):
+    frame = table.to_pandas()
+    frame["y1"] = frame.groupby("id").y1.transform("first")
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def test_embedding_mask_zero_with_binary_weights_reports_the_masked_mean(source):
+    path, _ = source
+    cfg = config(path, inputs={"event": {"columns": ["event"], "categorical": True}},
+                 outputs={"targets": {"columns": ["y1", "y2"]}}, weights={"mode": "binary"})
+    pipeline = Pipeline(cfg)
+    event = keras.Input((None,), dtype="int32", name="event")
+    embedded = keras.layers.Embedding(pipeline.statistics.input_dim("event"), 3,
+                                      mask_zero=True)(event)
+    model = keras.Model({"event": event},
+                        {"targets": keras.layers.Dense(2, name="targets")(embedded)})
+    model.compile(loss={"targets": keras.losses.MeanSquaredError(
+        reduction="mean_with_sample_weight")})
+    for batch in every(pipeline)[:3]:
+        predicted = model.predict_on_batch(batch.x)["targets"].astype(np.float64)
+        per_step = ((batch.y["targets"] - predicted) ** 2).mean(axis=-1)
+        valid = batch.sample_weight["targets"] > 0
+        reported = model.test_on_batch(batch.x, batch.y, batch.sample_weight,
+                                       return_dict=True)["loss"]
+        assert reported == pytest.approx(per_step[valid].mean(), rel=1e-5)
+
+
+def test_a_string_class_label_trains_with_sparse_categorical_crossentropy(source):
+    path, _ = source
+    cfg = config(path, inputs={"vitals": {"columns": ["hr"], "normalize": "standard"},
+                               "device": {"columns": ["device"], "categorical": True,
+                                          "level": "sequence"}},
+                 outputs={"dx": {"column": "dx", "level": "sequence", "categorical": True}})
+    pipeline = Pipeline(cfg)
+    vitals = keras.Input((None, 1), name="vitals")
+    device = keras.Input((), dtype="int32", name="device")
+    pooled = keras.layers.GlobalAveragePooling1D()(vitals)
+    joined = keras.layers.Concatenate()(
+        [pooled, keras.layers.Embedding(pipeline.statistics.input_dim("device"), 2)(device)])
+    probabilities = keras.layers.Dense(pipeline.statistics.input_dim("dx"),
+                                       activation="softmax", name="dx")(joined)
+    model = keras.Model({"vitals": vitals, "device": device}, {"dx": probabilities})
+    model.compile(loss={"dx": "sparse_categorical_crossentropy"})
+    batch = next(pipeline.batches())
+    predicted = model.predict_on_batch(batch.x)["dx"].astype(np.float64)
+    chosen = predicted[np.arange(len(predicted)), batch.y["dx"][:, 0]]
+    valid = batch.sample_weight["dx"] > 0
+    reported = model.test_on_batch(batch.x, batch.y, batch.sample_weight,
+                                   return_dict=True)["loss"]
+    assert reported == pytest.approx(-np.log(chosen[valid]).mean(), rel=1e-5)
+    model.fit(_dataset(cfg), epochs=1, verbose=0)
+
+
+def _dataset(cfg):
+    from seqpipe import build_dataset
+
+    return build_dataset(cfg)
+
+
+def test_statistics_saved_and_loaded_prepare_the_same_batches(source, tmp_path):
+    path, _ = source
+    cfg = config(path, split={"validation": 0.3, "seed": 3})
+    train = Pipeline(cfg, split="train")
+    train.statistics.save(tmp_path / "stats.json")
+    loaded = Statistics.load(tmp_path / "stats.json")
+    assert loaded == train.statistics
+    other = sessions(seed=9)  # data seen later: prepared with the training statistics
+    again = Pipeline(cfg, data=other, split="validation", statistics=loaded)
+    assert again.statistics == train.statistics
+    assert "speaker-1" in (tmp_path / "stats.json").read_text()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"inputs": {"vitals": {"columns": ["hr"], "normalize": "standard"}}},
+     r"the statistics do not match the config: inputs\.vitals normalizes columns \['hr'\], "
+     r"the statistics hold \['bp', 'hr'\]"),
+    ({"inputs": {"vitals": {"columns": ["hr", "bp"], "fill_value": 0},
+                 "kind": {"columns": ["event"], "categorical": True}}},
+     r"'kind' is categorical and the statistics hold no vocabulary for it"),
+])
+def test_statistics_that_do_not_match_the_config_are_refused(source, change, message):
+    path, _ = source
+    statistics = Pipeline(config(path)).statistics
+    with pytest.raises(ConfigError, match=message):
+        Pipeline(config(path, **change), statistics=statistics)
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ({"e": {"columns": ["event", "device"], "categorical": True}},
+     r"inputs\.e\.categorical takes exactly one column.*got columns \['event', 'device'\]"),
+    ({"v": {"columns": ["hr"]}, "e": {"columns": ["event"], "categorical": True,
+                                     "normalize": "standard"}},
+     r"inputs\.e\.normalize does not apply to a categorical input"),
+    ({"v": {"columns": ["hr"], "max_tokens": 3}},
+     r"inputs\.v\.max_tokens needs inputs\.v\.categorical: true"),
+    ({"v": {"columns": ["hr"], "normalize": "zscore"}},
+     r"inputs\.v\.normalize must be 'standard' or 'minmax' or null; got 'zscore'"),
+])
+def test_config_errors_name_the_key_and_the_rule(inputs, message):
+    raw = {"source": {"path": "x.parquet", "id_column": "id", "time_column": "ts"},
+           "inputs": inputs}
+    with pytest.raises(ConfigError, match=message):
+        load_config(raw)
+
+
+def test_a_string_column_without_categorical_says_how_to_use_it(source):
+    path, _ = source
+    with pytest.raises(DataError, match=r"column 'event' in .* is string; inputs\.vitals\.columns "
+                       r"must be numeric .*set inputs\.vitals\.categorical: true"):
+        Pipeline(config(path, inputs={"vitals": {"columns": ["hr", "event"]}}))
+
+
+def test_max_tokens_keeps_the_most_frequent_and_maps_the_rest_to_1(source):
+    path, frame = source
+    cfg = config(path, inputs={"event": {"columns": ["event"], "categorical": True,
+                                         "max_tokens": 2}})
+    pipeline = Pipeline(cfg)
+    counts = frame.event.value_counts()
+    top = sorted(counts.index, key=lambda v: (-counts[v], v))[:2]
+    vocabulary = pipeline.statistics.vocabularies["event"]
+    assert list(vocabulary.values) == top and vocabulary.dropped == len(counts) - 2
+    for batch in every(pipeline):
+        for i, rows in rows_of(batch, "event").items():
+            want = [top.index(v) + 2 if v in top else 1 for v in frame[frame.id == i].event]
+            assert rows.tolist() == want
+
+
+def test_unseen_categories_are_counted_in_the_report(source):
+    path, _ = source
+    cfg = config(path)
+    statistics = Pipeline(cfg).statistics
+    table = sessions(seed=2)
+    table = table.set_column(table.schema.get_field_index("event"), "event",
+                             pa.array(["new"] * table.num_rows))
+    pipeline = Pipeline(cfg, data=table, statistics=statistics)
+    every(pipeline)
+    assert pipeline.report.unseen_categories["inputs.event"] == table.num_rows
+    assert "categories the vocabulary does not hold" in " ".join(pipeline.report.changes())
+
+
+@pytest.mark.parametrize("layout", ["long", "nested"])
+def test_both_layouts_and_streamed_or_whole_give_the_same_prepared_batches(tmp_path, layout):
+    table = sessions(shuffle=False)
+    cfg = config(None, inputs={"vitals": {"columns": ["hr", "bp"], "normalize": "standard",
+                                          "time_delta": True, "missing_indicators": True},
+                               "event": {"columns": ["event"], "categorical": True}})
+    if layout == "nested":
+        ordered = table.sort_by([("id", "ascending"), ("ts", "ascending")])
+        ids = ordered["id"].to_numpy(zero_copy_only=False)
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+        offsets = pa.array(np.r_[starts, len(ids)].astype(np.int32))
+        nested = pa.table({"id": ids[starts],
+                           **{c: pa.ListArray.from_arrays(offsets, ordered[c].combine_chunks())
+                              for c in ("ts", "hr", "bp", "event", "y1", "y2")},
+                           "dx": ordered["dx"].take(pa.array(starts))})
+        path = write(tmp_path / "n.parquet", nested, row_group_size=9)
+        cfg = load_config(cfg, {"source.layout": "nested", "source.path": path})
+    else:
+        path = write(tmp_path / "l.parquet", table, row_group_size=40)
+        cfg = load_config(cfg, {"source.path": path})
+    streamed = Pipeline(cfg)
+    whole = Pipeline(cfg, data=pq.read_table(path))
+    assert streamed.report.streamed and not whole.report.streamed
+    for column, stats in streamed.statistics.columns["vitals"].items():  # summed in another order
+        other = whole.statistics.columns["vitals"][column]
+        assert stats.count == other.count and stats.mean == pytest.approx(other.mean, rel=1e-12)
+        assert stats.std == pytest.approx(other.std, rel=1e-12)
+    assert streamed.statistics.vocabularies == whole.statistics.vocabularies
+    for a, b in zip(every(streamed), every(whole), strict=True):
+        for name in a.x:
+            np.testing.assert_allclose(a.x[name], b.x[name], rtol=1e-6)
+        for name in a.y:
+            np.testing.assert_array_equal(a.y[name], b.y[name])
+            np.testing.assert_array_equal(a.sample_weight[name], b.sample_weight[name])
