@@ -441,3 +441,65 @@ def test_both_layouts_and_streamed_or_whole_give_the_same_prepared_batches(tmp_p
         for name in a.y:
             np.testing.assert_array_equal(a.y[name], b.y[name])
             np.testing.assert_array_equal(a.sample_weight[name], b.sample_weight[name])
+
+
+def _vitals_model():
+    """A GRU told where the padding is by the mask input (Keras 3.15's Concatenate does not
+    hand on an Embedding's mask_zero mask exactly, so the mask goes in explicitly)."""
+    vitals = keras.Input((None, 2), name="vitals")
+    event = keras.Input((None,), dtype="int32", name="event")
+    mask = keras.Input((None,), dtype="bool", name="timestep_mask")
+    hidden = keras.layers.Concatenate()([vitals, keras.layers.Embedding(8, 2)(event)])
+    hidden = keras.layers.GRU(3, return_sequences=True)(hidden, mask=mask)
+    pooled = keras.layers.GRU(3)(hidden, mask=mask)
+    outputs = {"targets": keras.layers.Dense(2, name="targets")(hidden),
+               "dx": keras.layers.Dense(3, activation="softmax", name="dx")(pooled)}
+    return keras.Model({"vitals": vitals, "event": event, "timestep_mask": mask}, outputs)
+
+
+@pytest.mark.parametrize("layout", ["long", "nested"])
+def test_predict_gives_every_sequence_once_by_id_and_time_equal_to_the_model_alone(
+        tmp_path, layout):
+    table = sessions(n=25, seed=4)
+    cfg = config(None, split={"validation": 0.4, "seed": 1},
+                 padding={"maxlen": 9, "side": "pre", "mask": "timestep_mask"},
+                 shuffle={"buffer_size": 50, "seed": 2})
+    frame = frame_of(table)
+    if layout == "nested":
+        ordered = table.sort_by([("id", "ascending"), ("ts", "ascending")])
+        ids = ordered["id"].to_numpy(zero_copy_only=False)
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+        offsets = pa.array(np.r_[starts, len(ids)].astype(np.int32))
+        table = pa.table({"id": ids[starts],
+                          **{c: pa.ListArray.from_arrays(offsets, ordered[c].combine_chunks())
+                             for c in ("ts", "hr", "bp", "event", "y1", "y2")},
+                          "dx": ordered["dx"].take(pa.array(starts))})
+        cfg = load_config(cfg, {"source.layout": "nested"})
+    model = _vitals_model()
+    statistics = Pipeline(cfg, data=table, split="train").statistics
+    frames = seqpipe_predict(model, cfg, data=table, split="validation",
+                             statistics=statistics)
+    validation_ids = sorted({i for b in every(Pipeline(cfg, data=table, split="validation"))
+                             for i in b.ids})
+    steps = frames["targets"]
+    assert list(steps.columns) == ["id", "ts", "targets_0", "targets_1"]
+    kept = frame[frame.id.isin(validation_ids)].groupby("id").head(9)  # truncating: post
+    assert steps.id.tolist() == kept.id.tolist() and steps.ts.tolist() == kept.ts.tolist()
+    sequences = frames["dx"]
+    assert sequences.id.tolist() == validation_ids
+    assert list(sequences.columns) == ["id", "dx_0", "dx_1", "dx_2"]
+    one = Pipeline(load_config(cfg, {"batching.batch_size": 1}), data=table, split="validation",
+                   statistics=statistics)
+    for batch in every(one):  # the model on each sequence alone, unpadded
+        alone = model.predict_on_batch(batch.x)
+        rows = steps[steps.id == batch.ids[0]]
+        np.testing.assert_allclose(rows[["targets_0", "targets_1"]].to_numpy(),
+                                   alone["targets"][0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(sequences[sequences.id == batch.ids[0]].iloc[0, 1:]
+                                   .to_numpy(float), alone["dx"][0], rtol=1e-4, atol=1e-6)
+
+
+def seqpipe_predict(*args, **kwargs):
+    from seqpipe import predict
+
+    return predict(*args, **kwargs)

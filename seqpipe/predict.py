@@ -1,0 +1,138 @@
+"""Predict: a trained model's outputs joined back to sequence ids and times.
+
+The model is called on the pipeline's batches (unshuffled, every sequence of the part
+once); each output's predictions at real timesteps are cut out of the padding and laid out
+one row per kept timestep (or per sequence), in id order, with the id and the time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+import numpy as np
+import pandas as pd
+
+from seqpipe.config import PipelineConfig, load_config
+from seqpipe.errors import ConfigError
+from seqpipe.pipeline import Batch, Pipeline
+from seqpipe.sequences import ranges
+from seqpipe.statistics import Statistics
+
+
+def predict(model: Any, config: Union[PipelineConfig, Mapping, str, os.PathLike],
+            data: Any = None, split: Optional[str] = None,
+            statistics: Optional[Statistics] = None) -> dict[str, pd.DataFrame]:
+    """Runs `model` over every sequence once and returns its predictions by sequence id.
+
+    Args:
+      model: a Keras model whose inputs are named like the config's (`predict_on_batch`).
+      config: a `PipelineConfig`, YAML path or mapping. Shuffling is turned off.
+      data: a pandas DataFrame or pyarrow Table instead of `source.path`.
+      split: the part to predict ('validation', say) when the config has a split.
+      statistics: the training run's `seqpipe.Statistics` (`Statistics.load`), so that the
+        inputs are scaled and encoded as in training. None computes them from the train
+        part of this data.
+
+    Returns:
+      output name -> DataFrame. A per-timestep output has one row per kept real timestep:
+      the id column, the time column (or `step`, the timestep's place in the sequence, without
+      one) and the prediction; a per-sequence output one row per sequence. A prediction of
+      one value is a column named after the output; of k values, `<output>_0` ...
+      `<output>_<k-1>`. Rows are in id order, then time order. An output's level comes from
+      the config, or, for an output the config does not name, from its rank (3: timestep).
+
+    Example::
+
+      model.fit(seqpipe.build_dataset("train.yaml", split="train"), epochs=5)
+      frames = seqpipe.predict(model, "train.yaml", split="test",
+                               statistics=seqpipe.Statistics.load("stats.json"))
+      frames["hr_next"].head()   # id, time, hr_next
+    """
+    config = config if isinstance(config, PipelineConfig) else load_config(config)
+    config = load_config(config, {"shuffle.buffer_size": 0})
+    pipeline = Pipeline(config, data, split, statistics=statistics)
+    index = pipeline.source.index
+    found: dict[str, list] = {}
+    levels: dict[str, str] = {}
+    for batch in pipeline.batches():
+        outputs = _by_name(model.predict_on_batch(batch.x), model, config)
+        at = np.searchsorted(index.ids, batch.ids)  # ids are in the index, ascending
+        for name, values in outputs.items():
+            levels.setdefault(name, _level(name, values, config))
+            found.setdefault(name, []).append(_real(values, levels[name], batch, at, config))
+    times = _kept_times(pipeline) if any(v == "timestep" for v in levels.values()) else None
+    return {name: _frame(name, pieces, levels[name], pipeline, times)
+            for name, pieces in found.items()}
+
+
+def _by_name(predicted: Any, model: Any, config: PipelineConfig) -> dict[str, np.ndarray]:
+    """The model's predictions as output name -> array."""
+    if isinstance(predicted, Mapping):
+        return {name: np.asarray(v) for name, v in predicted.items()}
+    names = list(getattr(model, "output_names", None) or config.outputs)
+    if not isinstance(predicted, (list, tuple)):
+        predicted = [predicted]
+    if len(names) != len(predicted):
+        names = list(config.outputs) if len(config.outputs) == len(predicted) else [
+            f"output_{i}" for i in range(len(predicted))]
+    return {name: np.asarray(v) for name, v in zip(names, predicted)}
+
+
+def _level(name: str, values: np.ndarray, config: PipelineConfig) -> str:
+    if name in config.outputs:
+        return config.outputs[name].level
+    return "timestep" if values.ndim >= 3 else "sequence"
+
+
+def _real(values: np.ndarray, level: str, batch: Batch, at: np.ndarray,
+          config: PipelineConfig) -> tuple:
+    """(sequence index, step, prediction rows) of a batch's real sequences and timesteps."""
+    n = len(batch.ids)
+    values = values[:n]
+    if level == "sequence":
+        return at, np.zeros(n, dtype=np.int64), values.reshape(n, -1)
+    if values.ndim == 2:
+        values = values[..., None]
+    steps = values.shape[1]
+    lead = steps - batch.lengths if config.padding.side == "pre" else np.zeros(n, np.int64)
+    rows = np.repeat(np.arange(n), batch.lengths)
+    step = ranges(np.zeros(n, np.int64), batch.lengths)
+    return np.repeat(at, batch.lengths), step, values[rows, step + lead[rows]]
+
+
+def _kept_times(pipeline: Pipeline) -> Optional[np.ndarray]:
+    """The time of every kept timestep, flat in index order, or None without times."""
+    pieces = [chunk.times for _, chunk in pipeline.chunks()]
+    if not pieces or pieces[0] is None:
+        return None
+    kept = pipeline.kept_steps
+    return np.concatenate(pieces)[ranges(kept.start, kept.length)]
+
+
+def _frame(name: str, pieces: list, level: str, pipeline: Pipeline,
+           times: Optional[np.ndarray]) -> pd.DataFrame:
+    sequence = np.concatenate([p[0] for p in pieces])
+    step = np.concatenate([p[1] for p in pieces])
+    values = np.concatenate([p[2] for p in pieces])
+    order = np.lexsort((step, sequence))
+    sequence, step, values = sequence[order], step[order], values[order]
+    source = pipeline.config.source
+    if name in (source.id_column, source.time_column, "sequence", "step"):
+        raise ConfigError(f"output {name!r} has the name of the id or time column of the "
+                          f"predictions; rename the output")
+    columns: dict[str, Any] = {source.id_column or "sequence": pipeline.source.index.ids[sequence]}
+    if level == "timestep":
+        if times is not None and source.time_column:
+            kept = pipeline.kept_steps.length
+            first = np.concatenate([[0], np.cumsum(kept)[:-1]])  # of each sequence's times
+            columns[source.time_column] = times[first[sequence] + step]
+        else:
+            columns["step"] = step
+    if values.ndim == 1 or values.shape[1] == 1:
+        columns[name] = values.reshape(len(values))
+    else:
+        for i in range(values.shape[1]):
+            columns[f"{name}_{i}"] = values[:, i]
+    return pd.DataFrame(columns)
