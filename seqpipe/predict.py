@@ -104,8 +104,8 @@ def _real(values: np.ndarray, level: str, batch: Batch, at: np.ndarray,
 
 def _kept_times(pipeline: Pipeline) -> Optional[np.ndarray]:
     """The time of every kept timestep, flat in index order, or None without times."""
-    pieces = [chunk.times for _, chunk in pipeline.chunks()]
-    if not pieces or pieces[0] is None:
+    pieces = [chunk.times for _, chunk in pipeline.chunks() if chunk.times is not None]
+    if not pieces:
         return None
     kept = pipeline.kept_steps
     return np.concatenate(pieces)[ranges(kept.start, kept.length)]
