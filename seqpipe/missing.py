@@ -118,7 +118,9 @@ def labels(columns, config, where, problems):
                     f"null/NaN when missing"))
         if len(found) == 1:
             labels[name], present[name] = found[0]
-        else:  # a timestep counts only when every one of its labels is present
-            labels[name] = np.stack([values for values, _ in found], axis=1)
+        else:  # a timestep counts only when every one of its labels is present; one that
+            # does not holds fill_value in every column, as a missing label does
             present[name] = np.logical_and.reduce([here for _, here in found])
+            labels[name] = np.stack([values for values, _ in found], axis=1)
+            labels[name][~present[name]] = np.float32(output.fill_value)
     return labels, present

@@ -16,6 +16,8 @@ import pandas as pd
 
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError
+from seqpipe.materialized.manifest import is_output
+from seqpipe.materialized.read import open_part
 from seqpipe.pipeline import Batch, Pipeline
 from seqpipe.sequences import ranges
 from seqpipe.statistics import Statistics
@@ -28,7 +30,8 @@ def predict(model: Any, config: Union[PipelineConfig, Mapping, str, os.PathLike]
 
     Args:
       model: a Keras model whose inputs are named like the config's (`predict_on_batch`).
-      config: a `PipelineConfig`, YAML path or mapping. Shuffling is turned off.
+      config: a `PipelineConfig`, YAML path or mapping; or the folder `seqpipe materialize`
+        wrote (its records, prepared with its statistics). Shuffling is turned off.
       data: a pandas DataFrame or pyarrow Table instead of `source.path`.
       split: the part to predict ('validation', say) when the config has a split.
       statistics: the training run's `seqpipe.Statistics` (`Statistics.load`), so that the
@@ -50,9 +53,8 @@ def predict(model: Any, config: Union[PipelineConfig, Mapping, str, os.PathLike]
                                statistics=seqpipe.Statistics.load("stats.json"))
       frames["hr_next"].head()   # id, time, hr_next
     """
-    config = config if isinstance(config, PipelineConfig) else load_config(config)
-    config = load_config(config, {"shuffle.buffer_size": 0})
-    pipeline = Pipeline(config, data, split, statistics=statistics)
+    pipeline = _unshuffled(config, data, split, statistics)
+    config = pipeline.config
     index = pipeline.source.index
     found: dict[str, list] = {}
     levels: dict[str, str] = {}
@@ -65,6 +67,20 @@ def predict(model: Any, config: Union[PipelineConfig, Mapping, str, os.PathLike]
     times = _kept_times(pipeline) if any(v == "timestep" for v in levels.values()) else None
     return {name: _frame(name, pieces, levels[name], pipeline, times)
             for name, pieces in found.items()}
+
+
+def _unshuffled(config: Any, data: Any, split: Optional[str],
+                statistics: Optional[Statistics]) -> Pipeline:
+    if isinstance(config, (str, os.PathLike)) and is_output(str(config)):
+        if data is not None:
+            raise ConfigError(f"{os.fspath(config)!r} is a materialized output; data= does "
+                              f"not apply to it")
+        part = open_part(config, split=split)
+        return Pipeline.from_source(part, config=load_config(
+            part.config, {"shuffle.buffer_size": 0}), statistics=statistics)
+    config = config if isinstance(config, PipelineConfig) else load_config(config)
+    return Pipeline(load_config(config, {"shuffle.buffer_size": 0}), data, split,
+                    statistics=statistics)
 
 
 def _by_name(predicted: Any, model: Any, config: PipelineConfig) -> dict[str, np.ndarray]:

@@ -24,7 +24,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from seqpipe.config import PipelineConfig
+from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError
 from seqpipe.sequences import Categories, Sequences, ranges
 
@@ -184,7 +184,8 @@ def categorical_names(config: PipelineConfig) -> list[str]:
 
 
 class _Moments:
-    """count, mean and sum of squared deviations of one column, merged chunk by chunk."""
+    """count, mean and sum of squared deviations of one column, merged chunk by chunk
+    (Chan et al.: exact in any order, up to rounding)."""
 
     def __init__(self) -> None:
         self.count, self.mean, self.m2 = 0, 0.0, 0.0
@@ -192,18 +193,22 @@ class _Moments:
 
     def add(self, values: np.ndarray) -> None:
         values = values[np.isfinite(values)].astype(np.float64)
-        n = values.size
-        if not n:
+        if values.size:
+            part = _Moments()
+            part.count, part.mean = values.size, float(values.mean())
+            part.m2 = float(np.square(values - part.mean).sum())
+            part.low, part.high = float(values.min()), float(values.max())
+            self.merge(part)
+
+    def merge(self, other: _Moments) -> None:
+        if not other.count:
             return
-        mean = float(values.mean())
-        m2 = float(np.square(values - mean).sum())
-        total = self.count + n
-        delta = mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += m2 + delta * delta * self.count * n / total
+        total = self.count + other.count
+        delta = other.mean - self.mean
+        self.mean += delta * other.count / total
+        self.m2 += other.m2 + delta * delta * self.count * other.count / total
         self.count = total
-        self.low, self.high = min(self.low, float(values.min())), max(self.high,
-                                                                      float(values.max()))
+        self.low, self.high = min(self.low, other.low), max(self.high, other.high)
 
     def result(self) -> ColumnStatistics:
         if not self.count:
@@ -212,20 +217,16 @@ class _Moments:
                                 self.low, self.high)
 
 
-class StatisticsPass:
-    """Reduces chunks of grouped sequences to `Statistics`, one chunk at a time.
+class Tally:
+    """Statistics in the making: what chunks of sequences added so far. Two tallies merge
+    (`merge`), so that workers can tally their own sequences (Beam's combiner does).
 
     Args:
       config: the pipeline config.
-      skipped, kept_length: (n,) where each sequence's kept timesteps begin and how
-        many there are (`seqpipe.batching.KeptSteps`).
-      counted: (n,) True for the sequences the statistics are computed over.
     """
 
-    def __init__(self, config: PipelineConfig, skipped: np.ndarray,
-                 kept_length: np.ndarray, counted: np.ndarray) -> None:
-        self.config, self.counted = config, counted
-        self.skipped, self.kept_length = skipped, kept_length
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
         self.moments = {name: {c: _Moments() for c in spec.columns}
                         for name, spec in config.inputs.items() if spec.normalize}
         self.categories: dict[str, collections.Counter] = {
@@ -233,27 +234,31 @@ class StatisticsPass:
         self.missing = dict.fromkeys(self.categories, 0)
         self.sequences = 0
 
-    def add(self, first: int, chunk: Sequences) -> None:
-        """Counts the chunk of sequences whose first has index `first`."""
-        index = np.arange(first, first + len(chunk))
-        mine = np.flatnonzero(self.counted[index])
+    def __getstate__(self) -> dict:  # plain pickle, as Beam's coders use: config as a dict
+        return {**self.__dict__, "config": self.config.to_dict()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, config=load_config(state["config"]))
+
+    def add(self, chunk: Sequences, skipped: np.ndarray, kept: np.ndarray,
+            counted: np.ndarray) -> None:
+        """Adds the `counted` sequences of a chunk: of each, the `kept` timesteps after the
+        first `skipped` (arrays aligned with the chunk's sequences)."""
+        mine = np.flatnonzero(counted)
         if not len(mine):
             return
         self.sequences += len(mine)
-        rows = {"timestep": ranges(chunk.offsets[mine] + self.skipped[index[mine]],
-                                   self.kept_length[index[mine]]),
+        rows = {"timestep": ranges(chunk.offsets[mine] + skipped[mine], kept[mine]),
                 "sequence": mine}
         for name, moments in self.moments.items():
             spec = self.config.inputs[name]
-            values = chunk.features[name]
+            values, at = chunk.features[name], rows[spec.level]
             for j, column in enumerate(spec.columns):
-                at = rows[spec.level]
                 moments[column].add(values[j][at] if isinstance(values, tuple)
                                     else values[at, j])
         for name, counter in self.categories.items():
-            level = self.config.levels[name]
             values = (chunk.features if name in self.config.inputs else chunk.labels)[name]
-            self._count(name, counter, values[rows[level]])
+            self._count(name, counter, values[rows[self.config.levels[name]]])
 
     def _count(self, name: str, counter: collections.Counter, values: Categories) -> None:
         codes = values.codes
@@ -262,6 +267,16 @@ class StatisticsPass:
         found = np.flatnonzero(seen)
         for value, count in zip(values.values.take(found).to_pylist(), seen[found].tolist()):
             counter[value] += count
+
+    def merge(self, other: Tally) -> Tally:
+        for name, moments in self.moments.items():
+            for column, m in moments.items():
+                m.merge(other.moments[name][column])
+        for name, counter in self.categories.items():
+            counter.update(other.categories[name])
+            self.missing[name] += other.missing[name]
+        self.sequences += other.sequences
+        return self
 
     def result(self, computed_on: str) -> Statistics:
         columns = {name: {c: m.result() for c, m in moments.items()}
@@ -290,11 +305,13 @@ class StatisticsPass:
 
 
 def compute(config: PipelineConfig, chunks: Iterable[tuple[int, Sequences]],
-            skipped: np.ndarray, kept_length: np.ndarray, counted: np.ndarray,
+            skipped: np.ndarray, kept: np.ndarray, counted: np.ndarray,
             computed_on: str) -> Statistics:
-    """The statistics of the `counted` sequences of a stream of chunks, in one pass."""
-    reducer = StatisticsPass(config, skipped, kept_length, counted)
+    """The statistics of the `counted` sequences of a stream of chunks in index order (each
+    with the index of its first sequence), in one pass; `skipped`, `kept` and `counted`
+    are per sequence of the index."""
+    tally = Tally(config)
     for first, chunk in chunks:
-        reducer.add(first, chunk)
-    return reducer.result(computed_on)
-
+        at = slice(first, first + len(chunk))
+        tally.add(chunk, skipped[at], kept[at], counted[at])
+    return tally.result(computed_on)

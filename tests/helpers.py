@@ -56,6 +56,60 @@ def nested_from_long(table: pa.Table) -> pa.Table:
     })
 
 
+EVENTS = ["click", "view", "buy", "scroll", None]
+
+
+def sessions(n: int = 60, seed: int = 0, shuffle: bool = True) -> pa.Table:
+    """Long rows of n sessions: timestamps with irregular gaps, numeric vitals with NaNs,
+    an integer column, a string event (some null), a per-session device and a per-session
+    string class label (some null), and two per-timestep targets (some NaN)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 15, n)
+    sequence = np.repeat(np.arange(n), lengths)
+    rows = len(sequence)
+    step = np.arange(rows) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    gaps = rng.integers(1, 600, rows)
+    seconds = np.cumsum(gaps) - np.repeat((np.cumsum(gaps) - gaps)[np.cumsum(lengths) - lengths],
+                                          lengths)
+    hr = rng.normal(80, 12, rows)
+    hr[rng.random(rows) < 0.2] = np.nan
+    bp = rng.normal(120, 20, rows)
+    bp[rng.random(rows) < 0.1] = np.nan
+    event = np.array(EVENTS, dtype=object)[rng.choice(5, rows, p=[0.4, 0.3, 0.1, 0.15, 0.05])]
+    dx = np.array(["speaker-1", "speaker-2", "speaker-3", None],
+                  dtype=object)[rng.choice(4, n, p=[0.5, 0.3, 0.15, 0.05])]
+    y1, y2 = rng.normal(size=rows), rng.normal(size=rows)
+    y1[rng.random(rows) < 0.15] = np.nan
+    y2[rng.random(rows) < 0.15] = np.nan
+    table = pa.table({
+        "id": pa.array([f"u{i:03d}" for i in sequence]),
+        "ts": pa.array(np.datetime64("2026-01-01T00:00:00") + seconds.astype("timedelta64[s]"),
+                       pa.timestamp("s")),
+        "step": step,
+        "hr": hr, "bp": bp,
+        "visits": rng.integers(0, 50, rows),  # an integer feature, cast to float32
+        "event": pa.array(list(event), pa.string()),
+        "device": pa.array([["ios", "android", "web"][i % 3] for i in sequence]),
+        "dx": pa.array(list(dx[sequence]), pa.string()),
+        "number": sequence.astype(np.float64),  # which session: a per-sequence feature
+        "y1": y1, "y2": y2,
+    })
+    return table.take(rng.permutation(rows)) if shuffle else table
+
+
+def nest(table: pa.Table, lists=("ts", "hr", "bp", "event", "y1", "y2"),
+         firsts=("dx", "number")) -> pa.Table:
+    """`sessions` rows as one row per session, with list columns, built with pyarrow."""
+    ordered = table.sort_by([("id", "ascending"), ("ts", "ascending")])
+    ids = ordered["id"].to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    offsets = pa.array(np.r_[starts, len(ids)].astype(np.int32))
+    return pa.table({"id": ids[starts],
+                     **{c: pa.ListArray.from_arrays(offsets, ordered[c].combine_chunks())
+                        for c in lists},
+                     **{c: ordered[c].take(pa.array(starts)) for c in firsts}})
+
+
 def write(path, table: pa.Table, row_group_size: int = 7) -> str:
     pq.write_table(table, path, row_group_size=row_group_size)
     return str(path)

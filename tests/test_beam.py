@@ -169,3 +169,42 @@ def test_beam_without_an_id_column_is_a_config_error(tmp_path):
     assert str(raised.value) == ("materialize on Beam needs source.id_column: the rows of a "
                                  "sequence are grouped by their id. Set source.id_column.")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nested.parquet"]
+
+
+def test_beam_computes_the_local_statistics_and_writes_the_same_prepared_records(tmp_path):
+    """Scaling and categorical ids on Beam: its combiner's statistics equal the local
+    pipeline's (up to the order floating-point sums are taken in), so every category gets
+    the same id, and the records hold the same prepared values."""
+    from seqpipe import Statistics
+    from tests.helpers import sessions
+
+    table = sessions(n=80, seed=11)
+    folder = scatter(table, tmp_path / "rows", files=3, seed=4, row_group_size=70)
+    config = load_config({
+        "source": {"path": folder, "id_column": "id", "time_column": "ts"},
+        "inputs": {"vitals": {"columns": ["hr", "bp"], "normalize": "standard",
+                              "time_delta": True, "missing_indicators": True},
+                   "event": {"columns": ["event"], "categorical": True}},
+        "outputs": {"targets": {"columns": ["y1", "y2"]},
+                    "dx": {"column": "dx", "level": "sequence", "categorical": True}},
+        "padding": {"maxlen": 8}, "split": SPLIT})
+    local = materialize(config, tmp_path / "local")
+    on_beam = materialize_on_beam(config, tmp_path / "beam", shard_bytes=3000)
+    mine, theirs = (Statistics.from_dict(m["statistics"]) for m in (local, on_beam))
+    assert mine.vocabularies == theirs.vocabularies and mine.sequences == theirs.sequences
+    for column, stats in mine.columns["vitals"].items():
+        other = theirs.columns["vitals"][column]
+        assert stats.count == other.count and stats.min == other.min
+        assert stats.mean == pytest.approx(other.mean, rel=1e-12)
+        assert stats.std == pytest.approx(other.std, rel=1e-12)
+    for part in local["parts"]:
+        a, _ = _records(tmp_path / "local", part)
+        b, _ = _records(tmp_path / "beam", part)
+        assert a.keys() == b.keys()
+        for key in a:
+            for name in a[key]:
+                if name in ("id", "time"):  # bytes
+                    assert a[key][name] == b[key][name]
+                else:
+                    np.testing.assert_allclose(np.array(a[key][name], dtype=float),
+                                               np.array(b[key][name], dtype=float), rtol=1e-6)

@@ -229,3 +229,41 @@ def test_max_timesteps_on_the_service_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="batching.max_timesteps is not supported with the "
                                           "tf.data service yet"):
         load_materialized(out, config=config, service="grpc://localhost:1")
+
+
+def test_prepared_data_on_the_service_path_holds_what_build_dataset_holds(tmp_path):
+    """int32 categorical inputs and class labels, several label columns and the mask input
+    come out of the TensorFlow-only path as from build_dataset, sequence by sequence."""
+    from seqpipe import build_dataset
+    from tests.helpers import sessions
+
+    table = sessions(n=40, seed=3)
+    config = load_config({
+        "source": {"path": write(tmp_path / "s.parquet", table, 50), "id_column": "id",
+                   "time_column": "ts"},
+        "inputs": {"vitals": {"columns": ["hr", "bp"], "normalize": "standard",
+                              "fill_value": 0},
+                   "event": {"columns": ["event"], "categorical": True},
+                   "number": {"columns": ["number"], "level": "sequence"}},
+        "outputs": {"targets": {"columns": ["y1", "y2"]},
+                    "dx": {"column": "dx", "level": "sequence", "categorical": True}},
+        "padding": {"mask": "timestep_mask", "side": "pre"}, "batching": {"batch_size": 8}})
+    materialize(config, tmp_path / "out")
+
+    def rows(dataset):
+        found = {}
+        for x, y, w in dataset:
+            for r, number in enumerate(x["number"].numpy()[:, 0]):
+                real = x["timestep_mask"].numpy()[r]
+                found[int(number)] = (x["vitals"].numpy()[r, real], x["event"].numpy()[r, real],
+                                      y["targets"].numpy()[r, real], y["dx"].numpy()[r],
+                                      w["targets"].numpy()[r, real] > 0, w["dx"].numpy()[r] > 0)
+                assert x["event"].dtype == tf.int32 and y["dx"].dtype == tf.int32
+        return found
+
+    expected = rows(build_dataset(config))
+    served = rows(records_dataset(open_part(tmp_path / "out")))
+    assert expected.keys() == served.keys() == set(range(40))
+    for number, values in expected.items():
+        for a, b in zip(values, served[number]):
+            np.testing.assert_array_equal(a, b)

@@ -10,46 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from seqpipe import ConfigError, DataError, Pipeline, Statistics, element_spec, load_config
-from tests.helpers import write
-
-EVENTS = ["click", "view", "buy", "scroll", None]
-
-
-def sessions(n=60, seed=0, shuffle=True) -> pa.Table:
-    """Long rows of n sessions: timestamps with irregular gaps, numeric vitals with NaNs,
-    an integer column, a string event (some null), a per-session device and a per-session
-    string class label (some null), and two per-timestep targets (some NaN)."""
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(1, 15, n)
-    sequence = np.repeat(np.arange(n), lengths)
-    rows = len(sequence)
-    step = np.arange(rows) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    gaps = rng.integers(1, 600, rows)
-    seconds = np.cumsum(gaps) - np.repeat((np.cumsum(gaps) - gaps)[np.cumsum(lengths) - lengths],
-                                          lengths)
-    hr = rng.normal(80, 12, rows)
-    hr[rng.random(rows) < 0.2] = np.nan
-    bp = rng.normal(120, 20, rows)
-    bp[rng.random(rows) < 0.1] = np.nan
-    event = np.array(EVENTS, dtype=object)[rng.choice(5, rows, p=[0.4, 0.3, 0.1, 0.15, 0.05])]
-    dx = np.array(["speaker-1", "speaker-2", "speaker-3", None],
-                  dtype=object)[rng.choice(4, n, p=[0.5, 0.3, 0.15, 0.05])]
-    y1, y2 = rng.normal(size=rows), rng.normal(size=rows)
-    y1[rng.random(rows) < 0.15] = np.nan
-    y2[rng.random(rows) < 0.15] = np.nan
-    table = pa.table({
-        "id": pa.array([f"u{i:03d}" for i in sequence]),
-        "ts": pa.array(np.datetime64("2026-01-01T00:00:00") + seconds.astype("timedelta64[s]"),
-                       pa.timestamp("s")),
-        "step": step,
-        "hr": hr, "bp": bp,
-        "visits": rng.integers(0, 50, rows),  # an integer feature, cast to float32
-        "event": pa.array(list(event), pa.string()),
-        "device": pa.array([["ios", "android", "web"][i % 3] for i in sequence]),
-        "dx": pa.array(list(dx[sequence]), pa.string()),
-        "y1": y1, "y2": y2,
-    })
-    return table.take(rng.permutation(rows)) if shuffle else table
+from tests.helpers import nest, sessions, write
 
 
 def frame_of(table) -> pd.DataFrame:
@@ -187,8 +148,9 @@ def test_several_targets_weigh_0_where_any_one_is_missing_and_are_counted(source
             raw = frame[frame.id == i]
             both = (raw.y1.notna() & raw.y2.notna()).to_numpy()
             np.testing.assert_array_equal(w[r, :n], both.astype(np.float32))
-            np.testing.assert_allclose(y[r, :n, 0], raw.y1.fillna(0).to_numpy(), rtol=1e-6)
-            np.testing.assert_allclose(y[r, :n, 1], raw.y2.fillna(0).to_numpy(), rtol=1e-6)
+            # a timestep that does not count holds fill_value (0) in every column
+            np.testing.assert_allclose(y[r, :n, 0], np.where(both, raw.y1, 0), rtol=1e-6)
+            np.testing.assert_allclose(y[r, :n, 1], np.where(both, raw.y2, 0), rtol=1e-6)
     missing, total = pipeline.report.missing_labels["targets"]
     assert total == len(frame)
     assert missing == int((frame.y1.isna() | frame.y2.isna()).sum())
@@ -414,14 +376,7 @@ def test_both_layouts_and_streamed_or_whole_give_the_same_prepared_batches(tmp_p
                                           "time_delta": True, "missing_indicators": True},
                                "event": {"columns": ["event"], "categorical": True}})
     if layout == "nested":
-        ordered = table.sort_by([("id", "ascending"), ("ts", "ascending")])
-        ids = ordered["id"].to_numpy(zero_copy_only=False)
-        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-        offsets = pa.array(np.r_[starts, len(ids)].astype(np.int32))
-        nested = pa.table({"id": ids[starts],
-                           **{c: pa.ListArray.from_arrays(offsets, ordered[c].combine_chunks())
-                              for c in ("ts", "hr", "bp", "event", "y1", "y2")},
-                           "dx": ordered["dx"].take(pa.array(starts))})
+        nested = nest(table)
         path = write(tmp_path / "n.parquet", nested, row_group_size=9)
         cfg = load_config(cfg, {"source.layout": "nested", "source.path": path})
     else:
@@ -466,14 +421,7 @@ def test_predict_gives_every_sequence_once_by_id_and_time_equal_to_the_model_alo
                  shuffle={"buffer_size": 50, "seed": 2})
     frame = frame_of(table)
     if layout == "nested":
-        ordered = table.sort_by([("id", "ascending"), ("ts", "ascending")])
-        ids = ordered["id"].to_numpy(zero_copy_only=False)
-        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-        offsets = pa.array(np.r_[starts, len(ids)].astype(np.int32))
-        table = pa.table({"id": ids[starts],
-                          **{c: pa.ListArray.from_arrays(offsets, ordered[c].combine_chunks())
-                             for c in ("ts", "hr", "bp", "event", "y1", "y2")},
-                          "dx": ordered["dx"].take(pa.array(starts))})
+        table = nest(table)
         cfg = load_config(cfg, {"source.layout": "nested"})
     model = _vitals_model()
     statistics = Pipeline(cfg, data=table, split="train").statistics

@@ -8,7 +8,10 @@ anywhere in any number of files. Grouping them is a distributed group-by:
       -> the rows of each id in each row group, as Arrow IPC      (read on the workers)
       -> GroupByKey(id)
       -> batches of whole sequences -> the local path's grouping, ordering, truncation,
-         filling and record encoding (`group_sequences`, `encode_for_parts`)
+         filling and record encoding (`group_sequences`, `encode_for_parts`), prepared
+         with the statistics (`seqpipe.transform`) that a combiner over the same batches
+         computed first from the train part (`statistics.Tally`), when the config scales
+         or has categories
       -> GroupByKey((part, shard)) -> one TFRecord file per shard, records in id order
       -> each part's index.parquet and the manifest, from the shards' summaries
 
@@ -55,8 +58,10 @@ from seqpipe.materialized.manifest import (
 from seqpipe.materialized.write import SHARD_BYTES, check_out, encode_for_parts, write_part_index
 from seqpipe.sequences import check_no_nulls, group_sequences, id_runs
 from seqpipe.source import SourceFiles, SourceTable, open_source
-from seqpipe.split import PARTS, id_hash
+from seqpipe.split import PARTS, id_hash, part_of
+from seqpipe.statistics import Statistics, Tally, needed
 from seqpipe.stream import RowGroup, read_row_group
+from seqpipe.transform import Transform, changes_values
 
 SHARD_SEED = 0x5E9_51A2D
 
@@ -139,15 +144,20 @@ def _build(p, config: PipelineConfig, schema: pa.Schema, pieces: list, shards: d
     """The pipeline's stages (see the module docstring)."""
     import apache_beam as beam
 
-    encoded = (
+    batches = (
         p
         | "Row groups" >> beam.Create(pieces, reshuffle=True)
         | "Rows by id" >> beam.FlatMap(rows_by_id, config, schema)
         | "Group by id" >> beam.GroupByKey()
         | "Batch sequences" >> beam.BatchElements(min_batch_size=1,
-                                                  max_batch_size=tuning.TUNING.beam_sequences_per_batch)
-        | "Group, truncate, encode" >> beam.FlatMap(
-            encode_batch, config, schema, shards).with_outputs("counts", main="records"))
+                                                  max_batch_size=tuning.TUNING.beam_sequences_per_batch))
+    statistics: Any = Statistics()
+    if needed(config):
+        statistics = beam.pvalue.AsSingleton(
+            batches | "Statistics" >> beam.CombineGlobally(_statistics_fn(config, schema)))
+    encoded = batches | "Group, truncate, encode" >> beam.FlatMap(
+        encode_batch, config, schema, shards, statistics).with_outputs("counts",
+                                                                      main="records")
     summaries = (
         encoded.records
         | "Group by shard" >> beam.GroupByKey()
@@ -157,7 +167,7 @@ def _build(p, config: PipelineConfig, schema: pa.Schema, pieces: list, shards: d
      | "Once" >> beam.Create([None])
      | "Index and manifest" >> beam.Map(
          write_index_and_manifest, beam.pvalue.AsList(summaries),
-         beam.pvalue.AsSingleton(counts), config, list(shards), temp, facts))
+         beam.pvalue.AsSingleton(counts), config, list(shards), temp, facts, statistics))
 
 
 def rows_by_id(piece: RowGroup, config: PipelineConfig, schema: pa.Schema) -> Iterator[tuple]:
@@ -182,23 +192,66 @@ def rows_by_id(piece: RowGroup, config: PipelineConfig, schema: pa.Schema) -> It
         yield key, batch.slice(a, b - a).serialize().to_pybytes()
 
 
-def encode_batch(batch: list, config: PipelineConfig, schema: pa.Schema,
-                 shards: dict) -> Iterator:
-    """Groups a batch of whole sequences as the local path does and encodes their records.
-
-    Yields ((part, shard), (id, record, kept, length, valid)) per sequence, and the batch's
-    counts (rows, dropped, filled, missing labels) as the tagged output 'counts'."""
-    from apache_beam.pvalue import TaggedOutput
-
+def _grouped(batch: list, config: PipelineConfig, schema: pa.Schema):
+    """A batch of whole sequences' rows (Arrow IPC), grouped as the local path groups them."""
     table = pa.Table.from_batches(
         [pa.ipc.read_record_batch(piece, schema) for _, pieces in batch for piece in pieces],
         schema=schema)
-    chunk, counts = group_sequences(SourceTable(table, config.source.path or "", ()), config,
-                                    chunk=True)
+    return group_sequences(SourceTable(table, config.source.path or "", ()), config,
+                           chunk=True)
+
+
+def _statistics_fn(config: PipelineConfig, schema: pa.Schema):
+    """Beam's combiner of `statistics.Tally`s: the statistics a local pipeline of the train
+    part computes (every sequence without a split), from batches of whole sequences."""
+    import apache_beam as beam
+
+    what = "the train part" if config.split.enabled else "every sequence"
+
+    class StatisticsFn(beam.CombineFn):
+        def create_accumulator(self):
+            return Tally(config)
+
+        def add_input(self, tally, batch):
+            chunk, _ = _grouped(batch, config, schema)
+            if len(chunk):
+                kept = truncate(chunk.offsets, config.padding)
+                counted = (part_of(chunk.ids, config.split) == PARTS.index("train")
+                           if config.split.enabled else np.ones(len(chunk), dtype=bool))
+                tally.add(chunk, kept.start - chunk.offsets[:-1], kept.length, counted)
+            return tally
+
+        def merge_accumulators(self, tallies):
+            tallies = iter(tallies)
+            first = next(tallies)
+            for tally in tallies:
+                first.merge(tally)
+            return first
+
+        def extract_output(self, tally):
+            return tally.result(f"{what} of {config.source.path}")
+
+    return StatisticsFn()
+
+
+def encode_batch(batch: list, config: PipelineConfig, schema: pa.Schema,
+                 shards: dict, statistics: Statistics) -> Iterator:
+    """Groups a batch of whole sequences as the local path does, prepares them with the
+    statistics, and encodes their records.
+
+    Yields ((part, shard), (id, record, kept, length, valid)) per sequence, and the batch's
+    counts (rows, dropped, filled, missing labels, the dtype of its times) as the tagged
+    output 'counts'."""
+    from apache_beam.pvalue import TaggedOutput
+
+    chunk, counts = _grouped(batch, config, schema)
     missing = {}
     if len(chunk):
-        encoded = encode_for_parts(chunk, truncate(chunk.offsets, config.padding).length,
-                                   config)
+        kept = truncate(chunk.offsets, config.padding)
+        if changes_values(config):
+            chunk, _ = Transform(config, statistics, kept.start - chunk.offsets[:-1],
+                                 np.ones(len(chunk), dtype=bool)).apply(0, chunk)
+        encoded = encode_for_parts(chunk, kept.length, config)
         names = list(config.outputs)
         for part in shards:
             mine = encoded.part == part_number(part)
@@ -212,7 +265,8 @@ def encode_batch(batch: list, config: PipelineConfig, schema: pa.Schema,
                     tuple(int(encoded.valid[name][i]) for name in names)))
     yield TaggedOutput("counts", {
         "rows": counts.rows, "empty_sequences_dropped": counts.empty_sequences_dropped,
-        "filled_values": dict(counts.filled_values), "missing_labels": missing})
+        "filled_values": dict(counts.filled_values), "missing_labels": missing,
+        "time_dtype": chunk.times.dtype.str if chunk.times is not None else None})
 
 
 def _part_name(number: int, shards: dict) -> str:
@@ -222,8 +276,9 @@ def _part_name(number: int, shards: dict) -> str:
 def add_counts(counts: Iterable[dict]) -> dict:
     """Sums the counts of many batches (Beam's combiner: order does not matter)."""
     total: dict[str, Any] = {"rows": 0, "empty_sequences_dropped": 0, "filled_values": {},
-                             "missing_labels": {}}
+                             "missing_labels": {}, "time_dtype": None}
     for c in counts:
+        total["time_dtype"] = total["time_dtype"] or c["time_dtype"]
         total["rows"] += c["rows"]
         total["empty_sequences_dropped"] += c["empty_sequences_dropped"]
         for key, n in c["filled_values"].items():
@@ -252,7 +307,8 @@ def write_shard(item: tuple, temp: str) -> dict:
 
 
 def write_index_and_manifest(_, summaries: list, counts: dict, config: PipelineConfig,
-                             parts: list, temp: str, facts: dict) -> None:
+                             parts: list, temp: str, facts: dict,
+                             statistics: Statistics) -> None:
     """The last step: every part's index.parquet, then manifest.json."""
     written = {}
     for part in parts:
@@ -275,7 +331,8 @@ def write_index_and_manifest(_, summaries: list, counts: dict, config: PipelineC
               "sequences": sequences, "streamed": False,
               "empty_sequences_dropped": counts["empty_sequences_dropped"],
               "grouped_by": f"Apache Beam ({facts['runner']})"}
-    write_manifest(temp, build_manifest(config, source, counts["filled_values"], written))
+    write_manifest(temp, build_manifest(config, source, counts["filled_values"], written,
+                                        statistics, counts["time_dtype"]))
 
 
 def _seqpipe_error(error: BaseException) -> Optional[SeqpipeError]:

@@ -16,13 +16,14 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from seqpipe._internal import paths
 from seqpipe.config import PipelineConfig, SplitConfig
 from seqpipe.errors import DataError, SourceNotFoundError
 from seqpipe.pipeline import batch_structure
 from seqpipe.split import PARTS
+from seqpipe.statistics import Statistics
 
 FORMAT = "seqpipe.materialized"
 
@@ -36,8 +37,8 @@ MANIFEST = "manifest.json"
 # Config keys that decide what the records hold. The rest (batching, shuffle, weights,
 # padding side and value, label fill values) is applied when the records are loaded.
 FROZEN = ("source.layout", "source.id_column", "source.time_column", "inputs",
-          "outputs.*.column", "outputs.*.level", "padding.maxlen", "padding.truncating",
-          "split")
+          "outputs.*.column", "outputs.*.columns", "outputs.*.level", "outputs.*.categorical",
+          "padding.maxlen", "padding.truncating", "split")
 
 
 def config_hash(config: Union[PipelineConfig, Mapping]) -> str:
@@ -76,9 +77,10 @@ def output_parts(split: SplitConfig) -> list[str]:
 
 
 def build_manifest(config: PipelineConfig, source: dict, filled_values: dict,
-                   parts: dict) -> dict:
+                   parts: dict, statistics: Statistics, time_dtype: Optional[str]) -> dict:
     """The manifest of an output: `source` holds where, files, rows, sequences, streamed and
-    empty_sequences_dropped; `parts` each part's `write_part_index` summary."""
+    empty_sequences_dropped; `parts` each part's `write_part_index` summary; `statistics`
+    what the records were prepared with; `time_dtype` the NumPy dtype of their times."""
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "seqpipe_version": _version(),
@@ -87,6 +89,7 @@ def build_manifest(config: PipelineConfig, source: dict, filled_values: dict,
         "source": source, "filled_values": filled_values,
         "element_spec": _named(batch_structure(config)),
         "record": record_layout(config),
+        "statistics": statistics.to_dict(), "time_dtype": time_dtype,
         "parts": parts,
     }
 
@@ -112,14 +115,20 @@ def record_layout(config: PipelineConfig) -> dict:
     """What each record holds, for readers that are not seqpipe."""
     layout = {"length": "int64: kept timesteps", "id": "bytes: the sequence id as text"}
     for name, spec in config.inputs.items():
-        width = len(spec.columns)
-        layout[f"x/{name}"] = (f"float32 list, length x {width} ({', '.join(spec.columns)}), "
-                               f"timestep-major" if spec.level == "timestep" else
+        width = spec.width
+        what = ("int32 ids as floats, one per timestep" if spec.categorical else
+                f"float32 list, length x {width} ({', '.join(spec.columns)}"
+                f"{', time delta' if spec.time_delta else ''}"
+                f"{', missing flags' if spec.missing_indicators else ''}), timestep-major")
+        layout[f"x/{name}"] = (what if spec.level == "timestep" else
                                f"float32 list of {width} ({', '.join(spec.columns)})")
     for name, output in config.outputs.items():
-        layout[f"y/{name}"] = ("float32 list of `length` labels, NaN where missing"
+        kind = "int32 class ids as floats" if output.categorical else "float32"
+        layout[f"y/{name}"] = (f"{kind}, `length` x {output.width} labels, NaN where missing"
                                if output.level == "timestep" else
-                               "float32: one label, NaN when missing")
+                               f"{kind}: {output.width} label(s), NaN when missing")
+    if config.source.time_column:
+        layout["time"] = "bytes: the kept timesteps' times, raw, of dtype `time_dtype`"
     return layout
 
 

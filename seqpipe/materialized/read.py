@@ -40,6 +40,7 @@ class MaterializedPart:
     file_sequences: Optional[tuple] = None  # records per file; None from older outputs
     shared: bool = False  # cut down to one input pipeline's files (`share`)
     statistics: Optional[Statistics] = None  # the records are prepared with these
+    time_dtype: Optional[str] = None  # of the times records hold; None: they hold none
     streamed = False
     unlabelled: tuple = ()
 
@@ -53,7 +54,7 @@ class MaterializedPart:
 
     def chunks(self, in_part: Optional[np.ndarray] = None):
         return read_chunks(list(self.files), self.config, self.ids, self.file_sequences,
-                           self.id_texts)
+                           self.id_texts, self.time_dtype)
 
     def valid_labels(self, output: str, kept: KeptSteps) -> np.ndarray:
         return self.valid[output]  # counted inside the kept timesteps when written
@@ -111,7 +112,10 @@ def open_part(path: Union[str, os.PathLike], config: Any = None,
                             index["id"].to_numpy(zero_copy_only=False),
                             index["length"].to_numpy(), valid, manifest["source"]["rows"],
                             _report_fields(folder, manifest, split),
-                            _file_sequences(info, index.num_rows))
+                            _file_sequences(info, index.num_rows),
+                            statistics=Statistics.from_dict(manifest["statistics"])
+                            if "statistics" in manifest else Statistics(),
+                            time_dtype=manifest.get("time_dtype"))
 
 
 def _part_name(folder: str, parts: Mapping, split: Optional[str]) -> str:

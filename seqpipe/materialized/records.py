@@ -1,13 +1,16 @@
 """Records: the materialized format, one `tf.train.Example` per sequence.
 
-Each record holds a sequence after grouping, ordering, truncation and feature filling:
+Each record holds a sequence after grouping, ordering, truncation and preparation
+(filling, scaling, categorical ids: `seqpipe.transform`):
 
     length      int64_list [kept timesteps]
     id          bytes_list [the sequence id, as text]
     x/<input>   float_list: a timestep input's (length, k) matrix row by row, or a sequence
-                input's k values
-    y/<output>  float_list: a timestep output's `length` labels, or a sequence output's one
-                label; NaN where the label is missing (its weight is made when batching)
+                input's k values; a categorical input's int32 ids, as floats (exact)
+    y/<output>  float_list: a timestep output's `length` x k labels, or a sequence output's
+                k; NaN where the label is missing (its weight is made when batching)
+    time        bytes_list [the kept timesteps' times, raw little-endian, of the manifest's
+                `time_dtype`], when the config has a time column
 
 Flat value lists parse in one pass each, much faster than a `SequenceExample` with a
 feature per timestep, and any TensorFlow job can read them with `tf.io.parse_example`
@@ -90,8 +93,11 @@ def encode_chunk(chunk: Sequences, local: np.ndarray, start: np.ndarray, kept: n
             values = np.stack(values, axis=1)
         (timestep if spec.level == "timestep" else sequence)[f"x/{name}"] = values
     for name, output in config.outputs.items():
-        labels = np.where(chunk.present[name], chunk.labels[name], np.float32(np.nan))
+        labels, present = chunk.labels[name], chunk.present[name]
+        labels = np.where(present[:, None] if labels.ndim == 2 else present, labels,
+                          np.float32(np.nan))
         (timestep if output.level == "timestep" else sequence)[f"y/{name}"] = labels
+    times = chunk.times if config.source.time_column else None
     texts = id_texts(chunk.ids[local])
     for k, (i, a, n) in enumerate(zip(local.tolist(), start.tolist(), kept.tolist())):
         features = {"length": int64s(n), "id": bytes_feature(texts[k])}
@@ -99,6 +105,8 @@ def encode_chunk(chunk: Sequences, local: np.ndarray, start: np.ndarray, kept: n
             features[key] = floats(values[a:a + n])
         for key, values in sequence.items():
             features[key] = floats(values[i:i + 1])
+        if times is not None:
+            features["time"] = bytes_feature(times[a:a + n].tobytes())
         yield example(features)
 
 
@@ -119,16 +127,20 @@ def parse_spec(config: PipelineConfig) -> dict:
             "id": tf.io.FixedLenFeature([], tf.string)}
     for name, s in config.inputs.items():
         spec[f"x/{name}"] = (tf.io.RaggedFeature(tf.float32) if s.level == "timestep"
-                             else tf.io.FixedLenFeature([len(s.columns)], tf.float32))
+                             else tf.io.FixedLenFeature([s.width], tf.float32))
     for name, output in config.outputs.items():
         spec[f"y/{name}"] = (tf.io.RaggedFeature(tf.float32) if output.level == "timestep"
-                             else tf.io.FixedLenFeature([], tf.float32))
+                             else tf.io.FixedLenFeature([output.width] if output.width > 1
+                                                        else [], tf.float32))
+    if config.source.time_column:
+        spec["time"] = tf.io.FixedLenFeature([], tf.string, default_value=b"")
     return spec
 
 
 def read_chunks(files: list, config: PipelineConfig, ids: np.ndarray,
                 file_sequences: Optional[tuple] = None,
-                texts: Optional[np.ndarray] = None) -> Iterator[tuple[int, Sequences]]:
+                texts: Optional[np.ndarray] = None,
+                time_dtype: Optional[str] = None) -> Iterator[tuple[int, Sequences]]:
     """Reads record files in order as chunks of `Sequences`, with the index of the first.
 
     Parsing runs in tf.data, `Tuning.read_batch` records per call, a few calls ahead. Each record's
@@ -136,6 +148,7 @@ def read_chunks(files: list, config: PipelineConfig, ids: np.ndarray,
     sequences to the wrong ids.
 
     `texts`: `id_texts(ids)`, when the caller keeps it from one epoch to the next.
+    `time_dtype`: the NumPy dtype of the records' times (the manifest's); None reads none.
 
     Raises:
       DataError: a record whose id is not the index's, a shard that cannot be read
@@ -145,12 +158,12 @@ def read_chunks(files: list, config: PipelineConfig, ids: np.ndarray,
 
     try:
         texts = texts if texts is not None else id_texts(ids)
-        yield from _read_chunks(files, config, ids, texts, file_sequences, tf)
+        yield from _read_chunks(files, config, ids, texts, file_sequences, time_dtype, tf)
     except tf.errors.OpError as e:
         raise _unreadable_shard(files, e, tf) from e
 
 
-def _read_chunks(files, config, ids, texts, file_sequences, tf):
+def _read_chunks(files, config, ids, texts, file_sequences, time_dtype, tf):
     spec = parse_spec(config)
 
     def parse(serialized):
@@ -169,13 +182,21 @@ def _read_chunks(files, config, ids, texts, file_sequences, tf):
         offsets = offsets_of(lengths)
         features = {}
         for name, s in config.inputs.items():
-            features[name] = batch[f"x/{name}"].reshape(-1, len(s.columns))
+            values = batch[f"x/{name}"]
+            features[name] = (values.reshape(-1).astype(np.int32) if s.categorical
+                              else values.reshape(-1, s.width))
         labels, present = {}, {}
         for name, output in config.outputs.items():
             values = batch[f"y/{name}"]
-            present[name] = ~np.isnan(values)
-            labels[name] = np.where(present[name], values, np.float32(output.fill_value))
-        yield first, Sequences(ids[first:first + n], offsets, features, labels, present)
+            if output.width > 1:
+                values = values.reshape(-1, output.width)
+            missing = np.isnan(values)
+            present[name] = ~(missing.any(axis=1) if values.ndim == 2 else missing)
+            labels[name] = np.where(missing, np.float32(output.fill_value), values).astype(
+                np.int32 if output.categorical else np.float32, copy=False)
+        times = (np.frombuffer(b"".join(batch["time"]), dtype=time_dtype)
+                 if time_dtype and "time" in batch else None)
+        yield first, Sequences(ids[first:first + n], offsets, features, labels, present, times)
         first += n
     if first != len(ids):
         raise DataError(f"the shards of {_folder(files)} hold {first:,} records where its "

@@ -36,6 +36,7 @@ from seqpipe.materialized.records import encode_chunk
 from seqpipe.pipeline import Pipeline
 from seqpipe.sequences import Sequences
 from seqpipe.split import part_of
+from seqpipe.statistics import needed
 
 # A new shard starts once the current one holds this many bytes: big enough to read
 # efficiently, small enough to share among workers.
@@ -62,7 +63,11 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
     config = config if isinstance(config, PipelineConfig) else load_config(config)
     out = str(out)
     check_out(out, overwrite)
-    pipeline = Pipeline(dataclasses.replace(config, split=SplitConfig()))
+    # Statistics come from the train part, as a pipeline of that part computes them; the
+    # records of every part are then prepared with them.
+    statistics = (Pipeline(config, split="train").statistics
+                  if needed(config) and config.split.enabled else None)
+    pipeline = Pipeline(dataclasses.replace(config, split=SplitConfig()), statistics=statistics)
     with paths.output_lock(out):
         return _write(pipeline, config, out, overwrite, shard_bytes, progress, tf)
 
@@ -76,8 +81,10 @@ def _write(pipeline: Pipeline, config: PipelineConfig, out: str, overwrite: bool
     try:
         for part in parts:
             writers[part] = _PartWriter(paths.join(temp, part), config, shard_bytes, tf)
-        kept_all = pipeline.kept_steps.length
+        kept_all, time_dtype = pipeline.kept_steps.length, None
         for first, chunk in pipeline.chunks():
+            if chunk.times is not None:
+                time_dtype = chunk.times.dtype.str
             encoded = encode_for_parts(chunk, kept_all[first:first + len(chunk)], config)
             for part, writer in writers.items():
                 mine = encoded.part == part_number(part)
@@ -94,7 +101,7 @@ def _write(pipeline: Pipeline, config: PipelineConfig, out: str, overwrite: bool
                      "sequences": report.sequences, "streamed": report.streamed,
                      "empty_sequences_dropped": report.empty_sequences_dropped},
             dict(report.filled_values or {}),
-            {part: w.close() for part, w in writers.items()})
+            {part: w.close() for part, w in writers.items()}, pipeline.statistics, time_dtype)
         write_manifest(temp, manifest)
         check_out(out, overwrite)  # again: the folder may have changed while this ran
         paths.publish(temp, out, overwrite)

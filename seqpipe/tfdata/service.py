@@ -55,9 +55,15 @@ def records_dataset(part: Any):
     if config.shuffle.buffer_size:
         dataset = dataset.shuffle(config.shuffle.buffer_size, seed=config.shuffle.seed)
     pad = np.float32(config.padding.value)
-    padding_values = {key: (tf.constant(0, tf.int32) if key == "length" else
-                            tf.constant(np.nan if key.startswith("y/") else pad, tf.float32))
-                      for key in dataset.element_spec}
+    categorical = {f"x/{name}" for name, s in config.inputs.items() if s.categorical}
+
+    def padding_value(key):
+        if key == "length":
+            return tf.constant(0, tf.int32)
+        return tf.constant(np.nan if key.startswith("y/") else
+                           0 if key in categorical else pad, tf.float32)
+
+    padding_values = {key: padding_value(key) for key in dataset.element_spec}
     dataset = dataset.padded_batch(tuning.TUNING.sort_batches * size,
                                    padding_values=padding_values)
     return dataset.flat_map(_cut_sorted(config)).map(_finish(config, mean_valid))
@@ -72,14 +78,13 @@ def _parse(config: PipelineConfig):
         example = tf.io.parse_single_example(record, spec)
         length = tf.cast(example["length"], tf.int32)
         element = {"length": length}
-        for name, s in config.inputs.items():
-            values = example[f"x/{name}"]
-            width = len(s.columns)
-            element[f"x/{name}"] = (tf.reshape(values, [length, width])
-                                    if s.level == "timestep" else tf.reshape(values, [width]))
-        for name in config.outputs:
-            element[f"y/{name}"] = tf.reshape(example[f"y/{name}"], [-1])
-        return element
+        for name, s in config.inputs.items():  # categorical ids: no last axis
+            lead = [length] if s.level == "timestep" else []
+            element[f"x/{name}"] = tf.reshape(example[f"x/{name}"], lead + list(s.tail))
+        for name, output in config.outputs.items():
+            lead = [length] if output.level == "timestep" else []
+            element[f"y/{name}"] = tf.reshape(example[f"y/{name}"], lead + [output.width])
+        return element  # times are not batched here
 
     return parse
 
@@ -132,23 +137,29 @@ def _finish(config, mean_valid: dict):
             return tf.reverse(tf.reverse_sequence(values, length, seq_axis=1, batch_axis=0),
                               axis=[1])
 
-        x = {name: to_side(batch[f"x/{name}"]) if s.level == "timestep" else batch[f"x/{name}"]
-             for name, s in config.inputs.items()}
+        x = {}
+        for name, s in config.inputs.items():
+            values = batch[f"x/{name}"]
+            values = to_side(values) if s.level == "timestep" else values
+            x[name] = tf.cast(values, tf.int32) if s.categorical else values
+        if config.padding.mask:
+            x[config.padding.mask] = to_side(real)
         if not config.outputs:
             return x
         y, w = {}, {}
         for name, output in config.outputs.items():
             labels = batch[f"y/{name}"]
+            missing = tf.reduce_any(tf.math.is_nan(labels), axis=-1)
             if output.level == "timestep":
-                present = real & ~tf.math.is_nan(labels)
+                present = real & ~missing
                 fill = np.float32(output.fill_value)
-                filled = tf.where(present, labels, tf.where(real, fill, pad))
+                filled = tf.where(present[..., None], labels,
+                                  tf.where(real[..., None], fill, pad))
                 present, filled = to_side(present), to_side(filled)
-                y[name] = filled[:, :, None]
             else:
-                labels = labels[:, 0]
-                present = ~tf.math.is_nan(labels)
-                y[name] = tf.where(present, labels, np.float32(output.fill_value))[:, None]
+                present = ~missing
+                filled = tf.where(present[..., None], labels, np.float32(output.fill_value))
+            y[name] = tf.cast(filled, tf.int32) if output.categorical else filled
             w[name] = _weigh(config.weight_mode(name), present, mean_valid[name])
         return x, y, w
 
