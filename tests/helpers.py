@@ -53,6 +53,9 @@ def nested_from_long(table: pa.Table) -> pa.Table:
         "y": grouped["y"].apply(list).tolist(),
         "died": grouped["died"].first().tolist(),
         "age": grouped["age"].first().tolist(),
+        **({"kind": pa.array([[k if isinstance(k, str) else None for k in kinds]
+                              for kinds in grouped["kind"].apply(list)], pa.list_(pa.string()))}
+           if "kind" in frame else {}),
     })
 
 

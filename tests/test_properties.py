@@ -131,3 +131,51 @@ def test_drop_remainder_keeps_each_sequence_at_most_once_and_counts_the_rest(dat
     assert len(ids) == len(set(ids))
     assert all(len(b.ids) == pipeline.config.batching.batch_size for b in pipeline.batches())
     assert len(ids) + pipeline.report.sequences_dropped_per_epoch == len(lengths)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(datasets(), configs(), st.integers(0, 2), st.booleans())
+def test_with_scaled_and_categorical_inputs_every_timestep_is_once_in_place(
+        data, overrides, epoch, pre):
+    """The accounting holds with a scaled input, a categorical one (ids 0 exactly at
+    padding) and the mask input (True exactly at real timesteps)."""
+    lengths, table = data
+    code = table["code"].to_numpy()
+    kinds = np.array(["a", "b", "c", None], dtype=object)[(code % 4).astype(int)]
+    table = table.append_column("kind", pa.array(list(kinds), pa.string()))
+    overrides = {**overrides, "padding.side": "pre" if pre else "post"}
+    maxlen = overrides["padding.maxlen"]
+    if isinstance(overrides["batching.bucket_boundaries"], list) and maxlen is not None:
+        overrides["batching.bucket_boundaries"] = [
+            b for b in overrides["batching.bucket_boundaries"] if b <= maxlen] or None
+    config = load_config(base_config(
+        None, inputs={"steps": {"columns": ["code"]},
+                      "scaled": {"columns": ["x"], "normalize": "standard"},
+                      "kind": {"columns": ["kind"], "categorical": True}},
+        padding={"mask": "real"}), overrides)
+    data = nested_from_long(table) if config.source.layout == "nested" else table
+    pipeline = Pipeline(config, data)
+    vocabulary = pipeline.statistics.vocabularies["kind"].values
+    seen = {}
+    for batch in pipeline.batches(epoch):
+        codes, ids, mask = batch.x["steps"][..., 0], batch.x["kind"], batch.x["real"]
+        steps = codes.shape[1]
+        for row, sequence_id in enumerate(batch.ids):
+            length = batch.lengths[row]
+            real = np.zeros(steps, bool)
+            real[slice(steps - length, steps) if pre else slice(0, length)] = True
+            assert sequence_id not in seen
+            seen[sequence_id] = codes[row, real]
+            np.testing.assert_array_equal(mask[row], real)
+            assert (ids[row, ~real] == 0).all() and (ids[row, real] > 0).all()
+            want = [vocabulary.index(k) + 2 if k is not None else 1
+                    for k in np.array(["a", "b", "c", None], dtype=object)[
+                        (codes[row, real] % 4).astype(int)]]
+            assert ids[row, real].tolist() == want
+            assert (batch.x["scaled"][row, ~real] == config.padding.value).all()
+            assert (batch.sample_weight["y"][row, ~real] == 0).all()
+    assert len(seen) == len(lengths)
+    for sequence_id, codes in seen.items():
+        number = int(sequence_id[1:])
+        np.testing.assert_array_equal(codes, number * STEP + _kept(
+            lengths[number], config.padding.maxlen, config.padding.truncating))

@@ -1,8 +1,10 @@
 """Inspection: what a dataset looks like before a config is frozen, and what padding costs.
 
-Reads only the id column (one list column in the nested layout) and the label columns,
-never the features, and never imports TensorFlow, so it takes seconds on millions of rows.
-The padding estimates come from the same planner the pipeline uses.
+Reads the id column (one list column in the nested layout) and the label columns whole;
+the feature columns a config file names are scanned a record batch at a time for missing
+values, and, when the config scales or has categories, a pipeline of its train part
+computes the statistics (`seqpipe.statistics`). TensorFlow is never imported. The padding
+estimates come from the same planner the pipeline uses.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import pyarrow.compute as pc
 
 from seqpipe.batching import auto_boundaries, batch_sizes, bucket_of, padding_waste, plan_epoch
 from seqpipe.config import PipelineConfig, load_config
-from seqpipe.errors import ConfigError, DataError
+from seqpipe.errors import ConfigError, DataError, SeqpipeError
 from seqpipe.sequences import list_columns
 from seqpipe.source import column_roles, open_source, read_schema, source_schema
 from seqpipe.split import PARTS, part_of
+from seqpipe.statistics import Statistics, needed
 from seqpipe.stream import stream_order
 
 PERCENTILES = (0, 5, 25, 50, 75, 90, 95, 99, 100)
@@ -58,6 +61,10 @@ class Inspection:
     missing_labels: Mapping[str, tuple[int, int]]  # output -> (missing, all)
     parts: Mapping[str, int]  # split part -> sequences; empty without a split
     padding: list
+    # "inputs.<name>.<column>" -> (missing values, all values); empty for a bare path
+    missing_features: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    statistics: Optional[Statistics] = None  # when the config scales or has categories
+    statistics_error: Optional[str] = None  # why they could not be computed
 
     @property
     def kept(self) -> np.ndarray:
@@ -128,7 +135,7 @@ def inspect(config: PipelineConfig, from_file: bool = True) -> Inspection:
     schema = [(f.name, str(f.type), used.get(f.name, [])) for f in first_schema]
     row_groups = sum(len(p.row_groups) for p in fragments)
     source = config.source
-    labels = [s.column for s in config.outputs.values()]
+    labels = [c for s in config.outputs.values() for c in s.label_columns]
     if source.layout == "long":
         keys = [source.id_column or ""]  # the long layout always has one
         table = files.dataset.to_table(columns=list(dict.fromkeys(keys + labels)))
@@ -152,8 +159,45 @@ def inspect(config: PipelineConfig, from_file: bool = True) -> Inspection:
                             order.whole_because, lengths, config.padding.maxlen,
                             config.batching.batch_size, config.shuffle.buffer_size, missing,
                             _parts(ids, config), [])
-    return dataclasses.replace(inspection, padding=_paddings(inspection.kept, config,
-                                                             from_file))
+    statistics, error = _statistics(config) if from_file else (None, None)
+    return dataclasses.replace(
+        inspection, padding=_paddings(inspection.kept, config, from_file),
+        missing_features=_missing_features(files, config) if from_file else {},
+        statistics=statistics, statistics_error=error)
+
+
+def _missing_features(files, config: PipelineConfig) -> dict:
+    """Null, NaN and infinite values of every input column, a record batch at a time."""
+    keys: dict[str, list[str]] = {c: [] for spec in config.inputs.values() for c in spec.columns}
+    for name, spec in config.inputs.items():
+        for c in spec.columns:
+            keys[c].append(f"inputs.{name}.{c}")
+    counts = {c: [0, 0] for c in keys}
+    for batch in files.dataset.to_batches(columns=list(keys)):
+        for c in keys:
+            values = batch.column(c)
+            if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+                values = pc.list_flatten(values)
+            missing = values.null_count
+            if pa.types.is_floating(values.type):
+                missing += len(values) - values.null_count - (
+                    pc.sum(pc.is_finite(values)).as_py() or 0)
+            counts[c][0] += missing
+            counts[c][1] += len(values)
+    return {key: (counts[c][0], counts[c][1]) for c, names in keys.items() for key in names}
+
+
+def _statistics(config: PipelineConfig) -> tuple[Optional[Statistics], Optional[str]]:
+    """The statistics a pipeline of the config computes, or why it could not."""
+    if not needed(config):
+        return None, None
+    from seqpipe.pipeline import Pipeline  # numba: only when there are statistics to compute
+
+    try:
+        split = "train" if config.split.enabled else None
+        return Pipeline(config, split=split).statistics, None
+    except SeqpipeError as e:
+        return None, str(e)
 
 
 def _parts(ids, config: PipelineConfig) -> dict:
@@ -173,7 +217,7 @@ def _missing_long(table: pa.Table, config: PipelineConfig) -> dict:
     missing = {}
     id_name = config.source.id_column
     for name, output in config.outputs.items():
-        values = _nan_to_null(table[output.column])
+        values = _label_missing(table, output)
         if output.level == "timestep":
             missing[name] = (int(values.null_count), len(values))
             continue
@@ -187,12 +231,22 @@ def _missing_long(table: pa.Table, config: PipelineConfig) -> dict:
 def _missing_nested(table: pa.Table, config: PipelineConfig) -> dict:
     missing = {}
     for name, output in config.outputs.items():
-        values = table[output.column]
-        if output.level == "timestep":
-            values = pc.list_flatten(values)
-        values = _nan_to_null(values)
+        flat = {c: pc.list_flatten(table[c]) if output.level == "timestep" else table[c]
+                for c in output.label_columns}
+        values = _label_missing(pa.table(flat), output)
         missing[name] = (int(values.null_count), len(values))
     return missing
+
+
+def _label_missing(table: pa.Table, output) -> Any:
+    """An output's labels, null where any of its columns is null or NaN."""
+    columns = [_nan_to_null(table[c]) for c in output.label_columns]
+    if len(columns) == 1:
+        return columns[0]
+    present = pc.and_(*[pc.is_valid(c) for c in columns[:2]])
+    for c in columns[2:]:
+        present = pc.and_(present, pc.is_valid(c))
+    return pc.if_else(present, pa.scalar(1.0), pa.scalar(None, pa.float64()))
 
 
 def _paddings(kept: np.ndarray, config: PipelineConfig, from_file: bool) -> list:
@@ -264,6 +318,14 @@ def format_inspection(found: Inspection) -> str:
     for name, (missing, total) in found.missing_labels.items():
         share = missing / total if total else 0.0
         lines.append(f"missing labels: {name}: {missing:,} of {total:,} ({share:.1%})")
+    for key, (missing, total) in found.missing_features.items():
+        if missing:
+            lines.append(f"missing feature values: {key}: {missing:,} of {total:,} "
+                         f"({missing / total:.1%})")
+    if found.statistics is not None:
+        lines.append(str(found.statistics))
+    if found.statistics_error is not None:
+        lines.append(f"statistics: not computed: {found.statistics_error}")
     if found.parts:
         lines.append("split by id: " + ", ".join(f"{part} {count:,}"
                                                  for part, count in found.parts.items()))
