@@ -57,6 +57,9 @@ def test_demo_trains_and_keras_reports_the_true_masked_mean(tmp_path):
     assert re.search(r"wrote [\d,]+ rows of ICU-style vitals", out)
     assert re.search(r"sequences: 300, timesteps: [\d,]+", out)
     assert re.search(r"padding waste: [\d.]+% \(without buckets: [\d.]+%\)", out)
+    assert re.search(r"inputs\.vitals\.hr: mean [\d.]+, std [\d.]+", out)  # scaled by seqpipe
+    assert re.search(r"^  sex: 2 values \('[FM]', '[FM]'\); input_dim 4$", out, re.M)
+    assert re.search(r"^  unit: 5 values \('MICU', ", out, re.M)
     rows = re.findall(r"^(hr_change|mortality)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
     assert [r[0] for r in rows] == ["hr_change", "mortality"]
     for _, reported, true_mean, naive in rows:

@@ -50,7 +50,9 @@ def make_icu_data(out_dir: Path, patients: int = 2000, seed: int = 0) -> int:
     hour = np.arange(hours.sum()) - first
     severity = rng.normal(size=patients)[patient]
     age = np.clip(rng.normal(65, 15, patients), 18, 95).round()
-    sex = rng.integers(0, 2, patients).astype(float)
+    sex = np.array(["F", "M"])[rng.integers(0, 2, patients)]
+    unit = np.array(["MICU", "SICU", "CCU", "CSRU", "TSICU"])[
+        rng.choice(5, patients, p=[0.35, 0.2, 0.2, 0.15, 0.1])]
     drift = np.cumsum(rng.normal(0, 1.5, len(hour)))
     drift -= np.repeat(drift[np.cumsum(hours) - hours], hours)  # a random walk per stay
     noise = lambda scale: rng.normal(0, scale, len(hour))  # noqa: E731
@@ -70,10 +72,11 @@ def make_icu_data(out_dir: Path, patients: int = 2000, seed: int = 0) -> int:
     change[hour == hours[patient] - 1] = np.nan  # no next hour after discharge
     change[rng.random(len(hour)) < 0.15] = np.nan  # and some hours were not charted
     columns["hr_change_next"] = change
-    risk = 1 / (1 + np.exp(-(-2.2 + 1.3 * severity + 0.03 * (age[patient] - 65))))
+    risk = 1 / (1 + np.exp(-(-2.2 + 1.3 * severity + 0.03 * (age[patient] - 65)
+                             + 0.6 * (unit[patient] == "MICU"))))
     died = (rng.random(patients)[patient] < risk).astype(float)
     died[(rng.random(patients) < 0.25)[patient]] = np.nan  # outcome not yet known
-    columns.update(died=died, age=age[patient], sex=sex[patient])
+    columns.update(died=died, age=age[patient], sex=sex[patient], unit=unit[patient])
     table = pa.table(columns)
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, patients_here in enumerate(np.array_split(np.arange(patients), DEMO_FILES)):
@@ -84,34 +87,28 @@ def make_icu_data(out_dir: Path, patients: int = 2000, seed: int = 0) -> int:
 
 
 def build_model(pipeline: Pipeline):
-    """A GRU over the vitals with a per-hour head and a per-stay head."""
+    """A GRU over the vitals with a per-hour head, and a per-stay head that also reads age
+    and the categorical sex and care unit (seqpipe scaled and encoded them)."""
     import keras
 
     keras.utils.set_random_seed(0)  # the same demo numbers run after run
-    config = pipeline.config
-    vitals = keras.Input((None, len(config.inputs["vitals"].columns)), name="vitals")
-    demographics = keras.Input((len(config.inputs["demographics"].columns),),
-                               name="demographics")
-    mean, variance = _moments(pipeline.sequences.features["vitals"])
-    states = keras.layers.GRU(32, return_sequences=True)(
-        keras.layers.Normalization(mean=mean, variance=variance)(vitals))
+    config, statistics = pipeline.config, pipeline.statistics
+    vitals = keras.Input((None, config.inputs["vitals"].width), name="vitals")
+    age = keras.Input((config.inputs["age"].width,), name="age")
+    categories = {name: keras.Input((), dtype="int32", name=name) for name in ("sex", "unit")}
+    states = keras.layers.GRU(32, return_sequences=True)(vitals)
     hr_change = keras.layers.Dense(1, name="hr_change")(states)
     # Pre-padding puts each stay's last real hour at the final step.
-    last = states[:, -1, :]
-    mean, variance = _moments(pipeline.sequences.features["demographics"])
-    summary = keras.layers.Concatenate()(
-        [last, keras.layers.Normalization(mean=mean, variance=variance)(demographics)])
+    embedded = [keras.layers.Embedding(statistics.input_dim(name), 3)(ids)
+                for name, ids in categories.items()]
+    summary = keras.layers.Concatenate()([states[:, -1, :], age, *embedded])
     mortality = keras.layers.Dense(1, activation="sigmoid", name="mortality")(
         keras.layers.Dense(16, activation="relu")(summary))
-    model = keras.Model({"vitals": vitals, "demographics": demographics},
+    model = keras.Model({"vitals": vitals, "age": age, **categories},
                         {"hr_change": hr_change, "mortality": mortality})
     model.compile(optimizer=keras.optimizers.Adam(3e-3),
                   loss={"hr_change": "mse", "mortality": "binary_crossentropy"})
     return model
-
-
-def _moments(features: np.ndarray):
-    return features.mean(axis=0), np.maximum(features.var(axis=0), 1e-6)
 
 
 def elementwise_loss(output: str, y: np.ndarray, prediction: np.ndarray) -> np.ndarray:
@@ -126,7 +123,7 @@ def run_demo(cache_dir: Path, epochs: int = 3, patients: int = 2000,
              overrides: Optional[Mapping[str, Any]] = None) -> None:
     """Generates the data if needed, trains for `epochs`, prints what a user wants to see."""
     started = time.perf_counter()
-    data_dir = cache_dir / f"icu2-{patients}"  # icu2: one patient range per file
+    data_dir = cache_dir / f"icu3-{patients}"  # icu3: categorical sex and care unit
     if not data_dir.exists():
         rows = make_icu_data(data_dir, patients)
         print(f"wrote {rows:,} rows of ICU-style vitals to {data_dir} ({DEMO_FILES} files, "
