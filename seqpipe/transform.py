@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from seqpipe._internal.buffers import SHARED
 from seqpipe.config import InputConfig, PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.missing import deferred
@@ -84,21 +85,23 @@ class Transform:
                  index: np.ndarray) -> tuple:
         columns = (list(values) if isinstance(values, tuple)
                    else [values[:, j] for j in range(values.shape[1])])
-        scaled, flags = [], []
+        from seqpipe._internal.runs import scale_fill  # numba, as grouping imported it
+
+        k = len(spec.columns)
+        # One array per input and chunk, its columns contiguous, from the pool assembly
+        # uses: chunks of one size recur, and fresh memory costs a page fault per page.
+        out = SHARED.empty((spec.width, len(columns[0])))
         stats = self.statistics.columns.get(name, {})
         for j, column in enumerate(spec.columns):
-            v = columns[j]
-            bad = ~np.isfinite(v)
-            if spec.normalize:
-                shift, divisor = stats[column].scale(spec.normalize)
-                v = (v - np.float32(shift)) / np.float32(divisor)
-            if bad.any():
-                v = np.where(bad, np.float32(spec.fill_for(column) or 0.0), v)
-            scaled.append(np.asarray(v, dtype=np.float32))
+            shift, divisor = (stats[column].scale(spec.normalize) if spec.normalize
+                              else (0.0, 1.0))
+            scale_fill(columns[j], shift, divisor, spec.fill_for(column) or 0.0, out[j])
             if spec.missing_indicators:
-                flags.append(bad.astype(np.float32))
-        delta = [self._time_delta(chunk, index)] if spec.time_delta else []
-        return tuple(scaled + delta + flags)
+                np.logical_not(np.isfinite(columns[j]), out=out[spec.width - k + j],
+                               casting="unsafe")
+        if spec.time_delta:
+            out[k] = self._time_delta(chunk, index)
+        return tuple(out)
 
     def _time_delta(self, chunk: Sequences, index: np.ndarray) -> np.ndarray:
         times = chunk.times

@@ -13,6 +13,9 @@ then scatter, once per column. Compiled, each run is one copy, all of a row's co
 together, and the GIL is released while it runs, so the copy overlaps the Parquet reads
 and tf.data.
 
+Scaling: (value - shift) / divisor with missing values filled after it is one compiled
+pass per column (NumPy took five: isfinite, subtract, divide, any, where).
+
 Labels: filling the missing labels of a chunk, marking which were present and counting
 infinite ones is one compiled pass; in NumPy it was five (isinf, any, isnan, invert,
 where).
@@ -142,6 +145,22 @@ def fill_missing(values: np.ndarray, fill: float) -> tuple[np.ndarray, np.ndarra
     return labels, present, int(infinite)
 
 
+def scale_fill(values: np.ndarray, shift: float, divisor: float, fill: float,
+               out: Optional[np.ndarray] = None) -> tuple[np.ndarray, int]:
+    """float32 `(values - shift) / divisor`, `fill` where a value is NaN or infinite, and
+    how many were; written into `out` (float32, shaped like `values`) when given.
+
+    >>> scaled, filled = scale_fill(np.array([1, np.nan, 5], np.float32), 1.0, 2.0, 0.0)
+    >>> scaled.tolist(), filled
+    ([0.0, 0.0, 2.0], 1)
+    """
+    values = np.asarray(values, dtype=np.float32)
+    out = np.empty(values.shape, dtype=np.float32) if out is None else out
+    filled = _scale_fill(values, np.float32(shift), np.float32(1.0 / divisor),
+                         np.float32(fill), out)
+    return out, int(filled)
+
+
 def _kind(column: np.ndarray) -> tuple:
     """What decides a column's numba type (`numba.typeof` itself is slower than a copy)."""
     flags = column.flags
@@ -227,3 +246,16 @@ def _fill_missing(values, fill, labels, present):  # pragma: no cover - compiled
         labels[i] = x if found else fill
         infinite += abs(x) == np.inf
     return infinite
+
+
+@numba.njit(nogil=True, cache=True)
+def _scale_fill(values, shift, factor, fill, out):  # pragma: no cover - compiled
+    filled = 0
+    for i in range(len(values)):
+        x = values[i]
+        if np.isfinite(x):
+            out[i] = (x - shift) * factor
+        else:
+            out[i] = fill
+            filled += 1
+    return filled
