@@ -45,13 +45,21 @@ logger = logging.getLogger("seqpipe")
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
-    """One padded batch: the Keras triple plus which sequences it holds."""
+    """One padded batch: the Keras triple plus which sequences it holds.
+
+    Attributes:
+      x, y, sample_weight: the arrays `model.fit` takes, by input and output name.
+      ids: the ids of the batch's sequences, in row order; rows past them (a batch padded
+        to a fixed size) are empty.
+      lengths: each sequence's real timesteps after truncation: row i's real values are
+        `[:lengths[i]]` with `padding.side: post`, the last `lengths[i]` with `pre`.
+    """
 
     x: dict
     y: dict
     sample_weight: dict
-    ids: np.ndarray  # the sequence ids, in batch order; rows past them are empty
-    lengths: np.ndarray  # real timesteps per sequence, after truncation
+    ids: np.ndarray
+    lengths: np.ndarray
 
 
 def batch_structure(config: PipelineConfig) -> Any:

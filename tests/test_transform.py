@@ -356,6 +356,26 @@ def test_max_tokens_keeps_the_most_frequent_and_maps_the_rest_to_1(source):
             assert rows.tolist() == want
 
 
+def test_an_unseen_class_label_weighs_0_and_is_counted(source):
+    path, frame = source
+    cfg = config(path, outputs={"dx": {"column": "dx", "level": "sequence",
+                                       "categorical": True}})
+    seen = frame[frame.dx != "speaker-3"]  # statistics from data without this class
+    statistics = Pipeline(cfg, data=pa.Table.from_pandas(seen, preserve_index=False)).statistics
+    assert "speaker-3" not in statistics.vocabularies["dx"].values
+    pipeline = Pipeline(cfg, statistics=statistics)
+    unseen = 0
+    for batch in every(pipeline):
+        for r, i in enumerate(batch.ids):
+            if frame[frame.id == i].dx.iloc[0] == "speaker-3":
+                assert batch.sample_weight["dx"][r] == 0 and batch.y["dx"][r, 0] == 0
+                unseen += 1
+    assert unseen and pipeline.report.unseen_categories["outputs.dx"] == unseen
+    x, y, _ = element_spec(cfg)
+    assert x["event"].dtype.name == "int32" and x["event"].shape.as_list() == [None, None]
+    assert y["dx"].dtype.name == "int32" and y["dx"].shape.as_list() == [None, 1]
+
+
 def test_unseen_categories_are_counted_in_the_report(source):
     path, _ = source
     cfg = config(path)
