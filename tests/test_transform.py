@@ -9,7 +9,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from seqpipe import ConfigError, DataError, Pipeline, Statistics, element_spec, load_config
+from seqpipe import (
+    ConfigError,
+    DataError,
+    Pipeline,
+    Statistics,
+    build_dataset,
+    element_spec,
+    load_config,
+    predict,
+)
 from tests.helpers import nest, sessions, write
 
 
@@ -279,13 +288,7 @@ def test_a_string_class_label_trains_with_sparse_categorical_crossentropy(source
     reported = model.test_on_batch(batch.x, batch.y, batch.sample_weight,
                                    return_dict=True)["loss"]
     assert reported == pytest.approx(-np.log(chosen[valid]).mean(), rel=1e-5)
-    model.fit(_dataset(cfg), epochs=1, verbose=0)
-
-
-def _dataset(cfg):
-    from seqpipe import build_dataset
-
-    return build_dataset(cfg)
+    model.fit(build_dataset(cfg), epochs=1, verbose=0, shuffle=False)  # seqpipe shuffles
 
 
 def test_statistics_saved_and_loaded_prepare_the_same_batches(source, tmp_path):
@@ -445,7 +448,7 @@ def test_predict_gives_every_sequence_once_by_id_and_time_equal_to_the_model_alo
         cfg = load_config(cfg, {"source.layout": "nested"})
     model = _vitals_model()
     statistics = Pipeline(cfg, data=table, split="train").statistics
-    frames = seqpipe_predict(model, cfg, data=table, split="validation",
+    frames = predict(model, cfg, data=table, split="validation",
                              statistics=statistics)
     validation_ids = sorted({i for b in every(Pipeline(cfg, data=table, split="validation"))
                              for i in b.ids})
@@ -467,7 +470,3 @@ def test_predict_gives_every_sequence_once_by_id_and_time_equal_to_the_model_alo
                                    .to_numpy(float), alone["dx"][0], rtol=1e-4, atol=1e-6)
 
 
-def seqpipe_predict(*args, **kwargs):
-    from seqpipe import predict
-
-    return predict(*args, **kwargs)
