@@ -183,7 +183,9 @@ class Pipeline:
 
     @property
     def sequences(self) -> Sequences:
-        """All sequences, grouped whole. For a streamed source this reads it all into memory."""
+        """All sequences, grouped whole, as the source holds them: before `statistics` scale
+        and encode them (categorical columns as `sequences.Categories`). For a streamed
+        source this reads it all into memory."""
         return self.source.sequences()
 
     def plan(self, epoch: int = 0) -> EpochPlan:
