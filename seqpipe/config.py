@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 from collections.abc import Mapping
 from typing import Any, Literal, Optional, Union
@@ -37,6 +38,23 @@ def _finite(value) -> bool:
     return value is None or math.isfinite(value)
 
 
+_MEMORY = re.compile(r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheConfig(Section):
+    """Where a source whose sequences are spread over row groups (files by day, say) is
+    regrouped once, sorted by id and time, so that it streams with bounded memory."""
+
+    dir: Optional[str] = field(
+        None, "The cache folder; null: seqpipe/regrouped under the user's cache directory "
+        "($XDG_CACHE_HOME or ~/.cache).")
+    memory_limit: str = field(
+        "1GB", "The most memory the regrouping sort holds; past it, it spills to disk. The "
+        "default suits a small machine.",
+        check=lambda v: bool(_MEMORY.match(v)), rule="must be a size such as '500MB' or '2GB'")
+
+
 @dataclasses.dataclass(frozen=True)
 class SourceConfig(Section):
     """Where the sequences come from and how their rows are laid out."""
@@ -52,6 +70,17 @@ class SourceConfig(Section):
     time_column: Optional[str] = field(
         None, "Orders the timesteps of a sequence. When absent, timesteps keep source order "
         "(files by name, rows in file order).")
+    cache: Union[CacheConfig, bool] = field(
+        CacheConfig(), "A long-layout source whose sequences are spread over row groups is "
+        "regrouped once into this cache and streamed from it; false groups it whole, in "
+        "memory, every time (fine for small data).")
+
+    @property
+    def regroup(self) -> Optional[CacheConfig]:
+        """The cache to regroup into, or None when `cache: false`."""
+        if self.cache is False:
+            return None
+        return self.cache if isinstance(self.cache, CacheConfig) else CacheConfig()
 
 
 @dataclasses.dataclass(frozen=True)

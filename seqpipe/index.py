@@ -30,6 +30,7 @@ from seqpipe._internal.threads import ordered_map
 from seqpipe.batching import KeptSteps
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
+from seqpipe.regroup import can_regroup, regrouped
 from seqpipe.sequences import (
     Sequences,
     group_sequences,
@@ -143,6 +144,16 @@ def open_sequences(config: PipelineConfig, data: Any = None,
         return GroupedTable(config, read_source(config, data))
     files = open_source(config)
     order = stream_order(files, config)
+    if order.whole_because is not None and can_regroup(files, config):
+        copy = regrouped(files, config)
+        order = stream_order(copy, config, copy_of=str(files.where))
+        if order.whole_because is None:
+            ranged = (shard_order(order, shard, config.source.layout) if shard is not None
+                      else None)
+            return StreamedParquet(config, copy, ranged or order, shared=ranged is not None,
+                                   copy_of=files)
+        raise AssertionError(f"the regrouped copy of {files.where} does not stream: "
+                             f"{order.whole_because} (a seqpipe bug; please report it)")
     if order.whole_because is not None:
         logger.warning(
             "seqpipe groups %s whole, in memory: %s. Sort the rows by %s (and write the files "
@@ -205,13 +216,16 @@ class StreamedParquet:
     """
 
     streamed = True
-    report_fields: Mapping[str, Any] = {}
     statistics = None
 
     def __init__(self, config: PipelineConfig, files: SourceFiles, order: StreamOrder,
-                 shared: bool = False) -> None:
+                 shared: bool = False, copy_of: Optional[SourceFiles] = None) -> None:
+        """`copy_of`: the source `files` are a regrouped copy of (`seqpipe.regroup`)."""
         self.config, self._files, self._order, self.shared = config, files, order, shared
-        self.where, self.file_count = files.where, len(files.files)
+        shown = copy_of if copy_of is not None else files
+        self.where, self.file_count = shown.where, len(shown.files)
+        self.report_fields: Mapping[str, Any] = {} if copy_of is None else {
+            "reading": f"streamed by row group from its regrouped copy, {files.where}"}
         self.unlabelled = tuple(name for name, spec in config.outputs.items()
                                 if spec.column in files.null_labels)
         self.index = self._scan()

@@ -44,9 +44,12 @@ class RowGroup:
     first: Any = None
     last: Any = None
     built_from: Optional[Fingerprint] = None  # the file as the index was built from it
+    copy_of: Optional[str] = None  # the source this file is a regrouped copy of
 
     @property
     def where(self) -> str:
+        if self.copy_of is not None:
+            return f"{self.copy_of} (regrouped: row group {self.number} of {self.file})"
         return f"{self.file} (row group {self.number})"
 
 
@@ -78,8 +81,10 @@ class StreamOrder:
     bounds: Optional[IdBounds] = None
 
 
-def stream_order(files: SourceFiles, config: PipelineConfig) -> StreamOrder:
-    """Orders the row groups of `files` by sequence id, from the footers alone."""
+def stream_order(files: SourceFiles, config: PipelineConfig,
+                 copy_of: Optional[str] = None) -> StreamOrder:
+    """Orders the row groups of `files` by sequence id, from the footers alone. `copy_of`:
+    the source `files` are a regrouped copy of, which messages then name."""
     id_name = config.source.id_column
     row_groups = []
     for fragment in files.dataset.get_fragments():
@@ -87,7 +92,7 @@ def stream_order(files: SourceFiles, config: PipelineConfig) -> StreamOrder:
             info = piece.row_groups[0]
             first, last = _id_range(info, id_name) if id_name else (None, None)
             row_groups.append(RowGroup(piece, fragment.path, info.id, info.num_rows, first, last,
-                              files.fingerprints.get(fragment.path)))
+                                       files.fingerprints.get(fragment.path), copy_of))
     if not id_name:
         return StreamOrder(tuple(row_groups), None)
     unknown = next((p for p in row_groups if p.first is None and p.rows), None)

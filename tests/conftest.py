@@ -12,3 +12,11 @@ import pytest  # noqa: E402
 @pytest.fixture
 def lengths():
     return [5, 1, 9, 3, 12, 7, 2, 8, 4, 6, 11]
+
+
+@pytest.fixture(autouse=True)
+def regrouping_cache(tmp_path_factory, monkeypatch):
+    """Every test regroups into a cache folder of its own, never the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
+    return folder / "seqpipe" / "regrouped"

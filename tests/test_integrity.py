@@ -196,15 +196,26 @@ def test_footer_problems_are_build_time_errors_and_validate_reports_them(
     assert __import__("re").search(message, err)
 
 
-def test_an_integer_float32_cannot_hold_in_a_file_without_statistics_says_so(tmp_path):
+@pytest.mark.parametrize("cache, message", [
+    # grouped in memory: found when the values are read and cast
+    (False, r"could not read .*d\.parquet.*: Integer value 33554433 not in range: -16777216 "
+            r"to 16777216\. Its values do not fit the types the config reads them as"),
+    # regrouped (a file without statistics does not stream): found in the copy's footers,
+    # and the message names the source
+    (True, r"column 'x' \(inputs\.steps\.columns\) holds the integer 33,554,433 in "
+           r".*d\.parquet \(its regrouped copy, .*sorted\.parquet\) \(row group 0, from its "
+           r"footer\), beyond 2\^24"),
+], ids=["in memory", "regrouped"])
+def test_an_integer_float32_cannot_hold_in_a_file_without_statistics_says_so(tmp_path, cache,
+                                                                             message):
     path = str(tmp_path / "d.parquet")
     pq.write_table(pa.table({"id": [1, 1, 2], "t": [0, 1, 0],
                              "x": pa.array([1, 2**25 + 1, 3], pa.int64()), "y": [1.0] * 3}),
                    path, write_statistics=False)
-    with pytest.raises(DataError, match=r"could not read .*d\.parquet.*: Integer value 33554433 "
-                                        r"not in range: -16777216 to 16777216\. Its values do "
-                                        r"not fit the types the config reads them as"):
-        _read_all(Pipeline(_config(path)))
+    config = _config(path)
+    config["source"]["cache"] = cache
+    with pytest.raises(DataError, match=message):
+        _read_all(Pipeline(config))
 
 
 def test_a_partition_key_used_as_a_feature_must_hold_numbers(tmp_path):

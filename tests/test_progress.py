@@ -2,8 +2,8 @@
 
 import io
 
-from seqpipe.materialized import progress as progress_module
-from seqpipe.materialized.progress import Progress
+from seqpipe._internal import progress as progress_module
+from seqpipe._internal.progress import Progress
 
 
 class Terminal(io.StringIO):

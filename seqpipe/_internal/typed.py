@@ -65,6 +65,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        sections = [a for a in args if isinstance(a, type) and dataclasses.is_dataclass(a)]
+        if isinstance(value, Mapping) and len(sections) == 1:  # its own errors name the key
+            return _convert(value, sections[0], key)
         for option in (a for a in args if a is not type(None)):
             try:
                 return _convert(value, option, key)
@@ -109,6 +112,8 @@ def _describe(tp: Any) -> str:
     if origin is tuple:
         plurals = {int: "integers", float: "numbers", str: "strings"}
         return f"a list of {plurals[args[0]]}"
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return f"a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}"
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
              type(None): "null"}
     return names.get(tp, getattr(tp, "__name__", str(tp)))

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from seqpipe.batching import auto_boundaries, batch_sizes, bucket_of, padding_waste, plan_epoch
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError
+from seqpipe.regroup import status
 from seqpipe.sequences import list_columns
 from seqpipe.source import column_roles, open_source, read_schema, source_schema
 from seqpipe.split import PARTS, part_of
@@ -53,7 +54,7 @@ class Inspection:
     rows: int
     row_groups: int
     schema: list  # (column, type, the config keys that use it)
-    streamed: Optional[str]  # None when the source streams, else why it is grouped whole
+    reading: str  # how a pipeline reads it: streams, needs regrouping, has a regrouped copy
     lengths: np.ndarray  # timesteps per sequence, before truncation
     maxlen: Optional[int]
     batch_size: int
@@ -156,9 +157,9 @@ def inspect(config: PipelineConfig, from_file: bool = True) -> Inspection:
     if not len(lengths):
         raise DataError(f"no sequences: {files.where} has no rows")
     inspection = Inspection(files.where, len(files.files), rows, row_groups, schema,
-                            order.whole_because, lengths, config.padding.maxlen,
-                            config.batching.batch_size, config.shuffle.buffer_size, missing,
-                            _parts(ids, config), [])
+                            status(files, config, order.whole_because), lengths,
+                            config.padding.maxlen, config.batching.batch_size,
+                            config.shuffle.buffer_size, missing, _parts(ids, config), [])
     statistics, error = _statistics(config) if from_file else (None, None)
     return dataclasses.replace(
         inspection, padding=_paddings(inspection.kept, config, from_file),
@@ -292,9 +293,7 @@ def format_inspection(found: Inspection) -> str:
     lengths, kept = found.lengths, found.kept
     lines = [f"source: {found.where} ({found.files} file{'s' if found.files != 1 else ''}, "
              f"{found.rows:,} rows, {found.row_groups} row groups)"]
-    lines.append("  streams by row group (row groups hold disjoint id ranges)"
-                 if found.streamed is None else
-                 f"  grouped whole, in memory: {found.streamed}")
+    lines.append(f"  {found.reading}")
     lines.append("schema:")
     width = max(len(name) for name, _, _ in found.schema)
     for name, kind, keys in found.schema:

@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
+from seqpipe.regroup import status
 from seqpipe.sequences import group_sequences
 from seqpipe.source import KIND_TEXT, SourceTable, column_roles, open_source, read_schema
 from seqpipe.stream import read_row_group, stream_order
@@ -46,10 +47,7 @@ def validate(config: PipelineConfig) -> list[str]:
         lines.append(f"  ok  {role.column:<{width}}  {kind}: {role.key} ("
                      f"{KIND_TEXT[role.kind]}{read_as})")
     order = stream_order(files, config)
-    lines.append("streaming: row groups hold disjoint id ranges; the source streams by row "
-                 "group" if order.whole_because is None else
-                 f"streaming: no, it will be grouped whole, in memory: {order.whole_because}. "
-                 f"Sort the rows by {config.source.id_column} to stream it.")
+    lines.append(f"reading: {status(files, config, order.whole_because)}")
     split = config.split
     if split.enabled:
         train = 1 - split.validation - split.test

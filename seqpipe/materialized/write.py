@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from seqpipe._internal import paths
 from seqpipe._internal.lazy import tensorflow
+from seqpipe._internal.progress import Progress
 from seqpipe.batching import KeptSteps
 from seqpipe.config import PipelineConfig, SplitConfig, load_config
 from seqpipe.errors import DataError
@@ -31,7 +32,6 @@ from seqpipe.materialized.manifest import (
     part_number,
     write_manifest,
 )
-from seqpipe.materialized.progress import Progress
 from seqpipe.materialized.records import encode_chunk
 from seqpipe.pipeline import Pipeline
 from seqpipe.sequences import Sequences

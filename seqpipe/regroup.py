@@ -1,0 +1,262 @@
+"""Regroup: a source whose sequences are spread over row groups, sorted once into a cache.
+
+Time-partitioned data (a file per day, each holding a slice of every sequence) cannot be
+streamed a row group at a time. Rather than grouping it whole in memory at every build, it
+is sorted by (id, time) once, out of core, by DuckDB (`memory_limit`, spilling to disk),
+into one Parquet file whose row groups hold disjoint id ranges; the pipeline then streams
+that file like any sorted source.
+
+The cache lives in `source.cache.dir`, one folder per source: `<source>-<content>`, where
+`<source>` hashes the source's path and the columns read, and `<content>` also every file's
+fingerprint (path, size, modification time, footer). An unchanged source finds its folder
+and reuses it; a changed one builds a new folder and removes the stale one. A folder is
+written under a temporary name and renamed when complete, so a half-written cache never
+looks complete, and two processes building the same cache each write their own and the
+second rename finds the first's in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import pyarrow.dataset as pads
+
+from seqpipe._internal.progress import Progress
+from seqpipe.config import CacheConfig, PipelineConfig
+from seqpipe.errors import ConfigError, DataError
+from seqpipe.source import PARQUET, SourceFiles, open_source
+
+logger = logging.getLogger("seqpipe")
+FORMAT = 1
+DATA, DONE = "sorted.parquet", "complete.json"
+ROW_GROUP_ROWS = 1 << 20  # rows per row group of the cache: a streamed read's unit
+
+
+def default_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "seqpipe" / "regrouped"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cache:
+    """Where a source's regrouped copy is, or would be."""
+
+    folder: Path
+    stale: tuple[Path, ...]  # earlier copies of the same source, from other contents
+
+    @property
+    def complete(self) -> bool:
+        return (self.folder / DONE).exists()
+
+    @property
+    def data(self) -> Path:
+        return self.folder / DATA
+
+
+def locate(files: SourceFiles, config: PipelineConfig) -> Cache:
+    """The cache folder of `files` as `config` reads them (no data is read)."""
+    cache = config.source.regroup or CacheConfig()
+    root = Path(cache.dir).expanduser() if cache.dir else default_dir()
+    columns = [(f.name, str(f.type)) for f in files.schema]
+    source = _digest({"where": str(files.where), "columns": columns, "format": FORMAT})[:16]
+    content = _digest({"source": source, "files": {
+        path: dataclasses.asdict(fp) for path, fp in sorted(files.fingerprints.items())},
+        "id": config.source.id_column, "time": config.source.time_column})[:16]
+    folder = root / f"{source}-{content}"
+    stale = tuple(p for p in root.glob(f"{source}-*")
+                  if p != folder and not p.name.startswith("."))
+    return Cache(folder, stale)
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def regrouped(files: SourceFiles, config: PipelineConfig,
+              progress: Optional[bool] = None) -> SourceFiles:
+    """The regrouped copy of `files`, built first when there is none for their content.
+
+    Args:
+      files: a long-layout source whose rows of one sequence are spread over row groups.
+      config: the pipeline config (`source.cache`).
+      progress: show progress on stderr (a bar on a terminal, a line every 10 s elsewhere);
+        None: only on a terminal.
+
+    Returns:
+      The sorted copy, opened as a source of its own (its schema checked like any other).
+
+    Raises:
+      DataError: the sort failed (DuckDB's message is given), or the cache folder cannot be
+        written.
+    """
+    cache = locate(files, config)
+    if cache.complete:
+        logger.info("seqpipe streams %s from its regrouped copy in %s", files.where,
+                    cache.folder)
+    else:
+        _build(files, config, cache, progress)
+    for old in cache.stale:  # the same source, as it was before it changed
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        copy = open_source(dataclasses.replace(
+            config, source=dataclasses.replace(config.source, path=str(cache.data))))
+    except DataError as e:  # found in the copy's footers: say whose copy it is
+        raise DataError(str(e).replace(str(cache.data), f"{files.where} (its regrouped "
+                                                        f"copy, {cache.data})")) from e
+    # Read as the source's own types (DuckDB writes timestamps in microseconds, say), so
+    # that the copy gives the values the source gives.
+    dataset = pads.dataset(list(copy.files), schema=files.schema, format=PARQUET,
+                           filesystem=copy.dataset.filesystem)
+    return dataclasses.replace(copy, dataset=dataset, schema=files.schema)
+
+
+def _build(files: SourceFiles, config: PipelineConfig, cache: Cache,
+           progress: Optional[bool]) -> None:
+    limit = (config.source.regroup or CacheConfig()).memory_limit
+    temporary = cache.folder.parent / f".{cache.folder.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        temporary.mkdir(parents=True)
+    except OSError as e:
+        raise DataError(f"cannot write the regrouping cache in {cache.folder.parent} ({e}); "
+                        f"set source.cache.dir to a writable folder, or source.cache: false "
+                        f"to group the source in memory") from e
+    started = time.monotonic()
+    rows = sum(f.count_rows() for f in files.dataset.get_fragments())
+    logger.warning("seqpipe regroups %s (%s rows in %d files, sequences spread over row "
+                   "groups) into %s, once, within %s of memory", files.where, f"{rows:,}",
+                   len(files.files), cache.folder, limit)
+    try:
+        _sort(files, config, temporary, limit, rows, progress)
+        (temporary / DONE).write_text(json.dumps({
+            "format": FORMAT, "source": str(files.where), "files": list(files.files),
+            "rows": rows, "seconds": round(time.monotonic() - started, 3)}, indent=1))
+        try:
+            os.rename(temporary, cache.folder)
+        except OSError:
+            if not (cache.folder / DONE).exists():  # not another process's finished copy
+                raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    logger.warning("seqpipe regrouped %s in %.1f s; later builds stream from %s",
+                   files.where, time.monotonic() - started, cache.folder)
+
+
+def _sort(files: SourceFiles, config: PipelineConfig, folder: Path, limit: str, rows: int,
+          progress: Optional[bool]) -> None:
+    """Sorts the source's columns by (id, time) into `folder`/DATA with DuckDB."""
+    try:
+        import duckdb
+    except ImportError as e:  # a dependency; an environment without it can still group
+        raise ConfigError(f"regrouping {files.where} needs DuckDB ({e}): pip install duckdb, "
+                          f"or set source.cache: false to group it in memory") from e
+    source = config.source
+    keys = [source.id_column or ""] + ([source.time_column] if source.time_column else [])
+    local = [str(Path(f).resolve()) for f in files.files]
+    hive = files.dataset.partitioning is not None
+    query = (f"COPY (SELECT {', '.join(_quoted(n) for n in files.schema.names)} "
+             f"FROM read_parquet({_strings(local)}, hive_partitioning = {str(hive).lower()}) "
+             f"ORDER BY {', '.join(_quoted(k) for k in keys)}) TO {_string(str(folder / DATA))} "
+             f"(FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
+    connection = duckdb.connect()
+    try:
+        connection.execute(f"SET memory_limit = {_string(limit)}")
+        connection.execute(f"SET temp_directory = {_string(str(folder / 'spill'))}")
+        connection.execute("SET preserve_insertion_order = false")
+        connection.execute(f"SET threads = {max(1, os.cpu_count() or 1)}")
+        with _Watch(connection, rows, progress):
+            connection.execute(query)
+    except duckdb.Error as e:
+        raise DataError(f"regrouping {files.where} failed: {' '.join(str(e).split())}. "
+                        f"Raise source.cache.memory_limit, free disk space in "
+                        f"{folder.parent}, or set source.cache: false.") from e
+    finally:
+        connection.close()
+    shutil.rmtree(folder / "spill", ignore_errors=True)
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _strings(texts: list) -> str:
+    return "[" + ", ".join(_string(t) for t in texts) + "]"
+
+
+class _Watch:
+    """Shows the sort's progress, polling DuckDB's estimate of how much of the query is done,
+    as rows done out of the source's, with the rate and the time left."""
+
+    def __init__(self, connection, rows: int, show: Optional[bool]) -> None:
+        self.connection, self.rows = connection, rows
+        self.bar = Progress(rows, "rows")
+        if show is None:
+            show = self.bar.tty
+        self.show = show
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="seqpipe-regroup-progress",
+                                        daemon=True)
+
+    def __enter__(self) -> _Watch:
+        if self.show:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.show:
+            self._stop.set()
+            self._thread.join()
+            if exc[0] is None:
+                self.bar.update(self.rows - self.bar.done)
+                self.bar.close()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                share = self.connection.query_progress()
+            except Exception:  # progress is advice: the sort goes on without it
+                return
+            if share is not None and share >= 0:
+                done = int(self.rows * min(share, 100.0) / 100)
+                if done > self.bar.done:
+                    self.bar.update(done - self.bar.done)
+
+
+def status(files: SourceFiles, config: PipelineConfig, whole_because: Optional[str]) -> str:
+    """How the source will be read, in words, for `inspect` and `validate`."""
+    if whole_because is None:
+        return "streams by row group (row groups hold disjoint id ranges)"
+    if not can_regroup(files, config):
+        return f"grouped whole, in memory: {whole_because}"
+    cache = locate(files, config)
+    if cache.complete:
+        return f"streams from its regrouped copy in {cache.folder} ({whole_because})"
+    return (f"needs regrouping, once, into {cache.folder} (source.cache; within "
+            f"{(config.source.regroup or CacheConfig()).memory_limit}): {whole_because}")
+
+
+def can_regroup(files: SourceFiles, config: PipelineConfig) -> bool:
+    """Whether this source is regrouped rather than grouped in memory: long layout with an
+    id column, `source.cache` on, and local files (DuckDB reads them directly)."""
+    source = config.source
+    return (source.regroup is not None and source.layout == "long" and bool(source.id_column)
+            and _local(files))
+
+
+def _local(files: SourceFiles) -> bool:
+    import pyarrow.fs as pafs
+
+    return isinstance(files.dataset.filesystem, pafs.LocalFileSystem)

@@ -1,0 +1,164 @@
+"""Time-partitioned sources: rows of one sequence spread over files are regrouped once into
+a sorted cache (DuckDB, out of core) and streamed from it, batch for batch as the in-memory
+path groups them."""
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from seqpipe import DataError, Pipeline, load_config, load_materialized, materialize
+from seqpipe.shard import Shard
+from tests.helpers import base_config, long_table, scatter
+
+LENGTHS = np.random.default_rng(8).integers(1, 40, 150)
+
+
+def _by_day(table: pa.Table, folder, days: int = 5) -> str:
+    """One file per 'day': each holds a slice of every sequence's timesteps, rows shuffled,
+    as loggers and warehouses write time-partitioned data."""
+    os.makedirs(folder, exist_ok=True)
+    frame = table.to_pandas().sort_values(["id", "t"])
+    position = frame.groupby("id").cumcount().to_numpy()
+    length = frame.groupby("id").id.transform("size").to_numpy()
+    day = position * days // length
+    rng = np.random.default_rng(0)
+    for d in range(days):
+        rows = frame[day == d].sample(frac=1, random_state=d)
+        pq.write_table(pa.Table.from_pandas(rows, preserve_index=False),
+                       os.path.join(folder, f"day-{d}.parquet"), row_group_size=int(
+                           rng.integers(40, 90)))
+    return str(folder)
+
+
+def _config(path, **overrides):
+    return load_config(base_config(path), {
+        "batching.bucket_boundaries": "auto", "shuffle.buffer_size": 40, "shuffle.seed": 3,
+        "padding.maxlen": 25, "padding.truncating": "pre",
+        "split.validation": 0.3, "split.seed": 2, **overrides})
+
+
+def _same_batches(a: Pipeline, b: Pipeline, epoch: int = 0) -> int:
+    count = 0
+    for left, right in zip(a.batches(epoch), b.batches(epoch), strict=True):
+        assert left.ids.tolist() == right.ids.tolist()
+        for part in ("x", "y", "sample_weight"):
+            for name, values in getattr(left, part).items():
+                np.testing.assert_array_equal(values, getattr(right, part)[name])
+        count += len(left.ids)
+    return count
+
+
+@pytest.mark.parametrize("layout", ["by day", "rows dealt at random"])
+def test_a_regrouped_source_streams_the_in_memory_batches(tmp_path, layout, caplog):
+    table = long_table(LENGTHS, seed=4)
+    folder = (_by_day(table, tmp_path / "days") if layout == "by day"
+              else scatter(table, tmp_path / "rows", files=4, seed=3, row_group_size=70))
+    with caplog.at_level(logging.WARNING, logger="seqpipe"):
+        regrouped = Pipeline(_config(folder), split="train")
+    assert regrouped.report.streamed and "regrouped copy" in str(regrouped.report)
+    assert any(re.match(r"seqpipe regroups .* \([\d,]+ rows in \d files, sequences spread "
+                        r"over row groups\) into .*, once, within 1GB of memory",
+                        r.getMessage()) for r in caplog.records)
+    seen = 0
+    for part in ("train", "validation"):
+        mine = Pipeline(_config(folder), split=part)
+        whole = Pipeline(_config(None), table, split=part)
+        for epoch in (0, 1):
+            count = _same_batches(mine, whole, epoch)
+        seen += count
+        assert mine.report.missing_labels == whole.report.missing_labels
+        assert mine.report.truncated_timesteps == whole.report.truncated_timesteps
+    assert seen == len(LENGTHS)
+
+
+def test_a_second_build_reuses_the_copy_and_a_changed_source_replaces_it(
+        tmp_path, caplog, regrouping_cache):
+    table = long_table(LENGTHS, seed=5)
+    folder = _by_day(table, tmp_path / "days")
+    Pipeline(_config(folder), split="train")
+    copies = list(regrouping_cache.iterdir())
+    assert len(copies) == 1 and (copies[0] / "complete.json").exists()
+    written = (copies[0] / "sorted.parquet").stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="seqpipe"):
+        Pipeline(_config(folder), split="train")
+    assert not any("regroups" in r.getMessage() for r in caplog.records)
+    assert any("from its regrouped copy in" in r.getMessage() for r in caplog.records)
+    assert (copies[0] / "sorted.parquet").stat().st_mtime_ns == written
+    changed = pq.read_table(os.path.join(folder, "day-0.parquet"))
+    changed = changed.set_column(changed.schema.get_field_index("x"), "x",
+                                 pa.compute.multiply(changed["x"], 2.0))
+    time.sleep(0.01)
+    pq.write_table(changed, os.path.join(folder, "day-0.parquet"))
+    again = Pipeline(_config(folder), split="train")
+    now = list(regrouping_cache.iterdir())
+    assert len(now) == 1 and now[0] != copies[0]  # a new copy; the stale one removed
+    table = pa.concat_tables([pq.read_table(os.path.join(folder, f"day-{d}.parquet"))
+                              for d in range(5)])
+    _same_batches(again, Pipeline(_config(None), table, split="train"))
+
+
+def test_cache_false_groups_in_memory_and_cache_dir_is_where_the_copy_goes(tmp_path,
+                                                                          regrouping_cache):
+    table = long_table(LENGTHS[:40], seed=6)
+    folder = _by_day(table, tmp_path / "days")
+    in_memory = Pipeline(_config(folder, **{"source.cache": False}), split="train")
+    assert not in_memory.report.streamed and not regrouping_cache.exists()
+    elsewhere = tmp_path / "my-cache"
+    Pipeline(_config(folder, **{"source.cache": {"dir": str(elsewhere),
+                                                 "memory_limit": "200MB"}}), split="train")
+    assert len(list(elsewhere.iterdir())) == 1 and not regrouping_cache.exists()
+
+
+def test_two_processes_building_the_same_copy_at_once_both_get_it_whole(tmp_path):
+    table = long_table(np.random.default_rng(1).integers(1, 60, 2000), seed=7)
+    folder = _by_day(table, tmp_path / "days")
+    code = ("import sys, seqpipe; from tests.test_regroup import _config; "
+            "p = seqpipe.Pipeline(_config(sys.argv[1]), split='train'); "
+            "print(sum(len(b.ids) for b in p.batches()))")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    runs = [subprocess.Popen([sys.executable, "-c", code, folder], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    expected = Pipeline(_config(None), table, split="train").report.sequences
+    for run, (out, err) in zip(runs, outputs):
+        assert run.returncode == 0, err
+        assert int(out.split()[-1]) == expected
+    cache = os.path.join(os.environ["XDG_CACHE_HOME"], "seqpipe", "regrouped")
+    assert [n for n in os.listdir(cache) if not n.startswith(".")] and \
+        not [n for n in os.listdir(cache) if n.startswith(".")]  # no half-written folder left
+
+
+def test_a_repeated_time_across_files_is_found_and_names_the_source(tmp_path):
+    table = long_table(LENGTHS[:30], seed=2)
+    folder = _by_day(table, tmp_path / "days")
+    extra = table.filter(pa.compute.equal(table["id"], "s007")).slice(0, 1)
+    pq.write_table(extra, os.path.join(folder, "late.parquet"))  # s007 twice at one time
+    with pytest.raises(DataError, match=r"sequence 's007' has two rows at time \d+ "
+                                        r"\(source\.time_column 't'\) in .*days \(regrouped: "
+                                        r"row group \d+ of .*sorted\.parquet\)"):
+        for part in ("train", "validation"):
+            for _ in Pipeline(_config(folder), split=part).batches():
+                pass
+
+
+def test_input_pipelines_share_the_copy_and_materialize_reads_it(tmp_path):
+    table = long_table(LENGTHS, seed=9)
+    folder = _by_day(table, tmp_path / "days")
+    config = _config(folder, **{"split.validation": 0.0})
+    ids = []
+    for index in range(3):
+        ids += [i for b in Pipeline(config, shard=Shard(index, 3)).batches() for i in b.ids]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == len(LENGTHS)
+    manifest = materialize(config, tmp_path / "out")
+    assert manifest["parts"]["all"]["sequences"] == len(LENGTHS)
+    batches = list(load_materialized(tmp_path / "out"))
+    assert sum(int(b[0]["steps"].shape[0]) for b in batches) == len(LENGTHS)
