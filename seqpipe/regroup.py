@@ -67,7 +67,7 @@ def locate(files: SourceFiles, config: PipelineConfig) -> Cache:
     """The cache folder of `files` as `config` reads them (no data is read)."""
     cache = config.source.regroup or CacheConfig()
     root = Path(cache.dir).expanduser() if cache.dir else default_dir()
-    columns = [(f.name, str(f.type)) for f in files.schema]
+    columns = sorted((f.name, str(f.type)) for f in files.schema)  # as a set: order is free
     source = _digest({"where": str(files.where), "columns": columns, "format": FORMAT})[:16]
     content = _digest({"source": source, "files": {
         path: dataclasses.asdict(fp) for path, fp in sorted(files.fingerprints.items())},

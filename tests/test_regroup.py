@@ -162,3 +162,45 @@ def test_input_pipelines_share_the_copy_and_materialize_reads_it(tmp_path):
     assert manifest["parts"]["all"]["sequences"] == len(LENGTHS)
     batches = list(load_materialized(tmp_path / "out"))
     assert sum(int(b[0]["steps"].shape[0]) for b in batches) == len(LENGTHS)
+
+
+def test_a_per_sequence_label_that_differs_across_files_is_found(tmp_path):
+    table = long_table(LENGTHS[:30], seed=3)
+    folder = _by_day(table, tmp_path / "days")
+    day = pq.read_table(os.path.join(folder, "day-4.parquet")).to_pandas()
+    changed = day.id[day.died.notna()].iloc[0]  # with a label here and in other files
+    day.loc[day.id == changed, "died"] = 7.0  # another value than its other rows hold
+    pq.write_table(pa.Table.from_pandas(day, preserve_index=False),
+                   os.path.join(folder, "day-4.parquet"))
+    config = _config(folder, **{"split.validation": 0.0})
+    with pytest.raises(DataError, match=rf"column 'died' \(outputs\.died\.column, level: "
+                                        rf"sequence\) has two different values in sequence "
+                                        rf"'{changed}' of .*days \(regrouped: row group \d+ of "):
+        for _ in Pipeline(config).batches():
+            pass
+
+
+def test_the_sort_shows_its_progress_and_inspect_and_validate_say_how_it_is_read(
+        tmp_path, capsys):
+    from seqpipe.regroup import regrouped
+    from seqpipe.source import open_source
+
+    table = long_table(LENGTHS[:60], seed=4)
+    folder = _by_day(table, tmp_path / "days")
+    config = _config(folder)
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text(__import__("yaml").safe_dump(config.to_dict()))
+
+    def command(name):
+        run = subprocess.run([sys.executable, "-m", "seqpipe", name, str(yaml_file)],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+
+    assert re.search(r"needs regrouping, once, into .*seqpipe/regrouped/\S+ \(source\.cache; "
+                     r"within 1GB\): rows of the same sequences are spread", command("inspect"))
+    regrouped(open_source(config), config, progress=True)
+    assert re.search(rf"seqpipe: {table.num_rows:,}/{table.num_rows:,} rows \(100%\), "
+                     r"[\d,]+/s, took \d+:\d\d", capsys.readouterr().err)
+    assert re.search(r"reading: streams from its regrouped copy in .*seqpipe/regrouped/",
+                     command("validate"))
