@@ -31,6 +31,7 @@ from typing import Optional
 
 import pyarrow.dataset as pads
 
+from seqpipe._internal import paths
 from seqpipe._internal.progress import Progress
 from seqpipe.config import CacheConfig, PipelineConfig
 from seqpipe.errors import ConfigError, DataError
@@ -40,11 +41,6 @@ logger = logging.getLogger("seqpipe")
 FORMAT = 1
 DATA, DONE = "sorted.parquet", "complete.json"
 ROW_GROUP_ROWS = 1 << 20  # rows per row group of the cache: a streamed read's unit
-
-
-def default_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "seqpipe" / "regrouped"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +62,8 @@ class Cache:
 def locate(files: SourceFiles, config: PipelineConfig) -> Cache:
     """The cache folder of `files` as `config` reads them (no data is read)."""
     cache = config.source.regroup or CacheConfig()
-    root = Path(cache.dir).expanduser() if cache.dir else default_dir()
+    root = Path(cache.dir).expanduser() if cache.dir else paths.user_cache("seqpipe",
+                                                                            "regrouped")
     columns = sorted((f.name, str(f.type)) for f in files.schema)  # as a set: order is free
     source = _digest({"where": str(files.where), "columns": columns, "format": FORMAT})[:16]
     content = _digest({"source": source, "files": {

@@ -40,8 +40,8 @@ class Transform:
     Args:
       config: the pipeline config.
       statistics: the statistics to scale and encode with (`Statistics.check`ed).
-      skipped: (n,) the first kept timestep of each sequence of the source's index: a
-        time delta is 0 there, as at a sequence's first timestep.
+      skipped: (n,) timesteps truncation cuts from the start of each sequence of the
+        source's index: the first kept timestep's time delta is 0, as at a sequence's first.
       counted: (n,) the sequences whose unseen categories are counted (the part read).
     """
 
@@ -63,7 +63,7 @@ class Transform:
         for name, spec in self.config.inputs.items():
             values = chunk.features[name]
             if spec.categorical:
-                ids, missed = self._ids(name, values, 2, chunk, counted, spec.level)
+                ids, missed = self._ids(name, values, chunk, counted, spec.level)
                 features[name] = ids
                 unseen[f"inputs.{name}"] += missed
             elif deferred(spec) or spec.time_delta:
@@ -73,7 +73,7 @@ class Transform:
         labels, present = dict(chunk.labels), dict(chunk.present)
         for name, output in self.config.outputs.items():
             if output.categorical:
-                ids, missed = self._ids(name, labels[name], 0, chunk, counted, output.level)
+                ids, missed = self._ids(name, labels[name], chunk, counted, output.level)
                 present[name] = ids >= 0
                 labels[name] = np.where(present[name], ids,
                                         np.int32(output.fill_value)).astype(np.int32)
@@ -118,19 +118,20 @@ class Transform:
         delta[starts + self.skipped[index]] = 0
         return delta.astype(np.float32)
 
-    def _ids(self, name: str, values: Categories, first_id: int, chunk: Sequences,
-             counted: np.ndarray, level: str) -> tuple[np.ndarray, int]:
-        """int32 ids of a chunk's categories: `first_id + i` for vocabulary value i; for an
-        input 1 at a missing or unseen value, for a label -1. And how many present values of
-        counted sequences were unseen."""
+    def _ids(self, name: str, values: Categories, chunk: Sequences, counted: np.ndarray,
+             level: str) -> tuple[np.ndarray, int]:
+        """int32 ids of a chunk's categories: the vocabulary's `first_id + i` for its value i;
+        for an input 1 at a missing or unseen value, for a label -1. And how many present
+        values of counted sequences were unseen."""
+        first_id = self.statistics.vocabularies[name].first_id
         found = _lookup(self._vocabularies[name], values.values, name)
         none = 1 if first_id else -1
         table = np.full(len(values.values) + 1, none, dtype=np.int32)  # the last: missing
         table[:-1] = np.where(found >= 0, found + first_id, none)
         ids = table[values.codes]
-        unseen_codes = (found < 0)[np.maximum(values.codes, 0)] & (values.codes >= 0)
+        unseen = (ids == none) & (values.codes >= 0)
         rows = counted if level == "sequence" else np.repeat(counted, chunk.lengths)
-        return ids, int(np.count_nonzero(unseen_codes & rows))
+        return ids, int(np.count_nonzero(unseen & rows))
 
 
 def _value_set(vocabulary: Vocabulary) -> pa.Array:

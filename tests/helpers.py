@@ -147,3 +147,16 @@ def raw_sequences(table: pa.Table) -> dict:
     """id -> (codes in time order, labels in time order) straight from pyarrow, for checks."""
     frame = table.to_pandas().sort_values(["id", "t"])
     return {key: (g["code"].to_numpy(), g["y"].to_numpy()) for key, g in frame.groupby("id")}
+
+
+def same_batches(a, b, epoch: int = 0) -> list:
+    """Asserts two pipelines give equal batches (ids, x, y, weights) in one epoch; returns
+    the number of sequences of each batch."""
+    sizes = []
+    for left, right in zip(a.batches(epoch), b.batches(epoch), strict=True):
+        assert left.ids.tolist() == right.ids.tolist()
+        for part in ("x", "y", "sample_weight"):
+            for name, values in getattr(left, part).items():
+                np.testing.assert_array_equal(values, getattr(right, part)[name])
+        sizes.append(len(left.ids))
+    return sizes

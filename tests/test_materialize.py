@@ -380,6 +380,13 @@ def test_prepared_data_loads_materialized_as_build_dataset_makes_it(tmp_path):
     hidden = keras.layers.GRU(2, return_sequences=True)(hidden, mask=inputs["timestep_mask"])
     model = keras.Model(inputs, {"targets": keras.layers.Dense(2, name="targets")(hidden)})
     from_files = predict(model, config, split="validation")["targets"]
+    with pytest.raises(ConfigError, match=r"'.*out' is a materialized output; data= does not "
+                                          r"apply to it"):
+        predict(model, out, data=sessions(n=5), split="validation")
+    other = Statistics(sequences=1)  # not the statistics the records were written with
+    with pytest.raises(ConfigError, match=r"was written with its own statistics, and its "
+                                          r"records hold values prepared with them"):
+        predict(model, out, split="validation", statistics=other)
     from_records = predict(model, out, split="validation")["targets"]
     assert from_records.id.tolist() == from_files.id.tolist()
     assert from_records.ts.tolist() == from_files.ts.tolist()

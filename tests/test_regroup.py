@@ -16,7 +16,7 @@ import pytest
 
 from seqpipe import DataError, Pipeline, load_config, load_materialized, materialize
 from seqpipe.shard import Shard
-from tests.helpers import base_config, long_table, scatter
+from tests.helpers import base_config, long_table, same_batches, scatter
 
 LENGTHS = np.random.default_rng(8).integers(1, 40, 150)
 
@@ -46,14 +46,7 @@ def _config(path, **overrides):
 
 
 def _same_batches(a: Pipeline, b: Pipeline, epoch: int = 0) -> int:
-    count = 0
-    for left, right in zip(a.batches(epoch), b.batches(epoch), strict=True):
-        assert left.ids.tolist() == right.ids.tolist()
-        for part in ("x", "y", "sample_weight"):
-            for name, values in getattr(left, part).items():
-                np.testing.assert_array_equal(values, getattr(right, part)[name])
-        count += len(left.ids)
-    return count
+    return sum(same_batches(a, b, epoch))
 
 
 @pytest.mark.parametrize("layout", ["by day", "rows dealt at random"])
@@ -204,3 +197,15 @@ def test_the_sort_shows_its_progress_and_inspect_and_validate_say_how_it_is_read
                      r"[\d,]+/s, took \d+:\d\d", capsys.readouterr().err)
     assert re.search(r"reading: streams from its regrouped copy in .*seqpipe/regrouped/",
                      command("validate"))
+
+
+def test_a_cache_folder_that_cannot_be_written_says_what_to_do(tmp_path):
+    table = long_table(LENGTHS[:20], seed=1)
+    folder = _by_day(table, tmp_path / "days")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    config = _config(folder, **{"source.cache": {"dir": str(blocker / "cache")}})
+    with pytest.raises(DataError, match=r"cannot write the regrouping cache in .*a-file/cache "
+                                        r".*; set source\.cache\.dir to a writable folder, or "
+                                        r"source\.cache: false"):
+        Pipeline(config, split="train")

@@ -229,10 +229,16 @@ def test_an_rnn_given_the_mask_input_reports_the_masked_mean(source, per_sequenc
         cfg = load_config(cfg, {"source.layout": "long"})
     model = _masked_gru(per_sequence, reduction)
     pipeline = Pipeline(cfg, data=_first_label_per_session(sessions()) if per_sequence else None)
+    _assert_reports_the_masked_mse(model, pipeline, "out")
+
+
+def _assert_reports_the_masked_mse(model, pipeline, output):
+    """On the first batches, the loss Keras reports equals the mean squared error over the
+    weighted positions, computed by hand from the model's predictions."""
     for batch in every(pipeline)[:3]:
-        predicted = model.predict_on_batch(batch.x)["out"].astype(np.float64)
-        per_element = ((batch.y["out"] - predicted) ** 2).mean(axis=-1)
-        valid = batch.sample_weight["out"] > 0
+        predicted = model.predict_on_batch(batch.x)[output].astype(np.float64)
+        per_element = ((batch.y[output] - predicted) ** 2).mean(axis=-1)
+        valid = batch.sample_weight[output] > 0
         reported = model.test_on_batch(batch.x, batch.y, batch.sample_weight,
                                        return_dict=True)["loss"]
         assert reported == pytest.approx(per_element[valid].mean(), rel=1e-5)
@@ -256,13 +262,7 @@ def test_embedding_mask_zero_with_binary_weights_reports_the_masked_mean(source)
                         {"targets": keras.layers.Dense(2, name="targets")(embedded)})
     model.compile(loss={"targets": keras.losses.MeanSquaredError(
         reduction="mean_with_sample_weight")})
-    for batch in every(pipeline)[:3]:
-        predicted = model.predict_on_batch(batch.x)["targets"].astype(np.float64)
-        per_step = ((batch.y["targets"] - predicted) ** 2).mean(axis=-1)
-        valid = batch.sample_weight["targets"] > 0
-        reported = model.test_on_batch(batch.x, batch.y, batch.sample_weight,
-                                       return_dict=True)["loss"]
-        assert reported == pytest.approx(per_step[valid].mean(), rel=1e-5)
+    _assert_reports_the_masked_mse(model, pipeline, "targets")
 
 
 def test_a_string_class_label_trains_with_sparse_categorical_crossentropy(source):
@@ -329,12 +329,64 @@ def test_statistics_that_do_not_match_the_config_are_refused(source, change, mes
      r"inputs\.v\.max_tokens needs inputs\.v\.categorical: true"),
     ({"v": {"columns": ["hr"], "normalize": "zscore"}},
      r"inputs\.v\.normalize must be 'standard' or 'minmax' or null; got 'zscore'"),
+    ({"v": {"columns": ["hr"]}, "e": {"columns": ["event"], "categorical": True,
+                                     "fill_value": 0}},
+     r"inputs\.e\.fill_value does not apply to a categorical input: a missing value is id 1"),
+    ({"v": {"columns": ["hr"]}, "s": {"columns": ["age"], "level": "sequence",
+                                     "time_delta": True}},
+     r"inputs\.s\.time_delta needs level: timestep"),
 ])
 def test_config_errors_name_the_key_and_the_rule(inputs, message):
     raw = {"source": {"path": "x.parquet", "id_column": "id", "time_column": "ts"},
            "inputs": inputs}
     with pytest.raises(ConfigError, match=message):
         load_config(raw)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"source": {"path": "x.parquet", "id_column": "id"},
+      "inputs": {"v": {"columns": ["hr"], "time_delta": True}}},
+     r"inputs\.v\.time_delta needs source\.time_column, the times it takes differences of"),
+    ({"outputs": {"y": {"level": "sequence"}}},
+     r"outputs\.y needs exactly one of column \(one label column\) or columns \(several\); "
+     r"got column=None, columns=None"),
+    ({"outputs": {"y": {"column": "a", "columns": ["b"]}}},
+     r"outputs\.y needs exactly one of column .*got column='a', columns=\['b'\]"),
+    ({"outputs": {"y": {"columns": ["a", "b"], "categorical": True}}},
+     r"outputs\.y\.categorical takes one label column; got columns \['a', 'b'\]"),
+    ({"padding": {"mask": "v"}},
+     r"padding\.mask 'v' is also the name of an input or output"),
+    ({"source": {"path": "x.parquet", "id_column": "id", "cache": {"memory_limit": "lots"}}},
+     r"source\.cache\.memory_limit must be a size such as '500MB' or '2GB'; got 'lots'"),
+], ids=["time_delta-without-time", "no-label", "two-labels", "categorical-columns",
+        "mask-clash", "cache-size"])
+def test_config_errors_of_outputs_mask_and_cache_name_the_key(change, message):
+    raw = {"source": {"path": "x.parquet", "id_column": "id", "time_column": "ts"},
+           "inputs": {"v": {"columns": ["hr"]}}, **change}
+    with pytest.raises(ConfigError, match=message):
+        load_config(raw)
+
+
+def test_statistics_that_cannot_be_read_or_do_not_fit_the_data_are_clear_errors(source,
+                                                                                tmp_path):
+    path, _ = source
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"could not read statistics from '.*bad\.json': "):
+        Statistics.load(tmp_path / "bad.json")
+    (tmp_path / "old.json").write_text('{"format": 0}')
+    with pytest.raises(ConfigError, match=r"statistics format 0 is not one this seqpipe reads "
+                                          r"\(1\); compute them again"):
+        Statistics.load(tmp_path / "old.json")
+    cfg = config(path, inputs={"v": {"columns": ["hr"], "fill_value": 0},
+                               "step": {"columns": ["step"], "categorical": True}})
+    statistics = Pipeline(cfg).statistics  # step: integer categories
+    strings = sessions().set_column(2, "step", pa.array(["x"] * sessions().num_rows))
+    with pytest.raises(DataError, match=r"step: the vocabulary holds int64 values but the "
+                                        r"column holds string; statistics computed on other "
+                                        r"data do not fit this column"):
+        every(Pipeline(cfg, data=strings, statistics=statistics))
+    with pytest.raises(ConfigError, match=r"statistics= goes to the Pipeline when it is built"):
+        build_dataset(Pipeline(cfg), statistics=statistics)
 
 
 def test_a_string_column_without_categorical_says_how_to_use_it(source):

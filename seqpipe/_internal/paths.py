@@ -13,12 +13,19 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Union
 
 from seqpipe._internal.lazy import tensorflow
 from seqpipe.errors import DataError
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def user_cache(*names: str) -> Path:
+    """A folder under the user's cache directory ($XDG_CACHE_HOME, else ~/.cache)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base, *names)
 
 
 def is_uri(path: PathLike) -> bool:

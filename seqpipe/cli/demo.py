@@ -8,7 +8,6 @@ batch (and what naive 0/1 weights would have reported).
 from __future__ import annotations
 
 import importlib.resources
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from seqpipe._internal import paths
 from seqpipe.config import load_config
 from seqpipe.pipeline import Pipeline
 from seqpipe.weights import sample_weight
@@ -27,8 +27,7 @@ DEMO_FILES = 4
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "seqpipe" / "demo"
+    return paths.user_cache("seqpipe", "demo")
 
 
 def demo_config_path():
