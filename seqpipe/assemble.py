@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Optional
 
 import numpy as np
 
@@ -26,27 +27,29 @@ from seqpipe.weights import batch_weights
 
 @dataclasses.dataclass(frozen=True)
 class BatchPlaces:
-    """Where each batch of a block lies in the block's flat arrays, one entry per batch:
-    batch j is rows `timestep_start[j]` to `+ rows[j] * steps[j]` of a per-timestep array
-    (shaped `(rows[j], steps[j], ...)`) and rows `sequence_start[j]` to `+ rows[j]` of a
-    per-sequence one."""
+    """Where each batch of a block lies in the block's flat arrays, one entry per batch.
+    An array on axis `a` (see `PipelineConfig.axes`) holds batch j at positions
+    `start[a][j]` to `+ rows[j] * steps[a][j]`, shaped `(rows[j], steps[a][j], ...)`; on the
+    "sequence" axis, which has no steps, `+ rows[j]`, shaped `(rows[j], ...)`."""
 
-    timestep_start: np.ndarray  # int64
-    sequence_start: np.ndarray  # int64
-    rows: np.ndarray  # B: the batch's rows (its sequences, and empty rows)
-    steps: np.ndarray  # T: timesteps of every row
+    start: Mapping[str, np.ndarray]  # axis -> int64 first position of each batch
+    rows: np.ndarray  # B: the batch's rows (its sequences or windows, and empty rows)
+    steps: Mapping[str, np.ndarray]  # axis -> T: timesteps of every row (not "sequence")
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def size(self, axis: str) -> np.ndarray:
+        """Positions each batch takes on `axis`."""
+        return self.rows if axis == "sequence" else self.rows * self.steps[axis]
+
     def select(self, mask: np.ndarray) -> BatchPlaces:
-        return BatchPlaces(self.timestep_start[mask], self.sequence_start[mask],
-                           self.rows[mask], self.steps[mask])
+        return BatchPlaces({a: s[mask] for a, s in self.start.items()}, self.rows[mask],
+                           {a: s[mask] for a, s in self.steps.items()})
 
     def ends(self) -> dict:
-        """Per level, the rows a block needs: past the end of its last batch."""
-        return {"timestep": int(self.timestep_start[-1] + self.rows[-1] * self.steps[-1]),
-                "sequence": int(self.sequence_start[-1] + self.rows[-1])}
+        """Per axis, the positions a block needs: past the end of its last batch."""
+        return {a: int(s[-1] + self.size(a)[-1]) for a, s in self.start.items()}
 
 
 @dataclasses.dataclass
@@ -61,26 +64,28 @@ class Block:
     sample_weight: dict
     remaining: int  # sequences still to arrive
     levels: Mapping[str, str]  # input or output name -> "timestep" or "sequence"
+    ends: Optional[list] = None  # windows: each batch's rows' last target positions
 
     def batch_view(self, j: int, config: PipelineConfig):
         """The arrays of batch j, shaped for Keras; views into the block."""
-        p = self.places
-        t0, s0 = int(p.timestep_start[j]), int(p.sequence_start[j])
-        size, steps = int(p.rows[j]), int(p.steps[j])
+        p, axes = self.places, config.axes
+        size = int(p.rows[j])
 
-        def shaped(flat, level, *tail):
-            if level == "sequence":
-                return flat[s0:s0 + size].reshape((size,) + tail)
-            return flat[t0:t0 + size * steps].reshape((size, steps) + tail)
+        def shaped(flat, axis, *tail):
+            at = int(p.start[axis][j])
+            if axis == "sequence":
+                return flat[at:at + size].reshape((size,) + tail)
+            steps = int(p.steps[axis][j])
+            return flat[at:at + size * steps].reshape((size, steps) + tail)
 
-        x = {name: shaped(self.x[name], spec.level, *spec.tail)
+        x = {name: shaped(self.x[name], axes[name], *spec.tail)
              for name, spec in config.inputs.items()}
         if config.padding.mask:
             x[config.padding.mask] = shaped(self.x[config.padding.mask], "timestep")
-        y = {name: shaped(self.y[name], spec.level, spec.width)
+        y = {name: shaped(self.y[name], axes[name], spec.width)
              for name, spec in config.outputs.items()}
-        weights = {name: shaped(self.sample_weight[name], spec.level)
-                   for name, spec in config.outputs.items()}
+        weights = {name: shaped(self.sample_weight[name], axes[name])
+                   for name in config.outputs}
         return x, y, weights
 
 
@@ -122,7 +127,7 @@ class Assembler:
         # slice hands an aligned batch on as a view, and copies one that is not.
         t0 = _exclusive_cumsum_within(_aligned_rows(sizes * steps), plan.blocks)
         s0 = _exclusive_cumsum_within(_aligned_rows(sizes), plan.blocks)
-        every = BatchPlaces(t0, s0, sizes, steps)
+        every = BatchPlaces({"timestep": t0, "sequence": s0}, sizes, {"timestep": steps})
         self.places = [every.select(plan.blocks == g)
                        for g in range(int(plan.blocks.max()) + 1 if len(sizes) else 0)]
         n = len(lengths)
@@ -221,7 +226,7 @@ class Assembler:
     def _padding_positions(self, batches: list, places: BatchPlaces) -> np.ndarray:
         """The padded timestep rows after (or before) every sequence of a block, given each
         batch's members."""
-        steps = np.repeat(places.steps, [len(m) for m in batches])
+        steps = np.repeat(places.steps["timestep"], [len(m) for m in batches])
         members = np.concatenate(batches)
         kept = self.kept[members]
         missing = steps - kept
@@ -256,14 +261,17 @@ class Assembler:
         block.remaining -= len(index)
 
     def _weigh(self, block: Block) -> None:
-        for name, output in self.config.outputs.items():
-            mode = self.config.weight_mode(name)
-            p, valid = block.places, block.valid[name]
-            start, steps = ((p.timestep_start, p.steps) if output.level == "timestep"
-                            else (p.sequence_start, None))
-            block.sample_weight[name] = batch_weights(
-                mode, valid, start, p.rows, steps, self.mean_valid[name],
-                out=self.buffers.empty(valid.shape))
+        for name in self.config.outputs:
+            block.sample_weight[name] = weigh(block, name, self.config, self.mean_valid[name],
+                                              self.buffers)
+
+
+def weigh(block: Block, output: str, config: PipelineConfig, mean_valid: float,
+          buffers: BufferPool) -> np.ndarray:
+    """The sample weights of one output for every batch of a block, from its valid labels."""
+    p, valid, axis = block.places, block.valid[output], config.axes[output]
+    return batch_weights(config.weight_mode(output), valid, p.start[axis], p.rows,
+                         p.steps.get(axis), mean_valid, out=buffers.empty(valid.shape))
 
 
 def _aligned_rows(rows: np.ndarray) -> np.ndarray:
@@ -296,9 +304,9 @@ def _empty_rows(batches: list, places: BatchPlaces) -> dict:
     each batch's members (`same_shape_first`)."""
     filled = np.array([len(b) for b in batches], dtype=np.int64)
     empty = places.rows - filled
-    return {"timestep": ranges(places.timestep_start + filled * places.steps,
-                               empty * places.steps),
-            "sequence": ranges(places.sequence_start + filled, empty)}
+    steps = places.steps["timestep"]
+    return {"timestep": ranges(places.start["timestep"] + filled * steps, empty * steps),
+            "sequence": ranges(places.start["sequence"] + filled, empty)}
 
 
 def _exclusive_cumsum_within(values: np.ndarray, blocks: np.ndarray) -> np.ndarray:

@@ -116,6 +116,10 @@ class InputConfig(Section):
         None, "With categorical: keep at most this many values, the most frequent; the "
         "rest map to 1. null keeps every value seen in the train part.",
         check=_positive, rule="must be a positive integer or null")
+    window: Literal["history", "future"] = field(
+        "history", "With windows: history feeds the window's history timesteps (batch, "
+        "history, k); future feeds values known ahead (a calendar, a promotion plan) at the "
+        "horizon's timesteps (batch, horizon, k).")
 
     def fill_for(self, column: str) -> Optional[float]:
         """The value that replaces a missing value of `column`, or None for an error."""
@@ -194,8 +198,9 @@ class PaddingConfig(Section):
         None, "Longer sequences are truncated to this many timesteps; null keeps them whole. "
         "A batch pads to its longest sequence, never beyond maxlen.",
         check=_positive, rule="must be a positive integer or null")
-    side: Literal["pre", "post"] = field(
-        "post", "Where padding goes (pad_sequences `padding`).")
+    side: Optional[Literal["pre", "post"]] = field(
+        None, "Where padding goes (pad_sequences `padding`). null: post for whole sequences, "
+        "pre with windows (the only side they allow).")
     truncating: Literal["pre", "post"] = field(
         "post", "Which end of a long sequence is cut (pad_sequences `truncating`): "
         "pre cuts the start and keeps the latest timesteps.")
@@ -205,6 +210,36 @@ class PaddingConfig(Section):
     mask: Optional[str] = field(
         None, "The name of an extra input, bool (batch, time), True at real timesteps: for "
         "layers that take mask= (RNNs, attention). null: no mask input.")
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowsConfig(Section):
+    """Forecasting windows: every sequence cut into fixed-length windows, each a history and
+    the horizon after it, anchored at the sequence's end."""
+
+    history: int = field(doc="Timesteps of input per window.", check=lambda v: v > 0,
+                         rule="must be a positive integer")
+    horizon: int = field(
+        0, "Timesteps after the history whose labels the window predicts; 0: labels aligned "
+        "with the history (labelling windows of long series).",
+        check=lambda v: v >= 0, rule="must be an integer >= 0")
+    stride: int = field(
+        1, "Timesteps between the ends of a sequence's consecutive windows; 1 makes a window "
+        "end at every timestep.", check=lambda v: v > 0, rule="must be a positive integer")
+    min_history: Optional[int] = field(
+        None, "Shortest real history: a history shorter than `history`, at a sequence's "
+        "start, is padded at the front (weight 0) down to this many real timesteps. null: "
+        "history (no padded window).", check=_positive, rule="must be a positive integer or null")
+
+    @property
+    def shortest(self) -> int:
+        """The fewest real history timesteps a window has."""
+        return self.min_history or self.history
+
+    @property
+    def targets(self) -> int:
+        """Timesteps of a window's timestep labels: the horizon, or the history when 0."""
+        return self.horizon or self.history
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,9 +303,18 @@ class SplitConfig(Section):
     seed: int = field(
         0, "Another seed gives another split; the same seed, the same split everywhere.",
         check=lambda v: v >= 0, rule="must be an integer >= 0")
+    time_cutoff: Union[str, float, None] = field(
+        None, "With windows: train holds the windows whose every target time is before it, "
+        "validation those whose first target time is at or after it (a date or timestamp "
+        "such as 2024-06-01, read as UTC, or a number, in source.time_column's type).")
 
     @property
     def enabled(self) -> bool:
+        return bool(self.validation or self.test or self.time_cutoff is not None)
+
+    @property
+    def by_id(self) -> bool:
+        """Parts are decided by sequence id (validation and test shares)."""
         return bool(self.validation or self.test)
 
 
@@ -288,9 +332,14 @@ class PipelineConfig(Section):
     weights: WeightsConfig = field(WeightsConfig(), "Sample weight mode.")
     shuffle: ShuffleConfig = field(ShuffleConfig(), "Shuffling.")
     split: SplitConfig = field(SplitConfig(), "Train/validation/test parts by sequence id.")
+    windows: Optional[WindowsConfig] = field(
+        None, "Cut every sequence into forecasting windows; null: whole sequences.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.padding.side is None:
+            side: Literal["pre", "post"] = "post" if self.windows is None else "pre"
+            object.__setattr__(self, "padding", dataclasses.replace(self.padding, side=side))
         _check_cross_fields(self)
 
     def weight_mode(self, output: str) -> str:
@@ -299,9 +348,32 @@ class PipelineConfig(Section):
 
     @property
     def levels(self) -> dict:
-        """Input or output name -> "timestep" or "sequence"."""
+        """Input or output name -> "timestep" or "sequence": how the source holds it."""
         return {name: spec.level for specs in (self.inputs, self.outputs)
                 for name, spec in specs.items()}
+
+    @property
+    def axes(self) -> dict:
+        """Input (the `padding.mask` one too) or output name -> how a batch holds it:
+        "sequence" `(batch, ...)`, "timestep" `(batch, time, ...)`, or, with windows,
+        "future" `(batch, horizon, ...)`: the horizon's future inputs and labels."""
+        axes = dict(self.levels)
+        if self.padding.mask:
+            axes[self.padding.mask] = "timestep"
+        if self.windows is not None:
+            for name, spec in self.inputs.items():
+                if spec.window == "future":
+                    axes[name] = "future"
+            for name, output in self.outputs.items():
+                if output.level == "timestep" and self.windows.horizon:
+                    axes[name] = "future"
+        return axes
+
+    def steps(self, axis: str) -> Optional[int]:
+        """Timesteps of every batch on `axis` when fixed (windows), else None."""
+        if self.windows is None or axis == "sequence":
+            return None
+        return self.windows.history if axis == "timestep" else self.windows.horizon
 
     def to_dict(self) -> dict:
         """A plain, YAML-ready dict that `load_config` turns back into an equal config."""
@@ -317,6 +389,7 @@ def _check_cross_fields(config: PipelineConfig) -> None:
     _check_feature_columns(config)
     _check_preparation(config)
     _check_batching(config)
+    _check_windows(config)
 
 
 def _check_inputs(config: PipelineConfig) -> None:
@@ -393,7 +466,7 @@ def _check_source_and_split(config: PipelineConfig) -> None:
         raise ConfigError(
             f"split.validation + split.test must be below 1, leaving sequences to train on; "
             f"got {split.validation} + {split.test}")
-    if split.enabled and not source.id_column:
+    if split.by_id and not source.id_column:
         raise ConfigError(
             "split needs source.id_column: a sequence's part is decided by its id, so that "
             "it does not change with row order or file layout. Set source.id_column.")
@@ -436,11 +509,69 @@ def _check_batching(config: PipelineConfig) -> None:
             f"no sequence is longer than maxlen after truncation. Received: {list(boundaries)}")
 
 
+def _check_windows(config: PipelineConfig) -> None:
+    """The rules of window mode, and the keys that need it."""
+    windows = config.windows
+    if windows is None:
+        for name, spec in config.inputs.items():
+            if spec.window != "history":
+                raise ConfigError(
+                    f"inputs.{name}.window: {spec.window} needs a windows section (the "
+                    f"horizon it is known over); got none. Add windows: {{history: ..., "
+                    f"horizon: ...}} or remove the key.")
+        if config.split.time_cutoff is not None:
+            raise ConfigError(
+                f"split.time_cutoff ({config.split.time_cutoff!r}) splits forecasting "
+                f"windows by time and needs a windows section; whole sequences are split by "
+                f"id (split.validation, split.test)")
+        return
+    if windows.shortest > windows.history:
+        raise ConfigError(f"windows.min_history ({windows.min_history}) must be at most "
+                          f"windows.history ({windows.history})")
+    padding = config.padding
+    if padding.side != "pre":
+        raise ConfigError(
+            "padding.side must be 'pre' with windows: a history shorter than "
+            "windows.history starts at a sequence's start, so its padding goes in front and "
+            "its last timestep stays next to the horizon. Set padding.side: pre.")
+    if padding.maxlen is not None:
+        raise ConfigError(
+            f"padding.maxlen does not apply with windows (every window has "
+            f"windows.history={windows.history} timesteps); got maxlen: {padding.maxlen}. "
+            f"Remove it.")
+    batching = config.batching
+    for key, value in (("bucket_boundaries", batching.bucket_boundaries),
+                       ("max_timesteps", batching.max_timesteps)):
+        if value is not None:
+            raise ConfigError(
+                f"batching.{key} does not apply with windows: every window has the same "
+                f"shape, so there is nothing to bucket; got {key}: {value!r}. Remove it.")
+    for name, spec in config.inputs.items():
+        if spec.window == "future" and (spec.level == "sequence" or not windows.horizon):
+            raise ConfigError(
+                f"inputs.{name}.window: future feeds values at the horizon's timesteps, so it "
+                f"needs level: timestep and windows.horizon > 0; got level: {spec.level}, "
+                f"horizon: {windows.horizon}")
+    split = config.split
+    if split.time_cutoff is not None:
+        if not config.source.time_column:
+            raise ConfigError(
+                f"split.time_cutoff ({split.time_cutoff!r}) compares target times, so it "
+                f"needs source.time_column; none is set")
+        if split.by_id:
+            raise ConfigError(
+                f"split.time_cutoff splits windows by time; it cannot be combined with the "
+                f"id split (split.validation={split.validation}, split.test={split.test}). "
+                f"Use one or the other.")
+
+
 def _check_label_leaks(config: PipelineConfig) -> None:
-    """A label column that also feeds an input hands the model its answer."""
-    fed = {c: f"inputs.{name}.columns" for name, spec in config.inputs.items()
-           for c in spec.columns}
+    """A label column that also feeds an input hands the model its answer. With windows and
+    a horizon, the input holds the history and the label the horizon after it: forecasting
+    a column's own future is not a leak."""
     for name, output in config.outputs.items():
+        fed = {c: f"inputs.{i}.columns" for i, spec in config.inputs.items()
+               for c in spec.columns if not _forecast(config, spec, output)}
         leaked = [c for c in output.label_columns if c in fed]
         if leaked and not output.also_input:
             column, key = leaked[0], "column" if output.column else "columns"
@@ -451,11 +582,19 @@ def _check_label_leaks(config: PipelineConfig) -> None:
                 f"outputs.{name}.also_input: true if the model reconstructs its input.")
 
 
+def _forecast(config: PipelineConfig, spec: InputConfig, output: OutputConfig) -> bool:
+    """The input feeds a window's history only, and the output's labels come from the
+    horizon after it."""
+    return (config.windows is not None and bool(config.windows.horizon)
+            and spec.window == "history" and spec.level == "timestep"
+            and output.level == "timestep")
+
+
 def leaked_labels(config: PipelineConfig) -> list[str]:
     """The outputs whose label column also feeds an input, as `also_input` allows."""
-    fed = {c for spec in config.inputs.values() for c in spec.columns}
-    return [name for name, spec in config.outputs.items()
-            if any(c in fed for c in spec.label_columns)]
+    return [name for name, output in config.outputs.items()
+            if any(c in spec.columns for spec in config.inputs.values()
+                   if not _forecast(config, spec, output) for c in output.label_columns)]
 
 
 def load_config(source: Union[str, os.PathLike, Mapping, PipelineConfig],

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import typing
 from collections.abc import Generator, Iterator, Mapping
 from typing import Any, Optional, Protocol
 
@@ -40,6 +41,7 @@ from seqpipe.sequences import (
 )
 from seqpipe.shard import Shard, shard_order
 from seqpipe.source import SourceFiles, SourceTable, column_roles, open_source, read_source
+from seqpipe.split import timesteps_before
 from seqpipe.statistics import Statistics
 from seqpipe.stream import StreamOrder, stream_chunks, stream_order
 
@@ -56,6 +58,7 @@ class Index:
     present: Mapping[str, np.ndarray]
     rows: int
     empty_sequences_dropped: int = 0
+    before_cutoff: Optional[np.ndarray] = None  # (n,) timesteps before split.time_cutoff
 
     @property
     def lengths(self) -> np.ndarray:
@@ -67,10 +70,12 @@ class Index:
 
     @classmethod
     def concat(cls, pieces: list, rows: int, dropped: int) -> Index:
+        before = (None if pieces[0].before_cutoff is None
+                  else np.concatenate([p.before_cutoff for p in pieces]))
         return cls(np.concatenate([p.ids for p in pieces]),
                    offsets_of(np.concatenate([p.lengths for p in pieces])),
                    {name: np.concatenate([p.present[name] for p in pieces])
-                    for name in pieces[0].present}, rows, dropped)
+                    for name in pieces[0].present}, rows, dropped, before)
 
 
 class SequenceSource(Protocol):
@@ -177,7 +182,8 @@ class GroupedTable:
         self.config, self.where, self.file_count = config, table.where, file_count
         self._sequences, counts = group_sequences(table, config)
         self.index = Index(self._sequences.ids, self._sequences.offsets,
-                           self._sequences.present, counts.rows, counts.empty_sequences_dropped)
+                           self._sequences.present, counts.rows, counts.empty_sequences_dropped,
+                           _before_cutoff(self._sequences, config, self.where))
         self.report_fields = {"filled_values": dict(counts.filled_values)}
 
     def chunks(self, in_part: np.ndarray) -> Generator[tuple[int, Sequences], None, None]:
@@ -233,15 +239,17 @@ class StreamedParquet:
 
     def _scan(self) -> Index:
         config = self.config
-        labels = config.source.layout == "nested" or any(
-            config.weight_mode(name) == "global_mean" for name in config.outputs)
+        labels = (config.source.layout == "nested" or config.split.time_cutoff is not None
+                  or any(config.weight_mode(name) == "global_mean" for name in config.outputs))
         pieces, rows, dropped = [], 0, 0
         for table in stream_chunks(self._order, config, self._index_schema(labels)):
             if labels:
                 sequences, counts = group_sequences(table, config, with_inputs=False,
                                                     chunk=True)
                 dropped += counts.empty_sequences_dropped
-                pieces.append(Index(sequences.ids, sequences.offsets, sequences.present, 0))
+                pieces.append(Index(sequences.ids, sequences.offsets, sequences.present, 0,
+                                    before_cutoff=_before_cutoff(sequences, config,
+                                                                 self.where)))
             else:  # the time column only orders rows, which lengths do not need
                 pieces.append(Index.of_lengths(*sequence_lengths(table, config), 0))
             rows += table.table.num_rows
@@ -294,6 +302,15 @@ class StreamedParquet:
         if self._whole is None:
             self._whole = group_sequences(read_source(self.config), self.config)[0]
         return self._whole
+
+
+def _before_cutoff(sequences: Sequences, config: PipelineConfig,
+                   where: str) -> Optional[np.ndarray]:
+    split = config.split
+    if split.time_cutoff is None or sequences.times is None:
+        return None
+    return timesteps_before(sequences.times, sequences.offsets, split,
+                            typing.cast(str, config.source.time_column), where)
 
 
 def missing_labels(present: Mapping[str, np.ndarray], in_part: Optional[np.ndarray] = None,

@@ -30,15 +30,30 @@ from seqpipe.batching import (
     plan_epoch,
     truncate,
 )
-from seqpipe.config import PipelineConfig, ShuffleConfig, leaked_labels, load_config
+from seqpipe.config import (
+    PipelineConfig,
+    ShuffleConfig,
+    WindowsConfig,
+    leaked_labels,
+    load_config,
+)
 from seqpipe.errors import ConfigError, DataError
 from seqpipe.index import SequenceSource, missing_labels, open_sequences
-from seqpipe.report import Report
+from seqpipe.report import Report, WindowCounts
 from seqpipe.sequences import Sequences, show_id
 from seqpipe.shard import Shard, hash_mask
 from seqpipe.split import PARTS, check_part, part_of
 from seqpipe.statistics import Statistics, categorical_names, compute, needed
 from seqpipe.transform import Transform, changes_values
+from seqpipe.windows import (
+    WindowAssembler,
+    Windows,
+    batches_per_epoch,
+    padded_history,
+    part_windows,
+    plan_blocks,
+    valid_targets,
+)
 
 logger = logging.getLogger("seqpipe")
 
@@ -52,7 +67,10 @@ class Batch:
       ids: the ids of the batch's sequences, in row order; rows past them (a batch padded
         to a fixed size) are empty.
       lengths: each sequence's real timesteps after truncation: row i's real values are
-        `[:lengths[i]]` with `padding.side: post`, the last `lengths[i]` with `pre`.
+        `[:lengths[i]]` with `padding.side: post`, the last `lengths[i]` with `pre`. With
+        windows, each window's sequence's timesteps.
+      ends: with windows, the position of each window's last target in its sequence
+        (its targets are the `horizon` positions up to it); None for whole sequences.
     """
 
     x: dict
@@ -60,6 +78,7 @@ class Batch:
     sample_weight: dict
     ids: np.ndarray
     lengths: np.ndarray
+    ends: Optional[np.ndarray] = None  # windows: each row's last target position
 
 
 def batch_structure(config: PipelineConfig) -> Any:
@@ -68,18 +87,22 @@ def batch_structure(config: PipelineConfig) -> Any:
 
     Numeric inputs and labels are float32, categorical ones int32 ids without a last axis
     (inputs) or with one (labels, as Keras's sparse losses take them), the
-    `padding.mask` input bool."""
-    def spec(level, tail, dtype="float32"):
-        lead = [None, None] if level == "timestep" else [None]
+    `padding.mask` input bool. With windows, the time axes are static: `windows.history`,
+    or `windows.horizon` for future inputs and labels."""
+    axes = config.axes
+
+    def spec(name, tail, dtype="float32"):
+        axis = axes[name]
+        lead = [None] if axis == "sequence" else [None, config.steps(axis)]
         return {"shape": lead + list(tail), "dtype": dtype}
 
-    x = {name: spec(s.level, s.tail, s.dtype) for name, s in config.inputs.items()}
+    x = {name: spec(name, s.tail, s.dtype) for name, s in config.inputs.items()}
     if config.padding.mask:
-        x[config.padding.mask] = spec("timestep", (), "bool")
+        x[config.padding.mask] = spec(config.padding.mask, (), "bool")
     if not config.outputs:
         return x
-    y = {name: spec(s.level, (s.width,), s.dtype) for name, s in config.outputs.items()}
-    weights = {name: spec(s.level, ()) for name, s in config.outputs.items()}
+    y = {name: spec(name, (s.width,), s.dtype) for name, s in config.outputs.items()}
+    weights = {name: spec(name, ()) for name in config.outputs}
     return x, y, weights
 
 
@@ -154,22 +177,28 @@ class Pipeline:
         self._warn_unlabelled(source.unlabelled)
         self.kept_steps = truncate(source.index.offsets, self.config.padding)
         self._in_part = self._part_mask()
+        self._windows: Optional[Windows] = None
+        if config.windows is not None:
+            self._windows, self._window_counts = self._cut_windows(self._in_part, self.split)
+            self._in_part = np.zeros_like(self._in_part)
+            self._in_part[self._windows.members] = True
         # Plans are made over the part's sequences alone (`_members` maps them back to the
         # source's index), so a part's batches do not depend on the other parts.
         self._members = np.flatnonzero(self._in_part)
         kept = self.kept_steps.length[self._members]
-        self.bucket_boundaries = _boundaries(kept, self.config.batching.bucket_boundaries)
+        self.bucket_boundaries = (() if self._windows is not None else
+                                  _boundaries(kept, self.config.batching.bucket_boundaries))
         self._buckets = bucket_of(kept, self.bucket_boundaries)
         self._sizes = self._batch_sizes(self._buckets)
         self.seed = _seed(self.config.shuffle)
         self.statistics = self._statistics(statistics)
         self._transform = (Transform(config, self.statistics, self._skipped(), self._in_part)
                            if source.statistics is None and changes_values(config) else None)
-        self._valid_counts = {name: source.valid_labels(name, self.kept_steps)
-                              for name in self.config.outputs
+        self._valid_counts = {name: self._valid_labels(name) for name in self.config.outputs
                               if self.config.weight_mode(name) == "global_mean"}
         self._first_plan: Optional[EpochPlan] = None
-        self._first_plan = self.plan(0)
+        if self._windows is None:
+            self._first_plan = self.plan(0)
         self._report = self._make_report()
         logger.info("seqpipe pipeline ready:\n%s", self.report)
         self._warn_changes()
@@ -204,6 +233,9 @@ class Pipeline:
     def blocks(self, epoch: int = 0) -> Iterator[Block]:
         """Yields the epoch's batches in assembly blocks: padded batches end to end."""
         chunks = self.chunks()  # a streamed source is read from now on, while we plan
+        if self._windows is not None:
+            yield from self._window_blocks(epoch, chunks)
+            return
         plan = self.plan(epoch)
         mean_valid = {name: self._mean_valid_per_batch(name, plan)
                       for name in self.config.outputs}
@@ -217,7 +249,40 @@ class Pipeline:
         for block in self.blocks(epoch):
             for j, members in enumerate(block.members):
                 x, y, weights = block.batch_view(j, self.config)
-                yield Batch(x, y, weights, ids[members], kept[members])
+                yield Batch(x, y, weights, ids[members], kept[members],
+                            None if block.ends is None else block.ends[j])
+
+    def _window_blocks(self, epoch: int, chunks: Iterator[tuple[int, Sequences]]
+                       ) -> Iterator[Block]:
+        windows, batching = typing.cast(Windows, self._windows), self.config.batching
+        rng = np.random.default_rng([self.seed, epoch]) if self.seed is not None else None
+        plan = plan_blocks(len(windows), batching.batch_size, self.config.shuffle.buffer_size,
+                           rng, batching.drop_remainder)
+        mean_valid = {name: self._mean_valid_per_batch(name, None)
+                      for name in self.config.outputs}
+        assembler = WindowAssembler(self.config, windows, plan, self.source.index.lengths,
+                                    mean_valid)
+        yield from assembler.blocks(chunks)
+
+    def _cut_windows(self, in_part: np.ndarray,
+                     part: Optional[str]) -> tuple[Windows, WindowCounts]:
+        """The windows of a part (see `seqpipe.windows`), or a clear error when it has none."""
+        index, config = self.source.index, self.config
+        w = typing.cast(WindowsConfig, config.windows)
+        windows, counts = part_windows(index.lengths, w, in_part, part, index.before_cutoff)
+        if not len(windows):
+            what = f"split {part!r} of " if part else ""
+            cutoff = (f" with split.time_cutoff={config.split.time_cutoff!r}"
+                      if config.split.time_cutoff is not None else "")
+            raise DataError(
+                f"no windows: {what}{self.source.where}{cutoff} has none of at least "
+                f"windows.min_history + windows.horizon = {w.shortest + w.horizon} "
+                f"timesteps ({int(in_part.sum()):,} sequences, the longest "
+                f"{int(index.lengths[in_part].max(initial=0)):,} timesteps). Lower "
+                f"windows.history, min_history or horizon, or use longer sequences.")
+        batching = config.batching
+        dropped = len(windows) % batching.batch_size if batching.drop_remainder else 0
+        return windows, dataclasses.replace(counts, dropped_per_epoch=dropped)
 
     def chunks(self) -> Iterator[tuple[int, Sequences]]:
         """Every sequence of the source (all parts), grouped, in index order, a chunk at a
@@ -279,8 +344,14 @@ class Pipeline:
                 "sequences; compute them once (Pipeline(config).statistics.save(path)) and "
                 "pass statistics= to every pipeline to scale them all alike",
                 self.shard.index)
-        return compute(config, source.chunks(counted), self._skipped(),
-                       self.kept_steps.length, counted, f"{what} of {source.where}")
+        skipped, kept = self._skipped(), self.kept_steps.length
+        if config.windows is not None:  # the timesteps of the train part's windows
+            train, _ = self._cut_windows(counted, "train" if config.split.enabled else None)
+            skipped, kept = train.spans(len(ids))
+            counted = kept > 0
+            what = "the train part's windows" if config.split.enabled else "every window"
+        return compute(config, source.chunks(counted), skipped, kept, counted,
+                       f"{what} of {source.where}")
 
     def _skipped(self) -> np.ndarray:
         """(n,) timesteps truncation cuts from the start of each sequence."""
@@ -297,7 +368,7 @@ class Pipeline:
         """(n,) True for the sequences of the part (and shard) this pipeline reads."""
         ids, where = self.source.index.ids, self.source.where
         mask = np.ones(len(ids), dtype=bool)
-        if self.split is not None:
+        if self.split is not None and self.config.split.by_id:  # a time split: by window
             mask = part_of(ids, self.config.split) == PARTS.index(self.split)
             if not mask.any():
                 raise DataError(
@@ -347,13 +418,33 @@ class Pipeline:
                     "Check the column, or drop the output.", name,
                     self.config.outputs[name].column)
 
-    def _mean_valid_per_batch(self, output: str, plan: EpochPlan) -> float:
-        if output not in self._valid_counts or not plan.batches:
+    def _mean_valid_per_batch(self, output: str, plan: Optional[EpochPlan]) -> float:
+        if output not in self._valid_counts:
+            return 0.0
+        if plan is None:  # windows: every epoch has the same windows
+            return self._valid_counts[output] / max(self._window_batches(), 1)
+        if not plan.batches:
             return 0.0
         total = self._valid_counts[output][np.concatenate(plan.batches)].sum()
         return float(total) / len(plan.batches)
 
+    def _window_batches(self) -> int:
+        batching = self.config.batching
+        return batches_per_epoch(len(typing.cast(Windows, self._windows)),
+                                 batching.batch_size, batching.drop_remainder)
+
+    def _valid_labels(self, output: str) -> Any:
+        """For global_mean: present labels per sequence inside its kept timesteps; with
+        windows, over every window's targets."""
+        if self._windows is None:
+            return self.source.valid_labels(output, self.kept_steps)
+        index = self.source.index
+        return valid_targets(self._windows, index.present[output], index.offsets,
+                             self.config.levels[output])
+
     def _make_report(self) -> Report:
+        if self._windows is not None:
+            return self._window_report()
         index, members, source = self.source.index, self._members, self.source
         kept, lengths = self.kept_steps.length[members], index.lengths[members]
         plan = self.plan(0)  # made and kept by _build
@@ -386,7 +477,40 @@ class Pipeline:
         return dataclasses.replace(report, **source.report_fields)
 
 
+    def _window_report(self) -> Report:
+        index, members, source = self.source.index, self._members, self.source
+        windows, counts = typing.cast(Windows, self._windows), self._window_counts
+        lengths = index.lengths[members]
+        history = typing.cast(WindowsConfig, self.config.windows).history
+        waste = padded_history(windows) / (len(windows) * history)
+        report = Report(
+            source=source.where, files=source.file_count, rows=index.rows,
+            sequences=len(members), timesteps=int(lengths.sum()),
+            empty_sequences_dropped=index.empty_sequences_dropped, truncated_sequences=0,
+            truncated_timesteps=0, filled_values=None,
+            missing_labels=(missing_labels(index.present, self._in_part, index.lengths,
+                                           self.config.levels) if index.present else None),
+            bucket_boundaries=(), batches_per_epoch=self._window_batches(),
+            sequences_dropped_per_epoch=0, padding_waste=waste,
+            padding_waste_unbucketed=waste, seed=self.seed, streamed=source.streamed,
+            split=self.split, source_sequences=len(index.ids), statistics=self.statistics,
+            windows=counts)
+        if not report.batches_per_epoch:
+            raise DataError(
+                f"batching.drop_remainder leaves no batch: the {len(windows):,} windows do "
+                f"not fill one batch of batching.batch_size="
+                f"{self.config.batching.batch_size}. Lower batch_size or set "
+                f"drop_remainder: false.")
+        return dataclasses.replace(report, **source.report_fields)
+
+
 def _check_replicas(config: PipelineConfig, same_shape_first: int) -> None:
+    if same_shape_first and config.windows is not None:
+        raise ConfigError(
+            "windows do not yet support several replicas in one input pipeline "
+            "(MirroredStrategy on one machine): the last batch of an epoch is smaller, and "
+            "tf.distribute cannot share it out. Use one replica per input pipeline, or whole "
+            "sequences.")
     if same_shape_first and config.padding.maxlen is None:
         raise ConfigError(
             "training on several replicas needs padding.maxlen: Keras 3 averages the "

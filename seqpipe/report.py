@@ -8,6 +8,37 @@ from typing import Any, Optional
 
 
 @dataclasses.dataclass(frozen=True)
+class WindowCounts:
+    """What cutting sequences into windows made, dropped and padded (`seqpipe.windows`)."""
+
+    windows: int  # windows per epoch (before drop_remainder)
+    padded: int  # windows whose history starts before their sequence: padded at the front
+    too_short_sequences: int  # sequences with no window: fewer than min_history + horizon
+    too_short_timesteps: int  # their timesteps
+    across_cutoff: int = 0  # windows in neither part of a time split: targets on both sides
+    dropped_per_epoch: int = 0  # by batching.drop_remainder
+
+    def changes(self) -> list[str]:
+        changes = []
+        if self.too_short_sequences:
+            changes.append(f"dropped {self.too_short_sequences:,} sequences "
+                           f"({self.too_short_timesteps:,} timesteps) too short for one "
+                           f"window (windows.min_history + windows.horizon)")
+        if self.across_cutoff:
+            changes.append(f"left out {self.across_cutoff:,} windows whose targets straddle "
+                           f"split.time_cutoff")
+        if self.dropped_per_epoch:
+            changes.append(f"drop_remainder leaves out {self.dropped_per_epoch:,} windows "
+                           f"per epoch")
+        return changes
+
+    def __str__(self) -> str:
+        line = (f"windows per epoch: {self.windows:,} ({self.padded:,} padded at the front, "
+                f"history shorter than windows.history)")
+        return "\n".join([line] + [f"windows: {c}" for c in self.changes()])
+
+
+@dataclasses.dataclass(frozen=True)
 class Report:
     """What the pipeline read, kept, dropped and filled. `str(report)` is a readable summary."""
 
@@ -35,6 +66,7 @@ class Report:
     # "inputs.<name>" or "outputs.<name>" -> categories not in the vocabulary (id 1; a
     # label: weight 0); None until an epoch has read them
     unseen_categories: Optional[Mapping[str, int]] = None
+    windows: Optional[WindowCounts] = None  # with windows: what cutting them made and dropped
 
     def changes(self) -> list[str]:
         """What seqpipe dropped or changed, one phrase each; empty when nothing."""
@@ -51,6 +83,8 @@ class Report:
             changes.append(f"mapped {sum(self.unseen_categories.values()):,} categories the "
                            f"vocabulary does not hold to 'unseen' ("
                            f"{', '.join(k for k, n in self.unseen_categories.items() if n)})")
+        if self.windows is not None:
+            changes += self.windows.changes()
         if self.sequences_dropped_per_epoch:
             changes.append(f"drop_remainder leaves out {self.sequences_dropped_per_epoch:,} "
                            f"sequences per epoch")
@@ -84,10 +118,16 @@ class Report:
             share = missing / total if total else 0.0
             lines.append(f"missing labels: {name}: {missing:,} of {total:,} ({share:.1%}), "
                          f"weight 0")
-        lines.append(
-            f"batches per epoch: {self.batches_per_epoch:,}, bucket boundaries: "
-            f"{list(self.bucket_boundaries) or 'none'}, padding waste: "
-            f"{self.padding_waste:.1%} (without buckets: {self.padding_waste_unbucketed:.1%})")
+        if self.windows is not None:
+            lines.append(str(self.windows))
+            lines.append(f"batches per epoch: {self.batches_per_epoch:,}, padding waste: "
+                         f"{self.padding_waste:.1%}")
+        else:
+            lines.append(
+                f"batches per epoch: {self.batches_per_epoch:,}, bucket boundaries: "
+                f"{list(self.bucket_boundaries) or 'none'}, padding waste: "
+                f"{self.padding_waste:.1%} (without buckets: "
+                f"{self.padding_waste_unbucketed:.1%})")
         for key, count in (self.unseen_categories or {}).items():
             lines.append(f"unseen categories: {count:,} values of {key} are not in its "
                          f"vocabulary (id 1; a label weighs 0)")

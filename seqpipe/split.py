@@ -85,7 +85,7 @@ def part_of(ids, split: SplitConfig) -> np.ndarray:
       [0, 0, 0]
     """
     n = len(ids)
-    if not split.enabled:
+    if not split.by_id:  # no split, or one by time (`seqpipe.windows` cuts it)
         return np.zeros(n, dtype=np.int8)
     u = (id_hash(ids, split.seed) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
     return np.where(u < split.test, 2, np.where(u < split.test + split.validation, 1, 0)
@@ -100,6 +100,11 @@ def check_part(part, split: SplitConfig):
         that the config does not make.
     """
     if part is None:
+        if split.time_cutoff is not None:
+            raise ConfigError(
+                f"the config splits the windows at split.time_cutoff={split.time_cutoff!r}, "
+                f"so say which part to read: split='train' (windows whose targets are all "
+                f"before it) or 'validation' (windows whose targets start at or after it)")
         if split.enabled:
             raise ConfigError(
                 f"the config splits the data (split.validation={split.validation}, "
@@ -113,6 +118,48 @@ def check_part(part, split: SplitConfig):
         raise ConfigError(
             f"split={part!r} asks for one part of the data, but the config has no split: "
             f"add a section such as split: {{validation: 0.1, test: 0.1, seed: 1}}")
+    if split.time_cutoff is not None:
+        if part == "test":
+            raise ConfigError(
+                "split='test' is empty: split.time_cutoff makes two parts, train and "
+                "validation. Use split='validation', or a later cutoff in a config of its "
+                "own for a test period.")
+        return part
     if (part == "validation" and not split.validation) or (part == "test" and not split.test):
         raise ConfigError(f"split={part!r} is empty: split.{part} is 0 in the config")
     return part
+
+
+def timesteps_before(times: np.ndarray, offsets: np.ndarray, split: SplitConfig,
+                     time_name: str, where: str) -> np.ndarray:
+    """(n,) timesteps of each sequence before `split.time_cutoff` (times ascending within
+    each sequence, as grouping orders them).
+
+    Raises:
+      ConfigError: the cutoff cannot be compared with the time column's values.
+    """
+    below = times < cutoff_value(split, times.dtype, time_name, where)
+    running = np.concatenate([[0], np.cumsum(below, dtype=np.int64)])
+    return running[offsets[1:]] - running[offsets[:-1]]
+
+
+def cutoff_value(split: SplitConfig, dtype: np.dtype, time_name: str, where: str) -> Any:
+    """`split.time_cutoff` as a value of the time column's NumPy type."""
+    cutoff = split.time_cutoff
+    if dtype.kind == "M":
+        try:
+            return np.datetime64(str(cutoff).rstrip("Z"))
+        except ValueError:
+            pass
+        kind = "dates or timestamps"
+        example = "a date or timestamp such as 2024-06-01 or 2024-06-01T12:00"
+    else:
+        try:
+            return float(str(cutoff))
+        except ValueError:
+            pass
+        kind = "numbers"
+        example = "a number"
+    raise ConfigError(
+        f"split.time_cutoff must be {example}, because source.time_column {time_name!r} in "
+        f"{where} holds {kind}; got {cutoff!r}")

@@ -86,7 +86,7 @@ def test_overrides_set_dotted_keys():
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"padding.side": "left"}, r"^padding\.side must be 'pre' or 'post'; got 'left'$"),
+    ({"padding.side": "left"}, r"^padding\.side must be 'pre' or 'post' or null; got 'left'$"),
     ({"padding.maxlen": 0}, r"padding\.maxlen must be a positive integer or null; got 0"),
     ({"padding.value": float("nan")}, r"padding\.value must be a finite number; got nan"),
     ({"batching.bucket_boundaries": [8, 4]},
@@ -259,7 +259,7 @@ def test_yaml_is_loaded_safely_a_python_tag_is_refused_not_run(tmp_path):
 
 @pytest.mark.parametrize("make, message", [
     (lambda: config_module.PaddingConfig(side="left"),
-     r"^PaddingConfig\.side must be 'pre' or 'post'; got 'left'"),
+     r"^PaddingConfig\.side must be 'pre' or 'post' or null; got 'left'"),
     (lambda: config_module.BatchingConfig(batch_size=0),
      r"^BatchingConfig\.batch_size must be a positive integer; got 0"),
     (lambda: config_module.InputConfig(columns=[]),
@@ -267,7 +267,7 @@ def test_yaml_is_loaded_safely_a_python_tag_is_refused_not_run(tmp_path):
     (lambda: config_module.OutputConfig(column="y", weights="mean"),
      r"^OutputConfig\.weights must be .*'batch_mean'.*; got 'mean'"),
     (lambda: PipelineConfig(inputs={"x": {"columns": ["a"]}}, padding={"side": "left"}),
-     r"^PipelineConfig\.padding\.side must be 'pre' or 'post'; got 'left'"),
+     r"^PipelineConfig\.padding\.side must be 'pre' or 'post' or null; got 'left'"),
 ], ids=["padding-side", "batch-size", "no-columns", "weight-mode", "nested-mapping"])
 def test_a_config_built_in_python_is_checked_like_one_loaded_from_yaml(make, message):
     with pytest.raises(ConfigError, match=message):

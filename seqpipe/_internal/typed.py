@@ -8,6 +8,7 @@ error; `Section` runs the same checks when a section is made in Python.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import types
 import typing
@@ -89,6 +90,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be {_describe(tp)}; got {_show(value)}")
         return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is str and isinstance(value, datetime.date):  # YAML reads 2024-06-01 as a date
+        return value.isoformat()
     if _is_instance(value, tp):
         return float(value) if tp is float else value
     raise ConfigError(f"{key} must be {_describe(tp)}; got {_show(value)}")

@@ -23,11 +23,13 @@ from seqpipe.batching import auto_boundaries, batch_sizes, bucket_of, padding_wa
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError
 from seqpipe.regroup import status
+from seqpipe.report import WindowCounts
 from seqpipe.sequences import list_columns
 from seqpipe.source import column_roles, open_source, read_schema, source_schema
-from seqpipe.split import PARTS, part_of
+from seqpipe.split import PARTS, cutoff_value, part_of
 from seqpipe.statistics import Statistics, needed
 from seqpipe.stream import stream_order
+from seqpipe.windows import part_windows
 
 PERCENTILES = (0, 5, 25, 50, 75, 90, 95, 99, 100)
 HISTOGRAM_BINS = 12
@@ -66,6 +68,7 @@ class Inspection:
     missing_features: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
     statistics: Optional[Statistics] = None  # when the config scales or has categories
     statistics_error: Optional[str] = None  # why they could not be computed
+    windows: Mapping[str, WindowCounts] = dataclasses.field(default_factory=dict)  # by part
 
     @property
     def kept(self) -> np.ndarray:
@@ -137,21 +140,31 @@ def inspect(config: PipelineConfig, from_file: bool = True) -> Inspection:
     row_groups = sum(len(p.row_groups) for p in fragments)
     source = config.source
     labels = [c for s in config.outputs.values() for c in s.label_columns]
+    times = [source.time_column] if config.split.time_cutoff is not None else []
+    before = None
     if source.layout == "long":
         keys = [source.id_column or ""]  # the long layout always has one
-        table = files.dataset.to_table(columns=list(dict.fromkeys(keys + labels)))
+        table = files.dataset.to_table(columns=list(dict.fromkeys(keys + labels + times)))
         counts = pc.value_counts(table[source.id_column])
         lengths = counts.field("counts").to_numpy().astype(np.int64)
         ids = counts.field("values")
+        if times:
+            group = pc.index_in(table[source.id_column], value_set=ids).to_numpy()
+            before = _before(table[times[0]], group, len(ids), config, files.where)
         missing = _missing_long(table, config)
     else:
         length_column = list_columns(config)[0][0]
         keys = [source.id_column] if source.id_column else []
         table = files.dataset.to_table(columns=list(dict.fromkeys(keys + [length_column]
-                                                                  + labels)))
+                                                                  + labels + times)))
         lengths = pc.fill_null(pc.list_value_length(table[length_column]), 0).to_numpy(
             zero_copy_only=False).astype(np.int64)
         ids = table[source.id_column] if source.id_column else None
+        if times:
+            column = table[times[0]].combine_chunks()
+            group = pc.list_parent_indices(column).to_numpy()
+            before = _before(pc.list_flatten(column), group, len(lengths), config,
+                             files.where)
         missing = _missing_nested(table, config)
     rows = table.num_rows
     if not len(lengths):
@@ -162,7 +175,9 @@ def inspect(config: PipelineConfig, from_file: bool = True) -> Inspection:
                             config.shuffle.buffer_size, missing, _parts(ids, config), [])
     statistics, error = _statistics(config) if from_file else (None, None)
     return dataclasses.replace(
-        inspection, padding=_paddings(inspection.kept, config, from_file),
+        inspection, padding=[] if config.windows else _paddings(inspection.kept, config,
+                                                                  from_file),
+        windows=_windows(config, ids, lengths, before),
         missing_features=_missing_features(files, config) if from_file else {},
         statistics=statistics, statistics_error=error)
 
@@ -201,8 +216,34 @@ def _statistics(config: PipelineConfig) -> tuple[Optional[Statistics], Optional[
         return None, str(e)
 
 
+def _before(times: Any, group: np.ndarray, count: int, config: PipelineConfig,
+            where: str) -> np.ndarray:
+    """(count,) timesteps of each sequence before split.time_cutoff."""
+    values = times.to_numpy() if isinstance(times, pa.ChunkedArray) else times.to_numpy(
+        zero_copy_only=False)
+    below = values < cutoff_value(config.split, values.dtype,
+                                  config.source.time_column or "", where)
+    return np.bincount(group, weights=below, minlength=count).astype(np.int64)
+
+
+def _windows(config: PipelineConfig, ids: Any, lengths: np.ndarray,
+             before: Optional[np.ndarray]) -> dict:
+    """The windows of every part, what they drop and pad; empty without windows."""
+    if config.windows is None:
+        return {}
+    everything = np.ones(len(lengths), dtype=bool)
+    if before is not None:
+        return {part: part_windows(lengths, config.windows, everything, part, before)[1]
+                for part in ("train", "validation")}
+    if ids is None or not config.split.by_id:
+        return {"all": part_windows(lengths, config.windows, everything)[1]}
+    parts = part_of(ids, config.split)
+    return {part: part_windows(lengths, config.windows, parts == k)[1]
+            for k, part in enumerate(PARTS) if (parts == k).any()}
+
+
 def _parts(ids, config: PipelineConfig) -> dict:
-    if ids is None or not config.split.enabled:
+    if ids is None or not config.split.by_id:
         return {}
     counts = np.bincount(part_of(ids, config.split), minlength=len(PARTS))
     return dict(zip(PARTS, counts.tolist()))
@@ -328,6 +369,9 @@ def format_inspection(found: Inspection) -> str:
     if found.parts:
         lines.append("split by id: " + ", ".join(f"{part} {count:,}"
                                                  for part, count in found.parts.items()))
+    if found.windows:
+        lines += _window_lines(found)
+        return "\n".join(lines)
     shuffle = (f"sorted by length within shuffle buffers of {found.shuffle_buffer:,}"
                if found.shuffle_buffer else "no shuffle: buckets fill in id order")
     lines.append(f"padding waste (padded / all timesteps), batch_size {found.batch_size}"
@@ -335,6 +379,16 @@ def format_inspection(found: Inspection) -> str:
     for p in found.padding:
         lines.append(f"  {p.waste:6.1%}  {p.label}")
     return "\n".join(lines)
+
+
+def _window_lines(found: Inspection) -> list[str]:
+    lines = []
+    for part, counts in found.windows.items():
+        batches = -(-counts.windows // found.batch_size)
+        lines.append(f"windows: {part}: {counts.windows:,} per epoch ({batches:,} batches of "
+                     f"{found.batch_size}), {counts.padded:,} padded at the front")
+        lines += [f"  {change}" for change in counts.changes()]
+    return lines
 
 
 def plot(found: Inspection, path: os.PathLike) -> None:

@@ -26,8 +26,6 @@ from seqpipe.assemble import BatchPlaces, Block
 from seqpipe.config import PipelineConfig
 from seqpipe.pipeline import batch_structure
 
-LEVELS = ("timestep", "sequence")
-
 
 class Cut(NamedTuple):
     """Where each batch lies in one flat array, one row per batch: `tf.slice`'s `begin` and
@@ -43,7 +41,7 @@ class Cuts(NamedTuple):
     x: Mapping[str, Cut]  # input -> its batches in the input's flat array
     x_shape: Mapping[str, Any]  # input -> (batches, rank) each batch's shape
     y: Mapping[str, Cut]  # output -> its batches in the output's flat label array
-    labels: Mapping[str, Cut]  # level -> the batches in every weight array
+    labels: Mapping[str, Cut]  # axis -> the batches in every weight array on it
     y_shape: Mapping[str, Any]  # output -> (batches, rank)
     weight_shape: Mapping[str, Any]  # output -> (batches, rank)
 
@@ -68,55 +66,57 @@ def hand_off(block: Block, config: PipelineConfig) -> HandOff:
 def no_batches(config: PipelineConfig) -> HandOff:
     """A block of no batches."""
     x, y, _ = _layout(config)
-    return HandOff(_cuts(_places(0), config),
+    return HandOff(_cuts(_places(0, config), config),
                    {name: np.zeros(0, dtype) for name, (_, _, dtype) in x.items()},
                    {name: np.zeros(0, dtype) for name, (_, _, dtype) in y.items()},
                    {name: np.zeros(0, np.float32) for name in config.outputs})
 
 
 def _layout(config: PipelineConfig) -> tuple[dict, dict, dict]:
-    """(level, shape after the batch and time axes, dtype) of every input, label and weight,
-    from `batch_structure`."""
+    """(axis, shape after the batch and time axes, dtype) of every input, label and weight,
+    from `batch_structure` and `PipelineConfig.axes`."""
     structure = batch_structure(config)
     parts = structure if config.outputs else (structure, {}, {})
+    axes = config.axes
 
-    def layout(leaf):
-        level = "timestep" if leaf["shape"][:2] == [None, None] else "sequence"
-        return level, tuple(leaf["shape"][2 if level == "timestep" else 1:]), leaf["dtype"]
+    def layout(name, leaf):
+        axis = axes[name]
+        return axis, tuple(leaf["shape"][1 if axis == "sequence" else 2:]), leaf["dtype"]
 
-    return tuple({name: layout(leaf) for name, leaf in part.items()}  # type: ignore[return-value]
+    return tuple({name: layout(name, leaf) for name, leaf in part.items()}  # type: ignore[return-value]
                  for part in parts)
 
 
-def _places(batches: int) -> BatchPlaces:
+def _places(batches: int, config: PipelineConfig) -> BatchPlaces:
     zeros = np.zeros(batches, np.int64)
-    return BatchPlaces(zeros, zeros, zeros, zeros)
+    axes = set(config.axes.values()) | {"timestep"}
+    return BatchPlaces({a: zeros for a in axes}, zeros,
+                       {a: zeros for a in axes if a != "sequence"})
 
 
 def _cuts(places: BatchPlaces, config: PipelineConfig) -> Cuts:
-    size, steps = places.rows, places.steps
+    size = places.rows
     ones = np.ones_like(size)
-    rows = {"timestep": (places.timestep_start, size * steps),
-            "sequence": (places.sequence_start, size)}
 
-    def shape(level, *tail):
-        lead = [size, steps] if level == "timestep" else [size]
+    def shape(axis, *tail):
+        lead = [size] if axis == "sequence" else [size, places.steps[axis]]
         return np.stack(lead + [t * ones for t in tail], axis=1)
 
-    def cut(level, tail):
-        begin, count = rows[level]
+    def cut(axis, tail):
         width = int(np.prod(tail))
-        return Cut((begin * width)[:, None], (count * width)[:, None])
+        return Cut((places.start[axis] * width)[:, None],
+                   (places.size(axis) * width)[:, None])
 
     x_layout, y_layout, _ = _layout(config)
-    labels = {level: Cut(begin[:, None], count[:, None])
-              for level, (begin, count) in rows.items()}  # weights: one value per position
-    return Cuts({name: cut(level, tail) for name, (level, tail, _) in x_layout.items()},
-                {name: shape(level, *tail) for name, (level, tail, _) in x_layout.items()},
-                {name: cut(level, tail) for name, (level, tail, _) in y_layout.items()},
+    axes = config.axes
+    labels = {axis: Cut(places.start[axis][:, None], places.size(axis)[:, None])
+              for axis in {axes[name] for name in config.outputs}}  # weights: one value each
+    return Cuts({name: cut(axis, tail) for name, (axis, tail, _) in x_layout.items()},
+                {name: shape(axis, *tail) for name, (axis, tail, _) in x_layout.items()},
+                {name: cut(axis, tail) for name, (axis, tail, _) in y_layout.items()},
                 labels,
-                {name: shape(level, *tail) for name, (level, tail, _) in y_layout.items()},
-                {name: shape(out.level) for name, out in config.outputs.items()})
+                {name: shape(axis, *tail) for name, (axis, tail, _) in y_layout.items()},
+                {name: shape(axes[name]) for name in config.outputs})
 
 
 def spec(config: PipelineConfig) -> HandOff:
@@ -124,7 +124,7 @@ def spec(config: PipelineConfig) -> HandOff:
     tf = tensorflow()
     vectors = tf.nest.map_structure(
         lambda value: tf.TensorSpec((None, value.shape[1]), tf.int64),
-        _cuts(_places(1), config))
+        _cuts(_places(1, config), config))
     x, y, _ = _layout(config)
     return HandOff(vectors,
                    {name: tf.TensorSpec((None,), dtype) for name, (_, _, dtype) in x.items()},
@@ -152,10 +152,10 @@ def split_block(config: PipelineConfig):
             if not config.outputs:
                 return xs
             ys, ws = {}, {}
-            for name, output in config.outputs.items():
+            for name in config.outputs:
                 ys[name] = cut(y[name], c.y[name], c.y_shape[name], known["y"][name])
-                ws[name] = cut(weights[name], c.labels[output.level], c.weight_shape[name],
-                               known["w"][name])
+                ws[name] = cut(weights[name], c.labels[config.axes[name]],
+                               c.weight_shape[name], known["w"][name])
             return xs, ys, ws
 
         return map_in_caller(tf.data.Dataset.from_tensor_slices(block.cuts), batch)
