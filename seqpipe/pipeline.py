@@ -439,8 +439,11 @@ class Pipeline:
         if self._windows is None:
             return self.source.valid_labels(output, self.kept_steps)
         index = self.source.index
-        return valid_targets(self._windows, index.present[output], index.offsets,
-                             self.config.levels[output])
+        present = index.present.get(output)
+        if present is None:  # a source that does not index labels: one pass reads them
+            present = np.concatenate([chunk.present[output] for _, chunk
+                                      in self.source.chunks(self._in_part)])
+        return valid_targets(self._windows, present, index.offsets, self.config.levels[output])
 
     def _make_report(self) -> Report:
         if self._windows is not None:

@@ -8,13 +8,14 @@ one row per kept timestep (or per sequence), in id order, with the id and the ti
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
 import numpy as np
 import pandas as pd
 
-from seqpipe.config import PipelineConfig, load_config
+from seqpipe.config import PipelineConfig, WindowsConfig, load_config
 from seqpipe.errors import ConfigError
 from seqpipe.materialized.manifest import is_output
 from seqpipe.materialized.read import open_part
@@ -45,6 +46,10 @@ def predict(model: Any, config: Union[PipelineConfig, Mapping, str, os.PathLike]
       one value is a column named after the output; of k values, `<output>_0` ...
       `<output>_<k-1>`. Rows are in id order, then time order. An output's level comes from
       the config, or, for an output the config does not name, from its rank (3: timestep).
+      With windows, one row per window and target step: the id, `window_end` (the time of
+      the window's last target), the target step's time, `horizon_step` (1 is the first
+      step after the history; absent with horizon 0) and the prediction; a per-sequence
+      output, one row per window.
 
     Example::
 
@@ -54,6 +59,8 @@ def predict(model: Any, config: Union[PipelineConfig, Mapping, str, os.PathLike]
       frames["hr_next"].head()   # id, time, hr_next
     """
     pipeline = _unshuffled(config, data, split, statistics)
+    if pipeline.config.windows is not None:
+        return _window_predictions(model, pipeline)
     config = pipeline.config
     index = pipeline.source.index
     found: dict[str, list] = {}
@@ -69,6 +76,57 @@ def predict(model: Any, config: Union[PipelineConfig, Mapping, str, os.PathLike]
             for name, pieces in found.items()}
 
 
+def _window_predictions(model: Any, pipeline: Pipeline) -> dict[str, pd.DataFrame]:
+    config = pipeline.config
+    w = typing.cast(WindowsConfig, config.windows)
+    offsets, ids = pipeline.source.index.offsets, pipeline.source.index.ids
+    found: dict[str, list] = {}
+    levels: dict[str, str] = {}
+    for batch in pipeline.batches():
+        n, ends = len(batch.ids), typing.cast(np.ndarray, batch.ends)
+        sequence = np.searchsorted(ids, batch.ids)
+        for name, values in _by_name(model.predict_on_batch(batch.x), model, config).items():
+            values = values[:n]
+            if levels.setdefault(name, _level(name, values, config)) == "sequence":
+                found.setdefault(name, []).append(
+                    (sequence, ends, ends, values.reshape(n, -1)))
+                continue
+            values = values[..., None] if values.ndim == 2 else values
+            step = np.arange(values.shape[1])
+            position = ends[:, None] - values.shape[1] + 1 + step
+            real = position >= 0  # horizon 0: the history's padded front has no target
+            rows = np.broadcast_to(np.arange(n)[:, None], real.shape)[real]
+            found.setdefault(name, []).append(
+                (sequence[rows], ends[rows], position[real], values[real]))
+    times = _kept_times(pipeline)
+    frames = {}
+    for name, pieces in found.items():
+        sequence, end, position, values = (np.concatenate([p[k] for p in pieces])
+                                           for k in range(4))
+        order = np.lexsort((position, end, sequence))
+        sequence, end, position, values = (a[order] for a in (sequence, end, position, values))
+        base = offsets[sequence]
+        columns: dict[str, Any] = {config.source.id_column or "sequence": ids[sequence],
+                                   "window_end": _at(times, base, end)}
+        if levels[name] != "sequence":
+            columns[config.source.time_column or "step"] = _at(times, base, position)
+            if w.horizon:
+                columns["horizon_step"] = position - end + w.horizon
+        frames[name] = pd.DataFrame({**columns, **_values(name, values)})
+    return frames
+
+
+def _at(times: Optional[np.ndarray], base: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """The times of positions `steps` of sequences starting at `base`, or the steps."""
+    return steps if times is None else times[base + steps]
+
+
+def _values(name: str, values: np.ndarray) -> dict:
+    if values.ndim == 1 or values.shape[1] == 1:
+        return {name: values.reshape(len(values))}
+    return {f"{name}_{i}": values[:, i] for i in range(values.shape[1])}
+
+
 def _unshuffled(config: Any, data: Any, split: Optional[str],
                 statistics: Optional[Statistics]) -> Pipeline:
     if isinstance(config, (str, os.PathLike)) and is_output(str(config)):
@@ -76,7 +134,7 @@ def _unshuffled(config: Any, data: Any, split: Optional[str],
             raise ConfigError(f"{os.fspath(config)!r} is a materialized output; data= does "
                               f"not apply to it")
         part = open_part(config, split=split)
-        return Pipeline.from_source(part, config=load_config(
+        return Pipeline.from_source(part, part.time_part, config=load_config(
             part.config, {"shuffle.buffer_size": 0}), statistics=statistics)
     config = config if isinstance(config, PipelineConfig) else load_config(config)
     return Pipeline(load_config(config, {"shuffle.buffer_size": 0}), data, split,
@@ -146,9 +204,4 @@ def _frame(name: str, pieces: list, level: str, pipeline: Pipeline,
             columns[source.time_column] = times[first[sequence] + step]
         else:
             columns["step"] = step
-    if values.ndim == 1 or values.shape[1] == 1:
-        columns[name] = values.reshape(len(values))
-    else:
-        for i in range(values.shape[1]):
-            columns[f"{name}_{i}"] = values[:, i]
-    return pd.DataFrame(columns)
+    return pd.DataFrame({**columns, **_values(name, values)})

@@ -29,7 +29,7 @@ from seqpipe.assemble import BatchPlaces, Block, weigh
 from seqpipe.config import PipelineConfig, WindowsConfig
 from seqpipe.errors import DataError
 from seqpipe.report import WindowCounts
-from seqpipe.sequences import Sequences
+from seqpipe.sequences import Sequences, ranges
 
 # Window numbers planned at a time when the windows are not shuffled.
 _UNSHUFFLED_BUFFER = 1 << 16
@@ -260,14 +260,14 @@ class WindowAssembler:
     def _gather(self, held: collections.deque, sequence: np.ndarray,
                 end: np.ndarray) -> Block:
         block = self._allocate(sequence, end)
-        real = np.empty((len(sequence), self.history), dtype=bool)
         firsts = np.array([first for first, _ in held])
         where = np.searchsorted(firsts, sequence, side="right") - 1
         for c in np.unique(where).tolist():
             first, chunk = held[c]
-            rows = slice(None) if len(held) == 1 else np.flatnonzero(where == c)
-            self._copy(block, chunk, sequence[rows] - first, end[rows], rows, real)
-        self._pad(block, real)
+            rows = (np.arange(len(sequence)) if len(held) == 1
+                    else np.flatnonzero(where == c))
+            self._copy(block, chunk, sequence[rows] - first, end[rows], rows)
+        self._pad(block, end)
         for name in self.config.outputs:
             block.sample_weight[name] = weigh(block, name, self.config, self.mean_valid[name],
                                               self.buffers)
@@ -302,53 +302,63 @@ class WindowAssembler:
                      ends=np.split(end, cut))
 
     def _copy(self, block: Block, chunk: Sequences, local: np.ndarray, end: np.ndarray,
-              rows, real: np.ndarray) -> None:
-        """Writes the windows `rows` of a block, whose sequences are `local` in `chunk`."""
-        config, axes = self.config, self.config.axes
-        base = chunk.offsets[local][:, None]
-        history = end[:, None] - self.horizon - self.history + 1 + np.arange(self.history)
-        real[rows] = history >= 0
-        at = {"timestep": base + np.maximum(history, 0),
-              "future": base + end[:, None] - self.horizon + 1 + np.arange(self.horizon)}
-        for name, spec in config.inputs.items():
-            axis = axes[name]
-            _put(block.x[name], rows, chunk.features[name],
-                 local if axis == "sequence" else at[axis], spec.tail)
-        for name, output in config.outputs.items():
-            axis = axes[name]
-            positions = local if axis == "sequence" else at[axis]
-            tail = (output.width,) if output.width > 1 else ()
-            _put(block.y[name], rows, chunk.labels[name], positions, tail)
-            _put(block.valid[name], rows, chunk.present[name], positions, ())
+              rows: np.ndarray) -> None:
+        """Writes the windows `rows` of a block, whose sequences are `local` in `chunk`:
+        each window's real history and its targets are runs of the chunk's flat arrays."""
+        from seqpipe._internal.runs import copy_runs  # numba, imported with the first batch
 
-    def _pad(self, block: Block, real: np.ndarray) -> None:
-        """Padding values (and weight 0) at the history timesteps before a sequence."""
         config, axes = self.config, self.config.axes
+        base = chunk.offsets[local]
+        start = end - self.horizon - self.history + 1  # of the history; < 0: padded
+        lead = np.maximum(-start, 0)
+        runs = {"timestep": (base + start + lead, rows * self.history + lead,
+                             self.history - lead),
+                "future": (base + end - self.horizon + 1, rows * self.horizon,
+                           np.full(len(rows), self.horizon))}
+        for name in config.inputs:
+            values, out = chunk.features[name], block.x[name]
+            if axes[name] == "sequence":
+                _per_sequence(values, local, out, rows)
+            else:
+                source, dest, count = runs[axes[name]]
+                copy_runs(values, source, out, dest, count)
+        for name in config.outputs:
+            if axes[name] == "sequence":
+                _per_sequence(chunk.labels[name], local, block.y[name], rows)
+                block.valid[name][rows] = chunk.present[name][local]
+                continue
+            source, dest, count = runs[axes[name]]
+            copy_runs(chunk.labels[name], source, block.y[name], dest, count)
+            copy_runs(chunk.present[name], source, block.valid[name], dest, count)
+
+    def _pad(self, block: Block, end: np.ndarray) -> None:
+        """Padding values (and weight 0) at the history timesteps before a sequence, and
+        the mask."""
+        config, axes = self.config, self.config.axes
+        lead = np.maximum(self.horizon + self.history - 1 - end, 0)
         if config.padding.mask:
+            real = np.arange(self.history)[None, :] >= lead[:, None]
             block.x[config.padding.mask][:] = real.reshape(-1)
-        if real.all():
+        padded = np.flatnonzero(lead)
+        if not len(padded):
             return
-        padded = ~real.reshape(-1)
+        at = ranges(padded * self.history, lead[padded])
         for name, spec in config.inputs.items():
             if axes[name] == "timestep":
-                block.x[name][padded] = 0 if spec.categorical else config.padding.value
+                block.x[name][at] = 0 if spec.categorical else config.padding.value
         for name in config.outputs:
             if axes[name] == "timestep":
-                block.y[name][padded] = config.padding.value
-                block.valid[name][padded] = False
+                block.y[name][at] = config.padding.value
+                block.valid[name][at] = False
 
 
-def _put(out: np.ndarray, rows, values, positions: np.ndarray, tail: tuple) -> None:
-    """out viewed as `(windows, *positions.shape[1:], *tail)`; its `rows` get `values` at
-    `positions` (a tuple of columns fills the last axis column by column)."""
-    shaped = out.reshape((-1, *positions.shape[1:], *tail))
+def _per_sequence(values, local: np.ndarray, out: np.ndarray, rows: np.ndarray) -> None:
+    """Each window's row of a per-sequence input or label: its sequence's."""
     if isinstance(values, tuple):
         for j, column in enumerate(values):
-            shaped[rows, ..., j] = column[positions]
-    elif isinstance(rows, slice) and values.dtype == shaped.dtype:
-        np.take(values, positions, axis=0, out=shaped)
+            out[rows, j] = column[local]
     else:
-        shaped[rows] = values[positions]
+        out[rows] = values[local]
 
 
 def _windows_of(config: PipelineConfig) -> WindowsConfig:

@@ -208,3 +208,32 @@ def test_beam_computes_the_local_statistics_and_writes_the_same_prepared_records
                 else:
                     np.testing.assert_allclose(np.array(a[key][name], dtype=float),
                                                np.array(b[key][name], dtype=float), rtol=1e-6)
+
+
+def test_beam_writes_window_outputs_as_local_does_and_they_load_the_same_windows(tmp_path):
+    """Windows with a time cutoff: Beam computes the statistics over the train windows and
+    writes each sequence once with its timesteps before the cutoff, as local does."""
+    from tests.test_windows import CUTOFF, config, stores, write_shuffled
+
+    cfg = load_config(config(write_shuffled(stores(n=16), tmp_path / "rows"),
+                             split__time_cutoff=CUTOFF),
+                      {"inputs.sales.normalize": "standard"})
+    materialize(cfg, tmp_path / "local")
+    materialize_on_beam(cfg, tmp_path / "beam")
+    _same_output(tmp_path / "local", tmp_path / "beam")
+    local = json.loads((tmp_path / "local" / "manifest.json").read_text())
+    on_beam = json.loads((tmp_path / "beam" / "manifest.json").read_text())
+    mine, theirs = (m["statistics"]["columns"]["sales"] for m in (local, on_beam))
+    for column, stats in mine.items():
+        assert stats["count"] == theirs[column]["count"], column
+        np.testing.assert_allclose([stats["mean"], stats["std"]],
+                                   [theirs[column]["mean"], theirs[column]["std"]], rtol=1e-12)
+    assert local["statistics"]["computed_on"] == on_beam["statistics"]["computed_on"]
+    for part in ("train", "validation"):
+        index = {name: open_part(tmp_path / name, split=part) for name in ("local", "beam")}
+        assert dict(zip(index["local"].ids, index["local"].before_cutoff)) == \
+            dict(zip(index["beam"].ids, index["beam"].before_cutoff))
+        for a, b in zip(load_materialized(tmp_path / "local", split=part),
+                        load_materialized(tmp_path / "beam", split=part), strict=True):
+            np.testing.assert_allclose(a[0]["sales"].numpy(), b[0]["sales"].numpy(),
+                                       rtol=1e-9)

@@ -489,3 +489,104 @@ def test_dropped_windows_are_logged(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="seqpipe"):
         Pipeline(config(write_shuffled(frame, tmp_path / "rows")))
     assert any("too short for one window" in r.getMessage() for r in caplog.records)
+
+
+def _code_model(config_, horizon):
+    """A model that predicts, at every target step, the `code` (store * 1000 + position)
+    its input holds there: predictions name their own timestep."""
+    history = config_.windows.history
+    inputs = {"sales": keras.Input((history, 3), name="sales"),
+              "calendar": keras.Input((horizon or history, 3 if horizon else 2),
+                                      name="calendar"),
+              "store": keras.Input((1,), name="store"),
+              "real": keras.Input((history,), name="real", dtype="bool")}
+    pick = keras.layers.Dense(1, use_bias=False, name="units_next")
+    model = keras.Model(inputs, {"units_next": pick(
+        inputs["calendar"] if horizon else inputs["sales"])})
+    pick.set_weights([np.array([[0.0], [0.0], [1.0]])])
+    return model
+
+
+@pytest.mark.parametrize("horizon", [3, 0])
+@pytest.mark.parametrize("materialized", [False, True], ids=["files", "materialized"])
+def test_predict_gives_one_row_per_window_and_target_step(tmp_path, horizon, materialized):
+    frame = stores()
+    path = write_shuffled(frame, tmp_path / "rows")
+    cfg = config(path, history=5, horizon=horizon, stride=2, min_history=2,
+                 split__time_cutoff=CUTOFF)
+    future = {"calendar": {"columns": ["dow", "holiday", "code"], "window": "future"}}
+    cfg = load_config(cfg, {"inputs.calendar": future["calendar"]} if horizon else
+                      {"inputs.sales.columns": ["price", "holiday", "code"],
+                       "inputs.calendar.window": "history"})
+    target = cfg
+    if materialized:
+        seqpipe.materialize(cfg, tmp_path / "out")
+        target = str(tmp_path / "out")
+    predicted = seqpipe.predict(_code_model(cfg, horizon), target, split="validation")
+    rows = predicted["units_next"]
+    expected = reference(frame, 5, horizon, 2, 2, CUTOFF, "validation")
+    by_store = {s: r.reset_index(drop=True) for s, r in
+                frame.sort_values(["store", "day"]).groupby("store")}
+    steps = 0
+    for (store, end_day), window in expected.items():
+        steps += int((window["real"] if not horizon else np.ones(horizon, bool)).sum())
+    assert len(rows) == steps
+    assert list(rows.columns) == (["store", "window_end", "day", "horizon_step", "units_next"]
+                                  if horizon else ["store", "window_end", "day", "units_next"])
+    assert set(zip(rows.store, rows.window_end)) == set(expected)
+    for store, day, value in zip(rows.store, rows.day, rows.units_next):
+        position = int(np.flatnonzero(by_store[store]["day"].to_numpy() == day)[0])
+        assert value == pytest.approx(by_store[store]["code"][position])
+    if horizon:
+        assert rows.horizon_step.between(1, horizon).all()
+        assert ((rows.day - rows.window_end).dt.days == rows.horizon_step - horizon).all()
+    assert rows.equals(rows.sort_values(["store", "window_end", "day"]))
+
+
+@pytest.mark.parametrize("split", [{"split__time_cutoff": CUTOFF},
+                                   {"split__validation": 0.3, "split__seed": 1}],
+                         ids=["time-cutoff", "by-id"])
+def test_a_materialized_output_holds_sequences_and_cuts_the_same_windows(tmp_path, split):
+    frame = stores(n=16)
+    cfg = load_config(config(write_shuffled(frame, tmp_path / "rows"), **split),
+                      {"inputs.sales.normalize": "standard", "weights.mode": "global_mean"})
+    manifest = seqpipe.materialize(cfg, tmp_path / "out")
+    sequences = sum(p["sequences"] for p in manifest["parts"].values())
+    assert sequences == frame.store.nunique()  # every sequence once, no window written
+    for part in ("train", "validation"):
+        loaded = seqpipe.load_materialized(tmp_path / "out", split=part)
+        direct = seqpipe.build_dataset(cfg, split=part)
+        count = 0
+        for (x, y, w), (x2, y2, w2) in zip(loaded, direct, strict=True):
+            for name in x2:
+                np.testing.assert_allclose(x[name].numpy(), x2[name].numpy(), rtol=1e-6)
+            np.testing.assert_array_equal(y["units_next"].numpy(), y2["units_next"].numpy())
+            np.testing.assert_allclose(w["units_next"].numpy(), w2["units_next"].numpy(),
+                                       rtol=1e-6)
+            count += 1
+        assert count > 0
+
+
+def test_the_service_path_refuses_windows(tmp_path):
+    frame = stores()
+    seqpipe.materialize(config(write_shuffled(frame, tmp_path / "rows")), tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"tf\.data service path batches whole sequences"):
+        seqpipe.load_materialized(tmp_path / "out", service="grpc://localhost:1")
+
+
+def test_inspect_reports_windows_per_part(tmp_path, capsys):
+    frame = stores(n=15, shortest=1, longest=40)
+    path = write_shuffled(frame, tmp_path / "rows")
+    cfg = config(path, min_history=2, split__time_cutoff=CUTOFF)
+    yaml_path = tmp_path / "windows.yaml"
+    import yaml
+    yaml_path.write_text(yaml.safe_dump(cfg.to_dict()))
+    from seqpipe.cli.command import main
+    assert main(["inspect", str(yaml_path)]) == 0
+    out = capsys.readouterr().out
+    for part in ("train", "validation"):
+        counts = Pipeline(cfg, split=part).report.windows
+        assert (f"windows: {part}: {counts.windows:,} per epoch "
+                f"({-(-counts.windows // 8):,} batches of 8), {counts.padded:,} padded") in out
+    assert "too short for one window" in out
+    assert "straddle split.time_cutoff" in out

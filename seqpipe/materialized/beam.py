@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import typing
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Optional, Union
 
@@ -44,7 +45,7 @@ from seqpipe import tuning
 from seqpipe._internal import paths
 from seqpipe._internal.lazy import tensorflow
 from seqpipe.batching import truncate
-from seqpipe.config import PipelineConfig, load_config
+from seqpipe.config import PipelineConfig, WindowsConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError
 from seqpipe.index import missing_labels
 from seqpipe.materialized.manifest import (
@@ -58,10 +59,11 @@ from seqpipe.materialized.manifest import (
 from seqpipe.materialized.write import SHARD_BYTES, check_out, encode_for_parts, write_part_index
 from seqpipe.sequences import check_no_nulls, group_sequences, id_runs
 from seqpipe.source import SourceFiles, SourceTable, open_source
-from seqpipe.split import PARTS, id_hash, part_of
+from seqpipe.split import PARTS, id_hash, part_of, timesteps_before
 from seqpipe.statistics import Statistics, Tally, needed
 from seqpipe.stream import RowGroup, read_row_group
 from seqpipe.transform import Transform, changes_values
+from seqpipe.windows import part_windows
 
 SHARD_SEED = 0x5E9_51A2D
 
@@ -207,6 +209,8 @@ def _statistics_fn(config: PipelineConfig, schema: pa.Schema):
     import apache_beam as beam
 
     what = "the train part" if config.split.enabled else "every sequence"
+    if config.windows is not None:
+        what = "the train part's windows" if config.split.enabled else "every window"
 
     class StatisticsFn(beam.CombineFn):
         def create_accumulator(self):
@@ -218,7 +222,11 @@ def _statistics_fn(config: PipelineConfig, schema: pa.Schema):
                 kept = truncate(chunk.offsets, config.padding)
                 counted = (part_of(chunk.ids, config.split) == PARTS.index("train")
                            if config.split.enabled else np.ones(len(chunk), dtype=bool))
-                tally.add(chunk, kept.start - chunk.offsets[:-1], kept.length, counted)
+                skipped, length = kept.start - chunk.offsets[:-1], kept.length
+                if config.windows is not None:  # the timesteps of the train windows
+                    skipped, length = _train_spans(chunk, config, counted)
+                    counted = length > 0
+                tally.add(chunk, skipped, length, counted)
             return tally
 
         def merge_accumulators(self, tallies):
@@ -232,6 +240,18 @@ def _statistics_fn(config: PipelineConfig, schema: pa.Schema):
             return tally.result(f"{what} of {config.source.path}")
 
     return StatisticsFn()
+
+
+def _train_spans(chunk, config: PipelineConfig, counted: np.ndarray):
+    """What `seqpipe.windows` counts statistics over: each sequence's train windows."""
+    w = typing.cast(WindowsConfig, config.windows)
+    before = None
+    if config.split.time_cutoff is not None:
+        before = timesteps_before(chunk.times, chunk.offsets, config.split,
+                                  config.source.time_column or "", config.source.path or "")
+    part = "train" if before is not None else None
+    windows, _ = part_windows(chunk.lengths, w, counted, part, before)
+    return windows.spans(len(chunk))
 
 
 def encode_batch(batch: list, config: PipelineConfig, schema: pa.Schema,
@@ -262,7 +282,8 @@ def encode_batch(batch: list, config: PipelineConfig, schema: pa.Schema,
             part = _part_name(int(encoded.part[i]), shards)
             yield ((part, int(shard[i] % np.uint64(shards[part]))),
                    (key, record, int(encoded.kept[i]), int(encoded.lengths[i]),
-                    tuple(int(encoded.valid[name][i]) for name in names)))
+                    tuple(int(encoded.valid[name][i]) for name in names),
+                    -1 if encoded.before_cutoff is None else int(encoded.before_cutoff[i])))
     yield TaggedOutput("counts", {
         "rows": counts.rows, "empty_sequences_dropped": counts.empty_sequences_dropped,
         "filled_values": dict(counts.filled_values), "missing_labels": missing,
@@ -303,7 +324,8 @@ def write_shard(item: tuple, temp: str) -> dict:
             writer.write(row[1])
     return {"part": part, "shard": shard, "name": name, "ids": [r[0] for r in rows],
             "kept": [r[2] for r in rows], "lengths": [r[3] for r in rows],
-            "valid": [r[4] for r in rows], "bytes": sum(len(r[1]) for r in rows)}
+            "valid": [r[4] for r in rows], "before": [r[5] for r in rows],
+            "bytes": sum(len(r[1]) for r in rows)}
 
 
 def write_index_and_manifest(_, summaries: list, counts: dict, config: PipelineConfig,
@@ -323,7 +345,9 @@ def write_index_and_manifest(_, summaries: list, counts: dict, config: PipelineC
             {name: valid[:, j] for j, name in enumerate(config.outputs)},
             {name: missing.get(name, (0, 0)) for name in config.outputs},
             [s["name"] for s in mine], [len(s["ids"]) for s in mine],
-            sum(s["bytes"] for s in mine))
+            sum(s["bytes"] for s in mine),
+            np.array([b for s in mine for b in s["before"]], dtype=np.int64)
+            if config.split.time_cutoff is not None else None)
     sequences = sum(w["sequences"] for w in written.values())
     if not sequences:
         raise DataError(f"no sequences: every sequence in {facts['where']} is empty")

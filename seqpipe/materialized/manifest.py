@@ -73,7 +73,9 @@ def part_number(part: str) -> int:
 
 def output_parts(split: SplitConfig) -> list[str]:
     """The part folders an output holds: those with a share of the ids, or 'all'."""
-    return [p for p in PARTS if share_of(split, p) > 0] if split.enabled else ["all"]
+    if not split.by_id:  # no split, or one by time: windows are cut when loading
+        return ["all"]
+    return [p for p in PARTS if share_of(split, p) > 0]
 
 
 def build_manifest(config: PipelineConfig, source: dict, filled_values: dict,

@@ -22,6 +22,7 @@ from seqpipe.materialized.manifest import frozen_differences, read_manifest
 from seqpipe.materialized.records import id_texts, read_chunks
 from seqpipe.sequences import Sequences, concat_sequences
 from seqpipe.shard import Shard, contiguous_runs
+from seqpipe.split import check_part
 from seqpipe.statistics import Statistics
 
 
@@ -41,6 +42,8 @@ class MaterializedPart:
     shared: bool = False  # cut down to one input pipeline's files (`share`)
     statistics: Optional[Statistics] = None  # the records are prepared with these
     time_dtype: Optional[str] = None  # of the times records hold; None: they hold none
+    before_cutoff: Optional[np.ndarray] = None  # timesteps before split.time_cutoff
+    time_part: Optional[str] = None  # the part of a time split: windows cut when loading
     streamed = False
     unlabelled: tuple = ()
 
@@ -50,7 +53,8 @@ class MaterializedPart:
 
     @functools.cached_property
     def index(self) -> Index:
-        return Index.of_lengths(self.ids, self.lengths, self.rows)
+        return dataclasses.replace(Index.of_lengths(self.ids, self.lengths, self.rows),
+                                   before_cutoff=self.before_cutoff)
 
     def chunks(self, in_part: Optional[np.ndarray] = None):
         return read_chunks(list(self.files), self.config, self.ids, self.file_sequences,
@@ -82,6 +86,8 @@ class MaterializedPart:
             self, files=self.files[start:stop], ids=self.ids[first:last],
             lengths=self.lengths[first:last],
             valid={name: v[first:last] for name, v in self.valid.items()},
+            before_cutoff=(None if self.before_cutoff is None
+                           else self.before_cutoff[first:last]),
             file_sequences=tuple(self.file_sequences[start:stop]), shared=True)
 
 
@@ -90,9 +96,13 @@ def open_part(path: Union[str, os.PathLike], config: Any = None,
     """Reads the manifest and index of one part of a materialized output."""
     folder = str(path).rstrip("/")
     manifest = read_manifest(folder)
-    split = _part_name(folder, manifest["parts"], split)
-    config = dataclasses.replace(_loading_config(folder, manifest, config),
-                                 split=SplitConfig())
+    config = _loading_config(folder, manifest, config)
+    # A time split writes one part, 'all'; its windows are cut at loading ('all': every one).
+    by_time = config.split.time_cutoff is not None
+    time_part = check_part(split, config.split) if by_time and split != "all" else None
+    split = "all" if by_time else _part_name(folder, manifest["parts"], split)
+    if time_part is None:
+        config = dataclasses.replace(config, split=SplitConfig())
     info = manifest["parts"][split]
     part_folder = paths.join(folder, info["folder"])
     files = tuple(paths.join(part_folder, shard) for shard in info["shards"])
@@ -115,7 +125,10 @@ def open_part(path: Union[str, os.PathLike], config: Any = None,
                             _file_sequences(info, index.num_rows),
                             statistics=Statistics.from_dict(manifest["statistics"])
                             if "statistics" in manifest else Statistics(),
-                            time_dtype=manifest.get("time_dtype"))
+                            time_dtype=manifest.get("time_dtype"),
+                            before_cutoff=(index["before_cutoff"].to_numpy()
+                                           if by_time else None),
+                            time_part=time_part)
 
 
 def _part_name(folder: str, parts: Mapping, split: Optional[str]) -> str:
@@ -171,7 +184,8 @@ def _read_index(file: str, config: PipelineConfig) -> pa.Table:
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{file} cannot be read ({' '.join(str(e).split())}): the output is "
                         f"incomplete or damaged. Materialize again.") from e
-    needed = ["id", "length"] + [f"valid/{name}" for name in config.outputs]
+    needed = ["id", "length"] + [f"valid/{name}" for name in config.outputs] + (
+        ["before_cutoff"] if config.split.time_cutoff is not None else [])
     missing = [c for c in needed if c not in index.column_names]
     if missing:
         raise DataError(f"{file} is damaged: it has no column {missing[0]!r}. "

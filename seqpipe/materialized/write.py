@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +35,7 @@ from seqpipe.materialized.manifest import (
 from seqpipe.materialized.records import encode_chunk
 from seqpipe.pipeline import Pipeline
 from seqpipe.sequences import Sequences
-from seqpipe.split import part_of
+from seqpipe.split import part_of, timesteps_before
 from seqpipe.statistics import needed
 
 # A new shard starts once the current one holds this many bytes: big enough to read
@@ -75,7 +75,7 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
 def _write(pipeline: Pipeline, config: PipelineConfig, out: str, overwrite: bool,
            shard_bytes: int, progress: bool, tf) -> dict:
     report = pipeline.report
-    bar = Progress(report.sequences) if progress else None
+    bar = Progress(len(pipeline.source.index.ids)) if progress else None
     parts = output_parts(config.split)
     temp, writers = paths.temporary_beside(out), {}
     try:
@@ -98,7 +98,7 @@ def _write(pipeline: Pipeline, config: PipelineConfig, out: str, overwrite: bool
         report = pipeline.report  # now with the fills counted during the pass
         manifest = build_manifest(
             config, {"where": report.source, "files": report.files, "rows": report.rows,
-                     "sequences": report.sequences, "streamed": report.streamed,
+                     "sequences": len(pipeline.source.index.ids), "streamed": report.streamed,
                      "empty_sequences_dropped": report.empty_sequences_dropped},
             dict(report.filled_values or {}),
             {part: w.close() for part, w in writers.items()}, pipeline.statistics, time_dtype)
@@ -145,11 +145,13 @@ class EncodedChunk:
     lengths: np.ndarray  # timesteps before truncation
     records: list  # serialized tf.train.Example of each sequence
     valid: Mapping[str, np.ndarray]  # output -> valid labels among the kept timesteps
+    before_cutoff: Optional[np.ndarray] = None  # timesteps before split.time_cutoff
 
     def select(self, local: np.ndarray) -> EncodedChunk:
         return EncodedChunk(self.ids[local], self.part[local], self.kept[local],
                             self.lengths[local], [self.records[i] for i in local.tolist()],
-                            {name: v[local] for name, v in self.valid.items()})
+                            {name: v[local] for name, v in self.valid.items()},
+                            None if self.before_cutoff is None else self.before_cutoff[local])
 
 
 def encode_for_parts(chunk: Sequences, kept: np.ndarray, config: PipelineConfig) -> EncodedChunk:
@@ -162,19 +164,26 @@ def encode_for_parts(chunk: Sequences, kept: np.ndarray, config: PipelineConfig)
     records = list(encode_chunk(chunk, np.arange(n), start, kept, config))
     valid = {name: valid_per_sequence(chunk.present[name], spec.level, KeptSteps(start, kept))
              for name, spec in config.outputs.items()}
+    before = None
+    if config.split.time_cutoff is not None and chunk.times is not None:
+        before = timesteps_before(chunk.times, chunk.offsets, config.split,
+                                  config.source.time_column or "", config.source.path or "")
     return EncodedChunk(chunk.ids, part_of(chunk.ids, config.split), kept, chunk.lengths,
-                        records, valid)
+                        records, valid, before)
 
 
 def write_part_index(folder: str, config: PipelineConfig, ids: np.ndarray, kept: np.ndarray,
                      lengths: np.ndarray, valid: Mapping[str, np.ndarray],
                      missing: Mapping[str, np.ndarray], shards: list,
-                     shard_sequences: list, written_bytes: int) -> dict:
+                     shard_sequences: list, written_bytes: int,
+                     before_cutoff: Optional[np.ndarray] = None) -> dict:
     """Writes a part's index.parquet (ids in the order of their records across the shards)
     and returns the part's manifest entry. `folder` may be any path TensorFlow writes."""
     columns = {"id": pa.array(ids), "length": pa.array(kept, pa.int64())}
     for name in config.outputs:
         columns[f"valid/{name}"] = pa.array(valid[name], pa.int64())
+    if before_cutoff is not None:  # windows are split by time when loading
+        columns["before_cutoff"] = pa.array(before_cutoff, pa.int64())
     buffer = pa.BufferOutputStream()  # pyarrow does not write to a GFile directly
     pq.write_table(pa.table(columns), buffer)
     paths.write_bytes(paths.join(folder, "index.parquet"), buffer.getvalue().to_pybytes())
@@ -201,6 +210,7 @@ class _PartWriter:
         self.kept: list[np.ndarray] = []
         self.lengths: list[np.ndarray] = []
         self.valid: dict[str, list[np.ndarray]] = {name: [] for name in config.outputs}
+        self.before: list[np.ndarray] = []
         self.missing = {name: np.zeros(2, dtype=np.int64) for name in config.outputs}
         self.bytes = 0
 
@@ -219,6 +229,8 @@ class _PartWriter:
         for name in self.config.outputs:
             self.valid[name].append(encoded.valid[name])
             self.missing[name] += missing[name]
+        if encoded.before_cutoff is not None:
+            self.before.append(encoded.before_cutoff)
 
     def _next_shard(self) -> None:
         if self.writer is not None:
@@ -240,7 +252,9 @@ class _PartWriter:
             self.folder, self.config, joined(self.ids, np.int64),
             joined(self.kept, np.int64), joined(self.lengths, np.int64),
             {name: joined(v, np.int64) for name, v in self.valid.items()}, self.missing,
-            self.shards, self.shard_sequences, self.bytes)
+            self.shards, self.shard_sequences, self.bytes,
+            joined(self.before, np.int64) if self.config.split.time_cutoff is not None
+            else None)
 
     def abort(self) -> None:
         if self.writer is not None:

@@ -48,7 +48,13 @@ def load_materialized(path: Union[str, os.PathLike], config: Any = None,
     """
     part = open_part(path, config, split)
     if service is None:
-        return build_dataset(sharded_pipeline(part.config, input_context, source=part))
+        return build_dataset(sharded_pipeline(part.config, input_context, split=part.time_part,
+                                              source=part))
+    if part.config.windows is not None:
+        raise ConfigError(
+            "the tf.data service path batches whole sequences in TensorFlow ops; windows are "
+            "cut by seqpipe's own pipeline. Load the output without service= (each worker "
+            "of a tf.distribute job reads its share with input_context=).")
     if processing_mode not in PROCESSING_MODES:
         raise ConfigError(f"processing_mode must be one of {', '.join(PROCESSING_MODES)}; "
                           f"got {processing_mode!r}")
