@@ -1,6 +1,6 @@
 """A/B: one epoch of an older commit against the working tree, alternating in one process.
 
-    python benchmarks/ab.py COMMIT [--pairs 10]
+    python benchmarks/ab.py COMMIT [--pairs 10] [--windows]
 
 The package as it was at COMMIT is copied out of git into a temporary folder and renamed
 `seqpipe_old` (every `seqpipe` import in it rewritten), so that both versions load side by
@@ -8,6 +8,7 @@ side. Each pair runs one epoch (build_dataset and every batch, the config of epo
 each version on the reference file, in alternating order; the ratio of each pair's times is
 taken in the same run, because absolute times on shared machines are noisy. Peak memory
 is not comparable inside one process: use epoch.py's per-process table for that.
+`--windows` runs the forecasting windows of windows.py over its 1x file instead.
 """
 
 from __future__ import annotations
@@ -58,8 +59,15 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--read-early", action="store_true",
                         help="build the new datasets with read_early=True")
+    parser.add_argument("--windows", action="store_true",
+                        help="the forecasting windows of windows.py instead")
     args = parser.parse_args()
-    config = seqpipe_config(ensure_data(quick=True, lstm_sequences=5000)["reference"])
+    if args.windows:
+        import windows
+
+        config = windows.seqpipe_config(windows.series_file(1))
+    else:
+        config = seqpipe_config(ensure_data(quick=True, lstm_sequences=5000)["reference"])
     with tempfile.TemporaryDirectory() as folder:
         old = load_old(args.commit, Path(folder))
         import seqpipe as new
@@ -74,7 +82,8 @@ def main() -> None:
             for which in (("old", "new") if pair % 2 == 0 else ("new", "old")):
                 times[which].append(runs[which]())
     ratios = [n / o for n, o in zip(times["new"], times["old"])]
-    print(f"A/B against {args.commit}, {args.pairs} pairs of epochs of the reference file, "
+    what = "the windows of windows.py" if args.windows else "the reference file"
+    print(f"A/B against {args.commit}, {args.pairs} pairs of epochs of {what}, "
           f"alternating in one process{' (new: read_early=True)' if args.read_early else ''}:")
     print(f"  old: median {statistics.median(times['old']):.3f} s")
     print(f"  new: median {statistics.median(times['new']):.3f} s")

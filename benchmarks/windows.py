@@ -11,7 +11,8 @@ sorted by series and day; history 64, horizon 14, stride 1, batch 256, shuffled:
   numpy     every window cut with NumPy's sliding_window_view, then from_tensor_slices,
             shuffle, batch (fast; holds every window in memory)
   torch     PyTorch Forecasting's TimeSeriesDataSet data loader, when --torch-python names
-            a Python that has it (it needs torch, so it gets an environment of its own)
+            a Python that has it (it needs torch, so it gets an environment of its own);
+            timed over --keras-batches batches too
 
 Every measurement runs in a process of its own. Peak memory is resident memory above what
 the process used after importing TensorFlow (and reading the data, for the ways that read it
@@ -142,7 +143,7 @@ def child_keras(path: Path, batches: int) -> dict:
     start = time.perf_counter()
     count = 0
     for x, _ in joined.take(batches):
-        count += int(x.shape[0])
+        count += int(x["sales"].shape[0])
     seconds = time.perf_counter() - start
     return {"setup_seconds": setup, "windows": count, "epoch_seconds": seconds,
             "windows_per_second": count / seconds, "peak_mb": _peak_mb() - baseline}
@@ -190,7 +191,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--ways", nargs="+", default=["seqpipe", "keras", "numpy"])
-    parser.add_argument("--keras-batches", type=int, default=400)
+    parser.add_argument("--keras-batches", type=int, default=400,
+                        help="batches timed for the two slow ways, keras and torch")
     parser.add_argument("--torch-python", help="a Python with pytorch-forecasting installed")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -203,24 +205,34 @@ def main() -> None:
         function = {"seqpipe": child_seqpipe, "keras": child_keras, "numpy": child_numpy}[way]
         print(json.dumps(function(Path(path), int(number))))
         return
+    results: dict = {}
     for size in args.sizes:
         path = series_file(size)
-        lengths = np.diff(np.r_[0, np.cumsum(pq.read_table(path, columns=["id"])["id"]
-                                             .value_counts().field("counts").to_numpy())])
+        lengths = pq.read_table(path, columns=["id"])["id"].value_counts().field(
+            "counts").to_numpy()
         print(f"{size}x: {len(lengths):,} series, {int(lengths.sum()):,} rows, "
               f"{windows_of(lengths):,} windows", flush=True)
-        for way in args.ways if size == args.sizes[0] else ["seqpipe"]:
-            number = args.keras_batches if way == "keras" else args.repeats
-            result = run(way, path, number) if way != "torch" else run(
-                way, path, number, args.torch_python)
+        ways = args.ways + (["torch"] if args.torch_python else [])
+        for way in ways if size == args.sizes[0] else ["seqpipe"]:
+            number = args.keras_batches if way in ("keras", "torch") else args.repeats
+            result = run(way, path, number, args.torch_python if way == "torch"
+                         else sys.executable)
+            results[way, size] = result
             print(f"  {way}: {result['windows_per_second']:,.0f} windows/s, peak "
                   f"{result['peak_mb']:,.0f} MB"
                   + (f", setup {result['setup_seconds']:.1f} s" if "setup_seconds" in result
                      else "") + f"  {json.dumps(result)}", flush=True)
-        if args.torch_python and size == args.sizes[0]:
-            result = run("torch", path, args.repeats, args.torch_python)
-            print(f"  torch: {result['windows_per_second']:,.0f} windows/s, peak "
-                  f"{result['peak_mb']:,.0f} MB  {json.dumps(result)}", flush=True)
+    first = args.sizes[0]
+    ours = results.get(("seqpipe", first))
+    for way in ("keras", "numpy", "torch"):
+        if ours and (way, first) in results:
+            print(f"seqpipe / {way}, windows per second: "
+                  f"{ours['windows_per_second'] / results[way, first]['windows_per_second']:.2f}")
+    for size in args.sizes[1:]:
+        if ours and ("seqpipe", size) in results:
+            print(f"seqpipe peak memory, {size}x vs {first}x: "
+                  f"{results['seqpipe', size]['peak_mb']:,.0f} vs {ours['peak_mb']:,.0f} MB "
+                  f"({results['seqpipe', size]['peak_mb'] - ours['peak_mb']:+,.0f} MB)")
 
 
 if __name__ == "__main__":

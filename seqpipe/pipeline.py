@@ -337,6 +337,12 @@ class Pipeline:
         counted = (part_of(ids, config.split) == PARTS.index("train") if config.split.enabled
                    else np.ones(len(ids), dtype=bool))
         what = "the train part" if config.split.enabled else "every sequence"
+        skipped, kept = self._skipped(), self.kept_steps.length
+        if config.windows is not None:  # the timesteps of the train part's windows
+            train, _ = self._cut_windows(counted, "train" if config.split.enabled else None)
+            skipped, kept = train.spans(len(ids))
+            counted = kept > 0
+            what = "the train part's windows" if config.split.enabled else "every window"
         if source.shared and self.shard is not None:
             what += f" of input pipeline {self.shard.index} of {self.shard.count}'s share"
             logger.warning(
@@ -344,12 +350,6 @@ class Pipeline:
                 "sequences; compute them once (Pipeline(config).statistics.save(path)) and "
                 "pass statistics= to every pipeline to scale them all alike",
                 self.shard.index)
-        skipped, kept = self._skipped(), self.kept_steps.length
-        if config.windows is not None:  # the timesteps of the train part's windows
-            train, _ = self._cut_windows(counted, "train" if config.split.enabled else None)
-            skipped, kept = train.spans(len(ids))
-            counted = kept > 0
-            what = "the train part's windows" if config.split.enabled else "every window"
         return compute(config, source.chunks(counted), skipped, kept, counted,
                        f"{what} of {source.where}")
 

@@ -100,9 +100,10 @@ class Report:
             f"sequences: {self.sequences:,}, timesteps: {self.timesteps:,}"
             + (f" (split {self.split!r}: {self.sequences:,} of the source's "
                f"{self.source_sequences:,} sequences)" if self.split else ""),
-            f"truncated: {self.truncated_timesteps:,} timesteps in "
-            f"{self.truncated_sequences:,} sequences (padding.maxlen)",
         ]
+        if self.windows is None:
+            lines.append(f"truncated: {self.truncated_timesteps:,} timesteps in "
+                         f"{self.truncated_sequences:,} sequences (padding.maxlen)")
         if self.empty_sequences_dropped:
             lines.append(f"dropped: {self.empty_sequences_dropped:,} empty sequences")
         if self.filled_values is None:

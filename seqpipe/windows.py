@@ -9,9 +9,10 @@ at least `min_history` real history timesteps remain, so no window crosses into 
 sequence.
 
 Windows are never materialized: an epoch is a plan of window numbers, made a shuffle
-buffer at a time, and each block of batches is gathered (one fancy index per array) from the
-few chunks of sequences its windows lie in. Memory is bounded by the shuffle buffer and the
-row groups, not by the number of windows.
+buffer at a time, and each block of batches is gathered from the few chunks of sequences its
+windows lie in: a window's history and targets are runs of a chunk's flat arrays, copied by
+the compiled `copy_runs`. Memory is bounded by the shuffle buffer and the row groups, not
+by the number of windows.
 """
 
 from __future__ import annotations

@@ -590,3 +590,32 @@ def test_inspect_reports_windows_per_part(tmp_path, capsys):
                 f"({-(-counts.windows // 8):,} batches of 8), {counts.padded:,} padded") in out
     assert "too short for one window" in out
     assert "straddle split.time_cutoff" in out
+
+
+def test_input_pipelines_share_out_the_sequences_and_their_windows(tmp_path):
+    from seqpipe.shard import Shard
+
+    frame = stores(n=20)
+    cfg = config(write_shuffled(frame, tmp_path / "rows"))
+    expected = reference(frame, 5, 3, 1)
+    found: dict = {}
+    for index in range(3):
+        pipeline = Pipeline(cfg, shard=Shard(index, 3))
+        mine = produced(pipeline, frame)
+        assert mine and not set(mine) & set(found)
+        found.update(mine)
+    assert_same_windows(found, expected)
+
+
+def test_drop_remainder_leaves_out_the_last_smaller_batch_and_counts_it(tmp_path):
+    frame = stores()
+    cfg = load_config(config(write_shuffled(frame, tmp_path / "rows")),
+                      {"batching.drop_remainder": True})
+    pipeline = Pipeline(cfg)
+    total = len(reference(frame, 5, 3, 1))
+    sizes = [len(b.ids) for b in pipeline.batches(0)]
+    assert set(sizes) == {8} and len(sizes) == total // 8 == pipeline.report.batches_per_epoch
+    assert pipeline.report.windows.dropped_per_epoch == total % 8 > 0
+    assert f"drop_remainder leaves out {total % 8:,} windows per epoch" in str(pipeline.report)
+    dataset = seqpipe.build_dataset(pipeline)
+    assert [int(x["sales"].shape[0]) for x, _, _ in dataset] == sizes
