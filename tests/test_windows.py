@@ -185,11 +185,13 @@ def test_every_window_equals_the_brute_force_reference(tmp_path, history, horizo
 @pytest.mark.parametrize("history,horizon,stride,min_history", CASES[:4],
                          ids=[f"H{h}-h{f}-s{s}-m{m}" for h, f, s, m in CASES[:4]])
 @pytest.mark.parametrize("part", ["train", "validation"])
+@pytest.mark.parametrize("layout", ["long", "nested"])
 def test_a_time_cutoff_splits_windows_as_the_reference_does(tmp_path, history, horizon, stride,
-                                                           min_history, part):
+                                                           min_history, part, layout):
     frame = stores()
-    path = write_shuffled(frame, tmp_path / "rows")
-    pipeline = Pipeline(config(path, history, horizon, stride, min_history,
+    path = (write_shuffled(frame, tmp_path / "rows") if layout == "long"
+            else write_nested(frame, tmp_path / "nested.parquet"))
+    pipeline = Pipeline(config(path, history, horizon, stride, min_history, layout,
                                split__time_cutoff=CUTOFF), split=part)
     expected = reference(frame, history, horizon, stride, min_history, CUTOFF, part)
     found = produced(pipeline, frame)
