@@ -14,11 +14,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import seqpipe
 from seqpipe import ConfigError, DataError, Pipeline, load_config
+from seqpipe.cli.command import main
+from seqpipe.shard import Shard
 
 START = np.datetime64("2024-01-01")
 CUTOFF = "2024-02-10"
@@ -115,7 +118,7 @@ def reference(frame: pd.DataFrame, history, horizon, stride, min_history=None, c
                 if part == "validation" and not days[real_targets[0]] >= cutoff:
                     continue
 
-            def values(column, positions, fill=0.0):
+            def values(column, positions, fill=0.0, rows=rows):
                 out = []
                 for p in positions:
                     value = rows[column].iloc[p] if p >= 0 else fill
@@ -222,7 +225,7 @@ def test_statistics_come_from_the_train_windows_timesteps_only(tmp_path):
     covered = []  # every timestep of every train window, once
     for store, rows in frame.sort_values(["store", "day"]).groupby("store"):
         positions = set()
-        for (s, end_day), _ in reference(frame[frame.store == store], 5, 3, 2, None,
+        for (_, end_day), _window in reference(frame[frame.store == store], 5, 3, 2, None,
                                          CUTOFF, "train").items():
             end = int(np.flatnonzero(rows["day"].to_numpy() == end_day)[0])
             positions.update(p for p in range(end - 7, end + 1) if p >= 0)
@@ -529,9 +532,8 @@ def test_predict_gives_one_row_per_window_and_target_step(tmp_path, horizon, mat
     expected = reference(frame, 5, horizon, 2, 2, CUTOFF, "validation")
     by_store = {s: r.reset_index(drop=True) for s, r in
                 frame.sort_values(["store", "day"]).groupby("store")}
-    steps = 0
-    for (store, end_day), window in expected.items():
-        steps += int((window["real"] if not horizon else np.ones(horizon, bool)).sum())
+    steps = sum(int(window["real"].sum()) if not horizon else horizon
+                for window in expected.values())
     assert len(rows) == steps
     assert list(rows.columns) == (["store", "window_end", "day", "horizon_step", "units_next"]
                                   if horizon else ["store", "window_end", "day", "units_next"])
@@ -581,9 +583,7 @@ def test_inspect_reports_windows_per_part(tmp_path, capsys):
     path = write_shuffled(frame, tmp_path / "rows")
     cfg = config(path, min_history=2, split__time_cutoff=CUTOFF)
     yaml_path = tmp_path / "windows.yaml"
-    import yaml
     yaml_path.write_text(yaml.safe_dump(cfg.to_dict()))
-    from seqpipe.cli.command import main
     assert main(["inspect", str(yaml_path)]) == 0
     out = capsys.readouterr().out
     for part in ("train", "validation"):
@@ -595,8 +595,6 @@ def test_inspect_reports_windows_per_part(tmp_path, capsys):
 
 
 def test_input_pipelines_share_out_the_sequences_and_their_windows(tmp_path):
-    from seqpipe.shard import Shard
-
     frame = stores(n=20)
     cfg = config(write_shuffled(frame, tmp_path / "rows"))
     expected = reference(frame, 5, 3, 1)
@@ -621,3 +619,14 @@ def test_drop_remainder_leaves_out_the_last_smaller_batch_and_counts_it(tmp_path
     assert f"drop_remainder leaves out {total % 8:,} windows per epoch" in str(pipeline.report)
     dataset = seqpipe.build_dataset(pipeline)
     assert [int(x["sales"].shape[0]) for x, _, _ in dataset] == sizes
+
+
+def test_validate_says_the_split_is_by_time(tmp_path, capsys):
+    cfg = config(write_shuffled(stores(), tmp_path / "rows"), split__time_cutoff=CUTOFF)
+    yaml_path = tmp_path / "windows.yaml"
+    yaml_path.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert main(["validate", str(yaml_path)]) == 0
+    out = capsys.readouterr().out
+    assert ("split by time at 2024-02-10 (day): train windows end before it, validation "
+            "windows start at or after it") in out
+    assert "split by store" not in out

@@ -49,7 +49,10 @@ def validate(config: PipelineConfig) -> list[str]:
     order = stream_order(files, config)
     lines.append(f"reading: {status(files, config, order.whole_because)}")
     split = config.split
-    if split.enabled:
+    if split.time_cutoff is not None:
+        lines.append(f"split by time at {split.time_cutoff} ({config.source.time_column}): "
+                     f"train windows end before it, validation windows start at or after it")
+    elif split.enabled:
         train = 1 - split.validation - split.test
         lines.append(f"split by {config.source.id_column}: train {train:.0%}, validation "
                      f"{split.validation:.0%}, test {split.test:.0%} (seed {split.seed})")
