@@ -199,6 +199,8 @@ class Pipeline:
         self._first_plan: Optional[EpochPlan] = None
         if self._windows is None:
             self._first_plan = self.plan(0)
+        elif same_shape_first > 1:
+            self._check_window_replicas()
         self._report = self._make_report()
         logger.info("seqpipe pipeline ready:\n%s", self.report)
         self._warn_changes()
@@ -252,12 +254,25 @@ class Pipeline:
                 yield Batch(x, y, weights, ids[members], kept[members],
                             None if block.ends is None else block.ends[j])
 
-    def _window_blocks(self, epoch: int, chunks: Iterator[tuple[int, Sequences]]
-                       ) -> Iterator[Block]:
+    def _window_plan(self, epoch: int) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
         windows, batching = typing.cast(Windows, self._windows), self.config.batching
         rng = np.random.default_rng([self.seed, epoch]) if self.seed is not None else None
-        plan = plan_blocks(len(windows), batching.batch_size, self.config.shuffle.buffer_size,
-                           rng, batching.drop_remainder)
+        return plan_blocks(len(windows), batching.batch_size, self.config.shuffle.buffer_size,
+                           rng, batching.drop_remainder, self.same_shape_first)
+
+    def _check_window_replicas(self) -> None:
+        """Plans epoch 0 up to its first batch of every replica, so that too few windows
+        for the replicas is an error now rather than in the first epoch."""
+        batches = 0
+        for _, _, rows in self._window_plan(0):
+            batches += len(rows)
+            if batches >= self.same_shape_first:
+                return
+
+    def _window_blocks(self, epoch: int, chunks: Iterator[tuple[int, Sequences]]
+                       ) -> Iterator[Block]:
+        windows = typing.cast(Windows, self._windows)
+        plan = self._window_plan(epoch)
         mean_valid = {name: self._mean_valid_per_batch(name, None)
                       for name in self.config.outputs}
         assembler = WindowAssembler(self.config, windows, plan, self.source.index.lengths,
@@ -431,7 +446,8 @@ class Pipeline:
     def _window_batches(self) -> int:
         batching = self.config.batching
         return batches_per_epoch(len(typing.cast(Windows, self._windows)),
-                                 batching.batch_size, batching.drop_remainder)
+                                 batching.batch_size, batching.drop_remainder,
+                                 self.same_shape_first)
 
     def _valid_labels(self, output: str) -> Any:
         """For global_mean: present labels per sequence inside its kept timesteps; with
@@ -508,13 +524,7 @@ class Pipeline:
 
 
 def _check_replicas(config: PipelineConfig, same_shape_first: int) -> None:
-    if same_shape_first and config.windows is not None:
-        raise ConfigError(
-            "windows do not yet support several replicas in one input pipeline "
-            "(MirroredStrategy on one machine): the last batch of an epoch is smaller, and "
-            "tf.distribute cannot share it out. Use one replica per input pipeline, or whole "
-            "sequences.")
-    if same_shape_first and config.padding.maxlen is None:
+    if same_shape_first and config.padding.maxlen is None and config.windows is None:
         raise ConfigError(
             "training on several replicas needs padding.maxlen: Keras 3 averages the "
             "first batch of every replica to build the model, so seqpipe pads those to "

@@ -150,15 +150,19 @@ def padded_history(windows: Windows) -> int:
     return total
 
 
-def batches_per_epoch(windows: int, batch_size: int, drop_remainder: bool) -> int:
-    return windows // batch_size + int(bool(windows % batch_size) and not drop_remainder)
+def batches_per_epoch(windows: int, batch_size: int, drop_remainder: bool,
+                      replicas: int = 1) -> int:
+    """Batches of an epoch; with several replicas, a multiple of them (see `plan_blocks`)."""
+    batches = windows // batch_size + int(bool(windows % batch_size) and not drop_remainder)
+    return batches + (-batches) % max(replicas, 1)
 
 
 def plan_blocks(count: int, batch_size: int, buffer_size: int,
-                rng: Optional[np.random.Generator],
-                drop_remainder: bool) -> Iterator[tuple[np.ndarray, int]]:
+                rng: Optional[np.random.Generator], drop_remainder: bool,
+                replicas: int = 1) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
     """The window numbers of each block of an epoch's batches, in the order they go out,
-    each with the lowest window number a later block of the epoch may still need.
+    each with the lowest window number a later block of the epoch may still need and the
+    rows of each of the block's batches.
 
     Unshuffled, windows go out in order. Shuffled, the window numbers are cut into
     buffers of `buffer_size` rounded up to a multiple of `batch_size` (the grid moves by a
@@ -166,28 +170,77 @@ def plan_blocks(count: int, batch_size: int, buffer_size: int,
     into batches, so only the last batch of the epoch is smaller, and a block only draws on
     the sequences of one buffer. With `drop_remainder`, that last batch is left out.
 
+    With several `replicas` (tf.distribute hands each one batch per step, and cannot share
+    out a step it cannot fill), the largest batches of the epoch's last buffer are halved
+    until the batch count is a multiple of the replicas; a last buffer shorter than
+    `replicas` batches joins the one before it, so there is something to halve.
+
+    Raises:
+      DataError: too few windows for that many replicas to start on full batches.
+
     Example:
-      >>> [b.tolist() for b, _ in plan_blocks(5, 2, 0, None, drop_remainder=True)]
+      >>> [b.tolist() for b, _, _ in plan_blocks(5, 2, 0, None, drop_remainder=True)]
       [[0, 1, 2, 3]]
     """
-    per_block = batch_size * tuning.TUNING.batches_per_block
+    keep = count - (count % batch_size if drop_remainder else 0)
     if rng is None or not buffer_size:
-        keep = count - (count % batch_size if drop_remainder else 0)
-        step = max(per_block, _UNSHUFFLED_BUFFER // per_block * per_block)
-        for a in range(0, keep, step):
-            order = np.arange(a, min(a + step, keep))
-            for i in range(0, len(order), per_block):
-                yield order[i:i + per_block], int(order[i])
-        return
-    buffer = -(-buffer_size // batch_size) * batch_size
-    offset = batch_size * int(rng.integers(buffer // batch_size)) if buffer < count else 0
-    edges = np.unique(np.concatenate([[0], np.arange(offset, count, buffer), [count]]))
-    for a, b in zip(edges[:-1].tolist(), edges[1:].tolist()):
-        order = a + rng.permutation(b - a)
+        per_block = batch_size * tuning.TUNING.batches_per_block
+        step = per_block * max(1, _UNSHUFFLED_BUFFER // per_block)  # whole batches
+        edges = list(range(0, keep, step)) + [keep]
+    else:
+        buffer = -(-buffer_size // batch_size) * batch_size
+        offset = batch_size * int(rng.integers(buffer // batch_size)) if buffer < count else 0
+        edges = np.unique(np.concatenate([[0], np.arange(offset, count, buffer), [count]])
+                          ).tolist()
+    if replicas > 1 and len(edges) > 2 and edges[-1] - edges[-2] < replicas * batch_size:
+        del edges[-2]
+    extra = (-batches_per_epoch(count, batch_size, drop_remainder)) % max(replicas, 1)
+    leading: list = []  # the rows of the epoch's first `replicas` batches
+    for a, b in zip(edges[:-1], edges[1:]):
+        order = np.arange(a, b) if rng is None or not buffer_size else a + rng.permutation(b - a)
         if b == count and drop_remainder:
-            order = order[:len(order) - len(order) % batch_size]
-        for i in range(0, len(order), per_block):
-            yield order[i:i + per_block], a
+            order = order[:keep - a]
+        rows = _batch_rows(len(order), batch_size, extra if b == edges[-1] else 0)
+        if replicas > 1 and len(leading) < replicas:
+            leading += rows[:replicas - len(leading)].tolist()
+            if b == edges[-1] or len(leading) == replicas:
+                _check_leading(leading, replicas, batch_size, count)
+        yield from _blocks(order, rows, a if buffer_size and rng is not None else None)
+
+
+def _check_leading(leading: list, replicas: int, batch_size: int, count: int) -> None:
+    if len(leading) < replicas or any(r != batch_size for r in leading):
+        raise DataError(
+            f"{count:,} windows cannot start {replicas} replicas on full batches of "
+            f"{batch_size}: Keras builds the model from the first batch of every replica, "
+            f"which must share one shape. Use more data or a smaller batch_size.")
+
+
+def _batch_rows(windows: int, batch_size: int, extra: int) -> np.ndarray:
+    """Rows of each batch of `windows` windows: full batches and the rest, then `extra`
+    times the largest halved (the halves go last)."""
+    rows = [batch_size] * (windows // batch_size) + ([windows % batch_size]
+                                                     if windows % batch_size else [])
+    for _ in range(extra):
+        largest = max(range(len(rows)), key=lambda j: (rows[j], j)) if rows else None
+        if largest is None or rows[largest] < 2:
+            raise DataError(f"{windows:,} windows in the epoch's last shuffle buffer cannot be "
+                            f"cut into {extra} more batches for the replicas; use more data")
+        half = rows.pop(largest)
+        rows += [(half + 1) // 2, half // 2]
+    return np.asarray(rows, dtype=np.int64)
+
+
+def _blocks(order: np.ndarray, rows: np.ndarray,
+            low: Optional[int]) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
+    """`order` cut into blocks of `Tuning.batches_per_block` batches of `rows` each."""
+    per_block = tuning.TUNING.batches_per_block
+    ends = np.cumsum(rows)
+    for i in range(0, len(rows), per_block):
+        a = int(ends[i - 1]) if i else 0
+        b = int(ends[min(i + per_block, len(rows)) - 1])
+        block = order[a:b]
+        yield block, (int(block[0]) if low is None else low), rows[i:i + per_block]
 
 
 def valid_targets(windows: Windows, present: np.ndarray, offsets: np.ndarray,
@@ -214,14 +267,15 @@ class WindowAssembler:
     Args:
       config: the pipeline config (with a windows section).
       windows: the part's windows.
-      plan: `plan_blocks` of the epoch.
+      plan: `plan_blocks` of the epoch: each block's window numbers, the lowest window a
+        later block needs, and the rows of each batch.
       lengths: (n,) every sequence's timesteps, to notice a source that changed.
       mean_valid: output -> valid labels per batch over the epoch (for global_mean).
       buffers: where the blocks' arrays come from.
     """
 
     def __init__(self, config: PipelineConfig, windows: Windows,
-                 plan: Iterable[tuple[np.ndarray, int]], lengths: np.ndarray,
+                 plan: Iterable[tuple[np.ndarray, int, np.ndarray]], lengths: np.ndarray,
                  mean_valid: Mapping[str, float], buffers: BufferPool = SHARED) -> None:
         self.config, self.windows, self.plan = config, windows, plan
         self.lengths, self.mean_valid, self.buffers = lengths, mean_valid, buffers
@@ -233,7 +287,7 @@ class WindowAssembler:
         reads the rest of the stream at the end (so that a source's counts come in)."""
         held: collections.deque = collections.deque()
         stream = iter(chunks)
-        for numbers, low in self.plan:
+        for numbers, low, rows in self.plan:
             sequence, end = self.windows.locate(numbers)
             oldest = int(self.windows.locate(np.array([low]))[0][0])
             while held and held[0][0] + len(held[0][1]) <= oldest:
@@ -242,7 +296,7 @@ class WindowAssembler:
                 first, chunk = self._next(stream)
                 if first + len(chunk) > oldest:
                     held.append((first, chunk))
-            yield self._gather(held, sequence, end)
+            yield self._gather(held, sequence, end, rows)
         for _ in stream:
             pass
 
@@ -258,9 +312,9 @@ class WindowAssembler:
                             "lengths differ); build the pipeline again")
         return first, chunk
 
-    def _gather(self, held: collections.deque, sequence: np.ndarray,
-                end: np.ndarray) -> Block:
-        block = self._allocate(sequence, end)
+    def _gather(self, held: collections.deque, sequence: np.ndarray, end: np.ndarray,
+                batch_rows: np.ndarray) -> Block:
+        block = self._allocate(sequence, end, batch_rows)
         firsts = np.array([first for first, _ in held])
         where = np.searchsorted(firsts, sequence, side="right") - 1
         for c in np.unique(where).tolist():
@@ -274,14 +328,12 @@ class WindowAssembler:
                                               self.buffers)
         return block
 
-    def _allocate(self, sequence: np.ndarray, end: np.ndarray) -> Block:
-        config, size = self.config, self.config.batching.batch_size
-        rows = len(sequence)
-        count = -(-rows // size)
-        batch_rows = np.full(count, size, dtype=np.int64)
-        batch_rows[-1] = rows - size * (count - 1)
+    def _allocate(self, sequence: np.ndarray, end: np.ndarray,
+                  batch_rows: np.ndarray) -> Block:
+        config, rows = self.config, len(sequence)
+        count = len(batch_rows)
         steps = {"timestep": self.history, "future": self.horizon}
-        first_row = np.arange(count, dtype=np.int64) * size
+        first_row = np.cumsum(batch_rows) - batch_rows
         places = BatchPlaces({"sequence": first_row,
                               **{a: first_row * t for a, t in steps.items()}},
                              batch_rows, {a: np.full(count, t) for a, t in steps.items()})
@@ -298,7 +350,7 @@ class WindowAssembler:
                                                             else ()), spec.dtype)
              for name, spec in config.outputs.items()}
         valid = {name: np.empty(positions(name), dtype=bool) for name in config.outputs}
-        cut = np.arange(size, rows, size)
+        cut = first_row[1:]
         return Block(places, np.split(sequence, cut), x, y, valid, {}, 0, config.levels,
                      ends=np.split(end, cut))
 

@@ -630,3 +630,73 @@ def test_validate_says_the_split_is_by_time(tmp_path, capsys):
     assert ("split by time at 2024-02-10 (day): train windows end before it, validation "
             "windows start at or after it") in out
     assert "split by store" not in out
+
+
+@pytest.mark.parametrize("buffer", [0, 20], ids=["in-order", "shuffled"])
+def test_on_several_replicas_every_step_has_a_batch_for_each_and_none_is_empty(tmp_path,
+                                                                                 buffer):
+    frame = stores()
+    cfg = load_config(config(write_shuffled(frame, tmp_path / "rows")),
+                      {"shuffle.buffer_size": buffer, "batching.batch_size": 7})
+    expected = reference(frame, 5, 3, 1)
+    assert (len(expected) + 6) // 7 % 2 == 1  # an odd count of batches without replicas
+    pipeline = Pipeline(cfg, same_shape_first=2)
+    sizes = [len(b.ids) for b in pipeline.batches(0)]
+    assert len(sizes) % 2 == 0 and len(sizes) == pipeline.report.batches_per_epoch
+    assert sizes[:2] == [7, 7] and min(sizes) > 0
+    assert_same_windows(produced(pipeline, frame), expected)
+
+
+def test_too_few_windows_for_the_replicas_is_an_error_when_building(tmp_path):
+    frame = stores(n=2, shortest=12, longest=14)
+    cfg = load_config(config(write_shuffled(frame, tmp_path / "rows")),
+                      {"batching.batch_size": 16})
+    with pytest.raises(DataError, match=r"windows cannot start 2 replicas on full batches of "
+                                        r"16: Keras builds the model from the first batch"):
+        Pipeline(cfg, same_shape_first=2)
+
+
+MIRRORED = """
+import sys, json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+import seqpipe
+
+config = seqpipe.load_config(json.loads(sys.argv[1]))
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+distributed = strategy.distribute_datasets_from_function(
+    lambda context: seqpipe.build_dataset(config, input_context=context))
+with strategy.scope():
+    sales = keras.Input((5, 3), name="sales")
+    calendar = keras.Input((3, 2), name="calendar")
+    store = keras.Input((1,), name="store")
+    state = keras.layers.GRU(4)(sales)
+    steps = keras.layers.Concatenate()([keras.layers.RepeatVector(3)(state), calendar])
+    units = keras.layers.Dense(1, name="units_next")(steps)
+    model = keras.Model({"sales": sales, "calendar": calendar, "store": store},
+                        {"units_next": units})
+    model.compile("adam", {"units_next": "mse"})
+history = model.fit(distributed, epochs=2, verbose=0)
+print(json.dumps({"loss": history.history["loss"], "replicas": strategy.num_replicas_in_sync}))
+"""
+
+
+@pytest.mark.slow
+def test_model_fit_on_windows_runs_on_a_mirrored_strategy_over_two_cpus(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    # Without the bool mask input: Keras's cross-replica start-up does not take bool
+    # tensors (InvalidArgumentError on attr 'T' of bool), with windows or without.
+    cfg = load_config(config(write_shuffled(stores(), tmp_path / "rows")),
+                      {"padding.mask": None})
+    done = subprocess.run([sys.executable, "-c", MIRRORED, json.dumps(cfg.to_dict())],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert len(result["loss"]) == 2 and all(np.isfinite(result["loss"]))
