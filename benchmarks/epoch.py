@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -337,22 +338,24 @@ def main() -> None:
     # seqpipe's compiled code is compiled and cached once, on the small file, before any
     # measured process: otherwise the first seqpipe process compiles it (on a fresh
     # checkout, always the reference row), and its epochs' peaks keep the compiler's memory.
-    _child(["--one", "seqpipe build_dataset (streamed)", "--path", str(paths["lstm"]),
+    child_json(__file__, ["--one", "seqpipe build_dataset (streamed)", "--path", str(paths["lstm"]),
             "--repeats", "1"])
     results = {}
     for name, (_, data, slow) in APPROACHES.items():
         if args.quick and slow:
             continue
         print(f"running: {name} ...", file=sys.stderr, flush=True)
-        results[name] = _child(["--one", name, "--path", str(paths[data]),
+        results[name] = child_json(__file__, ["--one", name, "--path", str(paths[data]),
                                 "--repeats", str(args.repeats)])
-    lstm = {mode: _child(["--lstm", mode, "--path", str(paths["lstm"])])
+    lstm = {mode: child_json(__file__, ["--lstm", mode, "--path", str(paths["lstm"])])
             for mode in ("maxlen", "seqpipe")}
     print_table(results, lstm, args)
 
 
-def _child(arguments: list) -> object:
-    done = subprocess.run([sys.executable, __file__, *arguments], capture_output=True,
+def child_json(script: str, arguments: list, python: str = sys.executable) -> Any:
+    """Runs `script` with `arguments` in a process of its own (so that its peak memory is
+    its own) and returns the JSON its last line of output holds."""
+    done = subprocess.run([python, script, *map(str, arguments)], capture_output=True,
                           text=True, check=False)
     if done.returncode:
         sys.exit(f"benchmark step {arguments[:2]} failed:\n{done.stderr[-3000:]}")

@@ -20,7 +20,6 @@ import json
 import logging
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,15 @@ import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from epoch import DATA, _peak_mb, _reset_peak, _rss_mb, make_reference, seqpipe_config  # noqa: E402
+from epoch import (  # noqa: E402
+    DATA,
+    _peak_mb,
+    _reset_peak,
+    _rss_mb,
+    child_json,
+    make_reference,
+    seqpipe_config,
+)
 
 DAYS = 20
 
@@ -106,11 +113,7 @@ def child(mode: str, path: str, cache: str, repeats: int) -> dict:
 
 
 def run(mode: str, path: Path, cache: Path, repeats: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, str(path), str(cache),
-                          str(repeats)], capture_output=True, text=True, check=False)
-    if out.returncode:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return child_json(__file__, ["--child", mode, path, cache, repeats])
 
 
 def main() -> None:

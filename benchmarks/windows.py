@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from epoch import DATA, _peak_mb, _reset_peak, _rss_mb  # noqa: E402
+from epoch import DATA, _peak_mb, _reset_peak, _rss_mb, child_json  # noqa: E402
 
 SERIES = 5_000
 HISTORY, HORIZON, BATCH, BUFFER = 64, 14, 256, 65_536
@@ -179,11 +178,7 @@ def child_numpy(path: Path, repeats: int) -> dict:
 
 
 def run(way: str, path: Path, number: int, python: str = sys.executable) -> dict:
-    out = subprocess.run([python, __file__, "--child", way, str(path), str(number)],
-                         capture_output=True, text=True, check=False)
-    if out.returncode:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return child_json(__file__, ["--child", way, path, number], python)
 
 
 def main() -> None:

@@ -245,11 +245,8 @@ class Assembler:
             values = chunk.features[name]
             if spec.level == "timestep":
                 copy_runs(values, source, block.x[name], dest, kept)
-            elif isinstance(values, tuple):  # one row per sequence: few, NumPy is enough
-                for j, column in enumerate(values):
-                    block.x[name][sequence_dest, j] = column[local]
-            else:
-                block.x[name][sequence_dest] = values[local]
+            else:  # one row per sequence: few, NumPy is enough
+                put_per_sequence(values, local, block.x[name], sequence_dest)
         for name, output in self.config.outputs.items():
             labels, present = chunk.labels[name], chunk.present[name]
             if output.level == "timestep":
@@ -272,6 +269,16 @@ def weigh(block: Block, output: str, config: PipelineConfig, mean_valid: float,
     p, valid, axis = block.places, block.valid[output], config.axes[output]
     return batch_weights(config.weight_mode(output), valid, p.start[axis], p.rows,
                          p.steps.get(axis), mean_valid, out=buffers.empty(valid.shape))
+
+
+def put_per_sequence(values, local: np.ndarray, out: np.ndarray, rows) -> None:
+    """Rows `rows` of `out` get the per-sequence values of sequences `local` of a chunk
+    (a tuple of columns fills `out`'s columns one by one)."""
+    if isinstance(values, tuple):
+        for j, column in enumerate(values):
+            out[rows, j] = column[local]
+    else:
+        out[rows] = values[local]
 
 
 def _aligned_rows(rows: np.ndarray) -> np.ndarray:

@@ -462,65 +462,58 @@ class Pipeline:
         return valid_targets(self._windows, present, index.offsets, self.config.levels[output])
 
     def _make_report(self) -> Report:
-        if self._windows is not None:
-            return self._window_report()
-        index, members, source = self.source.index, self._members, self.source
-        kept, lengths = self.kept_steps.length[members], index.lengths[members]
+        index, source = self.source.index, self.source
+        lengths = index.lengths[self._members]
+        batching = self._window_fields() if self._windows is not None else self._bucket_fields()
+        report = Report(
+            source=source.where, files=source.file_count, rows=index.rows,
+            sequences=len(lengths), timesteps=int(lengths.sum()),
+            empty_sequences_dropped=index.empty_sequences_dropped, filled_values=None,
+            missing_labels=(missing_labels(index.present, self._in_part, index.lengths,
+                                           self.config.levels) if index.present else None),
+            seed=self.seed, streamed=source.streamed, split=self.split,
+            source_sequences=len(index.ids), statistics=self.statistics, **batching)
+        return dataclasses.replace(report, **source.report_fields)
+
+    def _bucket_fields(self) -> dict:
+        """The report's truncation and batching figures for whole sequences."""
+        members = self._members
+        kept, lengths = self.kept_steps.length[members], self.source.index.lengths[members]
         plan = self.plan(0)  # made and kept by _build
+        if not plan.batches:
+            raise DataError(
+                f"batching.drop_remainder leaves no batch: no bucket holds "
+                f"batching.batch_size={self.config.batching.batch_size} of the "
+                f"{len(members):,} sequences. Lower batch_size, use fewer buckets, "
+                f"or set drop_remainder: false.")
         # For comparison: batches cut with no regard to length, as a plain shuffle makes them.
         size = int(self._batch_sizes(np.zeros(len(kept), dtype=np.int64))[0])
         order = (np.random.default_rng(0).permutation(len(kept))
                  if self.config.shuffle.buffer_size else np.arange(len(kept)))
         blind = [order[i:i + size] for i in range(0, len(kept), size)]
-        report = Report(
-            source=source.where, files=source.file_count, rows=index.rows, sequences=len(lengths),
-            timesteps=int(lengths.sum()),
-            empty_sequences_dropped=index.empty_sequences_dropped,
+        return dict(
             truncated_sequences=int((kept < lengths).sum()),
             truncated_timesteps=int((lengths - kept).sum()),
-            filled_values=None,
-            missing_labels=(missing_labels(index.present, self._in_part, index.lengths,
-                                           self.config.levels) if index.present else None),
             bucket_boundaries=self.bucket_boundaries, batches_per_epoch=len(plan.batches),
             sequences_dropped_per_epoch=plan.dropped_sequences,
             padding_waste=padding_waste(self.kept_steps.length, plan.batches),
-            padding_waste_unbucketed=padding_waste(kept, blind), seed=self.seed,
-            streamed=source.streamed, split=self.split, source_sequences=len(index.ids),
-            statistics=self.statistics)
-        if not plan.batches:
-            raise DataError(
-                f"batching.drop_remainder leaves no batch: no bucket holds "
-                f"batching.batch_size={self.config.batching.batch_size} of the "
-                f"{report.sequences:,} sequences. Lower batch_size, use fewer buckets, "
-                f"or set drop_remainder: false.")
-        return dataclasses.replace(report, **source.report_fields)
+            padding_waste_unbucketed=padding_waste(kept, blind))
 
-
-    def _window_report(self) -> Report:
-        index, members, source = self.source.index, self._members, self.source
-        windows, counts = typing.cast(Windows, self._windows), self._window_counts
-        lengths = index.lengths[members]
-        history = typing.cast(WindowsConfig, self.config.windows).history
-        waste = padded_history(windows) / (len(windows) * history)
-        report = Report(
-            source=source.where, files=source.file_count, rows=index.rows,
-            sequences=len(members), timesteps=int(lengths.sum()),
-            empty_sequences_dropped=index.empty_sequences_dropped, truncated_sequences=0,
-            truncated_timesteps=0, filled_values=None,
-            missing_labels=(missing_labels(index.present, self._in_part, index.lengths,
-                                           self.config.levels) if index.present else None),
-            bucket_boundaries=(), batches_per_epoch=self._window_batches(),
-            sequences_dropped_per_epoch=0, padding_waste=waste,
-            padding_waste_unbucketed=waste, seed=self.seed, streamed=source.streamed,
-            split=self.split, source_sequences=len(index.ids), statistics=self.statistics,
-            windows=counts)
-        if not report.batches_per_epoch:
+    def _window_fields(self) -> dict:
+        """The report's batching figures for windows, and what cutting them did."""
+        windows = typing.cast(Windows, self._windows)
+        if not self._window_batches():
             raise DataError(
                 f"batching.drop_remainder leaves no batch: the {len(windows):,} windows do "
                 f"not fill one batch of batching.batch_size="
                 f"{self.config.batching.batch_size}. Lower batch_size or set "
                 f"drop_remainder: false.")
-        return dataclasses.replace(report, **source.report_fields)
+        history = typing.cast(WindowsConfig, self.config.windows).history
+        waste = padded_history(windows) / (len(windows) * history)
+        return dict(truncated_sequences=0, truncated_timesteps=0, bucket_boundaries=(),
+                    batches_per_epoch=self._window_batches(), sequences_dropped_per_epoch=0,
+                    padding_waste=waste, padding_waste_unbucketed=waste,
+                    windows=self._window_counts)
 
 
 def _check_replicas(config: PipelineConfig, same_shape_first: int) -> None:

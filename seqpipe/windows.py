@@ -26,7 +26,7 @@ import numpy as np
 
 from seqpipe import tuning
 from seqpipe._internal.buffers import SHARED, BufferPool
-from seqpipe.assemble import BatchPlaces, Block, weigh
+from seqpipe.assemble import BatchPlaces, Block, put_per_sequence, weigh
 from seqpipe.config import PipelineConfig, WindowsConfig
 from seqpipe.errors import DataError
 from seqpipe.report import WindowCounts
@@ -143,11 +143,17 @@ def _padded(windows: Windows, w: WindowsConfig) -> int:
 
 def padded_history(windows: Windows) -> int:
     """History timesteps of every window that lie before its sequence: padding."""
-    w, total, step = windows.config, 0, 1 << 20
+    w = windows.config
+    return sum(int(np.maximum(w.history + w.horizon - 1 - end, 0).sum())
+               for _, end in _every_window(windows))
+
+
+def _every_window(windows: Windows) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(sequence, end) of every window, a slice at a time, so that a pass over millions
+    of windows holds a few MB."""
+    step = 1 << 20
     for a in range(0, len(windows), step):
-        _, end = windows.locate(np.arange(a, min(a + step, len(windows))))
-        total += int(np.maximum(w.history + w.horizon - 1 - end, 0).sum())
-    return total
+        yield windows.locate(np.arange(a, min(a + step, len(windows))))
 
 
 def batches_per_epoch(windows: int, batch_size: int, drop_remainder: bool,
@@ -249,14 +255,13 @@ def valid_targets(windows: Windows, present: np.ndarray, offsets: np.ndarray,
     counts in each): `global_mean`'s numerator."""
     if level == "sequence":
         return int((windows.counts() * present[windows.members]).sum())
-    w = windows.config
+    targets = windows.config.targets
     cumulative = np.concatenate([[0], np.cumsum(present, dtype=np.int64)])
-    total, step = 0, 1 << 20
-    for a in range(0, len(windows), step):
-        sequence, end = windows.locate(np.arange(a, min(a + step, len(windows))))
+    total = 0
+    for sequence, end in _every_window(windows):
         base = offsets[sequence]
         total += int((cumulative[base + end + 1]
-                      - cumulative[base + np.maximum(end - w.targets + 1, 0)]).sum())
+                      - cumulative[base + np.maximum(end - targets + 1, 0)]).sum())
     return total
 
 
@@ -371,13 +376,13 @@ class WindowAssembler:
         for name in config.inputs:
             values, out = chunk.features[name], block.x[name]
             if axes[name] == "sequence":
-                _per_sequence(values, local, out, rows)
+                put_per_sequence(values, local, out, rows)
             else:
                 source, dest, count = runs[axes[name]]
                 copy_runs(values, source, out, dest, count)
         for name in config.outputs:
             if axes[name] == "sequence":
-                _per_sequence(chunk.labels[name], local, block.y[name], rows)
+                put_per_sequence(chunk.labels[name], local, block.y[name], rows)
                 block.valid[name][rows] = chunk.present[name][local]
                 continue
             source, dest, count = runs[axes[name]]
@@ -403,15 +408,6 @@ class WindowAssembler:
             if axes[name] == "timestep":
                 block.y[name][at] = config.padding.value
                 block.valid[name][at] = False
-
-
-def _per_sequence(values, local: np.ndarray, out: np.ndarray, rows: np.ndarray) -> None:
-    """Each window's row of a per-sequence input or label: its sequence's."""
-    if isinstance(values, tuple):
-        for j, column in enumerate(values):
-            out[rows, j] = column[local]
-    else:
-        out[rows] = values[local]
 
 
 def _windows_of(config: PipelineConfig) -> WindowsConfig:

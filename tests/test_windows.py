@@ -700,3 +700,16 @@ def test_model_fit_on_windows_runs_on_a_mirrored_strategy_over_two_cpus(tmp_path
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2
     assert len(result["loss"]) == 2 and all(np.isfinite(result["loss"]))
+
+
+def test_a_source_that_changed_since_building_is_a_clear_error(tmp_path):
+    frame = stores().sort_values(["store", "day"])
+    path = tmp_path / "sorted.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=40)
+    pipeline = Pipeline(config(str(path)))
+    assert pipeline.report.streamed
+    shorter = frame.groupby("store").head(20)
+    pq.write_table(pa.Table.from_pandas(shorter, preserve_index=False), path, row_group_size=40)
+    with pytest.raises(DataError, match=r"sorted\.parquet changed since the dataset was built "
+                                        r".*Build the dataset \(or Pipeline\) again"):
+        list(pipeline.batches(0))
