@@ -285,7 +285,7 @@ class WindowAssembler:
         self.config, self.windows, self.plan = config, windows, plan
         self.lengths, self.mean_valid, self.buffers = lengths, mean_valid, buffers
         w = _windows_of(config)
-        self.history, self.horizon, self.targets = w.history, w.horizon, w.targets
+        self.history, self.horizon = w.history, w.horizon
 
     def blocks(self, chunks: Iterable[tuple[int, Sequences]]) -> Iterator[Block]:
         """Yields the epoch's blocks in plan order, reading chunks as they are needed, and
