@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from seqpipe.batching import auto_boundaries, batch_sizes, bucket_of, padding_waste, plan_epoch
-from seqpipe.config import PipelineConfig, load_config
+from seqpipe.config import PipelineConfig, WindowsConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError
 from seqpipe.regroup import status
 from seqpipe.report import WindowCounts
@@ -231,15 +232,21 @@ def _windows(config: PipelineConfig, ids: Any, lengths: np.ndarray,
     """The windows of every part, what they drop and pad; empty without windows."""
     if config.windows is None:
         return {}
+    batching = config.batching
+
+    def counted(in_part, part=None):
+        counts = part_windows(lengths, typing.cast(WindowsConfig, config.windows), in_part,
+                              part, before)[1]
+        dropped = counts.windows % batching.batch_size if batching.drop_remainder else 0
+        return dataclasses.replace(counts, dropped_per_epoch=dropped)
+
     everything = np.ones(len(lengths), dtype=bool)
     if before is not None:
-        return {part: part_windows(lengths, config.windows, everything, part, before)[1]
-                for part in ("train", "validation")}
+        return {part: counted(everything, part) for part in ("train", "validation")}
     if ids is None or not config.split.by_id:
-        return {"all": part_windows(lengths, config.windows, everything)[1]}
+        return {"all": counted(everything)}
     parts = part_of(ids, config.split)
-    return {part: part_windows(lengths, config.windows, parts == k)[1]
-            for k, part in enumerate(PARTS) if (parts == k).any()}
+    return {part: counted(parts == k) for k, part in enumerate(PARTS) if (parts == k).any()}
 
 
 def _parts(ids, config: PipelineConfig) -> dict:
@@ -384,7 +391,7 @@ def format_inspection(found: Inspection) -> str:
 def _window_lines(found: Inspection) -> list[str]:
     lines = []
     for part, counts in found.windows.items():
-        batches = -(-counts.windows // found.batch_size)
+        batches = -(-(counts.windows - counts.dropped_per_epoch) // found.batch_size)
         lines.append(f"windows: {part}: {counts.windows:,} per epoch ({batches:,} batches of "
                      f"{found.batch_size}), {counts.padded:,} padded at the front")
         lines += [f"  {change}" for change in counts.changes()]
