@@ -98,6 +98,9 @@ class Assembler:
       lengths: (n,) every sequence's timesteps before truncation.
       kept: (n,) timesteps kept by truncation.
       mean_valid: output -> valid labels per batch over the epoch (for global_mean).
+      shapes: each batch's rows and timesteps (`batching.static_shapes`), instead of its
+        sequences and their longest; rows past the sequences are left empty (all padding,
+        weight 0).
       same_shape_first: pad the epoch's first this many batches to `batching.batch_size`
         rows of `padding.maxlen` timesteps, rows past their sequences left empty (all
         padding, weight 0). For several replicas: Keras 3 averages the first batch of every
@@ -108,6 +111,7 @@ class Assembler:
 
     def __init__(self, config: PipelineConfig, plan: EpochPlan, lengths: np.ndarray,
                  kept: np.ndarray, mean_valid: Mapping[str, float],
+                 shapes: Optional[tuple[np.ndarray, np.ndarray]] = None,
                  same_shape_first: int = 0, buffers: BufferPool = SHARED) -> None:
         self.config, self.plan, self.mean_valid = config, plan, mean_valid
         self.buffers = buffers
@@ -118,6 +122,8 @@ class Assembler:
         steps = (np.maximum.reduceat(kept[members], first) if len(members)
                  else np.empty(0, np.int64))
         sizes = counts.copy()  # rows of each batch: its sequences, and empty rows
+        if shapes is not None:
+            sizes, steps = shapes[0].astype(np.int64), shapes[1].astype(np.int64)
         if same_shape_first:
             sizes[:same_shape_first] = config.batching.batch_size
             steps[:same_shape_first] = config.padding.maxlen or 0  # required with replicas

@@ -55,8 +55,26 @@ def bucket_of(lengths: np.ndarray, boundaries) -> np.ndarray:
     return np.searchsorted(np.asarray(boundaries), lengths, side="right")
 
 
-def auto_boundaries(lengths: np.ndarray) -> tuple[int, ...]:
+def padded_lengths(boundaries: tuple[int, ...], maxlen: int) -> np.ndarray:
+    """With `static_shapes`, the timesteps every batch of each bucket pads to: the longest
+    length the bucket holds (its upper boundary - 1), the last bucket `maxlen`. As tf.data's
+    `bucket_by_sequence_length(pad_to_bucket_boundary=True)`, with a last bucket.
+
+    Example:
+      >>> padded_lengths((10, 50), 200).tolist()
+      [9, 49, 200]
+    """
+    return np.minimum(np.array(list(boundaries) + [maxlen + 1], dtype=np.int64) - 1, maxlen)
+
+
+def auto_boundaries(lengths: np.ndarray, last: int | None = None,
+                    batch_size: int = 0) -> tuple[int, ...]:
     """Bucket boundaries that minimise padding when each batch pads to its bucket's longest.
+
+    With `static_shapes` (`last` = maxlen, and the `batch_size`), under that rule instead:
+    the last bucket pads to `last` (every other one already pads to its boundary - 1), and
+    each bucket's last batch of an epoch, half empty on average, counts as `batch_size / 2`
+    empty rows of its padded length.
 
     Tries 1 to `MAX_AUTO_BUCKETS` buckets (an exact dynamic programme over candidate edges)
     and keeps the fewest whose padding is within `AUTO_BUCKET_GAIN` of the best. The answer
@@ -68,11 +86,12 @@ def auto_boundaries(lengths: np.ndarray) -> tuple[int, ...]:
       (3,)
     """
     lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-    key = hashlib.blake2b(lengths.data, digest_size=16).digest()
+    key = (hashlib.blake2b(lengths.data, digest_size=16).digest(), last, batch_size)
     with _AUTO_LOCK:
         found = _AUTO.get(key)
     if found is None:
-        found = _solve_boundaries(lengths)  # outside the lock: pipelines build in parallel
+        # outside the lock: pipelines build in parallel
+        found = _solve_boundaries(lengths, last, batch_size)
         with _AUTO_LOCK:
             _AUTO[key] = found
             while len(_AUTO) > tuning.TUNING.auto_kept:
@@ -86,12 +105,16 @@ _AUTO: dict = {}
 _AUTO_LOCK = threading.Lock()
 
 
-def _solve_boundaries(lengths: np.ndarray) -> tuple[int, ...]:
+def _solve_boundaries(lengths: np.ndarray, last: int | None,
+                      batch_size: int) -> tuple[int, ...]:
     ordered = np.sort(lengths)
     values = np.unique(ordered)
     if len(values) > AUTO_CANDIDATES:
         values = np.unique(np.quantile(ordered, np.linspace(0, 1, AUTO_CANDIDATES),
                                        method="higher")).astype(np.int64)
+    padded_to = values.copy()  # what a bucket ending at each candidate pads to
+    if last is not None and len(values):
+        padded_to[-1] = max(last, int(values[-1]))
     # count[j + 1], real[j + 1]: how many lengths are <= values[j], and their sum.
     count = np.searchsorted(ordered, np.concatenate([[-1], values]), side="right")
     real = np.concatenate([[0], np.cumsum(ordered)])[count]
@@ -99,7 +122,8 @@ def _solve_boundaries(lengths: np.ndarray) -> tuple[int, ...]:
     # padded to values[j]; infinite where a > j (an empty bucket). Rows by the bucket's
     # end, so that each step below takes its minimum along contiguous rows.
     j, a = np.arange(len(values))[:, None], np.arange(len(values))[None, :]
-    cost = values[j] * (count[j + 1] - count[a]) - (real[j + 1] - real[a])
+    empty_rows = batch_size / 2 if last is not None else 0
+    cost = padded_to[j] * (count[j + 1] - count[a] + empty_rows) - (real[j + 1] - real[a])
     cost = np.where(a <= j, cost, np.inf)
     best = cost[:, 0].copy()
     choices: list = [None]  # choices[k]: where bucket k starts, for k extra buckets
@@ -122,9 +146,10 @@ def _solve_boundaries(lengths: np.ndarray) -> tuple[int, ...]:
 
 
 def batch_sizes(lengths: np.ndarray, buckets: np.ndarray, n_buckets: int,
-                batching: BatchingConfig) -> np.ndarray:
+                batching: BatchingConfig, padded: np.ndarray | None = None) -> np.ndarray:
     """Sequences per batch in each bucket: `batch_size`, lowered by `max_timesteps` so that a
-    batch padded to its bucket's longest sequence holds at most that many timesteps.
+    batch padded to its bucket's longest sequence (or to `padded[bucket]`, with
+    `static_shapes`) holds at most that many timesteps.
 
     Example:
       >>> batch_sizes(np.array([3, 10, 40]), np.array([0, 1, 1]), 2,
@@ -135,6 +160,8 @@ def batch_sizes(lengths: np.ndarray, buckets: np.ndarray, n_buckets: int,
     if batching.max_timesteps is not None:
         longest = np.zeros(n_buckets, dtype=np.int64)
         np.maximum.at(longest, buckets, lengths)
+        if padded is not None:
+            longest = np.asarray(padded, dtype=np.int64)
         sizes = np.minimum(sizes, batching.max_timesteps // np.maximum(longest, 1))
     return np.maximum(sizes, 1)
 
@@ -271,12 +298,25 @@ def _in_order(buckets, sizes):
     return full, blocks, left
 
 
-def padding_waste(lengths: np.ndarray, batches: list) -> float:
-    """Padded timesteps / all timesteps over the given batches (each padded to its longest)."""
+def batch_shapes(batches: list, bucket: np.ndarray, sizes: np.ndarray,
+                 padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """With `static_shapes`, each batch's rows and timesteps: its bucket's batch size and
+    padded length. `bucket` holds the bucket of every sequence the batches name."""
+    of_batch = bucket[[int(b[0]) for b in batches]]
+    return sizes[of_batch], padded[of_batch]
+
+
+def padding_waste(lengths: np.ndarray, batches: list,
+                  shapes: tuple[np.ndarray, np.ndarray] | None = None) -> float:
+    """Padded timesteps / all timesteps over the given batches: each padded to its longest,
+    or to `shapes` (each batch's rows and timesteps, with `static_shapes`)."""
     if not batches:
         return 0.0
     sizes = np.array([len(b) for b in batches])
     members = lengths[np.concatenate(batches)]
-    longest = np.maximum.reduceat(members, np.concatenate([[0], np.cumsum(sizes)[:-1]]))
-    total = float((sizes * longest).sum())
+    if shapes is None:
+        longest = np.maximum.reduceat(members, np.concatenate([[0], np.cumsum(sizes)[:-1]]))
+        total = float((sizes * longest).sum())
+    else:
+        total = float((shapes[0] * shapes[1]).sum())
     return 1.0 - float(members.sum()) / total if total else 0.0

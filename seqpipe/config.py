@@ -262,6 +262,12 @@ class BatchingConfig(Section):
         None, "Token budget: each batch holds at most this many padded timesteps, so "
         "buckets of short sequences get larger batches. null: batch_size alone decides.",
         check=lambda v: v is None or v > 0, rule="must be a positive integer or null")
+    static_shapes: bool = field(
+        False, "For XLA (jit_compile, JAX, TPUs), which compiles once per shape: every batch "
+        "of a bucket pads to the longest length the bucket holds (its upper boundary - 1; "
+        "the last bucket to padding.maxlen, then required) and to the bucket's full batch "
+        "size, the rows of a last, smaller batch left empty with weight 0. An epoch then has "
+        "at most one shape per bucket.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,9 +376,13 @@ class PipelineConfig(Section):
         return axes
 
     def steps(self, axis: str) -> Optional[int]:
-        """Timesteps of every batch on `axis` when fixed (windows), else None."""
-        if self.windows is None or axis == "sequence":
+        """Timesteps of every batch on `axis` when fixed, else None: with windows, and with
+        `static_shapes` over one bucket (`padding.maxlen`)."""
+        if axis == "sequence":
             return None
+        if self.windows is None:
+            static = self.batching.static_shapes and not self.batching.bucket_boundaries
+            return self.padding.maxlen if static else None
         return self.windows.history if axis == "timestep" else self.windows.horizon
 
     def to_dict(self) -> dict:
@@ -507,6 +517,11 @@ def _check_batching(config: PipelineConfig) -> None:
         raise ConfigError(
             f"batching.bucket_boundaries must not exceed padding.maxlen ({maxlen}), because "
             f"no sequence is longer than maxlen after truncation. Received: {list(boundaries)}")
+    if batching.static_shapes and maxlen is None and config.windows is None:
+        raise ConfigError(
+            "batching.static_shapes pads the last bucket to padding.maxlen, so it needs one: "
+            "set padding.maxlen to the longest sequence you keep (longer ones are truncated "
+            "and counted in the report).")
 
 
 def _check_windows(config: PipelineConfig) -> None:

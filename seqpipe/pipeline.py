@@ -23,14 +23,17 @@ from seqpipe.assemble import Assembler, Block
 from seqpipe.batching import (
     EpochPlan,
     auto_boundaries,
+    batch_shapes,
     batch_sizes,
     bucket_of,
     in_multiples,
+    padded_lengths,
     padding_waste,
     plan_epoch,
     truncate,
 )
 from seqpipe.config import (
+    BatchingConfig,
     PipelineConfig,
     ShuffleConfig,
     WindowsConfig,
@@ -88,12 +91,16 @@ def batch_structure(config: PipelineConfig) -> Any:
     Numeric inputs and labels are float32, categorical ones int32 ids without a last axis
     (inputs) or with one (labels, as Keras's sparse losses take them), the
     `padding.mask` input bool. With windows, the time axes are static: `windows.history`,
-    or `windows.horizon` for future inputs and labels."""
-    axes = config.axes
+    or `windows.horizon` for future inputs and labels. With `batching.static_shapes`, the
+    batch axis is `batch_size` (unless `max_timesteps` sizes batches per bucket), and
+    the time axis of whole sequences is `padding.maxlen` when there is one bucket."""
+    axes, batching = config.axes, config.batching
+    static = batching.static_shapes and batching.max_timesteps is None
+    rows = batching.batch_size if static else None
 
     def spec(name, tail, dtype="float32"):
         axis = axes[name]
-        lead = [None] if axis == "sequence" else [None, config.steps(axis)]
+        lead = [rows] if axis == "sequence" else [rows, config.steps(axis)]
         return {"shape": lead + list(tail), "dtype": dtype}
 
     x = {name: spec(name, s.tail, s.dtype) for name, s in config.inputs.items()}
@@ -186,9 +193,13 @@ class Pipeline:
         # source's index), so a part's batches do not depend on the other parts.
         self._members = np.flatnonzero(self._in_part)
         kept = self.kept_steps.length[self._members]
-        self.bucket_boundaries = (() if self._windows is not None else
-                                  _boundaries(kept, self.config.batching.bucket_boundaries))
+        static = config.batching.static_shapes and self._windows is None
+        self.bucket_boundaries = (() if self._windows is not None else _boundaries(
+            kept, config.batching, config.padding.maxlen if static else None))
         self._buckets = bucket_of(kept, self.bucket_boundaries)
+        # static_shapes: the timesteps every batch of each bucket pads to.
+        self._padded = (padded_lengths(self.bucket_boundaries, typing.cast(
+            int, config.padding.maxlen)) if static else None)
         self._sizes = self._batch_sizes(self._buckets)
         self.seed = _seed(self.config.shuffle)
         self.statistics = self._statistics(statistics)
@@ -242,8 +253,17 @@ class Pipeline:
         mean_valid = {name: self._mean_valid_per_batch(name, plan)
                       for name in self.config.outputs}
         assembler = Assembler(self.config, plan, self.source.index.lengths,
-                              self.kept_steps.length, mean_valid, self.same_shape_first)
+                              self.kept_steps.length, mean_valid, self._shapes(plan),
+                              self.same_shape_first)
         yield from assembler.blocks(chunks)
+
+    def _shapes(self, plan: EpochPlan) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """With `static_shapes`, each batch's rows and timesteps: its bucket's."""
+        if self._padded is None:
+            return None
+        bucket = np.zeros(len(self.kept_steps.length), dtype=np.int64)
+        bucket[self._members] = self._buckets
+        return batch_shapes(plan.batches, bucket, self._sizes, self._padded)
 
     def batches(self, epoch: int = 0) -> Iterator[Batch]:
         """Yields the padded, weighted batches of one epoch."""
@@ -403,7 +423,7 @@ class Pipeline:
     def _batch_sizes(self, buckets: np.ndarray) -> np.ndarray:
         kept = self.kept_steps.length[self._members]
         sizes = batch_sizes(kept, buckets, len(self.bucket_boundaries) + 1,
-                            self.config.batching)
+                            self.config.batching, self._padded)
         budget = self.config.batching.max_timesteps
         if budget is not None and kept.max() > budget:
             longest = int(self._members[np.argmax(kept)])
@@ -487,17 +507,23 @@ class Pipeline:
                 f"{len(members):,} sequences. Lower batch_size, use fewer buckets, "
                 f"or set drop_remainder: false.")
         # For comparison: batches cut with no regard to length, as a plain shuffle makes them.
-        size = int(self._batch_sizes(np.zeros(len(kept), dtype=np.int64))[0])
+        # With static_shapes, each such batch pads to batch size x maxlen.
+        one = None if self._padded is None else self._padded[-1:]
+        size = int(batch_sizes(kept, np.zeros(len(kept), dtype=np.int64), 1,
+                               self.config.batching, one)[0])
         order = (np.random.default_rng(0).permutation(len(kept))
                  if self.config.shuffle.buffer_size else np.arange(len(kept)))
         blind = [order[i:i + size] for i in range(0, len(kept), size)]
+        blind_shapes = None if one is None else (np.full(len(blind), size),
+                                                 np.full(len(blind), one[0]))
         return dict(
             truncated_sequences=int((kept < lengths).sum()),
             truncated_timesteps=int((lengths - kept).sum()),
             bucket_boundaries=self.bucket_boundaries, batches_per_epoch=len(plan.batches),
             sequences_dropped_per_epoch=plan.dropped_sequences,
-            padding_waste=padding_waste(self.kept_steps.length, plan.batches),
-            padding_waste_unbucketed=padding_waste(kept, blind))
+            padding_waste=padding_waste(self.kept_steps.length, plan.batches,
+                                        self._shapes(plan)),
+            padding_waste_unbucketed=padding_waste(kept, blind, blind_shapes))
 
     def _window_fields(self) -> dict:
         """The report's batching figures for windows, and what cutting them did."""
@@ -532,8 +558,11 @@ def _warn_leaked_labels(config: PipelineConfig) -> None:
             config.outputs[name].column, name)
 
 
-def _boundaries(kept: np.ndarray, configured: Any) -> tuple[int, ...]:
-    return tuple((auto_boundaries(kept) if configured == "auto" else configured) or ())
+def _boundaries(kept: np.ndarray, batching: BatchingConfig,
+                last: Optional[int]) -> tuple[int, ...]:
+    if batching.bucket_boundaries == "auto":
+        return auto_boundaries(kept, last, batching.batch_size if last else 0)
+    return tuple(batching.bucket_boundaries or ())
 
 
 def _seed(shuffle: ShuffleConfig) -> Optional[int]:

@@ -319,29 +319,37 @@ class WindowAssembler:
 
     def _gather(self, held: collections.deque, sequence: np.ndarray, end: np.ndarray,
                 batch_rows: np.ndarray) -> Block:
-        block = self._allocate(sequence, end, batch_rows)
+        # static_shapes: every batch has batch_size rows, those past its windows empty.
+        shape_rows = (np.full_like(batch_rows, self.config.batching.batch_size)
+                      if self.config.batching.static_shapes else batch_rows)
+        empty = shape_rows - batch_rows
+        dest = np.arange(len(sequence)) + np.repeat(np.cumsum(empty) - empty, batch_rows)
+        block = self._allocate(sequence, end, batch_rows, shape_rows)
         firsts = np.array([first for first, _ in held])
         where = np.searchsorted(firsts, sequence, side="right") - 1
         for c in np.unique(where).tolist():
             first, chunk = held[c]
             rows = (np.arange(len(sequence)) if len(held) == 1
                     else np.flatnonzero(where == c))
-            self._copy(block, chunk, sequence[rows] - first, end[rows], rows)
-        self._pad(block, end)
+            self._copy(block, chunk, sequence[rows] - first, end[rows], dest[rows])
+        self._pad(block, end, dest)
+        if empty.any():
+            first_row = block.places.start["sequence"]
+            self._empty(block, ranges(first_row + batch_rows, empty))
         for name in self.config.outputs:
             block.sample_weight[name] = weigh(block, name, self.config, self.mean_valid[name],
                                               self.buffers)
         return block
 
-    def _allocate(self, sequence: np.ndarray, end: np.ndarray,
-                  batch_rows: np.ndarray) -> Block:
-        config, rows = self.config, len(sequence)
+    def _allocate(self, sequence: np.ndarray, end: np.ndarray, batch_rows: np.ndarray,
+                  shape_rows: np.ndarray) -> Block:
+        config, rows = self.config, int(shape_rows.sum())
         count = len(batch_rows)
         steps = {"timestep": self.history, "future": self.horizon}
-        first_row = np.cumsum(batch_rows) - batch_rows
+        first_row = np.cumsum(shape_rows) - shape_rows
         places = BatchPlaces({"sequence": first_row,
                               **{a: first_row * t for a, t in steps.items()}},
-                             batch_rows, {a: np.full(count, t) for a, t in steps.items()})
+                             shape_rows, {a: np.full(count, t) for a, t in steps.items()})
         axes = config.axes
 
         def positions(name):
@@ -355,7 +363,7 @@ class WindowAssembler:
                                                             else ()), spec.dtype)
              for name, spec in config.outputs.items()}
         valid = {name: np.empty(positions(name), dtype=bool) for name in config.outputs}
-        cut = first_row[1:]
+        cut = (np.cumsum(batch_rows) - batch_rows)[1:]
         return Block(places, np.split(sequence, cut), x, y, valid, {}, 0, config.levels,
                      ends=np.split(end, cut))
 
@@ -389,18 +397,18 @@ class WindowAssembler:
             copy_runs(chunk.labels[name], source, block.y[name], dest, count)
             copy_runs(chunk.present[name], source, block.valid[name], dest, count)
 
-    def _pad(self, block: Block, end: np.ndarray) -> None:
+    def _pad(self, block: Block, end: np.ndarray, dest: np.ndarray) -> None:
         """Padding values (and weight 0) at the history timesteps before a sequence, and
-        the mask."""
+        the mask, for the windows at rows `dest` of the block."""
         config, axes = self.config, self.config.axes
         lead = np.maximum(self.horizon + self.history - 1 - end, 0)
         if config.padding.mask:
             real = np.arange(self.history)[None, :] >= lead[:, None]
-            block.x[config.padding.mask][:] = real.reshape(-1)
+            block.x[config.padding.mask].reshape(-1, self.history)[dest] = real
         padded = np.flatnonzero(lead)
         if not len(padded):
             return
-        at = ranges(padded * self.history, lead[padded])
+        at = ranges(dest[padded] * self.history, lead[padded])
         for name, spec in config.inputs.items():
             if axes[name] == "timestep":
                 block.x[name][at] = 0 if spec.categorical else config.padding.value
@@ -408,6 +416,20 @@ class WindowAssembler:
             if axes[name] == "timestep":
                 block.y[name][at] = config.padding.value
                 block.valid[name][at] = False
+
+
+    def _empty(self, block: Block, rows: np.ndarray) -> None:
+        """Rows of no window (`static_shapes`): padding everywhere, no label, no mask."""
+        config, axes = self.config, self.config.axes
+        steps = {"timestep": self.history, "future": self.horizon, "sequence": 1}
+        at = {a: ranges(rows * t, np.full(len(rows), t)) for a, t in steps.items()}
+        for name, spec in config.inputs.items():
+            block.x[name][at[axes[name]]] = 0 if spec.categorical else config.padding.value
+        if config.padding.mask:
+            block.x[config.padding.mask][at["timestep"]] = False
+        for name in config.outputs:
+            block.y[name][at[axes[name]]] = config.padding.value
+            block.valid[name][at[axes[name]]] = False
 
 
 def _windows_of(config: PipelineConfig) -> WindowsConfig:

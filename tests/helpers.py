@@ -160,3 +160,11 @@ def same_batches(a, b, epoch: int = 0) -> list:
                 np.testing.assert_array_equal(values, getattr(right, part)[name])
         sizes.append(len(left.ids))
     return sizes
+
+
+def keras_batch_loss(model, x, y, sample_weight) -> dict:
+    """The losses Keras reports for one batch, on every supported Keras: `test_on_batch`
+    after `reset_metrics()` (before Keras 3.15, `test_on_batch` keeps a running mean over
+    the calls since the last reset)."""
+    model.reset_metrics()
+    return model.test_on_batch(x, y, sample_weight, return_dict=True)

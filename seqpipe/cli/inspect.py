@@ -20,7 +20,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from seqpipe.batching import auto_boundaries, batch_sizes, bucket_of, padding_waste, plan_epoch
+from seqpipe.batching import (
+    auto_boundaries,
+    batch_shapes,
+    batch_sizes,
+    bucket_of,
+    padded_lengths,
+    padding_waste,
+    plan_epoch,
+)
 from seqpipe.config import PipelineConfig, WindowsConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError
 from seqpipe.regroup import status
@@ -301,16 +309,20 @@ def _label_missing(table: pa.Table, output) -> Any:
 def _paddings(kept: np.ndarray, config: PipelineConfig, from_file: bool) -> list:
     batching, shuffle = config.batching, config.shuffle
     rng = np.random.default_rng(shuffle.seed if shuffle.seed is not None else 0)
-    size = int(batch_sizes(kept, np.zeros(len(kept), dtype=np.int64), 1, batching)[0])
+    maxlen = config.padding.maxlen if batching.static_shapes else None
+    one = None if maxlen is None else padded_lengths((), maxlen)
+    size = int(batch_sizes(kept, np.zeros(len(kept), dtype=np.int64), 1, batching, one)[0])
     blind = np.split(rng.permutation(len(kept)), np.arange(size, len(kept), size))
+    shapes = None if one is None else batch_shapes(blind, np.zeros(len(kept), np.int64),
+                                                   np.array([size]), one)
     found = [Padding("no buckets, batches cut in random order", None,
-                     padding_waste(kept, blind))]
+                     padding_waste(kept, blind, shapes))]
     configured = batching.bucket_boundaries
     if configured != "auto" and from_file:
         boundaries = tuple(configured or ())
         found.append(Padding(f"the config's bucket_boundaries ({list(boundaries) or 'null'})",
                              boundaries, _waste(kept, boundaries, config, rng)))
-    auto = auto_boundaries(kept)
+    auto = auto_boundaries(kept, maxlen, batching.batch_size if maxlen else 0)
     found.append(Padding(f"auto{' (the config)' if configured == 'auto' else ''}: {list(auto)}",
                          auto, _waste(kept, auto, config, rng)))
     return found
@@ -318,10 +330,13 @@ def _paddings(kept: np.ndarray, config: PipelineConfig, from_file: bool) -> list
 
 def _waste(kept: np.ndarray, boundaries: tuple, config: PipelineConfig, rng) -> float:
     buckets = bucket_of(kept, boundaries)
-    sizes = batch_sizes(kept, buckets, len(boundaries) + 1, config.batching)
+    maxlen = config.padding.maxlen if config.batching.static_shapes else None
+    padded = None if maxlen is None else padded_lengths(boundaries, maxlen)
+    sizes = batch_sizes(kept, buckets, len(boundaries) + 1, config.batching, padded)
     shuffled = rng if config.shuffle.buffer_size else None
     plan = plan_epoch(kept, buckets, sizes, config.batching, config.shuffle, shuffled)
-    return padding_waste(kept, plan.batches)
+    shapes = None if padded is None else batch_shapes(plan.batches, buckets, sizes, padded)
+    return padding_waste(kept, plan.batches, shapes)
 
 
 def histogram(lengths: np.ndarray, bins: int = HISTOGRAM_BINS) -> list[tuple[int, int, int]]:
