@@ -5,8 +5,8 @@ import typing
 
 import pytest
 
-from seqpipe import config as config_module
 from seqpipe import ConfigError, PipelineConfig, SourceNotFoundError, load_config
+from seqpipe import config as config_module
 from tests.helpers import base_config
 
 ISSUE_YAML = """

@@ -9,11 +9,17 @@ import pyarrow.compute as pc
 import pytest
 import tensorflow as tf
 
-from seqpipe import (ConfigError, DataError, SourceNotFoundError, build_dataset, load_config,
-                     load_materialized, materialize)
+from seqpipe import (
+    ConfigError,
+    DataError,
+    SourceNotFoundError,
+    build_dataset,
+    load_config,
+    load_materialized,
+    materialize,
+)
 from seqpipe.materialized.manifest import config_hash
-from tests.helpers import (base_config, long_table, nested_from_long, raw_sequences, scatter,
-                            write)
+from tests.helpers import base_config, long_table, nested_from_long, raw_sequences, scatter, write
 
 LENGTHS = np.random.default_rng(11).integers(1, 25, 150)
 SPLIT = {"validation": 0.2, "test": 0.2, "seed": 5}

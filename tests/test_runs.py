@@ -4,8 +4,15 @@ against the same copy written as one slice assignment per run."""
 import numpy as np
 import pytest
 
-from seqpipe._internal.runs import (ASCENDING, REPEATED, UNSORTED, copy_runs, fill_missing, run_starts,
-                          time_order)
+from seqpipe._internal.runs import (
+    ASCENDING,
+    REPEATED,
+    UNSORTED,
+    copy_runs,
+    fill_missing,
+    run_starts,
+    time_order,
+)
 
 
 def _runs(rng, rows_in, rows_out, n):
