@@ -145,7 +145,10 @@ def base_config(path=None, layout: str = "long", **sections) -> dict:
 
 def raw_sequences(table: pa.Table) -> dict:
     """id -> (codes in time order, labels in time order) straight from pyarrow, for checks."""
-    frame = table.to_pandas().sort_values(["id", "t"])
+    frame = table.to_pandas()
+    if frame["t"].dtype == np.float16:  # pandas 2.2 cannot sort by float16
+        frame["t"] = frame["t"].astype(np.float32)
+    frame = frame.sort_values(["id", "t"])
     return {key: (g["code"].to_numpy(), g["y"].to_numpy()) for key, g in frame.groupby("id")}
 
 
@@ -168,3 +171,21 @@ def keras_batch_loss(model, x, y, sample_weight) -> dict:
     the calls since the last reset)."""
     model.reset_metrics()
     return model.test_on_batch(x, y, sample_weight, return_dict=True)
+
+
+def child_json(tmp_path, script: str, *arguments, **env) -> dict:
+    """Runs `script` in a Python process of its own, with seqpipe importable and `env` set
+    (a backend, say), and returns the JSON its last line of output holds."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "child.py"
+    path.write_text(textwrap.dedent(script))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, str(path), *map(str, arguments)],
+                          env={**os.environ, "PYTHONPATH": repo, **env},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

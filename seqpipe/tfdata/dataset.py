@@ -18,6 +18,7 @@ import numpy as np
 
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, SeqpipeError
+from seqpipe.numpy_batches import NumpyBatches
 from seqpipe.pipeline import Pipeline, batch_structure
 from seqpipe.statistics import Statistics
 
@@ -31,9 +32,13 @@ from seqpipe.tfdata import handoff
 logger = logging.getLogger("seqpipe")
 
 
+FORMATS = ("tf", "grain", "numpy")
+
+
 def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathLike],
                   data: Any = None, split: Optional[str] = None, *, input_context: Any = None,
-                  read_early: bool = False, statistics: Optional[Statistics] = None):
+                  read_early: bool = False, statistics: Optional[Statistics] = None,
+                  format: str = "tf"):
     """Builds the `tf.data.Dataset` of `(x, y, sample_weight)` batches for `model.fit`.
 
     Every pass over the dataset is one epoch; epoch k is reshuffled with (seed, k), so the
@@ -56,6 +61,12 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
         such as validation data.
       statistics: the `seqpipe.Statistics` to scale and encode with (saved from training,
         say); None computes them from the train part (see `Pipeline`).
+      format: what to build, as Keras's `timeseries_dataset_from_array(format=...)`:
+        "tf", a `tf.data.Dataset`; "grain", a `grain.IterDataset` (`model.fit` takes it
+        on every backend from Keras 3.11; needs the `grain` extra); "numpy", a re-iterable
+        of NumPy batches (`seqpipe.numpy_batches.NumpyBatches`), for custom loops. Neither
+        of the last two imports TensorFlow; all three give the same batches, epoch by
+        epoch, for the same config and seed.
 
     Returns:
       A dataset whose elements are `(x, y, sample_weight)`: `x` maps input names to float32
@@ -76,6 +87,12 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
       dataset = strategy.distribute_datasets_from_function(
           lambda context: build_dataset("configs/train.yaml", input_context=context))
     """
+    if format not in FORMATS:
+        raise ConfigError(f"build_dataset: format must be one of {', '.join(FORMATS)}; "
+                          f"got {format!r}")
+    if format != "tf" and (input_context is not None or read_early):
+        raise ConfigError(f"build_dataset: input_context and read_early are for "
+                          f"format='tf' (tf.distribute, tf.data); got format={format!r}")
     if isinstance(config, Pipeline):
         if input_context is not None:
             raise ConfigError("input_context needs a config, not a Pipeline already built: "
@@ -87,6 +104,12 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
     else:
         pipeline = sharded_pipeline(config, input_context, data=data, split=split,
                                     statistics=statistics)
+    if format == "numpy":
+        return NumpyBatches(pipeline)
+    if format == "grain":
+        from seqpipe.grain_dataset import grain_batches
+
+        return grain_batches(pipeline)
     tf = tensorflow()
 
     config, token = pipeline.config, next(_TOKENS)
