@@ -7,6 +7,7 @@
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError, SourceNotFoundError
 from seqpipe.materialized.write import materialize
+from seqpipe.metrics import masked_metric
 from seqpipe.pipeline import Batch, Pipeline
 from seqpipe.predict import predict
 from seqpipe.report import Report
@@ -19,5 +20,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Batch", "ConfigError", "DataError", "Pipeline", "PipelineConfig", "Report",
     "SeqpipeError", "SourceNotFoundError", "Statistics", "build_dataset", "element_spec",
-    "load_config", "load_materialized", "materialize", "predict",
+    "load_config", "load_materialized", "masked_metric", "materialize", "predict",
 ]

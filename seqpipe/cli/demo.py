@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from seqpipe._internal import paths
 from seqpipe.config import load_config
+from seqpipe.metrics import masked_metric
 from seqpipe.pipeline import Pipeline
 from seqpipe.weights import sample_weight
 
@@ -105,8 +106,11 @@ def build_model(pipeline: Pipeline):
         keras.layers.Dense(16, activation="relu")(summary))
     model = keras.Model({"vitals": vitals, "age": age, **categories},
                         {"hr_change": hr_change, "mortality": mortality})
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),
-                  loss={"hr_change": "mse", "mortality": "binary_crossentropy"})
+    losses = {"hr_change": "mse", "mortality": "binary_crossentropy"}
+    # The true epoch loss per output, beside Keras's own (see `seqpipe.masked_metric`).
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=losses,
+                  weighted_metrics={name: [masked_metric(loss, name="masked")]
+                                    for name, loss in losses.items()})
     return model
 
 
@@ -146,13 +150,40 @@ def run_demo(cache_dir: Path, epochs: int = 3, patients: int = 2000,
     print("\n== the loss Keras reports vs the loss you meant (one batch) ==")
     batch = next(pipeline.batches(epoch=0))
     _print_loss_check(model, batch)
+    print("\n== the same over a whole epoch ==")
+    _print_epoch_check(model, pipeline, build_dataset(pipeline))
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
 
 
+def _batch_loss(model, x, y, sample_weight) -> dict:
+    """What Keras reports for one batch on every Keras 3: before 3.15, `test_on_batch`
+    keeps a running mean over the calls since the last `reset_metrics()`."""
+    model.reset_metrics()
+    return model.test_on_batch(x, y, sample_weight, return_dict=True)
+
+
+def _print_epoch_check(model, pipeline, dataset) -> None:
+    logs = model.evaluate(dataset, verbose=0, return_dict=True)
+    totals: dict = {name: [0.0, 0] for name in pipeline.config.outputs}
+    for batch in pipeline.batches(epoch=0):  # the epoch evaluate read: the dataset's first
+        predictions = model.predict_on_batch(batch.x)
+        for name, weights in batch.sample_weight.items():
+            valid = weights > 0
+            losses = elementwise_loss(name, batch.y[name], predictions[name])
+            totals[name][0] += float(losses[valid].sum())
+            totals[name][1] += int(valid.sum())
+    print(f"{'output':<11}{'Keras epoch loss':>18}{'masked_metric':>15}{'true masked mean':>18}")
+    for name, (total, count) in totals.items():
+        print(f"{name:<11}{logs[f'{name}_loss']:>18.4f}{logs[f'{name}_masked']:>15.4f}"
+              f"{total / max(count, 1):>18.4f}")
+    print("(Keras averages batch losses, weighting them by batch size on most backends; "
+          "seqpipe.masked_metric in weighted_metrics sums over the epoch's present labels)")
+
+
 def _print_loss_check(model, batch) -> None:
-    reported = model.test_on_batch(batch.x, batch.y, batch.sample_weight, return_dict=True)
+    reported = _batch_loss(model, batch.x, batch.y, batch.sample_weight)
     binary = {name: sample_weight("binary", w > 0) for name, w in batch.sample_weight.items()}
-    naive = model.test_on_batch(batch.x, batch.y, binary, return_dict=True)
+    naive = _batch_loss(model, batch.x, batch.y, binary)
     predictions = model.predict_on_batch(batch.x)
     print(f"{'output':<11}{'Keras reports':>15}{'true masked mean':>18}"
           f"{'0/1 weights would report':>26}")

@@ -1,0 +1,109 @@
+"""`seqpipe.masked_metric` against real Keras: over an epoch, the metric equals the mean of
+the per-element loss over present labels, computed by hand from the model's predictions.
+
+Backend-agnostic: the main suite runs it on TensorFlow (graph and eager), `.ci/run` again
+with KERAS_BACKEND=jax."""
+
+import keras
+import numpy as np
+import pytest
+
+import seqpipe
+from seqpipe import Pipeline, build_dataset, load_config
+from tests.helpers import base_config, long_table
+
+# Lengths and a batch size that make batches hold very different numbers of labels.
+LENGTHS = [30, 2, 3, 25, 1, 4, 28, 2, 5, 3, 27, 1, 2]
+
+
+def _config(mode):
+    raw = base_config(None)
+    raw["inputs"] = {"steps": {"columns": ["x"]}}
+    return load_config(raw, {"weights.mode": mode, "batching.batch_size": 4})
+
+
+def _model(run_eagerly=False):
+    steps = keras.Input((None, 1), name="steps")
+    hidden = keras.layers.Dense(4, activation="tanh")(steps)
+    y = keras.layers.Dense(1, name="y")(hidden)
+    died = keras.layers.Dense(1, activation="sigmoid", name="died")(
+        keras.layers.GlobalAveragePooling1D()(hidden))
+    model = keras.Model({"steps": steps}, {"y": y, "died": died})
+    model.compile(loss={"y": "mse", "died": "binary_crossentropy"},
+                  weighted_metrics={"y": [seqpipe.masked_metric("mse")],
+                                    "died": [seqpipe.masked_metric(
+                                        keras.losses.BinaryCrossentropy())]},
+                  run_eagerly=run_eagerly)
+    return model
+
+
+def _by_hand(model, batches):
+    """The epoch's mean loss over present labels, in float64 NumPy."""
+    losses = {"y": [], "died": []}
+    for batch in batches:
+        predicted = model.predict_on_batch(batch.x)
+        y = batch.y["y"].astype(np.float64)
+        mse = ((y - predicted["y"].astype(np.float64)) ** 2).mean(-1)
+        t = batch.y["died"].astype(np.float64)
+        q = np.clip(predicted["died"].astype(np.float64), 1e-7, 1 - 1e-7)
+        bce = -(t * np.log(q) + (1 - t) * np.log(1 - q)).mean(-1)
+        losses["y"].append(mse[batch.sample_weight["y"] > 0])
+        losses["died"].append(bce[batch.sample_weight["died"] > 0])
+    return {name: np.concatenate(values).mean() for name, values in losses.items()}
+
+
+# Graph and eager differ on TensorFlow only (the other backends have one way to run).
+EAGER = ([False, True] if keras.backend.backend() == "tensorflow" else [False])
+
+
+@pytest.mark.parametrize("mode", ["batch_mean", "global_mean", "binary", "sequence_mean"])
+@pytest.mark.parametrize("run_eagerly", EAGER, ids=["graph", "eager"][:len(EAGER)])
+def test_the_metric_is_the_masked_mean_over_the_epoch(mode, run_eagerly):
+    config = _config(mode)
+    table = long_table(LENGTHS, seed=3)
+    model = _model(run_eagerly)
+    # No shuffle: every pass over the data gives the same batches, so the epoch `evaluate`
+    # reads is the one computed by hand.
+    batches = list(Pipeline(config, table).batches(0))
+    assert len({int((b.sample_weight["y"] > 0).sum()) for b in batches}) > 2
+    logs = model.evaluate(build_dataset(config, table, format="numpy").epoch(0),
+                          verbose=0, return_dict=True, steps=len(batches))
+    expected = _by_hand(model, batches)
+    assert logs["y_masked_mse"] == pytest.approx(expected["y"], rel=1e-5)
+    assert logs["died_masked_binary_crossentropy"] == pytest.approx(expected["died"],
+                                                                   rel=1e-5)
+
+
+def test_keras_own_epoch_loss_is_not_the_masked_mean_here():
+    """Why the metric exists: with these batches, the epoch figure Keras shows for an
+    output differs from the mean over its present labels."""
+    config = _config("batch_mean")
+    table = long_table(LENGTHS, seed=3)
+    model = _model()
+    batches = list(Pipeline(config, table).batches(0))
+    logs = model.evaluate(build_dataset(config, table, format="numpy").epoch(0), verbose=0,
+                          return_dict=True, steps=len(batches))
+    expected = _by_hand(model, batches)["y"]
+    assert logs["y_masked_mse"] == pytest.approx(expected, rel=1e-5)
+    assert abs(logs["y_loss"] - expected) > 1e-3 * expected
+
+
+def test_fit_shows_the_metric_per_epoch_and_it_survives_saving(tmp_path):
+    config = _config("batch_mean")
+    table = long_table(LENGTHS, seed=3)
+    model = _model()
+    batches = build_dataset(config, table, format="numpy")
+    history = model.fit(batches.epoch(0), epochs=1, steps_per_epoch=len(batches), verbose=0,
+                        shuffle=False)
+    assert np.isfinite(history.history["y_masked_mse"]).all()
+    model.save(tmp_path / "model.keras")
+    again = keras.saving.load_model(tmp_path / "model.keras")
+    batches = list(Pipeline(config, table).batches(0))
+    logs = again.evaluate(build_dataset(config, table, format="numpy").epoch(0), verbose=0,
+                          return_dict=True, steps=len(batches))
+    assert logs["y_masked_mse"] == pytest.approx(_by_hand(again, batches)["y"], rel=1e-5)
+
+
+def test_a_bad_loss_is_a_clear_error():
+    with pytest.raises(TypeError, match="masked_metric: loss must be"):
+        seqpipe.masked_metric(3)
