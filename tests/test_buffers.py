@@ -4,6 +4,7 @@ import dataclasses
 import gc
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from seqpipe import tuning
@@ -36,6 +37,13 @@ def test_a_buffer_is_reused_only_when_no_view_of_it_is_left():
     assert pool.reused == 1 and _address(third) == address  # the oldest that fits
 
 
+def tensorflow_wraps_generator_arrays() -> bool:
+    """Whether a tensor from this TensorFlow's tf.data generator shares the memory of the
+    aligned array it was given (on 2.21 it does; on 2.18 it does not)."""
+    tensor, address = _wrapped_by_tensorflow(BufferPool())
+    return _address(np.asarray(tensor)) == address
+
+
 def _wrapped_by_tensorflow(pool: BufferPool) -> tuple:
     """A tensor of ones that tf.data's generator made from a pool array, and its address."""
     array = pool.empty((4096,))
@@ -54,7 +62,9 @@ def test_a_buffer_wrapped_by_tensorflow_is_not_reused_until_the_tensor_is_gone()
     pool = BufferPool()
     tensor, wrapped = _wrapped_by_tensorflow(pool)
     # The test means something only if TensorFlow wraps the array instead of copying it.
-    assert _address(np.asarray(tensor)) == wrapped
+    if _address(np.asarray(tensor)) != wrapped:
+        pytest.skip(f"on TensorFlow {tf.__version__} a tensor from tf.data's generator does "
+                    f"not share the array's memory (2.21's does): no wrapped buffer to keep")
     gc.collect()
     others = [pool.empty((4096,)) for _ in range(3)]
     assert wrapped not in [_address(other) for other in others]

@@ -190,7 +190,7 @@ def test_one_dimensional_weights_on_a_per_timestep_loss_are_rejected_by_keras():
     model = _model()
     batch = next(b for b in _epoch("batch_mean")[1] if b.x["steps"].shape[1] != len(b.ids))
     flat = {**batch.sample_weight, "y": np.ones(len(batch.ids), np.float32)}
-    with pytest.raises(Exception, match="(?i)dimensions must be equal|incompatible"):
+    with pytest.raises(Exception, match="(?i)dimensions must be equal|incompatible|must match the size"):
         model.test_on_batch(batch.x, batch.y, flat)
 
 

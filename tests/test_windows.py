@@ -537,7 +537,9 @@ def test_predict_gives_one_row_per_window_and_target_step(tmp_path, horizon, mat
     assert len(rows) == steps
     assert list(rows.columns) == (["store", "window_end", "day", "horizon_step", "units_next"]
                                   if horizon else ["store", "window_end", "day", "units_next"])
-    assert set(zip(rows.store, rows.window_end)) == set(expected)
+    # As Timestamps on both sides: pandas 2.2 hashes a Timestamp and its datetime64 apart.
+    assert ({(s, pd.Timestamp(d)) for s, d in zip(rows.store, rows.window_end)} ==
+            {(s, pd.Timestamp(d)) for s, d in expected})
     for store, day, value in zip(rows.store, rows.day, rows.units_next):
         position = int(np.flatnonzero(by_store[store]["day"].to_numpy() == day)[0])
         assert value == pytest.approx(by_store[store]["code"][position])
