@@ -223,11 +223,17 @@ def test_seqpipe_serve_dispatcher_starts_and_says_where(tmp_path):
         process.wait()
 
 
-def test_max_timesteps_on_the_service_is_a_config_error(tmp_path):
+def test_max_timesteps_and_static_shapes_on_the_service_are_config_errors(tmp_path):
     _, out = _materialized(tmp_path)
     config = load_config(open_part(out).config.to_dict(), {"batching.max_timesteps": 200})
     with pytest.raises(ConfigError, match="batching.max_timesteps is not supported with the "
                                           "tf.data service yet"):
+        load_materialized(out, config=config, service="grpc://localhost:1")
+    (tmp_path / "maxlen").mkdir()
+    _, out = _materialized(tmp_path / "maxlen", **{"padding.maxlen": 50})
+    config = load_config(open_part(out).config.to_dict(), {"batching.static_shapes": True})
+    with pytest.raises(ConfigError, match=r"batching\.static_shapes is not supported with "
+                                          r"the tf\.data service yet"):
         load_materialized(out, config=config, service="grpc://localhost:1")
 
 

@@ -101,7 +101,7 @@ def test_max_timesteps_sizes_each_bucket_by_its_padded_length(source):
 
 
 def test_element_spec_is_static_where_the_shape_is(source):
-    table, path = source
+    _, path = source
     one_bucket = _config(path, **{"batching.bucket_boundaries": None})
     x, y, w = element_spec(one_bucket)
     assert x["steps"].shape.as_list() == [16, 64, 2] and x["static"].shape.as_list() == [16, 1]
@@ -158,3 +158,19 @@ def test_window_batches_all_have_batch_size_rows():
                     np.testing.assert_array_equal(getattr(a, part)[name][:rows], values)
     x, _, _ = element_spec(static)
     assert x["sales"].shape.as_list()[:2] == [32, 5] and x["store"].shape.as_list() == [32, 1]
+
+
+def test_predict_ignores_the_empty_rows(source):
+    _, path = source
+    steps = keras.Input((None, 2), name="steps")
+    y = keras.layers.Dense(1, name="y")(steps)
+    static_input = keras.Input((1,), name="static")
+    # Not a pooling over time: an unmasked mean over padding changes with the padded length.
+    died = keras.layers.Dense(1, name="died")(static_input)
+    model = keras.Model({"steps": steps, "static": static_input}, {"y": y, "died": died})
+    static = seqpipe.predict(model, _config(path))
+    dynamic = seqpipe.predict(model, _config(path, **{"batching.static_shapes": False}))
+    for name in ("y", "died"):
+        assert len(static[name]) == len(dynamic[name])
+        np.testing.assert_allclose(static[name][name], dynamic[name][name], rtol=1e-5)
+        assert static[name]["id"].tolist() == dynamic[name]["id"].tolist()

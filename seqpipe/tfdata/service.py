@@ -38,14 +38,18 @@ def records_dataset(part: Any):
     used.)
 
     Raises:
-      ConfigError: `batching.max_timesteps` is set; the service path cannot size batches by
-        a token budget yet.
+      ConfigError: `batching.max_timesteps` or `static_shapes` is set; the service path
+        cannot size batches by a token budget or pad them to bucket boundaries yet.
     """
     tf = tensorflow()
     config = part.config
     if config.batching.max_timesteps is not None:
         raise ConfigError("batching.max_timesteps is not supported with the tf.data service "
                           "yet; set it to null and use batch_size (or read without service)")
+    if config.batching.static_shapes:
+        raise ConfigError("batching.static_shapes is not supported with the tf.data service "
+                          "yet (its batches pad to their longest sequence); set it to false "
+                          "or read without service")
     size = config.batching.batch_size
     batches = max(1, -(-len(part.lengths) // size))
     mean_valid = {name: float(np.asarray(part.valid[name]).sum()) / batches
