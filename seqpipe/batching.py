@@ -306,6 +306,19 @@ def batch_shapes(batches: list, bucket: np.ndarray, sizes: np.ndarray,
     return sizes[of_batch], padded[of_batch]
 
 
+def unbucketed_waste(kept: np.ndarray, order: np.ndarray, batching: BatchingConfig,
+                     maxlen: int | None = None) -> float:
+    """For comparison, the padding waste of batches cut from the sequences in `order` with
+    no regard to length, as a plain shuffle makes them; with `maxlen` (`static_shapes`),
+    each padded to its full batch size x maxlen."""
+    padded = None if maxlen is None else np.array([maxlen])
+    size = int(batch_sizes(kept, np.zeros(len(kept), dtype=np.int64), 1, batching, padded)[0])
+    blind = [order[i:i + size] for i in range(0, len(kept), size)]
+    shapes = None if maxlen is None else (np.full(len(blind), size),
+                                          np.full(len(blind), maxlen))
+    return padding_waste(kept, blind, shapes)
+
+
 def padding_waste(lengths: np.ndarray, batches: list,
                   shapes: tuple[np.ndarray, np.ndarray] | None = None) -> float:
     """Padded timesteps / all timesteps over the given batches: each padded to its longest,

@@ -31,6 +31,7 @@ from seqpipe.batching import (
     padding_waste,
     plan_epoch,
     truncate,
+    unbucketed_waste,
 )
 from seqpipe.config import (
     BatchingConfig,
@@ -506,16 +507,9 @@ class Pipeline:
                 f"batching.batch_size={self.config.batching.batch_size} of the "
                 f"{len(members):,} sequences. Lower batch_size, use fewer buckets, "
                 f"or set drop_remainder: false.")
-        # For comparison: batches cut with no regard to length, as a plain shuffle makes them.
-        # With static_shapes, each such batch pads to batch size x maxlen.
-        one = None if self._padded is None else self._padded[-1:]
-        size = int(batch_sizes(kept, np.zeros(len(kept), dtype=np.int64), 1,
-                               self.config.batching, one)[0])
         order = (np.random.default_rng(0).permutation(len(kept))
                  if self.config.shuffle.buffer_size else np.arange(len(kept)))
-        blind = [order[i:i + size] for i in range(0, len(kept), size)]
-        blind_shapes = None if one is None else (np.full(len(blind), size),
-                                                 np.full(len(blind), one[0]))
+        maxlen = None if self._padded is None else int(self._padded[-1])
         return dict(
             truncated_sequences=int((kept < lengths).sum()),
             truncated_timesteps=int((lengths - kept).sum()),
@@ -523,7 +517,8 @@ class Pipeline:
             sequences_dropped_per_epoch=plan.dropped_sequences,
             padding_waste=padding_waste(self.kept_steps.length, plan.batches,
                                         self._shapes(plan)),
-            padding_waste_unbucketed=padding_waste(kept, blind, blind_shapes))
+            padding_waste_unbucketed=unbucketed_waste(kept, order, self.config.batching,
+                                                      maxlen))
 
     def _window_fields(self) -> dict:
         """The report's batching figures for windows, and what cutting them did."""

@@ -134,6 +134,26 @@ def test_inspect_a_config_reports_missing_labels_and_draws_the_boundaries(tmp_pa
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
+def test_inspect_counts_padding_under_static_shapes(tmp_path, table):
+    path = write(tmp_path / "rows.parquet", table, 50)
+    config = base_config(path, batching={"batch_size": 8, "bucket_boundaries": "auto",
+                                         "static_shapes": True}, padding={"maxlen": 30})
+    result = _without_tensorflow("inspect", _config_file(tmp_path, config))
+    assert result.returncode == 0, result.stderr
+    assert "maxlen 30, static shapes (each bucket's batches padded to its boundary and " \
+           "full)" in result.stdout
+    # Without buckets every batch is 8 x 30, the last one with empty rows.
+    kept = np.minimum(pc.value_counts(table["id"]).field("counts").to_numpy(), 30)
+    blind = 1 - kept.sum() / (-(-len(kept) // 8) * 8 * 30)
+    assert re.search(rf"^\s+{blind:.1%}\s+no buckets, batches cut in random order$",
+                     result.stdout, re.M)
+    auto = re.search(r"^\s+([\d.]+)%\s+auto \(the config\): \[([\d, ]+)\]$", result.stdout,
+                     re.M)
+    pipeline = Pipeline(config)
+    assert [int(b) for b in auto.group(2).split(", ")] == list(pipeline.bucket_boundaries)
+    assert float(auto.group(1)) / 100 == pytest.approx(pipeline.report.padding_waste, abs=5e-4)
+
+
 def test_inspect_shows_missing_feature_values_vocabulary_sizes_and_statistics(tmp_path):
     from tests.helpers import sessions
 

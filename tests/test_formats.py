@@ -110,15 +110,19 @@ model = keras.Model({"steps": steps, "static": static}, {"y": y, "died": died})
 model.compile(loss={"y": "mse", "died": "binary_crossentropy"}, optimizer="adam",
               weighted_metrics={"y": [seqpipe.masked_metric("mse")]})
 history = model.fit(dataset, epochs=2, verbose=0)
+# NumPy batches: one epoch from a generator, as a custom loop would hand them over.
+numpy_history = model.fit(batches.epoch(0), steps_per_epoch=len(batches), epochs=1,
+                          verbose=0, shuffle=False)
 print(json.dumps({"backend": keras.backend.backend(), "batches": len(shapes),
                   "loss": history.history["loss"], "masked": history.history["y_masked_mse"],
+                  "numpy_loss": numpy_history.history["loss"],
                   "tensorflow": sorted(m for m in sys.modules if m.split(".")[0] in
                                        ("tensorflow", "tf_keras"))}))
 """
 
 
 @pytest.mark.slow
-def test_grain_trains_a_keras_model_on_jax_without_tensorflow(path, tmp_path):
+def test_grain_and_numpy_train_a_keras_model_on_jax_without_tensorflow(path, tmp_path):
     for module in ("jax", "grain"):
         pytest.importorskip(module, reason=f"{module} is not installed (the test extra has it)")
     import keras
@@ -132,6 +136,7 @@ def test_grain_trains_a_keras_model_on_jax_without_tensorflow(path, tmp_path):
     assert result["backend"] == "jax"
     assert result["tensorflow"] == []  # neither seqpipe, Grain nor Keras imported it
     assert len(result["loss"]) == 2 and np.isfinite(result["loss"]).all()
+    assert np.isfinite(result["numpy_loss"]).all()
     assert np.isfinite(result["masked"]).all() and result["batches"] > 3
 
 

@@ -28,6 +28,7 @@ from seqpipe.batching import (
     padded_lengths,
     padding_waste,
     plan_epoch,
+    unbucketed_waste,
 )
 from seqpipe.config import PipelineConfig, WindowsConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError
@@ -78,6 +79,7 @@ class Inspection:
     statistics: Optional[Statistics] = None  # when the config scales or has categories
     statistics_error: Optional[str] = None  # why they could not be computed
     windows: Mapping[str, WindowCounts] = dataclasses.field(default_factory=dict)  # by part
+    static_shapes: bool = False  # batching.static_shapes: padding figures under its rule
 
     @property
     def kept(self) -> np.ndarray:
@@ -187,6 +189,7 @@ def inspect(config: PipelineConfig, from_file: bool = True) -> Inspection:
         inspection, padding=[] if config.windows else _paddings(inspection.kept, config,
                                                                   from_file),
         windows=_windows(config, ids, lengths, before),
+        static_shapes=config.batching.static_shapes,
         missing_features=_missing_features(files, config) if from_file else {},
         statistics=statistics, statistics_error=error)
 
@@ -310,13 +313,8 @@ def _paddings(kept: np.ndarray, config: PipelineConfig, from_file: bool) -> list
     batching, shuffle = config.batching, config.shuffle
     rng = np.random.default_rng(shuffle.seed if shuffle.seed is not None else 0)
     maxlen = config.padding.maxlen if batching.static_shapes else None
-    one = None if maxlen is None else padded_lengths((), maxlen)
-    size = int(batch_sizes(kept, np.zeros(len(kept), dtype=np.int64), 1, batching, one)[0])
-    blind = np.split(rng.permutation(len(kept)), np.arange(size, len(kept), size))
-    shapes = None if one is None else batch_shapes(blind, np.zeros(len(kept), np.int64),
-                                                   np.array([size]), one)
     found = [Padding("no buckets, batches cut in random order", None,
-                     padding_waste(kept, blind, shapes))]
+                     unbucketed_waste(kept, rng.permutation(len(kept)), batching, maxlen))]
     configured = batching.bucket_boundaries
     if configured != "auto" and from_file:
         boundaries = tuple(configured or ())
@@ -396,8 +394,11 @@ def format_inspection(found: Inspection) -> str:
         return "\n".join(lines)
     shuffle = (f"sorted by length within shuffle buffers of {found.shuffle_buffer:,}"
                if found.shuffle_buffer else "no shuffle: buckets fill in id order")
+    static = (", static shapes (each bucket's batches padded to its boundary and full)"
+              if found.static_shapes else "")
     lines.append(f"padding waste (padded / all timesteps), batch_size {found.batch_size}"
-                 f"{'' if found.maxlen is None else f', maxlen {found.maxlen}'}, {shuffle}:")
+                 f"{'' if found.maxlen is None else f', maxlen {found.maxlen}'}{static}, "
+                 f"{shuffle}:")
     for p in found.padding:
         lines.append(f"  {p.waste:6.1%}  {p.label}")
     return "\n".join(lines)
