@@ -9,7 +9,9 @@ such dataset is built, so that seqpipe imports without it.
 
 from __future__ import annotations
 
+import importlib.metadata
 import itertools
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +19,7 @@ from seqpipe.errors import ConfigError
 from seqpipe.numpy_batches import Epochs, keras_triple
 from seqpipe.pipeline import Pipeline
 
+logger = logging.getLogger("seqpipe")
 _CLASS: Any = None
 
 
@@ -27,7 +30,21 @@ def grain_batches(pipeline: Pipeline):
 
     Its iterators' state is `{"epoch": k, "batches": n}`; `set_state` resumes epoch k after
     its first n batches (assembling them again: the epoch's plan is the same)."""
-    return _dataset_class()(pipeline)
+    dataset = _dataset_class()(pipeline)
+    _warn_old_keras()
+    return dataset
+
+
+def _warn_old_keras() -> None:
+    """Keras takes Grain datasets in `fit` from 3.11; an older one fails there with
+    "Unrecognized data type". Said now, from the installed version, without importing it."""
+    try:
+        version = importlib.metadata.version("keras")
+    except importlib.metadata.PackageNotFoundError:
+        return
+    if tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) < (3, 11):
+        logger.warning("seqpipe: Keras %s takes no Grain dataset in model.fit (Keras 3.11 "
+                       "and later do); use format='tf', or upgrade Keras", version)
 
 
 def _dataset_class():

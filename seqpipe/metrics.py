@@ -59,8 +59,14 @@ def _metric_class():
         def __init__(self, loss, name=None, **kwargs):
             self.loss, self._per_element = loss, _per_element(keras, loss)
             super().__init__(name=name or f"masked_{_loss_name(loss)}", **kwargs)
-            self.total = self.add_variable(shape=(), initializer="zeros", name="total")
-            self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+            # float32 sums over an epoch (JAX has no float64 by default), compensated
+            # (Kahan): millions of labels, added a batch at a time, stay exact to float32.
+            self.total, self.total_error = (
+                self.add_variable(shape=(), initializer="zeros", name=n)
+                for n in ("total", "total_error"))
+            self.count, self.count_error = (
+                self.add_variable(shape=(), initializer="zeros", name=n)
+                for n in ("count", "count_error"))
 
         def update_state(self, y_true, y_pred, sample_weight=None):
             values = ops.cast(self._per_element(y_true, y_pred), "float32")
@@ -69,15 +75,15 @@ def _metric_class():
             else:  # seqpipe's weights are shaped like the per-element losses
                 present = ops.cast(sample_weight, "float32") > 0
             # where, not a product: a label with weight 0 may hold anything.
-            self.total.assign_add(ops.sum(ops.where(present, values, 0.0)))
-            self.count.assign_add(ops.sum(ops.cast(present, "float32")))
+            _add(self.total, self.total_error, ops.sum(ops.where(present, values, 0.0)))
+            _add(self.count, self.count_error, ops.sum(ops.cast(present, "float32")))
 
         def result(self):
             return ops.divide_no_nan(self.total, self.count)
 
         def reset_state(self):
-            self.total.assign(0.0)
-            self.count.assign(0.0)
+            for variable in (self.total, self.total_error, self.count, self.count_error):
+                variable.assign(0.0)
 
         def get_config(self):
             return {"name": self.name,
@@ -93,6 +99,14 @@ def _metric_class():
 
     _CLASS = MaskedMean
     return MaskedMean
+
+
+def _add(total, error, value) -> None:
+    """total += value, carrying the rounding error of each addition into the next (Kahan)."""
+    corrected = value - error
+    new_total = total + corrected
+    error.assign((new_total - total) - corrected)
+    total.assign(new_total)
 
 
 def _per_element(keras, loss) -> Callable:

@@ -154,3 +154,15 @@ def test_grain_without_grain_installed_says_how_to_install_it(path, tmp_path):
     """
     result = child_json(tmp_path, script, config)
     assert result["error"].startswith('format="grain" needs Grain: pip install "seqpipe[grain]"')
+
+
+def test_grain_with_a_keras_too_old_for_it_is_a_warning(path, monkeypatch, caplog):
+    pytest.importorskip("grain", reason="the grain extra is not installed")
+    import importlib.metadata
+
+    installed = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "3.10.0" if name == "keras" else installed(name))
+    build_dataset(_config(path), format="grain")
+    assert "Keras 3.10.0 takes no Grain dataset in model.fit (Keras 3.11 and later do)" in \
+        caplog.text

@@ -107,3 +107,19 @@ def test_fit_shows_the_metric_per_epoch_and_it_survives_saving(tmp_path):
 def test_a_bad_loss_is_a_clear_error():
     with pytest.raises(TypeError, match="masked_metric: loss must be"):
         seqpipe.masked_metric(3)
+
+
+def test_the_epoch_sums_stay_exact_over_millions_of_labels():
+    """float32 running sums lose the low digits of each batch once they are large; the
+    metric's compensated sums do not (against float64 NumPy)."""
+    rng = np.random.default_rng(0)
+    metric = seqpipe.masked_metric(lambda y_true, y_pred: y_pred)  # the values themselves
+    total, count = 0.0, 0
+    for _ in range(2000):
+        values = rng.uniform(999.0, 1001.0, 10_000).astype(np.float32)
+        weights = (rng.random(10_000) < 0.9).astype(np.float32)
+        metric.update_state(values, values, sample_weight=weights)
+        total += values[weights > 0].astype(np.float64).sum()
+        count += int((weights > 0).sum())
+    assert count > 2 ** 24  # past float32's exact integers
+    assert float(metric.result()) == pytest.approx(total / count, rel=2e-7)

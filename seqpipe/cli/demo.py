@@ -140,6 +140,7 @@ def run_demo(cache_dir: Path, epochs: int = 3, patients: int = 2000,
 
     model = build_model(pipeline)
     print(f"\n== training a two-output GRU for {epochs} epochs ==")
+    _tip_for_xla(config)
     # seqpipe reshuffles every epoch; Keras cannot shuffle a tf.data.Dataset itself.
     model.fit(build_dataset(pipeline), epochs=epochs, verbose=2, shuffle=False)
 
@@ -153,6 +154,15 @@ def run_demo(cache_dir: Path, epochs: int = 3, patients: int = 2000,
     print("\n== the same over a whole epoch ==")
     _print_epoch_check(model, pipeline, build_dataset(pipeline))
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
+
+
+def _tip_for_xla(config) -> None:
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow" and not config.batching.static_shapes:
+        print(f"(Keras on {backend} compiles the model again for every new batch shape; "
+              f"--set batching.static_shapes=true gives each bucket one shape)")
 
 
 def _batch_loss(model, x, y, sample_weight) -> dict:
