@@ -510,13 +510,14 @@ class Pipeline:
         order = (np.random.default_rng(0).permutation(len(kept))
                  if self.config.shuffle.buffer_size else np.arange(len(kept)))
         maxlen = None if self._padded is None else int(self._padded[-1])
+        shapes = self._shapes(plan)
         return dict(
+            static_shapes=None if shapes is None else len(set(zip(*shapes))),
             truncated_sequences=int((kept < lengths).sum()),
             truncated_timesteps=int((lengths - kept).sum()),
             bucket_boundaries=self.bucket_boundaries, batches_per_epoch=len(plan.batches),
             sequences_dropped_per_epoch=plan.dropped_sequences,
-            padding_waste=padding_waste(self.kept_steps.length, plan.batches,
-                                        self._shapes(plan)),
+            padding_waste=padding_waste(self.kept_steps.length, plan.batches, shapes),
             padding_waste_unbucketed=unbucketed_waste(kept, order, self.config.batching,
                                                       maxlen))
 
@@ -529,12 +530,17 @@ class Pipeline:
                 f"not fill one batch of batching.batch_size="
                 f"{self.config.batching.batch_size}. Lower batch_size or set "
                 f"drop_remainder: false.")
-        history = typing.cast(WindowsConfig, self.config.windows).history
-        waste = padded_history(windows) / (len(windows) * history)
+        history, batching = typing.cast(WindowsConfig, self.config.windows).history, \
+            self.config.batching
+        static = batching.static_shapes and not batching.drop_remainder
+        # static shapes: the empty rows of the last batch (or of halved ones) count too.
+        rows = self._window_batches() * batching.batch_size if static else len(windows)
+        waste = 1 - (len(windows) * history - padded_history(windows)) / (rows * history)
         return dict(truncated_sequences=0, truncated_timesteps=0, bucket_boundaries=(),
                     batches_per_epoch=self._window_batches(), sequences_dropped_per_epoch=0,
                     padding_waste=waste, padding_waste_unbucketed=waste,
-                    windows=self._window_counts)
+                    windows=self._window_counts,
+                    static_shapes=1 if self.config.batching.static_shapes else None)
 
 
 def _check_replicas(config: PipelineConfig, same_shape_first: int) -> None:

@@ -67,6 +67,9 @@ class Report:
     # label: weight 0); None until an epoch has read them
     unseen_categories: Optional[Mapping[str, int]] = None
     windows: Optional[WindowCounts] = None  # with windows: what cutting them made and dropped
+    # with batching.static_shapes: the distinct (rows, timesteps) of the first epoch's
+    # batches (at most one per bucket); None without
+    static_shapes: Optional[int] = None
 
     def changes(self) -> list[str]:
         """What seqpipe dropped or changed, one phrase each; empty when nothing."""
@@ -119,16 +122,18 @@ class Report:
             share = missing / total if total else 0.0
             lines.append(f"missing labels: {name}: {missing:,} of {total:,} ({share:.1%}), "
                          f"weight 0")
+        static = ("" if self.static_shapes is None else
+                  f", static shapes: {self.static_shapes} per epoch")
         if self.windows is not None:
             lines.append(str(self.windows))
             lines.append(f"batches per epoch: {self.batches_per_epoch:,}, padding waste: "
-                         f"{self.padding_waste:.1%}")
+                         f"{self.padding_waste:.1%}{static}")
         else:
             lines.append(
                 f"batches per epoch: {self.batches_per_epoch:,}, bucket boundaries: "
                 f"{list(self.bucket_boundaries) or 'none'}, padding waste: "
                 f"{self.padding_waste:.1%} (without buckets: "
-                f"{self.padding_waste_unbucketed:.1%})")
+                f"{self.padding_waste_unbucketed:.1%}){static}")
         for key, count in (self.unseen_categories or {}).items():
             lines.append(f"unseen categories: {count:,} values of {key} are not in its "
                          f"vocabulary (id 1; a label weighs 0)")

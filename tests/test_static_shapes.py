@@ -39,6 +39,9 @@ def test_an_epoch_has_at_most_one_shape_per_bucket(source):
     # Without it, batches pad to their own longest sequence: many more shapes.
     dynamic = Pipeline(_config(path, **{"batching.static_shapes": False}))
     assert len({b.x["steps"].shape for b in dynamic.batches(0)}) > buckets
+    first = {b.x["steps"].shape for b in pipeline.batches(0)}
+    assert f"static shapes: {len(first)} per epoch" in str(pipeline.report)
+    assert "static shapes" not in str(dynamic.report)
 
 
 def test_each_bucket_pads_to_its_upper_boundary_as_pad_sequences_does(source):
@@ -158,6 +161,10 @@ def test_window_batches_all_have_batch_size_rows():
                     np.testing.assert_array_equal(getattr(a, part)[name][:rows], values)
     x, _, _ = element_spec(static)
     assert x["sales"].shape.as_list()[:2] == [32, 5] and x["store"].shape.as_list() == [32, 1]
+    # The report counts the empty rows as padding, and says there is one shape.
+    real = sum(int(b.x["real"][:len(b.ids)].sum()) for b in batches)
+    assert pipeline.report.padding_waste == pytest.approx(1 - real / (len(batches) * 32 * 5))
+    assert "static shapes: 1 per epoch" in str(pipeline.report)
 
 
 def test_predict_ignores_the_empty_rows(source):
@@ -174,3 +181,14 @@ def test_predict_ignores_the_empty_rows(source):
         assert len(static[name]) == len(dynamic[name])
         np.testing.assert_allclose(static[name][name], dynamic[name][name], rtol=1e-5)
         assert static[name]["id"].tolist() == dynamic[name]["id"].tolist()
+
+
+def test_a_materialized_folder_loads_with_static_shapes(source, tmp_path):
+    _, path = source
+    written = _config(path, **{"batching.static_shapes": False})
+    seqpipe.materialize(written, tmp_path / "out")
+    dataset = seqpipe.load_materialized(tmp_path / "out", config=_config(path))
+    direct = Pipeline(_config(path))
+    shapes = {tuple(x["steps"].shape) for x, _, _ in dataset}
+    assert shapes == {b.x["steps"].shape for b in direct.batches(0)}
+    assert len(shapes) <= len(direct.report.bucket_boundaries) + 1
