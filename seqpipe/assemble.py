@@ -205,7 +205,7 @@ class Assembler:
     def _allocate(self, g: int) -> Block:
         places = self.places[g]
         rows = places.ends()
-        config, value = self.config, self.config.padding.value
+        config = self.config
         # Every real position is written by a chunk later; only the padding is set here.
         x = {name: self.buffers.empty((rows[spec.level], *spec.tail), spec.dtype)
              for name, spec in config.inputs.items()}
@@ -218,16 +218,12 @@ class Assembler:
         empty = _empty_rows(members, places)
         padding = np.concatenate([self._padding_positions(members, places),
                                   empty["timestep"]])
-        for name, spec in config.inputs.items():
-            x[name][padding if spec.level == "timestep" else empty[spec.level]] = (
-                0 if spec.categorical else value)
-        for name, output in config.outputs.items():
-            y[name][padding if output.level == "timestep" else empty[output.level]] = value
         if config.padding.mask:  # every position a sequence does not fill is padding
-            mask = x[config.padding.mask] = np.ones(rows["timestep"], dtype=bool)
-            mask[padding] = False
-        return Block(places, members, x, y, valid, {}, int(self.members_per_block[g]),
-                     config.levels)
+            x[config.padding.mask] = np.ones(rows["timestep"], dtype=bool)
+        block = Block(places, members, x, y, valid, {}, int(self.members_per_block[g]),
+                      config.levels)
+        pad_at(block, config, {"timestep": padding, "sequence": empty["sequence"]})
+        return block
 
     def _padding_positions(self, batches: list, places: BatchPlaces) -> np.ndarray:
         """The padded timestep rows after (or before) every sequence of a block, given each
@@ -267,6 +263,22 @@ class Assembler:
         for name in self.config.outputs:
             block.sample_weight[name] = weigh(block, name, self.config, self.mean_valid[name],
                                               self.buffers)
+
+
+def pad_at(block: Block, config: PipelineConfig, at: Mapping[str, np.ndarray]) -> None:
+    """Makes positions padding: `at` maps an axis to flat positions of the block's arrays on
+    it. Inputs and labels get `padding.value` (categorical input ids: 0), labels are not
+    present (weight 0), and the `padding.mask` input is False."""
+    axes, value = config.axes, config.padding.value
+    for name, spec in config.inputs.items():
+        if axes[name] in at:
+            block.x[name][at[axes[name]]] = 0 if spec.categorical else value
+    for name in config.outputs:
+        if axes[name] in at:
+            block.y[name][at[axes[name]]] = value
+            block.valid[name][at[axes[name]]] = False
+    if config.padding.mask and "timestep" in at:
+        block.x[config.padding.mask][at["timestep"]] = False
 
 
 def weigh(block: Block, output: str, config: PipelineConfig, mean_valid: float,

@@ -158,10 +158,11 @@ def batch_sizes(lengths: np.ndarray, buckets: np.ndarray, n_buckets: int,
     """
     sizes = np.full(n_buckets, batching.batch_size, dtype=np.int64)
     if batching.max_timesteps is not None:
-        longest = np.zeros(n_buckets, dtype=np.int64)
-        np.maximum.at(longest, buckets, lengths)
         if padded is not None:
             longest = np.asarray(padded, dtype=np.int64)
+        else:
+            longest = np.zeros(n_buckets, dtype=np.int64)
+            np.maximum.at(longest, buckets, lengths)
         sizes = np.minimum(sizes, batching.max_timesteps // np.maximum(longest, 1))
     return np.maximum(sizes, 1)
 

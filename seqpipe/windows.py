@@ -26,7 +26,7 @@ import numpy as np
 
 from seqpipe import tuning
 from seqpipe._internal.buffers import SHARED, BufferPool
-from seqpipe.assemble import BatchPlaces, Block, put_per_sequence, weigh
+from seqpipe.assemble import BatchPlaces, Block, pad_at, put_per_sequence, weigh
 from seqpipe.config import PipelineConfig, WindowsConfig
 from seqpipe.errors import DataError
 from seqpipe.report import WindowCounts
@@ -400,36 +400,21 @@ class WindowAssembler:
     def _pad(self, block: Block, end: np.ndarray, dest: np.ndarray) -> None:
         """Padding values (and weight 0) at the history timesteps before a sequence, and
         the mask, for the windows at rows `dest` of the block."""
-        config, axes = self.config, self.config.axes
+        config = self.config
         lead = np.maximum(self.horizon + self.history - 1 - end, 0)
         if config.padding.mask:
             real = np.arange(self.history)[None, :] >= lead[:, None]
             block.x[config.padding.mask].reshape(-1, self.history)[dest] = real
         padded = np.flatnonzero(lead)
-        if not len(padded):
-            return
-        at = ranges(dest[padded] * self.history, lead[padded])
-        for name, spec in config.inputs.items():
-            if axes[name] == "timestep":
-                block.x[name][at] = 0 if spec.categorical else config.padding.value
-        for name in config.outputs:
-            if axes[name] == "timestep":
-                block.y[name][at] = config.padding.value
-                block.valid[name][at] = False
-
+        if len(padded):
+            pad_at(block, config, {"timestep": ranges(dest[padded] * self.history,
+                                                      lead[padded])})
 
     def _empty(self, block: Block, rows: np.ndarray) -> None:
         """Rows of no window (`static_shapes`): padding everywhere, no label, no mask."""
-        config, axes = self.config, self.config.axes
         steps = {"timestep": self.history, "future": self.horizon, "sequence": 1}
-        at = {a: ranges(rows * t, np.full(len(rows), t)) for a, t in steps.items()}
-        for name, spec in config.inputs.items():
-            block.x[name][at[axes[name]]] = 0 if spec.categorical else config.padding.value
-        if config.padding.mask:
-            block.x[config.padding.mask][at["timestep"]] = False
-        for name in config.outputs:
-            block.y[name][at[axes[name]]] = config.padding.value
-            block.valid[name][at[axes[name]]] = False
+        pad_at(block, self.config,
+               {a: ranges(rows * t, np.full(len(rows), t)) for a, t in steps.items()})
 
 
 def _windows_of(config: PipelineConfig) -> WindowsConfig:
