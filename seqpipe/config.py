@@ -414,6 +414,9 @@ def _check_inputs(config: PipelineConfig) -> None:
     if clash:
         raise ConfigError(f"a name cannot be both an input and an output; got {sorted(clash)}")
     mask = config.padding.mask
+    if mask is not None and not mask.strip():
+        raise ConfigError(f"padding.mask must name the mask input (say 'timestep_mask'), or "
+                          f"be null for none; got {mask!r}")
     if mask is not None and (mask in config.inputs or mask in config.outputs):
         raise ConfigError(
             f"padding.mask {mask!r} is also the name of an input or output; the mask is an "

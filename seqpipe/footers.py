@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import os
 from collections.abc import Iterable
 from typing import Any, Optional
 
@@ -28,12 +29,17 @@ FLOAT32_MAX = 3.4028234663852886e38
 
 @dataclasses.dataclass(frozen=True)
 class Fingerprint:
-    """A file's size, modification time and a hash of its Parquet footer: cheap to take,
-    and a rewrite that keeps size and time still changes the footer's statistics."""
+    """A file's size, modification time and a hash of its Parquet footer, and for a local
+    file its inode and status-change time: cheap to take. A rewrite that keeps the size
+    and the modification time (`cp -p`, `rsync -t`) still changes the footer's statistics
+    or offsets, or else the inode (a new file renamed into place) or the status-change time
+    (which no user call can set back)."""
 
     size: int
     mtime_ns: Optional[int]
     footer: str
+    ctime_ns: Optional[int] = None
+    inode: Optional[int] = None
 
 
 def fingerprint(filesystem: pafs.FileSystem, path: str) -> Fingerprint:
@@ -55,9 +61,11 @@ def fingerprint(filesystem: pafs.FileSystem, path: str) -> Fingerprint:
                 raise DataError(f"{path} is not a Parquet file: it does not end in a footer")
             f.seek(size - 8 - length)
             footer = f.read(length)
+        local = os.stat(path) if isinstance(filesystem, pafs.LocalFileSystem) else None
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path} could not be read: {' '.join(str(e).split())}") from e
-    return Fingerprint(size, info.mtime_ns, hashlib.blake2b(footer, digest_size=16).hexdigest())
+    return Fingerprint(size, info.mtime_ns, hashlib.blake2b(footer, digest_size=16).hexdigest(),
+                       local.st_ctime_ns if local else None, local.st_ino if local else None)
 
 
 def check_unchanged(filesystem: pafs.FileSystem, path: str, built_from: Fingerprint) -> None:
@@ -69,9 +77,9 @@ def check_unchanged(filesystem: pafs.FileSystem, path: str, built_from: Fingerpr
         raise DataError(f"{path} changed since the dataset was built ({e}). Build the "
                         f"dataset (or Pipeline) again to read it as it is now.") from e
     if now != built_from:
-        what = [name for name in ("size", "mtime_ns", "footer")
-                if getattr(now, name) != getattr(built_from, name)]
-        words = {"size": "size", "mtime_ns": "modification time", "footer": "footer"}
+        words = {"size": "size", "mtime_ns": "modification time", "footer": "footer",
+                 "inode": "inode", "ctime_ns": "status-change time"}
+        what = [name for name in words if getattr(now, name) != getattr(built_from, name)]
         changed = ", ".join(words[w] for w in what)
         raise DataError(
             f"{path} changed since the dataset was built (its {changed} "
@@ -161,15 +169,18 @@ def range_error(column: str, key: str, where: str, value_type: pa.DataType, low:
     (float32 would make them infinite)."""
     if pa.types.is_dictionary(value_type):
         value_type = value_type.value_type
-    if low is None or high is None:
-        return None
+    if low is None or high is None or pa.types.is_float16(value_type):
+        return None  # float16 statistics come as raw bytes, and every float16 fits float32
     if pa.types.is_integer(value_type):
         beyond = [v for v in (low, high) if abs(v) > EXACT_INTEGERS]
         if beyond:
+            scale = (f"Scale it (set {key.rsplit('.', 1)[0]}.normalize: seqpipe scales in "
+                     f"float64 and casts after, which keeps it exact enough), or subtract "
+                     if key.startswith("inputs.") else "Subtract ")
             return DataError(
                 f"column {column!r} ({key}) holds the integer {beyond[0]:,} in {where}, "
                 f"beyond 2^24 = {EXACT_INTEGERS:,}: float32, the type of every feature and "
-                f"label, cannot hold it exactly. Subtract an offset or rescale the column "
+                f"label, cannot hold it exactly. {scale}an offset or rescale the column "
                 f"before seqpipe reads it.")
     elif pa.types.is_floating(value_type):
         beyond = [v for v in (low, high) if math.isfinite(v) and abs(v) > FLOAT32_MAX]

@@ -34,7 +34,7 @@ def _feature_matrices(columns, ids, offsets, inputs, where, problems):
     features, filled = {}, {}
     for name, spec in inputs.items():
         rows = len(ids) if spec.level == "sequence" else int(offsets[-1])
-        matrix = np.empty((rows, len(spec.columns)), dtype=np.float32)
+        matrix = np.empty((rows, len(spec.columns)), dtype=read_as(spec))
         for j, column in enumerate(spec.columns):
             matrix[:, j] = columns[column, spec.level]
         bad = ~np.isfinite(matrix)
@@ -54,6 +54,12 @@ def _feature_matrices(columns, ids, offsets, inputs, where, problems):
     return features, filled
 
 
+def read_as(spec) -> type:
+    """float64 for a scaled input until `seqpipe.transform` has scaled it (float32 would
+    round epoch seconds and large counters), else float32."""
+    return np.float64 if spec.normalize else np.float32
+
+
 def deferred(spec) -> bool:
     """Whether an input's missing values stay NaN until `seqpipe.transform` fills them: after
     scaling, or beside their indicator columns."""
@@ -65,7 +71,7 @@ def _feature_columns(columns, inputs, where, problems):
     built, and columns read straight from Arrow are not copied unless a value is filled."""
     features, filled = {}, {}
     for name, spec in inputs.items():
-        values = [np.asarray(columns[c, spec.level], dtype=np.float32) for c in spec.columns]
+        values = [np.asarray(columns[c, spec.level], dtype=read_as(spec)) for c in spec.columns]
         counts = np.array([v.size - np.count_nonzero(np.isfinite(v)) for v in values])
         if counts.any():
             fills = [spec.fill_for(c) for c in spec.columns]

@@ -47,7 +47,14 @@ from seqpipe.report import Report, WindowCounts
 from seqpipe.sequences import Sequences, show_id
 from seqpipe.shard import Shard, hash_mask
 from seqpipe.split import PARTS, check_part, part_of
-from seqpipe.statistics import Statistics, categorical_names, compute, needed
+from seqpipe.statistics import (
+    Statistics,
+    StatisticsLike,
+    as_statistics,
+    categorical_names,
+    compute,
+    needed,
+)
 from seqpipe.transform import Transform, changes_values
 from seqpipe.windows import (
     WindowAssembler,
@@ -133,7 +140,8 @@ class Pipeline:
         `padding.maxlen` timesteps (see `Assembler`); `build_dataset` sets it for several
         replicas.
       statistics: `seqpipe.Statistics` to scale and encode with (saved from another run,
-        say); None computes them from the train part (see `seqpipe.statistics`).
+        say), the path of the file `Statistics.save` wrote, or its mapping; None computes
+        them from the train part (see `seqpipe.statistics`).
 
     Raises:
       SeqpipeError: a bad config, schema or id, before the first batch. In a streamed
@@ -150,7 +158,7 @@ class Pipeline:
     def __init__(self, config: Union[PipelineConfig, Mapping, str, os.PathLike],
                  data: Any = None, split: Optional[str] = None, *,
                  shard: Optional[Shard] = None, same_shape_first: int = 0,
-                 statistics: Optional[Statistics] = None) -> None:
+                 statistics: Optional[StatisticsLike] = None) -> None:
         config = config if isinstance(config, PipelineConfig) else load_config(config)
         _check_replicas(config, same_shape_first)
         self._build(config, open_sequences(config, data, shard), split, shard,
@@ -160,7 +168,7 @@ class Pipeline:
     def from_source(cls, source: SequenceSource, split: Optional[str] = None, *,
                     config: Optional[PipelineConfig] = None, shard: Optional[Shard] = None,
                     same_shape_first: int = 0,
-                    statistics: Optional[Statistics] = None) -> Pipeline:
+                    statistics: Optional[StatisticsLike] = None) -> Pipeline:
         """The pipeline of any `SequenceSource` (see `seqpipe.index`). `config` may change
         what the source's config leaves to batching (batch size, shuffle, weights)."""
         config = config or source.config
@@ -171,7 +179,7 @@ class Pipeline:
 
     def _build(self, config: PipelineConfig, source: SequenceSource, split: Optional[str],
                shard: Optional[Shard], same_shape_first: int,
-               statistics: Optional[Statistics]) -> None:
+               statistics: Optional[StatisticsLike]) -> None:
         """Source -> index -> split and shard -> truncation and buckets -> statistics -> the
         first plan."""
         self.config, self.source, self.shard = config, source, shard
@@ -351,11 +359,12 @@ class Pipeline:
             unseen.update(found)
             yield first, chunk
 
-    def _statistics(self, given: Optional[Statistics]) -> Statistics:
+    def _statistics(self, given: Optional[StatisticsLike]) -> Statistics:
         """The statistics this pipeline prepares its chunks with: the source's own (a
         materialized part), the given ones, or computed now in one pass over the train
         part (every sequence without a split), whichever part this pipeline reads."""
         source, config = self.source, self.config
+        given = None if given is None else as_statistics(given)
         if source.statistics is not None:
             if given is not None and given != source.statistics:
                 raise ConfigError(
@@ -379,6 +388,14 @@ class Pipeline:
             skipped, kept = train.spans(len(ids))
             counted = kept > 0
             what = "the train part's windows" if config.split.enabled else "every window"
+        if not counted.any():
+            raise ConfigError(
+                f"the statistics ({_scaled_and_encoded(config)}) would be computed from "
+                f"{what} of {source.where}, which holds none: every value would be scaled "
+                f"with mean 0 and std 1 and every category would become id 1. Pass the "
+                f"training run's statistics (statistics=Statistics.load('stats.json'), saved "
+                f"from Pipeline(config, split='train').statistics), or data that holds the "
+                f"train part.")
         if source.shared and self.shard is not None:
             what += f" of input pipeline {self.shard.index} of {self.shard.count}'s share"
             logger.warning(
@@ -571,3 +588,10 @@ def _seed(shuffle: ShuffleConfig) -> Optional[int]:
     if shuffle.seed is None and shuffle.buffer_size:
         return int(typing.cast(int, np.random.SeedSequence().entropy) % 2**31)
     return shuffle.seed
+
+
+def _scaled_and_encoded(config: PipelineConfig) -> str:
+    """What the statistics are for, in the config's keys."""
+    scaled = [f"inputs.{name}.normalize" for name, spec in config.inputs.items()
+              if spec.normalize]
+    return ", ".join(scaled + [f"the vocabulary of {name}" for name in categorical_names(config)])

@@ -21,12 +21,12 @@ from seqpipe.materialized.manifest import is_output
 from seqpipe.materialized.read import open_part
 from seqpipe.pipeline import Batch, Pipeline
 from seqpipe.sequences import ranges
-from seqpipe.statistics import Statistics
+from seqpipe.statistics import StatisticsLike
 
 
 def predict(model: Any, config: Union[PipelineConfig, Mapping, str, os.PathLike],
             data: Any = None, split: Optional[str] = None,
-            statistics: Optional[Statistics] = None) -> dict[str, pd.DataFrame]:
+            statistics: Optional[StatisticsLike] = None) -> dict[str, pd.DataFrame]:
     """Runs `model` over every sequence once and returns its predictions by sequence id.
 
     Args:
@@ -35,8 +35,9 @@ def predict(model: Any, config: Union[PipelineConfig, Mapping, str, os.PathLike]
         wrote (its records, prepared with its statistics). Shuffling is turned off.
       data: a pandas DataFrame or pyarrow Table instead of `source.path`.
       split: the part to predict ('validation', say) when the config has a split.
-      statistics: the training run's `seqpipe.Statistics` (`Statistics.load`), so that the
-        inputs are scaled and encoded as in training. None computes them from the train
+      statistics: the training run's `seqpipe.Statistics`, or the path of the file
+        `Statistics.save` wrote (or its mapping), so that the inputs are scaled and encoded
+        as in training. None computes them from the train
         part of this data.
 
     Returns:
@@ -128,7 +129,7 @@ def _values(name: str, values: np.ndarray) -> dict:
 
 
 def _unshuffled(config: Any, data: Any, split: Optional[str],
-                statistics: Optional[Statistics]) -> Pipeline:
+                statistics: Optional[StatisticsLike]) -> Pipeline:
     if isinstance(config, (str, os.PathLike)) and is_output(str(config)):
         if data is not None:
             raise ConfigError(f"{os.fspath(config)!r} is a materialized output; data= does "

@@ -7,17 +7,23 @@ into one Parquet file whose row groups hold disjoint id ranges; the pipeline the
 that file like any sorted source.
 
 The cache lives in `source.cache.dir`, one folder per source: `<source>-<content>`, where
-`<source>` hashes the source's path and the columns read, and `<content>` also every file's
-fingerprint (path, size, modification time, footer). An unchanged source finds its folder
-and reuses it; a changed one builds a new folder and removes the stale one. A folder is
-written under a temporary name and renamed when complete, so a half-written cache never
-looks complete, and two processes building the same cache each write their own and the
-second rename finds the first's in place.
+`<source>` hashes the source's resolved absolute path and the columns read, and `<content>`
+also every file's fingerprint (`seqpipe.footers.Fingerprint`). An unchanged source finds
+its folder and reuses it once its sorted file is checked to be the one written (size and
+footer); a changed one builds a new folder and removes the stale one, unless a live process
+still reads it. A folder is written under a temporary name and renamed when complete, so a
+half-written cache never looks complete, and two processes building the same cache each
+write their own and the second rename finds the first's in place.
+
+Every process that streams a copy holds a shared lock on its `lease` file for as long as
+it may read it; a stale copy is removed only under an exclusive lock, which it cannot get
+while any reader holds one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -27,19 +33,21 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Optional
+from typing import IO, Optional
 
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 
 from seqpipe._internal import paths
 from seqpipe._internal.progress import Progress
 from seqpipe.config import CacheConfig, PipelineConfig
 from seqpipe.errors import ConfigError, DataError
+from seqpipe.footers import fingerprint
 from seqpipe.source import PARQUET, SourceFiles, open_source
 
 logger = logging.getLogger("seqpipe")
 FORMAT = 1
-DATA, DONE = "sorted.parquet", "complete.json"
+DATA, DONE, LEASE = "sorted.parquet", "complete.json", "lease"
 ROW_GROUP_ROWS = 1 << 20  # rows per row group of the cache: a streamed read's unit
 
 
@@ -65,7 +73,9 @@ def locate(files: SourceFiles, config: PipelineConfig) -> Cache:
     root = Path(cache.dir).expanduser() if cache.dir else paths.user_cache("seqpipe",
                                                                             "regrouped")
     columns = sorted((f.name, str(f.type)) for f in files.schema)  # as a set: order is free
-    source = _digest({"where": str(files.where), "columns": columns, "format": FORMAT})[:16]
+    # Resolved, so that two projects whose configs both say `path: data` never share a copy.
+    where = os.path.realpath(os.path.expanduser(str(files.where)))
+    source = _digest({"where": where, "columns": columns, "format": FORMAT})[:16]
     content = _digest({"source": source, "files": {
         path: dataclasses.asdict(fp) for path, fp in sorted(files.fingerprints.items())},
         "id": config.source.id_column, "time": config.source.time_column})[:16]
@@ -97,13 +107,19 @@ def regrouped(files: SourceFiles, config: PipelineConfig,
         written.
     """
     cache = locate(files, config)
-    if cache.complete:
+    lease = _lease(cache) if cache.complete else None
+    if lease is not None:
         logger.info("seqpipe streams %s from its regrouped copy in %s", files.where,
                     cache.folder)
     else:
         _build(files, config, cache, progress)
+        lease = _lease(cache)
+        if lease is None:
+            raise DataError(f"the regrouped copy of {files.where} in {cache.folder} could "
+                            f"not be used right after it was written (see the warning above); "
+                            f"remove {cache.folder} and build again.")
     for old in cache.stale:  # the same source, as it was before it changed
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_unless_read(old)
     try:
         copy = open_source(dataclasses.replace(
             config, source=dataclasses.replace(config.source, path=str(cache.data))))
@@ -114,7 +130,59 @@ def regrouped(files: SourceFiles, config: PipelineConfig,
     # that the copy gives the values the source gives.
     dataset = pads.dataset(list(copy.files), schema=files.schema, format=PARQUET,
                            filesystem=copy.dataset.filesystem)
-    return dataclasses.replace(copy, dataset=dataset, schema=files.schema)
+    return dataclasses.replace(copy, dataset=dataset, schema=files.schema, lease=lease)
+
+
+def _lease(cache: Cache) -> Optional[IO]:
+    """A shared lock on a complete copy that holds until the returned file is closed (the
+    source that streams it keeps it open); None when the copy is gone, incomplete, or not
+    the file it was written as (a damaged copy is removed, to be built again)."""
+    try:
+        held = open(cache.folder / LEASE, "a+")  # held while the copy is read
+    except OSError:
+        return None
+    fcntl.flock(held, fcntl.LOCK_SH)  # waits while a cleaner removes the folder
+    problem = _damage(cache)
+    if problem is None:
+        return held
+    held.close()
+    if problem != "incomplete":
+        logger.warning("seqpipe: the regrouped copy in %s is damaged (%s); it is built again",
+                       cache.folder, problem)
+        _remove_unless_read(cache.folder)
+    return None
+
+
+def _damage(cache: Cache) -> Optional[str]:
+    """What is wrong with a copy's sorted file, or None when it is as written."""
+    try:
+        written = json.loads((cache.folder / DONE).read_text())
+    except (OSError, ValueError):
+        return "incomplete"
+    try:
+        found = fingerprint(pafs.LocalFileSystem(), str(cache.data))
+    except DataError as e:
+        return str(e)
+    if written.get("bytes") != found.size or written.get("footer") != found.footer:
+        return (f"{DATA} holds {found.size:,} bytes, {written.get('bytes')!r} were written, "
+                f"or its footer changed")
+    return None
+
+
+def _remove_unless_read(folder: Path) -> None:
+    """Removes a copy unless a live process holds its lease (it may be reading it)."""
+    try:
+        lock = open(folder / LEASE, "a+")
+    except OSError:
+        return  # gone already
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            logger.info("seqpipe: %s is still read by another process; left in place",
+                        folder)
+            return
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _build(files: SourceFiles, config: PipelineConfig, cache: Cache,
@@ -134,9 +202,12 @@ def _build(files: SourceFiles, config: PipelineConfig, cache: Cache,
                    len(files.files), cache.folder, limit)
     try:
         _sort(files, config, temporary, limit, rows, progress)
+        written = fingerprint(pafs.LocalFileSystem(), str(temporary / DATA))
+        (temporary / LEASE).touch()
         (temporary / DONE).write_text(json.dumps({
             "format": FORMAT, "source": str(files.where), "files": list(files.files),
-            "rows": rows, "seconds": round(time.monotonic() - started, 3)}, indent=1))
+            "rows": rows, "bytes": written.size, "footer": written.footer,
+            "seconds": round(time.monotonic() - started, 3)}, indent=1))
         try:
             os.rename(temporary, cache.folder)
         except OSError:
@@ -157,12 +228,17 @@ def _sort(files: SourceFiles, config: PipelineConfig, folder: Path, limit: str, 
         raise ConfigError(f"regrouping {files.where} needs DuckDB ({e}): pip install duckdb, "
                           f"or set source.cache: false to group it in memory") from e
     source = config.source
-    keys = [source.id_column or ""] + ([source.time_column] if source.time_column else [])
     local = [str(Path(f).resolve()) for f in files.files]
+    # Without a time column a sequence's timesteps are in source order: files in the
+    # source's order, rows in file order.
+    keys = [_quoted(source.id_column or "")] + (
+        [_quoted(source.time_column)] if source.time_column else
+        [f"list_position({_strings(local)}, filename)", "file_row_number"])
     hive = files.dataset.partitioning is not None
     query = (f"COPY (SELECT {', '.join(_quoted(n) for n in files.schema.names)} "
-             f"FROM read_parquet({_strings(local)}, hive_partitioning = {str(hive).lower()}) "
-             f"ORDER BY {', '.join(_quoted(k) for k in keys)}) TO {_string(str(folder / DATA))} "
+             f"FROM read_parquet({_strings(local)}, hive_partitioning = {str(hive).lower()}"
+             f"{'' if source.time_column else ', filename = true, file_row_number = true'}) "
+             f"ORDER BY {', '.join(keys)}) TO {_string(str(folder / DATA))} "
              f"(FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
     connection = duckdb.connect()
     try:
@@ -172,6 +248,8 @@ def _sort(files: SourceFiles, config: PipelineConfig, folder: Path, limit: str, 
         connection.execute(f"SET threads = {max(1, os.cpu_count() or 1)}")
         with _Watch(connection, rows, progress):
             connection.execute(query)
+    except duckdb.InterruptException:
+        raise KeyboardInterrupt from None  # Ctrl-C: the caller removes the half-written copy
     except duckdb.Error as e:
         raise DataError(f"regrouping {files.where} failed: {' '.join(str(e).split())}. "
                         f"Raise source.cache.memory_limit, free disk space in "

@@ -33,8 +33,9 @@ class Sequences:
       ids: (n,) sequence ids, ascending when the source has an id column.
       offsets: (n + 1,) int64; sequence i is timesteps `offsets[i]:offsets[i + 1]`.
       features: input name -> float32 `(timesteps, k)` for a timestep input, `(n, k)` for a
-        sequence input (for a chunk of a streamed source, a tuple of its k columns instead).
-        Always finite.
+        sequence input (for a chunk of a streamed source, a tuple of its k columns instead);
+        a scaled input's values are float64, and may be NaN, until `seqpipe.transform`
+        scales and fills them.
       labels: output name -> float32 `(timesteps,)` or `(n,)`. Always finite: missing labels
         hold their output's `fill_value`.
       present: output name -> bool, shaped like `labels`: False where the label was missing.

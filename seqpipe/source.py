@@ -68,7 +68,7 @@ def column_roles(config: PipelineConfig) -> list[ColumnRole]:
         roles.append(ColumnRole(source.time_column, "source.time_column",
                                 "list of times" if nested else "time"))
     for name, spec in config.inputs.items():
-        kind = _value_kind(nested, spec.level, spec.categorical)
+        kind = _value_kind(nested, spec.level, spec.categorical, bool(spec.normalize))
         roles += [ColumnRole(c, f"inputs.{name}.columns", kind) for c in spec.columns]
     for name, output in config.outputs.items():
         key = f"outputs.{name}.column" + ("s" if output.columns else "")
@@ -77,9 +77,16 @@ def column_roles(config: PipelineConfig) -> list[ColumnRole]:
     return roles
 
 
-def _value_kind(nested: bool, level: str, categorical: bool = False) -> str:
-    kind = "category" if categorical else "number"
-    return f"list of {kind.replace('y', 'ie')}s" if nested and level == "timestep" else kind
+def _value_kind(nested: bool, level: str, categorical: bool = False,
+                scaled: bool = False) -> str:
+    # A scaled column is read as float64 and cast to float32 only after scaling: epoch
+    # seconds or large counters keep their differences, which float32 would round away.
+    kind = "category" if categorical else "scaled number" if scaled else "number"
+    return f"list of {_plural(kind)}" if nested and level == "timestep" else kind
+
+
+def _plural(kind: str) -> str:
+    return kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +98,9 @@ class SourceFiles:
     schema: pa.Schema  # the columns the config reads, with the types they are cast to
     fingerprints: Mapping[str, Fingerprint] = dataclasses.field(default_factory=dict)
     null_labels: tuple[str, ...] = ()  # label columns whose every value is null
+    # A regrouped copy's open lease file (`seqpipe.regroup`): its shared lock keeps the copy
+    # from being removed while this source may read it.
+    lease: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -383,6 +393,9 @@ KIND_TEXT = {
     "list of times": "a list of numbers, dates or timestamps in the nested layout",
     "number": "numeric (integer, float, boolean or decimal)",
     "list of numbers": "a list of numbers in the nested layout (one value per timestep)",
+    "scaled number": "numeric (integer, float, boolean or decimal)",
+    "list of scaled numbers": "a list of numbers in the nested layout (one value per "
+                              "timestep)",
     "category": "a string, integer, boolean or dictionary column",
     "list of categories": "a list of strings, integers or booleans in the nested layout",
 }
@@ -414,7 +427,7 @@ def _fits(t: pa.DataType, kind: str) -> bool:
         return True
     if kind == "time":
         return _is_time(t)
-    if kind == "number":
+    if kind in ("number", "scaled number"):
         return _is_number(t)
     if kind == "category":
         return _is_category(t)
@@ -422,7 +435,7 @@ def _fits(t: pa.DataType, kind: str) -> bool:
         return _is_list(t) and _is_time(t.value_type)
     if kind == "list of categories":
         return _is_list(t) and _is_category(t.value_type)
-    return _is_list(t) and _is_number(t.value_type)
+    return _is_list(t) and _is_number(t.value_type)  # list of (scaled) numbers
 
 
 def _target_type(kind: str, found: pa.DataType) -> pa.DataType:
@@ -436,8 +449,12 @@ def _target_type(kind: str, found: pa.DataType) -> pa.DataType:
         return pa.list_(pa.string() if pa.types.is_large_string(value) else value)
     if kind == "number":
         return pa.float32()
+    if kind == "scaled number":
+        return pa.float64()
     if kind == "list of numbers":
         return pa.list_(pa.float32())
+    if kind == "list of scaled numbers":
+        return pa.list_(pa.float64())
     if kind == "list of times":
         return pa.list_(_sortable(found.value_type))
     return _sortable(found)
@@ -449,9 +466,9 @@ def _sortable(kind: pa.DataType) -> pa.DataType:
 
 
 def _target_schema(found: pa.Schema, roles: list[ColumnRole]) -> pa.Schema:
-    fields = {}
-    for role in roles:
-        if role.column not in fields:
+    fields: dict[str, pa.Field] = {}
+    for role in roles:  # a column read for a scaled input and for something else: float64
+        if role.column not in fields or "scaled" in role.kind:
             fields[role.column] = pa.field(
                 role.column, _target_type(role.kind, found.field(role.column).type))
     return pa.schema(list(fields.values()))

@@ -113,16 +113,30 @@ class Statistics:
                                  for name, v in self.vocabularies.items()}}
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> Statistics:
+    def from_dict(cls, raw: Any, where: str = "the statistics",
+                  fix: str = "Save them again with Statistics.save (Pipeline(config, "
+                             "split='train').statistics) rather than edit the file") -> Statistics:
+        """Statistics from what `to_dict` gave, every entry checked: a hand-edited or damaged
+        file would otherwise scale every value to NaN or zero without a word.
+
+        Raises:
+          ConfigError: an entry is missing, of the wrong type, or out of its rule (numbers
+            finite, std >= 0, min <= max, vocabularies of unique values with a count each),
+            naming `where` and the entry.
+        """
+        check = _Checker(where, fix)
+        check.mapping(raw, "")
         if raw.get("format") != FORMAT:
-            raise ConfigError(f"statistics format {raw.get('format')!r} is not one this "
-                              f"seqpipe reads ({FORMAT}); compute them again")
-        return cls({name: {c: ColumnStatistics(**s) for c, s in columns.items()}
-                    for name, columns in raw["columns"].items()},
-                   {name: Vocabulary(tuple(v["values"]), tuple(v["counts"]), v["first_id"],
-                                     v["missing"], v["dropped"])
-                    for name, v in raw["vocabularies"].items()},
-                   raw["sequences"], raw["computed_on"])
+            raise check.error(f"its format is {raw.get('format')!r}, and this seqpipe reads "
+                              f"format {FORMAT}")
+        columns = {name: {c: check.column(s, f"columns.{name}.{c}")
+                          for c, s in check.mapping(spec, f"columns.{name}").items()}
+                   for name, spec in check.mapping(raw.get("columns"), "columns").items()}
+        vocabularies = {name: check.vocabulary(v, f"vocabularies.{name}")
+                        for name, v in check.mapping(raw.get("vocabularies"),
+                                                     "vocabularies").items()}
+        return cls(columns, vocabularies, check.count(raw.get("sequences"), "sequences"),
+                   check.text(raw.get("computed_on"), "computed_on"))
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Writes the statistics as JSON (readable, diffable)."""
@@ -137,7 +151,7 @@ class Statistics:
                 raw = json.load(f)
         except (OSError, ValueError) as e:
             raise ConfigError(f"could not read statistics from {os.fspath(path)!r}: {e}") from e
-        return cls.from_dict(raw)
+        return cls.from_dict(raw, where=os.fspath(path))
 
     def check(self, config: PipelineConfig) -> None:
         """Raises a ConfigError when these statistics do not hold what `config` needs."""
@@ -170,6 +184,94 @@ class Statistics:
                          f"{self.input_dim(name)}" + (f", {v.dropped:,} rarer values map to 1"
                                                       if v.dropped else ""))
         return "\n".join(lines)
+
+
+class _Checker:
+    """Checks the entries of a statistics mapping, naming the file and the entry."""
+
+    def __init__(self, where: str, fix: str) -> None:
+        self.where, self.fix = where, fix
+
+    def error(self, problem: str) -> ConfigError:
+        return ConfigError(f"{self.where} does not hold usable seqpipe statistics: {problem}. "
+                           f"{self.fix}.")
+
+    def mapping(self, value: Any, entry: str) -> Mapping:
+        if not isinstance(value, Mapping):
+            raise self.error(f"{entry or 'the whole'} must be a mapping; got {value!r}"[:300])
+        return value
+
+    def number(self, value: Any, entry: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise self.error(f"{entry} must be a finite number; got {value!r}")
+        return float(value)
+
+    def count(self, value: Any, entry: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.error(f"{entry} must be a whole number >= 0; got {value!r}")
+        return value
+
+    def text(self, value: Any, entry: str) -> str:
+        if not isinstance(value, str):
+            raise self.error(f"{entry} must be a string; got {value!r}")
+        return value
+
+    def column(self, raw: Any, entry: str) -> ColumnStatistics:
+        raw = self.mapping(raw, entry)
+        expected = {f.name for f in dataclasses.fields(ColumnStatistics)}
+        if set(raw) != expected:
+            raise self.error(f"{entry} must have exactly the keys {sorted(expected)}; got "
+                             f"{sorted(raw)}")
+        found = ColumnStatistics(self.count(raw["count"], f"{entry}.count"),
+                                 *(self.number(raw[k], f"{entry}.{k}")
+                                   for k in ("mean", "std", "min", "max")))
+        if found.std < 0:
+            raise self.error(f"{entry}.std must be >= 0; got {found.std!r}")
+        if found.min > found.max:
+            raise self.error(f"{entry}.min must be <= its max; got min {found.min!r} and max "
+                             f"{found.max!r}")
+        return found
+
+    def vocabulary(self, raw: Any, entry: str) -> Vocabulary:
+        raw = self.mapping(raw, entry)
+        for key in ("values", "counts", "first_id", "missing", "dropped"):
+            if key not in raw:
+                raise self.error(f"{entry} has no key {key!r}")
+        values, counts = raw["values"], raw["counts"]
+        if not isinstance(values, list) or not isinstance(counts, list) \
+                or len(values) != len(counts):
+            raise self.error(f"{entry}.values and .counts must be lists of one length; got "
+                             f"{type(values).__name__} and {type(counts).__name__}")
+        kinds = {type(v) for v in values}
+        if len(kinds) > 1 or not kinds <= {str, int, bool}:
+            raise self.error(f"{entry}.values must all be strings, or all integers or "
+                             f"booleans; got the types {sorted(k.__name__ for k in kinds)}")
+        if len(set(values)) != len(values):
+            raise self.error(f"{entry}.values must not repeat a value")
+        first_id = raw["first_id"]
+        if first_id not in (0, 2) or isinstance(first_id, bool):
+            raise self.error(f"{entry}.first_id must be 2 (an input) or 0 (a label); got "
+                             f"{first_id!r}")
+        return Vocabulary(tuple(values),
+                          tuple(self.count(c, f"{entry}.counts") for c in counts), first_id,
+                          self.count(raw["missing"], f"{entry}.missing"),
+                          self.count(raw["dropped"], f"{entry}.dropped"))
+
+
+StatisticsLike = Union["Statistics", Mapping, str, os.PathLike]
+
+
+def as_statistics(given: StatisticsLike) -> Statistics:
+    """`Statistics` from themselves, a path `Statistics.save` wrote, or its mapping."""
+    if isinstance(given, Statistics):
+        return given
+    if isinstance(given, (str, os.PathLike)):
+        return Statistics.load(given)
+    if isinstance(given, Mapping):
+        return Statistics.from_dict(given)
+    raise ConfigError(f"statistics= must be seqpipe.Statistics, the path of a file "
+                      f"Statistics.save wrote, or its mapping; got {type(given).__name__}")
 
 
 def needed(config: PipelineConfig) -> bool:

@@ -233,6 +233,13 @@ def test_materialize_writes_one_folder_per_split_and_refuses_to_overwrite(tmp_pa
     replaced = _seqpipe("materialize", config, "--out", str(out), "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
     assert json.loads((out / "manifest.json").read_text())["config"]["padding"]["maxlen"] is None
+    (out / "notes.md").write_text("what this output is for")
+    (out / "train" / "extra.csv").write_text("1,2")
+    kept = _seqpipe("materialize", config, "--out", str(out), "--overwrite")
+    assert kept.returncode == 2 and re.search(
+        r"--overwrite replaces only what seqpipe wrote, and .*out also holds files it did not "
+        r"write: notes\.md, train/extra\.csv; nothing was touched", kept.stderr), kept.stderr
+    assert (out / "notes.md").read_text() == "what this output is for"
 
 
 def test_beam_options_without_a_runner_are_refused(tmp_path, table):

@@ -58,6 +58,14 @@ def test_element_spec_and_cardinality():
     assert dataset.cardinality().numpy() == pipeline.report.batches_per_epoch
 
 
+def test_element_spec_takes_a_mapping_or_a_yaml_path_as_build_dataset_does(tmp_path):
+    import yaml
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(_config().to_dict()))
+    for given in (_config().to_dict(), tmp_path / "c.yaml", str(tmp_path / "c.yaml")):
+        assert element_spec(given) == element_spec(_config())
+
+
 def test_autotuning_and_default_rewrites_are_off_and_a_user_can_turn_them_back_on():
     """Off because deleting an iterator waits for the autotuner's thread, often for about a
     second (benchmarks/iterator_deletion.py), and the rewrites slow every iterator's

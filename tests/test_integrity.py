@@ -81,14 +81,39 @@ def test_a_file_rewritten_with_the_same_layout_is_refused(tmp_path, change):
         new = new.cast(table.schema)
     same_size = _rewrite_keeping_time(path, new)
     assert same_size or change == "labels all null"  # new ids: the same byte layout
-    message = (r"d\.parquet changed since the dataset was built \(its (footer differs|size, "
-               r"footer differ)\): its rows would be read under the old index.*Build the dataset "
-               r"\(or Pipeline\) again")
+    message = (r"d\.parquet changed since the dataset was built \(its (size, )?footer, "
+               r"status-change time differ\): its rows would be read under the old index.*Build "
+               r"the dataset \(or Pipeline\) again")
     with pytest.raises(DataError, match=message):
         _read_all(pipeline)
     with pytest.raises(Exception, match=message):  # its first epoch may have been read
         for _ in range(2):
             list(dataset)
+
+
+def test_a_rewrite_that_keeps_size_footer_and_time_is_refused(tmp_path):
+    """One value changed in an uncompressed, plain-encoded file keeps every byte of the
+    footer; the status-change time still tells."""
+    table = _sorted(long_table([6, 6, 6], label_missing=0.0))
+    options = {"compression": "NONE", "use_dictionary": False, "row_group_size": 7}
+    path = tmp_path / "d.parquet"
+    pq.write_table(table, path, **options)
+    pipeline = Pipeline(_config(str(path)))
+    x = table["x"].to_numpy().copy()
+    order = np.argsort(x[:7])  # the first row group: neither its minimum nor its maximum
+    x[order[2]] = (x[order[2]] + x[order[3]]) / 2
+    pq.write_table(table.set_column(table.schema.get_field_index("x"), "x", pa.array(x)),
+                   tmp_path / "new.parquet", **options)
+    old, new = path.read_bytes(), (tmp_path / "new.parquet").read_bytes()
+    footer = 8 + int.from_bytes(old[-8:-4], "little")
+    assert len(old) == len(new) and old[-footer:] == new[-footer:] and old != new
+    stat = os.stat(path)
+    with open(path, "r+b") as f:
+        f.write(new)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(DataError, match=r"d\.parquet changed since the dataset was built \(its "
+                                        r"status-change time differs\)"):
+        _read_all(pipeline)
 
 
 def test_pipeline_sequences_reads_a_rewritten_file_as_it_is_now(tmp_path):
@@ -383,3 +408,33 @@ def test_validate_data_does_not_import_tensorflow(tmp_path):
     result = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True,
                             text=True, cwd=os.getcwd())
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("layout", ["long", "nested"])
+def test_float16_features_and_labels_are_read_as_float32(tmp_path, capsys, layout):
+    table = long_table([3, 5, 2], label_missing=0.3)
+    for name in ("x", "y"):
+        table = table.set_column(table.schema.get_field_index(name), name,
+                                 table[name].cast(pa.float16()))
+    stored = nested_from_long(table) if layout == "nested" else table
+    if layout == "nested":
+        stored = stored.cast(pa.schema([f if f.name not in ("x", "y") else
+                                        pa.field(f.name, pa.list_(pa.float16()))
+                                        for f in stored.schema]))
+    path = write(tmp_path / "half.parquet", stored)
+    raw = _config(path, layout)
+    pipeline = Pipeline(raw)
+    frame = table.to_pandas().sort_values(["id", "t"])
+    for batch in pipeline.batches():
+        for r, (i, n) in enumerate(zip(batch.ids, batch.lengths)):
+            rows = frame[frame.id == i]
+            np.testing.assert_array_equal(batch.x["steps"][r, :n, 0],
+                                          rows.x.to_numpy(np.float32))
+            present = rows.y.notna().to_numpy()
+            np.testing.assert_array_equal(batch.y["y"][r, :n, 0][present],
+                                          rows.y.to_numpy(np.float32)[present])
+    import yaml
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(pipeline.config.to_dict()))
+    assert main(["validate", str(tmp_path / "c.yaml"), "--data"]) == 0
+    assert "halffloat" in capsys.readouterr().out

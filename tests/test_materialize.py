@@ -151,6 +151,35 @@ def test_an_existing_output_is_refused_unless_overwritten(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_overwrite_through_a_link_replaces_the_folder_it_names_and_leaves_nothing(tmp_path):
+    path = write(tmp_path / "a.parquet", long_table(LENGTHS[:20]), 50)
+    config = load_config(base_config(path))
+    (tmp_path / "store").mkdir()
+    materialize(config, tmp_path / "store" / "v1")
+    (tmp_path / "latest").symlink_to(tmp_path / "store" / "v1")
+    materialize(load_config(config, {"padding.maxlen": 3}), tmp_path / "latest", overwrite=True)
+    assert (tmp_path / "latest").is_symlink()
+    assert json.loads((tmp_path / "latest/manifest.json").read_text())["config"]["padding"][
+        "maxlen"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.parquet", "latest", "store"]
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["v1"]
+
+
+@pytest.mark.parametrize("source, out", [("data", "data/out"), ("data", "data"),
+                                         ("data/*.parquet", "data/materialized"),
+                                         ("data/**/*.parquet", "data/deep/out")])
+def test_an_out_inside_the_source_folder_is_refused(tmp_path, monkeypatch, source, out):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "deep").mkdir(parents=True)
+    write(tmp_path / "data" / "a.parquet", long_table(LENGTHS[:20]), 50)
+    with pytest.raises(DataError, match=r"--out .* lies inside the source folder .*data "
+                                        r"\(source\.path '.*'\): its files would be read as "
+                                        r"part of the source from then on"):
+        materialize(load_config(base_config(source)), out)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["a.parquet", "deep"]
+    materialize(load_config(base_config(source)), "elsewhere")  # beside it is fine
+
+
 def test_loading_something_that_is_not_a_finished_output_is_an_error(tmp_path):
     with pytest.raises(SourceNotFoundError, match="is not a folder"):
         load_materialized(tmp_path / "nothing")
@@ -254,6 +283,21 @@ def test_a_damaged_manifest_is_one_clear_error(tmp_path, edit, message):
     out = _small_output(tmp_path)
     _manifest_edit(out, edit)
     with pytest.raises(DataError, match=message):
+        load_materialized(out)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["statistics"]["columns"]["steps"]["x"].update(std=-2.0),
+     r"columns\.steps\.x\.std must be >= 0; got -2\.0"),
+    (lambda m: m["statistics"]["columns"]["steps"]["x"].update(mean=None),
+     r"columns\.steps\.x\.mean must be a finite number; got None"),
+], ids=["negative-std", "no-mean"])
+def test_a_manifest_whose_statistics_were_edited_is_refused(tmp_path, edit, message):
+    out = _small_output(tmp_path, **{"inputs.steps.normalize": "standard"})
+    _manifest_edit(out, edit)
+    with pytest.raises(DataError, match=r"manifest\.json \(its statistics\) does not hold usable "
+                                        r"seqpipe statistics: " + message +
+                                        r"\. Materialize again rather than edit the manifest"):
         load_materialized(out)
 
 

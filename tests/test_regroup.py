@@ -209,3 +209,106 @@ def test_a_cache_folder_that_cannot_be_written_says_what_to_do(tmp_path):
                                         r".*; set source\.cache\.dir to a writable folder, or "
                                         r"source\.cache: false"):
         Pipeline(config, split="train")
+
+
+def _footer(path) -> bytes:
+    data = open(path, "rb").read()
+    return data[-8 - int.from_bytes(data[-8:-4], "little"):]
+
+
+def test_a_source_rewritten_with_the_same_size_footer_and_time_is_regrouped_again(
+        tmp_path, regrouping_cache):
+    # Uncompressed, plain-encoded values: changing one value in the middle of a column keeps
+    # the size, every offset and the footer's statistics, so the footer's bytes too.
+    table = long_table(LENGTHS[:40], seed=5, label_missing=0.0)
+    folder = _by_day(table, tmp_path / "days")
+    path = os.path.join(folder, "day-2.parquet")
+    day = pq.read_table(path)
+    options = {"compression": "NONE", "use_dictionary": False, "row_group_size": 1000}
+    pq.write_table(day, path, **options)
+    before = Pipeline(_config(folder, **{"split.validation": 0.0}))
+    x = day["x"].to_numpy().copy()
+    middle = int(np.argsort(x)[len(x) // 2])  # neither the minimum nor the maximum
+    x[middle] = (x[middle] + x[int(np.argsort(x)[len(x) // 2 + 1])]) / 2
+    pq.write_table(day.set_column(day.schema.get_field_index("x"), "x", pa.array(x)),
+                   tmp_path / "new.parquet", **options)
+    stat = os.stat(path)
+    assert os.path.getsize(tmp_path / "new.parquet") == stat.st_size
+    assert _footer(tmp_path / "new.parquet") == _footer(path)
+    with open(path, "r+b") as f:  # in place, as a same-second rewrite or `cp -p` leaves it
+        f.write((tmp_path / "new.parquet").read_bytes())
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(path).st_mtime_ns == stat.st_mtime_ns
+    del before
+    after = Pipeline(_config(folder, **{"split.validation": 0.0}))
+    changed = day["id"][middle].as_py()
+    rows = {i: (batch.x["steps"][r, :n, 1])
+            for batch in after.batches() for r, (i, n) in enumerate(zip(batch.ids,
+                                                                         batch.lengths))}
+    whole = pa.concat_tables([pq.read_table(os.path.join(folder, f"day-{d}.parquet"))
+                              for d in range(5)]).to_pandas().sort_values(["id", "t"])
+    want = whole[whole.id == changed].x.to_numpy(np.float32)[-len(rows[changed]):]
+    np.testing.assert_array_equal(rows[changed], want)
+    assert np.float32(x[middle]) in rows[changed]
+
+
+def test_without_a_time_column_the_copy_keeps_files_and_rows_in_source_order(tmp_path):
+    table = long_table(LENGTHS[:50], seed=6, label_missing=0.0)
+    folder = scatter(table, tmp_path / "rows", files=4, seed=3, row_group_size=30)
+    no_time = load_config(base_config(folder, source={"path": folder, "id_column": "id"}),
+                          {"batching.batch_size": 64, "split.validation": 0.0})
+    regrouped = Pipeline(no_time)
+    assert regrouped.report.streamed and "regrouped copy" in str(regrouped.report)
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
+    in_order = pa.concat_tables([pq.read_table(f) for f in files])  # files by name, rows
+    whole = Pipeline(load_config(no_time.to_dict(), {"source.path": None}), in_order)
+    assert _same_batches(regrouped, whole) == 50
+
+
+def test_two_projects_with_the_same_relative_path_keep_copies_of_their_own(
+        tmp_path, monkeypatch, regrouping_cache):
+    projects = []
+    for name, seed in (("a", 1), ("b", 2)):
+        os.makedirs(tmp_path / name)
+        _by_day(long_table(LENGTHS[:30], seed=seed), tmp_path / name / "data")
+        projects.append(tmp_path / name)
+    monkeypatch.chdir(projects[0])
+    first = Pipeline(_config("data", **{"split.validation": 0.0}))
+    epoch0 = [b.ids for b in first.batches(0)]
+    monkeypatch.chdir(projects[1])
+    Pipeline(_config("data", **{"split.validation": 0.0}))
+    assert len(list(regrouping_cache.iterdir())) == 2
+    monkeypatch.chdir(projects[0])
+    assert sorted(i for ids in epoch0 for i in ids) == \
+        sorted(i for b in first.batches(1) for i in b.ids)  # its copy is still there
+
+
+def test_a_stale_copy_is_kept_while_a_pipeline_reads_it_and_removed_after(
+        tmp_path, regrouping_cache):
+    table = long_table(LENGTHS[:30], seed=3)
+    folder = _by_day(table, tmp_path / "days")
+    reading = Pipeline(_config(folder, **{"split.validation": 0.0}))
+    changed = pq.read_table(os.path.join(folder, "day-0.parquet"))
+    pq.write_table(changed.slice(1), os.path.join(folder, "day-0.parquet"))
+    Pipeline(_config(folder, **{"split.validation": 0.0}))
+    assert len(list(regrouping_cache.iterdir())) == 2  # the old copy is still read
+    assert sum(len(b.ids) for b in reading.batches(1)) == 30
+    del reading
+    Pipeline(_config(folder, **{"split.validation": 0.0}))
+    assert len(list(regrouping_cache.iterdir())) == 1
+
+
+def test_a_truncated_copy_is_found_and_built_again(tmp_path, regrouping_cache, caplog):
+    table = long_table(LENGTHS[:30], seed=4)
+    folder = _by_day(table, tmp_path / "days")
+    first = Pipeline(_config(folder), split="train")
+    expected = [b.ids for b in first.batches(0)]
+    del first
+    [copy] = regrouping_cache.iterdir()
+    data = (copy / "sorted.parquet").read_bytes()
+    (copy / "sorted.parquet").write_bytes(data[: len(data) // 2])
+    with caplog.at_level(logging.WARNING, logger="seqpipe"):
+        again = Pipeline(_config(folder), split="train")
+    assert any(re.search(r"the regrouped copy in .* is damaged \(.*\); it is built again",
+                         r.getMessage()) for r in caplog.records)
+    assert [b.ids.tolist() for b in again.batches(0)] == [e.tolist() for e in expected]

@@ -61,7 +61,7 @@ def test_standard_scaling_uses_the_train_parts_present_values_at_kept_timesteps(
     train = Pipeline(cfg, split="train")
     train_ids = sorted(i for b in every(train) for i in b.ids)
     kept = frame[frame.id.isin(train_ids)].groupby("id").head(6)  # truncating: post
-    kept = kept[["hr", "bp"]].astype(np.float32).astype(np.float64)  # the values read
+    kept = kept[["hr", "bp"]]  # scaled columns are read as float64
     expected = {c: (kept[c].mean(), kept[c].std(ddof=0)) for c in ("hr", "bp")}
     for c, (mean, std) in expected.items():
         got = train.statistics.columns["vitals"][c]
@@ -354,10 +354,13 @@ def test_config_errors_name_the_key_and_the_rule(inputs, message):
      r"outputs\.y\.categorical takes one label column; got columns \['a', 'b'\]"),
     ({"padding": {"mask": "v"}},
      r"padding\.mask 'v' is also the name of an input or output"),
+    ({"padding": {"mask": ""}},
+     r"padding\.mask must name the mask input \(say 'timestep_mask'\), or be null for none; "
+     r"got ''"),
     ({"source": {"path": "x.parquet", "id_column": "id", "cache": {"memory_limit": "lots"}}},
      r"source\.cache\.memory_limit must be a size such as '500MB' or '2GB'; got 'lots'"),
 ], ids=["time_delta-without-time", "no-label", "two-labels", "categorical-columns",
-        "mask-clash", "cache-size"])
+        "mask-clash", "empty-mask", "cache-size"])
 def test_config_errors_of_outputs_mask_and_cache_name_the_key(change, message):
     raw = {"source": {"path": "x.parquet", "id_column": "id", "time_column": "ts"},
            "inputs": {"v": {"columns": ["hr"]}}, **change}
@@ -372,8 +375,8 @@ def test_statistics_that_cannot_be_read_or_do_not_fit_the_data_are_clear_errors(
     with pytest.raises(ConfigError, match=r"could not read statistics from '.*bad\.json': "):
         Statistics.load(tmp_path / "bad.json")
     (tmp_path / "old.json").write_text('{"format": 0}')
-    with pytest.raises(ConfigError, match=r"statistics format 0 is not one this seqpipe reads "
-                                          r"\(1\); compute them again"):
+    with pytest.raises(ConfigError, match=r"old\.json does not hold usable seqpipe statistics: "
+                                          r"its format is 0, and this seqpipe reads format 1"):
         Statistics.load(tmp_path / "old.json")
     cfg = config(path, inputs={"v": {"columns": ["hr"], "fill_value": 0},
                                "step": {"columns": ["step"], "categorical": True}})
@@ -520,3 +523,124 @@ def test_predict_gives_every_sequence_once_by_id_and_time_equal_to_the_model_alo
                                    .to_numpy(float), alone["dx"][0], rtol=1e-4, atol=1e-6)
 
 
+
+
+@pytest.mark.parametrize("layout", ["long", "nested", "in-memory"])
+def test_scaling_is_computed_in_float64_so_epoch_seconds_keep_their_steps(tmp_path, layout):
+    # Epoch seconds with 1-second steps: float32 rounds 1.7e9 to multiples of 128, so
+    # scaling after a float32 cast gave a constant column (zeros) and a false warning.
+    lengths = np.array([5, 9, 3, 7])
+    sequence = np.repeat(np.arange(4), lengths)
+    step = np.concatenate([np.arange(n) for n in lengths])
+    seconds = 1.7e9 + step + 40 * sequence
+    big = (2**40 + 3 * step).astype(np.int64)  # an int64 counter beyond 2^24, scaled
+    table = pa.table({"id": sequence, "ts": step, "sec": seconds, "big": big,
+                      "y": np.ones(len(step))})
+    raw = {"source": {"id_column": "id", "time_column": "ts"},
+           "inputs": {"clock": {"columns": ["sec", "big"], "normalize": "standard"}},
+           "outputs": {"y": {"column": "y"}}, "batching": {"batch_size": 4}}
+    data = None
+    if layout == "in-memory":
+        data = table
+    else:
+        stored = (nest(table, lists=("ts", "sec", "big", "y"), firsts=())
+                  if layout == "nested" else table)
+        raw["source"].update(path=write(tmp_path / "clock.parquet", stored, row_group_size=6),
+                             layout=layout)
+    pipeline = Pipeline(raw, data=data)
+    [batch] = every(pipeline)
+    for j, column in enumerate(["sec", "big"]):
+        values = table[column].to_numpy().astype(np.float64)
+        want = (values - values.mean()) / values.std()
+        assert pipeline.statistics.columns["clock"][column].std == pytest.approx(values.std())
+        for r, (i, n) in enumerate(zip(batch.ids, batch.lengths)):
+            np.testing.assert_allclose(batch.x["clock"][r, :n, j], want[sequence == i],
+                                       rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["columns"]["vitals"]["hr"].update(mean=float("nan")),
+     r"columns\.vitals\.hr\.mean must be a finite number; got nan"),
+    (lambda d: d["columns"]["vitals"]["hr"].update(std=float("inf")),
+     r"columns\.vitals\.hr\.std must be a finite number; got inf"),
+    (lambda d: d["columns"]["vitals"]["bp"].update(std=-1.0),
+     r"columns\.vitals\.bp\.std must be >= 0; got -1\.0"),
+    (lambda d: d["columns"]["vitals"]["bp"].update(min=500.0),
+     r"columns\.vitals\.bp\.min must be <= its max; got min 500\.0"),
+    (lambda d: d["columns"]["vitals"]["bp"].pop("max"),
+     r"columns\.vitals\.bp must have exactly the keys \['count', 'max', 'mean', 'min', "
+     r"'std'\]"),
+    (lambda d: d["columns"]["vitals"].update(hr="scaled"),
+     r"columns\.vitals\.hr must be a mapping; got 'scaled'"),
+    (lambda d: d.pop("vocabularies"), r"vocabularies must be a mapping; got None"),
+    (lambda d: d["vocabularies"]["event"].update(values=["a", "a"], counts=[1, 2]),
+     r"vocabularies\.event\.values must not repeat a value"),
+    (lambda d: d["vocabularies"]["event"]["counts"].pop(),
+     r"vocabularies\.event\.values and \.counts must be lists of one length"),
+    (lambda d: d["vocabularies"]["event"].update(first_id=7),
+     r"vocabularies\.event\.first_id must be 2 \(an input\) or 0 \(a label\); got 7"),
+    (lambda d: d.update(format=99), r"its format is 99, and this seqpipe reads format 1"),
+], ids=["nan-mean", "inf-std", "negative-std", "min-above-max", "missing-key", "wrong-type",
+        "no-vocabularies", "repeated-category", "counts-short", "first-id", "format"])
+def test_an_edited_statistics_file_is_refused_naming_the_file_and_the_entry(
+        source, tmp_path, edit, message):
+    import json
+
+    path, _ = source
+    Pipeline(config(path)).statistics.save(tmp_path / "stats.json")
+    saved = json.loads((tmp_path / "stats.json").read_text())
+    edit(saved)
+    (tmp_path / "stats.json").write_text(json.dumps(saved))
+    pattern = r"stats\.json does not hold usable seqpipe statistics: " + message + \
+        r".*Save them again with Statistics\.save"
+    with pytest.raises(ConfigError, match=pattern):
+        Statistics.load(tmp_path / "stats.json")
+    with pytest.raises(ConfigError, match=message):  # the path, as build_dataset takes it
+        build_dataset(config(path), statistics=str(tmp_path / "stats.json"))
+
+
+def test_statistics_are_taken_as_a_path_or_a_mapping_wherever_they_are_taken(source, tmp_path):
+    path, _ = source
+    cfg = config(path, split={"validation": 0.3, "seed": 3})
+    train = Pipeline(cfg, split="train")
+    train.statistics.save(tmp_path / "stats.json")
+    want = [b.x["vitals"] for b in every(Pipeline(cfg, split="validation",
+                                                  statistics=train.statistics))]
+    for given in (tmp_path / "stats.json", str(tmp_path / "stats.json"),
+                  train.statistics.to_dict()):
+        pipeline = Pipeline(cfg, split="validation", statistics=given)
+        assert pipeline.statistics == train.statistics
+        for a, b in zip(want, [b.x["vitals"] for b in every(pipeline)]):
+            np.testing.assert_array_equal(a, b)
+        assert len(list(build_dataset(cfg, split="validation", statistics=given,
+                                      format="numpy"))) == len(want)
+    with pytest.raises(ConfigError, match=r"statistics= must be seqpipe\.Statistics, the path "
+                                          r"of a file Statistics\.save wrote, or its mapping; "
+                                          r"got int"):
+        Pipeline(cfg, split="validation", statistics=3)
+
+
+@pytest.mark.parametrize("inputs", [
+    {"event": {"columns": ["event"], "categorical": True}},
+    {"vitals": {"columns": ["hr", "bp"], "normalize": "standard"}},
+], ids=["vocabulary", "scaling"])
+def test_statistics_from_no_train_sequence_are_refused_and_say_to_pass_them(
+        source, tmp_path, inputs):
+    path, frame = source
+    cfg = config(path, inputs=inputs, outputs={"targets": {"columns": ["y1", "y2"]}},
+                 split={"validation": 0.3, "seed": 3})
+    train = Pipeline(cfg, split="train")
+    test_ids = sorted(set(frame.id) - {i for b in every(train) for i in b.ids})
+    only_test = write(tmp_path / "test-ids.parquet",
+                      pa.Table.from_pandas(frame[frame.id.isin(test_ids)],
+                                           preserve_index=False))
+    other = config(only_test, inputs=inputs, outputs={"targets": {"columns": ["y1", "y2"]}},
+                   split={"validation": 0.3, "seed": 3})
+    with pytest.raises(ConfigError, match=r"would be computed from the train part of "
+                                          r".*test-ids\.parquet, which holds none.*Pass the "
+                                          r"training run's statistics"):
+        Pipeline(other, split="validation")
+    with pytest.raises(ConfigError, match=r"which holds none"):
+        predict(None, other, split="validation")
+    kept = Pipeline(other, split="validation", statistics=train.statistics)
+    assert sorted(i for b in every(kept) for i in b.ids) == test_ids

@@ -147,17 +147,19 @@ def fill_missing(values: np.ndarray, fill: float) -> tuple[np.ndarray, np.ndarra
 
 def scale_fill(values: np.ndarray, shift: float, divisor: float, fill: float,
                out: Optional[np.ndarray] = None) -> tuple[np.ndarray, int]:
-    """float32 `(values - shift) / divisor`, `fill` where a value is NaN or infinite, and
-    how many were; written into `out` (float32, shaped like `values`) when given.
+    """`(values - shift) / divisor` computed in float64 and cast to float32, `fill` where a
+    value is NaN or infinite, and how many were; written into `out` (float32, shaped like
+    `values`) when given.
 
     >>> scaled, filled = scale_fill(np.array([1, np.nan, 5], np.float32), 1.0, 2.0, 0.0)
     >>> scaled.tolist(), filled
     ([0.0, 0.0, 2.0], 1)
     """
-    values = np.asarray(values, dtype=np.float32)
+    values = np.asarray(values)
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
     out = np.empty(values.shape, dtype=np.float32) if out is None else out
-    filled = _scale_fill(values, np.float32(shift), np.float32(1.0 / divisor),
-                         np.float32(fill), out)
+    filled = _scale_fill(values, np.float64(shift), np.float64(divisor), np.float32(fill), out)
     return out, int(filled)
 
 
@@ -249,12 +251,12 @@ def _fill_missing(values, fill, labels, present):  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True)
-def _scale_fill(values, shift, factor, fill, out):  # pragma: no cover - compiled
+def _scale_fill(values, shift, divisor, fill, out):  # pragma: no cover - compiled
     filled = 0
     for i in range(len(values)):
         x = values[i]
         if np.isfinite(x):
-            out[i] = (x - shift) * factor
+            out[i] = (np.float64(x) - shift) / divisor
         else:
             out[i] = fill
             filled += 1

@@ -56,7 +56,13 @@ from seqpipe.materialized.manifest import (
     share_of,
     write_manifest,
 )
-from seqpipe.materialized.write import SHARD_BYTES, check_out, encode_for_parts, write_part_index
+from seqpipe.materialized.write import (
+    SHARD_BYTES,
+    check_out,
+    encode_for_parts,
+    output_folder,
+    write_part_index,
+)
 from seqpipe.sequences import check_no_nulls, group_sequences, id_runs
 from seqpipe.source import SourceFiles, SourceTable, open_source
 from seqpipe.split import PARTS, id_hash, part_of, timesteps_before
@@ -98,7 +104,7 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
     if not config.source.id_column:
         raise ConfigError("materialize on Beam needs source.id_column: the rows of a sequence "
                           "are grouped by their id. Set source.id_column.")
-    out = str(out).rstrip("/")
+    out = output_folder(out, config)
     check_out(out, overwrite)
     files = open_source(config)
     pieces = _row_groups(files)

@@ -20,7 +20,7 @@ from typing import Any, Optional, Union
 
 from seqpipe._internal import paths
 from seqpipe.config import PipelineConfig, SplitConfig
-from seqpipe.errors import DataError, SourceNotFoundError
+from seqpipe.errors import ConfigError, DataError, SourceNotFoundError
 from seqpipe.pipeline import batch_structure
 from seqpipe.split import PARTS
 from seqpipe.statistics import Statistics
@@ -56,6 +56,25 @@ def is_output(folder: str) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+def not_written(folder: str) -> list[str]:
+    """The entries of an output folder its manifest does not list: files a user added."""
+    manifest = json.loads(paths.read_text(paths.join(folder, MANIFEST)))
+    parts = {part.get("folder"): {"index.parquet", *part.get("shards", [])}
+             for part in manifest.get("parts", {}).values() if isinstance(part, dict)}
+    found = []
+    for name in paths.listdir(folder):
+        name = name.rstrip("/")
+        if name == MANIFEST:
+            continue
+        inside = paths.join(folder, name)
+        if name in parts and paths.isdir(inside):
+            found += [f"{name}/{f.rstrip('/')}" for f in paths.listdir(inside)
+                      if f.rstrip("/") not in parts[name]]
+        else:
+            found.append(name)
+    return found
 
 
 def share_of(split: SplitConfig, part: str) -> float:
@@ -177,6 +196,12 @@ def read_manifest(path: Union[str, os.PathLike]) -> dict:
             f"{file} was edited: its config no longer matches its config_sha256, so it no "
             f"longer says how the records were written. Materialize again rather than edit "
             f"the manifest (to load with other batching, pass config= to load_materialized).")
+    if "statistics" in manifest:  # what every record was scaled and encoded with
+        try:
+            Statistics.from_dict(manifest["statistics"], f"{file} (its statistics)",
+                                 "Materialize again rather than edit the manifest")
+        except ConfigError as e:
+            raise DataError(str(e)) from None
     return manifest
 
 

@@ -123,7 +123,7 @@ def open_part(path: Union[str, os.PathLike], config: Any = None,
                             index["length"].to_numpy(), valid, manifest["source"]["rows"],
                             _report_fields(folder, manifest, split),
                             _file_sequences(info, index.num_rows),
-                            statistics=Statistics.from_dict(manifest["statistics"])
+                            statistics=Statistics.from_dict(manifest["statistics"], folder)
                             if "statistics" in manifest else Statistics(),
                             time_dtype=manifest.get("time_dtype"),
                             before_cutoff=(index["before_cutoff"].to_numpy()

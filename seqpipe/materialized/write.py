@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
@@ -28,6 +29,7 @@ from seqpipe.index import missing_labels, valid_per_sequence
 from seqpipe.materialized.manifest import (
     build_manifest,
     is_output,
+    not_written,
     output_parts,
     part_number,
     write_manifest,
@@ -61,7 +63,7 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
     tf = tensorflow()
 
     config = config if isinstance(config, PipelineConfig) else load_config(config)
-    out = str(out)
+    out = output_folder(out, config)
     check_out(out, overwrite)
     # Statistics come from the train part, as a pipeline of that part computes them; the
     # records of every part are then prepared with them.
@@ -113,6 +115,38 @@ def _write(pipeline: Pipeline, config: PipelineConfig, out: str, overwrite: bool
     return manifest
 
 
+def output_folder(out: Union[str, os.PathLike], config: PipelineConfig) -> str:
+    """Where materialize writes `out`: a local symlink resolved to the folder it names, so
+    that `--overwrite` replaces that folder and the link goes on naming it.
+
+    Raises:
+      DataError: `out` lies inside the source's folder, where its index files would become
+        part of the source the next time it is read.
+    """
+    out = str(out).rstrip("/")
+    if paths.is_uri(out):
+        return out
+    out = os.path.realpath(out)
+    folder = _source_folder(config.source.path)
+    if folder and (out == folder or out.startswith(folder.rstrip(os.sep) + os.sep)):
+        raise DataError(
+            f"--out {out} lies inside the source folder {folder} (source.path "
+            f"{config.source.path!r}): its files would be read as part of the source from "
+            f"then on. Choose an --out outside {folder}.")
+    return out
+
+
+def _source_folder(path: Optional[str]) -> Optional[str]:
+    """The folder a local source reads everything below: the folder itself, or a glob's
+    fixed part; None for a single file or a URI."""
+    if not path or paths.is_uri(path):
+        return None
+    fixed = re.split(r"[*?\[]", path, maxsplit=1)[0]
+    if fixed == path:
+        return os.path.realpath(path) if os.path.isdir(path) else None
+    return os.path.realpath(fixed if fixed.endswith(os.sep) else os.path.dirname(fixed) or ".")
+
+
 def check_out(out: str, overwrite: bool) -> None:
     """Raises a DataError when `out` cannot take an output: it is a file or below one, or
     an existing folder that is not empty. `overwrite` replaces only an earlier seqpipe
@@ -132,6 +166,14 @@ def check_out(out: str, overwrite: bool) -> None:
         raise DataError(
             f"--overwrite replaces only an earlier seqpipe materialize output or an empty "
             f"folder, and {out} is neither (it holds {shown}); nothing was touched. Choose "
+            f"another --out.")
+    others = not_written(out)
+    if others:
+        shown = ", ".join(others[:5]) + (f", ... ({len(others)} in all)" if len(others) > 5
+                                         else "")
+        raise DataError(
+            f"--overwrite replaces only what seqpipe wrote, and {out} also holds files it did "
+            f"not write: {shown}; nothing was touched. Move them out of {out}, or choose "
             f"another --out.")
 
 

@@ -20,7 +20,7 @@ from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, SeqpipeError
 from seqpipe.numpy_batches import NumpyBatches
 from seqpipe.pipeline import Pipeline, batch_structure
-from seqpipe.statistics import Statistics
+from seqpipe.statistics import StatisticsLike
 
 if TYPE_CHECKING:
     from seqpipe.materialized.read import MaterializedPart
@@ -37,7 +37,7 @@ FORMATS = ("tf", "grain", "numpy")
 
 def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathLike],
                   data: Any = None, split: Optional[str] = None, *, input_context: Any = None,
-                  read_early: bool = False, statistics: Optional[Statistics] = None,
+                  read_early: bool = False, statistics: Optional[StatisticsLike] = None,
                   format: str = "tf"):
     """Builds the `tf.data.Dataset` of `(x, y, sample_weight)` batches for `model.fit`.
 
@@ -60,7 +60,8 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
         until the dataset is iterated or deleted; leave it off for datasets iterated later,
         such as validation data.
       statistics: the `seqpipe.Statistics` to scale and encode with (saved from training,
-        say); None computes them from the train part (see `Pipeline`).
+        say), the path of the file `Statistics.save` wrote, or its mapping; None computes
+        them from the train part (see `Pipeline`).
       format: what to build, as Keras's `timeseries_dataset_from_array(format=...)`:
         "tf", a `tf.data.Dataset`; "grain", a `grain.IterDataset` (`model.fit` takes it
         on every backend from Keras 3.11; needs the `grain` extra); "numpy", a re-iterable
@@ -215,7 +216,7 @@ def _options():
 def sharded_pipeline(config: Any, input_context: Any, data: Any = None,
                      split: Optional[str] = None,
                      source: Optional[MaterializedPart] = None,
-                     statistics: Optional[Statistics] = None) -> Pipeline:
+                     statistics: Optional[StatisticsLike] = None) -> Pipeline:
     """The `Pipeline` of one input pipeline: its share of the sequences, per-replica batches.
     `source`: a materialized part to read instead of the config's source."""
     config = config if isinstance(config, PipelineConfig) else load_config(config)
@@ -264,8 +265,10 @@ def _traced_blocks(config: PipelineConfig):
         return _TRACED[key]
 
 
-def element_spec(config: PipelineConfig):
-    """The `tf.TensorSpec` structure of one batch, from the config alone."""
+def element_spec(config: Union[PipelineConfig, Mapping, str, os.PathLike]):
+    """The `tf.TensorSpec` structure of one batch, from the config alone (a `PipelineConfig`,
+    a YAML path or a mapping, as `build_dataset` takes)."""
+    config = config if isinstance(config, PipelineConfig) else load_config(config)
     tf = tensorflow()
 
     return _map_specs(lambda s: tf.TensorSpec(shape=s["shape"], dtype=s["dtype"]),
