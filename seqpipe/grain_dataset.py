@@ -1,6 +1,6 @@
 """Grain: `build_dataset(format="grain")`, a `grain.IterDataset` of the pipeline's batches.
 
-Keras 3 (3.11 and later) takes Grain datasets in `model.fit` on every backend, and on JAX
+Keras 3 takes Grain datasets in `model.fit` on every backend, and on JAX
 and PyTorch nothing then imports TensorFlow. The batches are the pipeline's NumPy batches;
 Grain adds its iterator protocol, with checkpointable state (epoch and batches read).
 Needs the `grain` extra: `pip install "seqpipe[grain]"`. Grain is imported when the first
@@ -9,9 +9,7 @@ such dataset is built, so that seqpipe imports without it.
 
 from __future__ import annotations
 
-import importlib.metadata
 import itertools
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +17,6 @@ from seqpipe.errors import ConfigError
 from seqpipe.numpy_batches import Epochs, keras_triple
 from seqpipe.pipeline import Pipeline
 
-logger = logging.getLogger("seqpipe")
 _CLASS: Any = None
 
 
@@ -30,21 +27,7 @@ def grain_batches(pipeline: Pipeline):
 
     Its iterators' state is `{"epoch": k, "batches": n}`; `set_state` resumes epoch k after
     its first n batches (assembling them again: the epoch's plan is the same)."""
-    dataset = _dataset_class()(pipeline)
-    _warn_old_keras()
-    return dataset
-
-
-def _warn_old_keras() -> None:
-    """Keras takes Grain datasets in `fit` from 3.11; an older one fails there with
-    "Unrecognized data type". Said now, from the installed version, without importing it."""
-    try:
-        version = importlib.metadata.version("keras")
-    except importlib.metadata.PackageNotFoundError:
-        return
-    if tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) < (3, 11):
-        logger.warning("seqpipe: Keras %s takes no Grain dataset in model.fit (Keras 3.11 "
-                       "and later do); use format='tf', or upgrade Keras", version)
+    return _dataset_class()(pipeline)
 
 
 def _dataset_class():

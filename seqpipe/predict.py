@@ -71,6 +71,7 @@ def predict(model: Any, config: Union[PipelineConfig, Mapping, str, os.PathLike]
         at = np.searchsorted(index.ids, batch.ids)  # ids are in the index, ascending
         for name, values in outputs.items():
             levels.setdefault(name, _level(name, values, config))
+            _check_shape(name, values, levels[name], batch)
             found.setdefault(name, []).append(_real(values, levels[name], batch, at, config))
     times = _kept_times(pipeline) if any(v == "timestep" for v in levels.values()) else None
     return {name: _frame(name, pieces, levels[name], pipeline, times)
@@ -87,8 +88,10 @@ def _window_predictions(model: Any, pipeline: Pipeline) -> dict[str, pd.DataFram
         n, ends = len(batch.ids), typing.cast(np.ndarray, batch.ends)
         sequence = np.searchsorted(ids, batch.ids)
         for name, values in _by_name(model.predict_on_batch(batch.x), model, config).items():
+            _check_shape(name, values, levels.setdefault(name, _level(name, values, config)),
+                         batch)
             values = values[:n]
-            if levels.setdefault(name, _level(name, values, config)) == "sequence":
+            if levels[name] == "sequence":
                 found.setdefault(name, []).append(
                     (sequence, ends, ends, values.reshape(n, -1)))
                 continue
@@ -159,6 +162,27 @@ def _level(name: str, values: np.ndarray, config: PipelineConfig) -> str:
     if name in config.outputs:
         return config.outputs[name].level
     return "timestep" if values.ndim >= 3 else "sequence"
+
+
+def _check_shape(name: str, values: np.ndarray, level: str, batch: Batch) -> None:
+    """Raises a ConfigError when a prediction's shape does not fit its output's level: a
+    (B, T, k) prediction of a per-sequence output would otherwise be flattened into wrong
+    columns, and a (B, k) one of a per-timestep output read at the wrong places."""
+    rows = len(batch.ids)
+    weights = batch.sample_weight.get(name) if batch.sample_weight else None
+    steps = weights.shape[1] if weights is not None and weights.ndim == 2 else 0
+    if level == "sequence":
+        fits, want = values.ndim in (1, 2) and len(values) >= rows, "(batch, k) or (batch,)"
+    else:
+        fits = values.ndim in (2, 3) and len(values) >= rows and values.shape[1] >= steps
+        want = "(batch, timesteps, k) or (batch, timesteps)" + (
+            f", with {steps} timesteps here" if steps else "")
+    if not fits:
+        raise ConfigError(
+            f"predict: the model's output {name!r} came back with shape {values.shape} for a "
+            f"batch of {rows} rows, but outputs.{name} has level: {level}, which needs "
+            f"{want}. Make the model's {name!r} output match, or set outputs.{name}.level "
+            f"to what the model predicts.")
 
 
 def _real(values: np.ndarray, level: str, batch: Batch, at: np.ndarray,

@@ -250,6 +250,10 @@ def _sort(files: SourceFiles, config: PipelineConfig, folder: Path, limit: str, 
             connection.execute(query)
     except duckdb.InterruptException:
         raise KeyboardInterrupt from None  # Ctrl-C: the caller removes the half-written copy
+    except RuntimeError as e:  # how DuckDB reports a Ctrl-C that Python caught first
+        if "interrupted" in str(e).lower():
+            raise KeyboardInterrupt from None
+        raise
     except duckdb.Error as e:
         raise DataError(f"regrouping {files.where} failed: {' '.join(str(e).split())}. "
                         f"Raise source.cache.memory_limit, free disk space in "

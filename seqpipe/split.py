@@ -153,6 +153,17 @@ def cutoff_value(split: SplitConfig, dtype: np.dtype, time_name: str, where: str
             pass
         kind = "dates or timestamps"
         example = "a date or timestamp such as 2024-06-01 or 2024-06-01T12:00"
+    elif dtype.kind == "m":
+        import pandas as pd
+
+        try:  # a duration in words ("36h", "2 days"), or a number of seconds
+            value = (pd.Timedelta(cutoff) if isinstance(cutoff, str)
+                     else pd.Timedelta(float(cutoff), "s"))
+            return np.timedelta64(value.value, "ns").astype(dtype)
+        except (ValueError, TypeError):
+            pass
+        kind = "durations"
+        example = "a duration such as '36h' or '2 days', or a number of seconds"
     else:
         try:
             return float(str(cutoff))

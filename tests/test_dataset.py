@@ -150,8 +150,8 @@ def test_batches_reach_keras_without_a_copy(monkeypatch):
     groups = []
     hand_off = handoff.hand_off
 
-    def keep(group, config):
-        element = hand_off(group, config)
+    def keep(group, config, finish=None):
+        element = hand_off(group, config, finish)
         groups.append([_address_range(a) for part in (element.x, element.y,
                                                        element.sample_weight)
                        for a in part.values()])

@@ -67,6 +67,11 @@ def test_a_pass_cut_short_does_not_use_up_an_epoch(path):
     next(iter(batches))  # as Keras does with a Grain dataset, to learn its shapes
     _assert_same_epoch(reference.epoch(0), batches)  # the next whole pass: still epoch 0
     _assert_same_epoch(reference.epoch(1), batches)  # the pass after a whole one: epoch 1
+    tf_data = build_dataset(_config(path))
+    for _ in zip(range(3), tf_data):  # a loop that breaks after three batches
+        pass
+    _assert_same_epoch(reference.epoch(0), tf_data)
+    _assert_same_epoch(reference.epoch(1), tf_data)
 
 
 def test_a_grain_iterator_resumes_from_its_state(path):
@@ -125,10 +130,6 @@ print(json.dumps({"backend": keras.backend.backend(), "batches": len(shapes),
 def test_grain_and_numpy_train_a_keras_model_on_jax_without_tensorflow(path, tmp_path):
     for module in ("jax", "grain"):
         pytest.importorskip(module, reason=f"{module} is not installed (the test extra has it)")
-    import keras
-
-    if tuple(int(v) for v in keras.__version__.split(".")[:2]) < (3, 11):
-        pytest.skip(f"Keras {keras.__version__} takes no Grain dataset in fit (3.11 and later)")
     config = tmp_path / "config.yaml"
     config.write_text(json.dumps(_config(path, **{"padding.maxlen": 32,
                                                   "batching.static_shapes": True}).to_dict()))
@@ -154,15 +155,3 @@ def test_grain_without_grain_installed_says_how_to_install_it(path, tmp_path):
     """
     result = child_json(tmp_path, script, config)
     assert result["error"].startswith('format="grain" needs Grain: pip install "seqpipe[grain]"')
-
-
-def test_grain_with_a_keras_too_old_for_it_is_a_warning(path, monkeypatch, caplog):
-    pytest.importorskip("grain", reason="the grain extra is not installed")
-    import importlib.metadata
-
-    installed = importlib.metadata.version
-    monkeypatch.setattr(importlib.metadata, "version",
-                        lambda name: "3.10.0" if name == "keras" else installed(name))
-    build_dataset(_config(path), format="grain")
-    assert "Keras 3.10.0 takes no Grain dataset in model.fit (Keras 3.11 and later do)" in \
-        caplog.text

@@ -104,6 +104,24 @@ def test_fit_shows_the_metric_per_epoch_and_it_survives_saving(tmp_path):
     assert logs["y_masked_mse"] == pytest.approx(_by_hand(again, batches)["y"], rel=1e-5)
 
 
+@pytest.mark.parametrize("run_eagerly", EAGER, ids=["graph", "eager"][:len(EAGER)])
+def test_with_static_shapes_global_mean_makes_keras_own_epoch_loss_the_masked_mean(
+        run_eagerly):
+    """Every batch has batch_size rows, so Keras's weighting by batch size changes nothing:
+    `<output>_loss` is the epoch's masked mean on every backend (what the docs say)."""
+    config = load_config(_config("global_mean"), {"batching.static_shapes": True,
+                                                  "padding.maxlen": 32})
+    table = long_table(LENGTHS, seed=3)
+    model = _model(run_eagerly)
+    batches = list(Pipeline(config, table).batches(0))
+    assert len(batches) > 2 and len({len(b.ids) for b in batches}) > 1  # a short last batch
+    logs = model.evaluate(build_dataset(config, table, format="numpy").epoch(0), verbose=0,
+                          return_dict=True, steps=len(batches))
+    expected = _by_hand(model, batches)
+    assert logs["y_loss"] == pytest.approx(expected["y"], rel=1e-5)
+    assert logs["died_loss"] == pytest.approx(expected["died"], rel=1e-5)
+
+
 def test_a_bad_loss_is_a_clear_error():
     with pytest.raises(TypeError, match="masked_metric: loss must be"):
         seqpipe.masked_metric(3)

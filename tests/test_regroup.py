@@ -312,3 +312,36 @@ def test_a_truncated_copy_is_found_and_built_again(tmp_path, regrouping_cache, c
     assert any(re.search(r"the regrouped copy in .* is damaged \(.*\); it is built again",
                          r.getMessage()) for r in caplog.records)
     assert [b.ids.tolist() for b in again.batches(0)] == [e.tolist() for e in expected]
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_sort_exits_as_an_interrupt_and_leaves_nothing(tmp_path):
+    import json
+    import signal
+
+    rng = np.random.default_rng(0)
+    rows = 3_000_000  # a sort of a second or more, so that Ctrl-C comes during it
+    ids, times = rng.integers(0, 50_000, rows), rng.permutation(rows)
+    (tmp_path / "days").mkdir()
+    for d in range(4):
+        at = slice(d * rows // 4, (d + 1) * rows // 4)
+        pq.write_table(pa.table({"id": ids[at], "t": times[at], "x": rng.normal(size=rows // 4),
+                                 "y": rng.normal(size=rows // 4)}),
+                       tmp_path / "days" / f"day-{d}.parquet", row_group_size=100_000)
+    config = {"source": {"path": str(tmp_path / "days"), "id_column": "id", "time_column": "t",
+                         "cache": {"dir": str(tmp_path / "cache"), "memory_limit": "100MB"}},
+              "inputs": {"steps": {"columns": ["x"]}}, "outputs": {"y": {"column": "y"}}}
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    run = subprocess.Popen([sys.executable, "-m", "seqpipe", "materialize",
+                            str(tmp_path / "c.json"), "--out", str(tmp_path / "out")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = "x"
+    while line and "regroups" not in line:  # the sort has started
+        line = run.stderr.readline()
+    time.sleep(0.3)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err
+    assert "seqpipe: interrupted" in err and "Traceback" not in err
+    assert list((tmp_path / "cache").iterdir()) == []  # no half-written copy left
+    assert not (tmp_path / "out").exists()

@@ -325,7 +325,7 @@ def test_a_file_rewritten_after_building_is_a_clear_error(tmp_path):
     write(tmp_path / "d.parquet", _by_id(long_table([3, 6, 5, 2])))
     # The footer read at build time no longer matches the file.
     with pytest.raises(DataError, match=r"d\.parquet changed since the dataset was built "
-                                        r"\(its size, .*footer differ\).*Build the dataset"):
+                                        r"\(its size, .*footer, status-change time differ\).*Build the dataset"):
         for _ in pipeline.batches(0):
             pass
 

@@ -205,6 +205,24 @@ def test_a_time_cutoff_splits_windows_as_the_reference_does(tmp_path, history, h
         assert all(end < np.datetime64(CUTOFF) for _, end in found)
 
 
+@pytest.mark.parametrize("cutoff", ["40 days", 40 * 86400, "bad"])
+def test_a_duration_time_column_takes_a_duration_cutoff(tmp_path, cutoff):
+    frame = stores()
+    durations = frame.assign(day=frame["day"] - START)  # timedelta64: time since the start
+    path = write_shuffled(durations, tmp_path / "rows")
+    if cutoff == "bad":
+        with pytest.raises(ConfigError, match=r"split\.time_cutoff must be a duration such as "
+                                              r"'36h' or '2 days', or a number of seconds, "
+                                              r"because source\.time_column 'day' in .* holds "
+                                              r"durations; got 'bad'"):
+            Pipeline(config(path, split__time_cutoff=cutoff), split="train")
+        return
+    for part in ("train", "validation"):
+        pipeline = Pipeline(config(path, split__time_cutoff=cutoff), split=part)
+        assert_same_windows(produced(pipeline, frame),
+                            reference(frame, 5, 3, 1, None, CUTOFF, part))
+
+
 def test_windows_across_the_cutoff_are_in_neither_part_and_counted(tmp_path):
     frame = stores()
     path = write_shuffled(frame, tmp_path / "rows")

@@ -51,6 +51,7 @@ from seqpipe.index import missing_labels
 from seqpipe.materialized.manifest import (
     MANIFEST,
     build_manifest,
+    check_written,
     output_parts,
     part_number,
     share_of,
@@ -125,6 +126,8 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
             with pipeline as p:
                 _build(p, config, files.schema, pieces, shards, temp, facts)
             manifest = json.loads(paths.read_text(paths.join(temp, MANIFEST)))
+            check_written(manifest, sum(piece.rows for piece in pieces),
+                          config.source.layout, f"the Beam pipeline on {runner}")
             check_out(out, overwrite)  # again: the folder may have changed while this ran
             paths.publish(temp, out, overwrite)
         except BaseException as e:
@@ -132,6 +135,13 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
             found = _seqpipe_error(e)
             if found is not None and found is not e:
                 raise found from e
+            if found is None and isinstance(e, Exception):
+                detail = " ".join(str(e).split())[:500]
+                raise DataError(
+                    f"the Beam pipeline on {runner} failed outside seqpipe "
+                    f"({type(e).__name__}: {detail}); nothing was written to {out}. Check the "
+                    f"runner's options and logs, or run without --runner to materialize "
+                    f"locally.") from e
             raise
     return manifest
 

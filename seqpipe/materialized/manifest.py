@@ -58,6 +58,27 @@ def is_output(folder: str) -> bool:
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
+def check_written(manifest: dict, rows: int, layout: str, what: str) -> None:
+    """Raises a DataError, before an output is published, when what was written does not
+    add up to what was read: `rows` in the source (from its footers); every row in a record
+    (long layout: one timestep each; nested: one sequence each, or dropped as empty).
+    `what` names the run ("the Beam pipeline on DirectRunner")."""
+    source, parts = manifest["source"], manifest["parts"].values()
+    timesteps = sum(p["timesteps"] for p in parts)
+    sequences = sum(p["sequences"] for p in parts)
+    if layout == "long":
+        written, unit = timesteps, "timesteps"
+    else:
+        written, unit = sequences + source["empty_sequences_dropped"], "sequences"
+    if source["rows"] != rows or written != rows:
+        raise DataError(
+            f"materialize read {rows:,} rows from the footers of {source['where']}, but "
+            f"{what} grouped {source['rows']:,} and wrote {written:,} {unit}: rows were lost "
+            f"on the way, so the output was not published. Run it again; if it happens again, "
+            f"try another runner or its default settings (Beam's DirectRunner in "
+            f"multi_threading mode is known to lose rows).")
+
+
 def not_written(folder: str) -> list[str]:
     """The entries of an output folder its manifest does not list: files a user added."""
     manifest = json.loads(paths.read_text(paths.join(folder, MANIFEST)))

@@ -28,6 +28,7 @@ from seqpipe.errors import DataError
 from seqpipe.index import missing_labels, valid_per_sequence
 from seqpipe.materialized.manifest import (
     build_manifest,
+    check_written,
     is_output,
     not_written,
     output_parts,
@@ -105,6 +106,7 @@ def _write(pipeline: Pipeline, config: PipelineConfig, out: str, overwrite: bool
             dict(report.filled_values or {}),
             {part: w.close() for part, w in writers.items()}, pipeline.statistics, time_dtype)
         write_manifest(temp, manifest)
+        check_written(manifest, report.rows, config.source.layout, "this run")
         check_out(out, overwrite)  # again: the folder may have changed while this ran
         paths.publish(temp, out, overwrite)
     except BaseException:

@@ -114,7 +114,7 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
     tf = tensorflow()
 
     config, token = pipeline.config, next(_TOKENS)
-    _LIVE[token] = _Epochs(pipeline, read_early)
+    _LIVE[token] = _Epochs(pipeline, token, read_early)
     # The dataset's functions are traced once per shape of config and told which dataset's
     # epochs to read by a token; see `_traced_blocks`.
     dataset = tf.data.Dataset.from_tensors(np.int64(token)).flat_map(_traced_blocks(config))
@@ -152,23 +152,33 @@ def _epochs_of(token) -> Iterator[tuple]:
 
 class _Epochs:
     """One dataset's epochs: each call yields the next epoch's blocks, handed off
-    (`handoff.HandOff`). `close` stops a first epoch nobody read and lets go of the pipeline."""
+    (`handoff.HandOff`). `close` stops a first epoch nobody read and lets go of the pipeline.
 
-    def __init__(self, pipeline: Pipeline, read_early: bool = False) -> None:
+    Epoch k is the pass after k passes read to their last batch, as Grain and NumPy count
+    them: a pass cut short (Keras on JAX, PyTorch or tf.distribute draws one batch to
+    build a model before epoch 0; a loop that breaks) does not use up an epoch's shuffle.
+    A batch is cut out of its block only when it is asked for, and cutting an epoch's last
+    batch records the epoch (`handoff.finished_epochs`)."""
+
+    def __init__(self, pipeline: Pipeline, token: int, read_early: bool = False) -> None:
         self._pipeline: Optional[Pipeline] = pipeline
-        self._count = itertools.count()
+        self._token = token
         # With read_early, the first epoch is read while TensorFlow builds the dataset and
         # its iterator; it stops when the dataset is deleted unread.
         self._warm: Optional[Background] = (Background(self._pieces(pipeline, 0))
                                             if read_early else None)
+        self._warm_epoch = 0
 
     def __call__(self) -> Iterator[tuple]:
-        pipeline, epoch = self._pipeline, next(self._count)
+        pipeline = self._pipeline
         if pipeline is None:
             raise RuntimeError("this seqpipe dataset was deleted: keep a reference to the "
                                "dataset (or to one made from it) while iterating it")
+        epoch = int(handoff.finished_epochs().lookup(np.int64(self._token))) + 1
         producer, self._warm = self._warm, None
-        if producer is None or producer.stopped:
+        if producer is None or producer.stopped or epoch != self._warm_epoch:
+            if producer is not None:
+                producer.stop()
             producer = Background(self._pieces(pipeline, epoch))
         # A block of no batches goes first. TensorFlow sets up its per-block machinery (the
         # function that cuts a block into batches) on the first block it sees; with this
@@ -176,11 +186,13 @@ class _Epochs:
         yield handoff.no_batches(pipeline.config)
         yield from producer
 
-    @staticmethod
-    def _pieces(pipeline: Pipeline, epoch: int) -> Iterator[tuple]:
+    def _pieces(self, pipeline: Pipeline, epoch: int) -> Iterator[tuple]:
+        total, handed = pipeline.report.batches_per_epoch, 0
         try:
             for block in pipeline.blocks(epoch):
-                yield handoff.hand_off(block, pipeline.config)
+                handed += len(block.places)
+                finish = (self._token, epoch) if handed == total else None
+                yield handoff.hand_off(block, pipeline.config, finish)
         except SeqpipeError as e:
             # TensorFlow hands the error on as an InvalidArgumentError whose first line
             # names its own function; the log says it first, as it happens.

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -44,6 +44,9 @@ class Cuts(NamedTuple):
     labels: Mapping[str, Cut]  # axis -> the batches in every weight array on it
     y_shape: Mapping[str, Any]  # output -> (batches, rank)
     weight_shape: Mapping[str, Any]  # output -> (batches, rank)
+    # (batches, 2): [dataset token, epoch] on the last batch of an epoch, [-1, -1] on
+    # every other: cutting it records the epoch as read (`finished_epochs`).
+    finish: Any
 
 
 class HandOff(NamedTuple):
@@ -56,8 +59,10 @@ class HandOff(NamedTuple):
     sample_weight: Mapping[str, Any]
 
 
-def hand_off(block: Block, config: PipelineConfig) -> HandOff:
-    return HandOff(_cuts(block.places, config),
+def hand_off(block: Block, config: PipelineConfig,
+             finish: Optional[tuple[int, int]] = None) -> HandOff:
+    """A block for tf.data; `finish` (token, epoch) when it holds its epoch's last batch."""
+    return HandOff(_cuts(block.places, config, finish),
                    {name: values.reshape(-1) for name, values in block.x.items()},
                    {name: values.reshape(-1) for name, values in block.y.items()},
                    block.sample_weight)
@@ -94,7 +99,8 @@ def _places(batches: int, config: PipelineConfig) -> BatchPlaces:
                        {a: zeros for a in axes if a != "sequence"})
 
 
-def _cuts(places: BatchPlaces, config: PipelineConfig) -> Cuts:
+def _cuts(places: BatchPlaces, config: PipelineConfig,
+          finish: Optional[tuple[int, int]] = None) -> Cuts:
     size = places.rows
     ones = np.ones_like(size)
 
@@ -116,7 +122,27 @@ def _cuts(places: BatchPlaces, config: PipelineConfig) -> Cuts:
                 {name: cut(axis, tail) for name, (axis, tail, _) in y_layout.items()},
                 labels,
                 {name: shape(axis, *tail) for name, (axis, tail, _) in y_layout.items()},
-                {name: shape(axes[name]) for name in config.outputs})
+                {name: shape(axes[name]) for name in config.outputs},
+                _finish(len(size), finish))
+
+
+def _finish(batches: int, finish: Optional[tuple[int, int]]) -> np.ndarray:
+    marks = np.full((batches, 2), -1, np.int64)
+    if finish is not None and batches:
+        marks[-1] = finish
+    return marks
+
+
+_FINISHED: list = []  # the table, made once per process with TensorFlow
+
+
+def finished_epochs():
+    """dataset token -> the last epoch whose last batch was cut: a batch is cut only when
+    it is asked for, so that epoch was read to its end (a `MutableHashTable`, -1: none)."""
+    tf = tensorflow()
+    if not _FINISHED:
+        _FINISHED.append(tf.lookup.experimental.MutableHashTable(tf.int64, tf.int64, -1))
+    return _FINISHED[0]
 
 
 def spec(config: PipelineConfig) -> HandOff:
@@ -137,6 +163,7 @@ def split_block(config: PipelineConfig):
     slice of every flat array, reshaped; no data is copied."""
     tf = tensorflow()
     known = _static_shapes(config)
+    finished = finished_epochs()
 
     def cut(values, where, shape, static):
         values = tf.reshape(tf.slice(values, where.begin, where.size), shape)
@@ -147,6 +174,8 @@ def split_block(config: PipelineConfig):
         x, y, weights = block.x, block.y, block.sample_weight
 
         def batch(c: Cuts):
+            # One small op per batch; key -1 on every batch but an epoch's last.
+            finished.insert(c.finish[:1], c.finish[1:])
             xs = {name: cut(x[name], c.x[name], c.x_shape[name], known["x"][name])
                   for name in known["x"]}
             if not config.outputs:
