@@ -158,7 +158,7 @@ def cutoff_value(split: SplitConfig, dtype: np.dtype, time_name: str, where: str
 
         try:  # a duration in words ("36h", "2 days"), or a number of seconds
             value = (pd.Timedelta(cutoff) if isinstance(cutoff, str)
-                     else pd.Timedelta(float(cutoff), "s"))
+                     else pd.Timedelta(float(cutoff or 0), "s"))
             return np.timedelta64(value.value, "ns").astype(dtype)
         except (ValueError, TypeError):
             pass
