@@ -197,7 +197,8 @@ FOOTER_CASES = [
     ({"x": pa.array([1, 2**25 + 1, 3], pa.int64())},
      r"column 'x' \(inputs\.steps\.columns\) holds the integer 33,554,433 in .*d\.parquet "
      r"\(row group 0, from its footer\), beyond 2\^24 = 16,777,216: float32.*cannot hold it "
-     r"exactly"),
+     r"exactly\. Scale it \(set inputs\.steps\.normalize: seqpipe scales in float64 and "
+     r"casts after"),
     ({"y": pa.array([1.0, 1e39, 2.0])},
      r"column 'y' \(outputs\.y\.column\) holds 1e\+39 in .*d\.parquet \(row group 0, from its "
      r"footer\), which overflows float32"),
