@@ -37,6 +37,7 @@ class Tuning:
     read_batch: int = 1024  # records parsed per tf.io.parse_example call
     sort_batches: int = 32  # service batches sorted by length together: more pads less, holds more
     beam_sequences_per_batch: int = 512  # Beam groups and encodes this many sequences per call
+    beam_silent_seconds: float = 120.0  # no worker started by then: say what to check
 
 
 TUNING = Tuning()

@@ -1,9 +1,11 @@
 """Materialize on Apache Beam (DirectRunner): the same output as the local materialize."""
 
 import json
+import os
 import re
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -288,3 +290,53 @@ def test_a_runner_failure_outside_seqpipe_is_one_clear_error_from_the_cli(tmp_pa
                      r"seqpipe \(RuntimeError: worker lost its connection.*\); nothing was "
                      r"written to .*out", capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_worker_pool_whose_workers_cannot_start_is_reported_and_ctrl_c_stops_it(tmp_path):
+    """A real Beam worker pool on localhost whose `python` is not one with Beam (as a pool
+    started from the wrong environment): the runner waits for workers forever. seqpipe
+    says what to check, and Ctrl-C ends the run with nothing left behind."""
+    import signal
+    import socket
+    import time
+
+    wrong = tmp_path / "bin"
+    wrong.mkdir()
+    (wrong / "python").write_text('#!/bin/sh\necho "no apache_beam in this python" >&2\n'
+                                  'exit 1\n')
+    (wrong / "python").chmod(0o755)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PATH": f"{wrong}:{os.environ['PATH']}"}
+    pool = subprocess.Popen([sys.executable, "-m",
+                             "apache_beam.runners.worker.worker_pool_main",
+                             f"--service_port={port}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        folder = write(tmp_path / "a.parquet", long_table(LENGTHS[:20], seed=1), 50)
+        (tmp_path / "c.json").write_text(json.dumps(base_config(folder)))
+        code = ("import dataclasses, sys; import seqpipe.tuning as t; "
+                "t.TUNING = dataclasses.replace(t.TUNING, beam_silent_seconds=3); "
+                "from seqpipe.cli import main; sys.exit(main(sys.argv[1:]))")
+        time.sleep(2)  # the pool's server starts
+        run = subprocess.Popen(
+            [sys.executable, "-c", code, "materialize", str(tmp_path / "c.json"), "--out",
+             str(tmp_path / "out"), "--runner", "PortableRunner", "--job_endpoint=embed",
+             "--environment_type=EXTERNAL", f"--environment_config=localhost:{port}"],
+            stderr=subprocess.PIPE, text=True)
+        line, give_up = "x", threading.Timer(90, run.kill)  # never wait forever here
+        give_up.start()
+        while line and "no worker has started" not in line:
+            line = run.stderr.readline()
+        give_up.cancel()
+        assert re.search(r"the Beam pipeline on PortableRunner has run \d+ s and no worker has "
+                         r"started reading yet\. .*check that its workers run a Python with "
+                         r"apache-beam and seqpipe installed", line), line
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+        assert run.returncode == 130 and "seqpipe: interrupted" in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a.parquet", "bin", "c.json"]
+    finally:
+        pool.kill()
+        pool.wait()

@@ -30,9 +30,14 @@ module itself imports without it: `pip install "seqpipe[beam]"`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
+import socket
+import threading
+import time
 import typing
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Optional, Union
@@ -72,6 +77,7 @@ from seqpipe.stream import RowGroup, read_row_group
 from seqpipe.transform import Transform, changes_values
 from seqpipe.windows import part_windows
 
+logger = logging.getLogger("seqpipe")
 SHARD_SEED = 0x5E9_51A2D
 
 
@@ -123,8 +129,9 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
         for part in parts:
             paths.makedirs(paths.join(temp, part))
         try:
-            with pipeline as p:
-                _build(p, config, files.schema, pieces, shards, temp, facts)
+            _build(pipeline, config, files.schema, pieces, shards, temp, facts)
+            _run_watched(pipeline, temp, runner)
+            paths.remove_tree(paths.join(temp, STARTED))
             manifest = json.loads(paths.read_text(paths.join(temp, MANIFEST)))
             check_written(manifest, sum(piece.rows for piece in pieces),
                           config.source.layout, f"the Beam pipeline on {runner}")
@@ -146,6 +153,58 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
     return manifest
 
 
+STARTED = ".workers-started"  # a folder in the temporary output: one file per worker process
+_ANNOUNCED: set = set()  # temporary outputs this worker process has announced itself in
+
+
+def _run_watched(pipeline, temp: str, runner: str) -> None:
+    """Runs the pipeline (as `with pipeline:` does) in a thread of its own, so that Ctrl-C
+    reaches this one at once and cancels the run, and says so when no worker has started
+    after `tuning.TUNING.beam_silent_seconds`: a worker pool or cluster whose workers
+    cannot start (a Python without Beam or seqpipe) makes a runner wait forever."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = pipeline.run()
+            outcome["result"].wait_until_finish()
+        except BaseException as e:
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, name="seqpipe-beam", daemon=True)
+    thread.start()
+    started, warned = time.monotonic(), False
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+            silent = time.monotonic() - started
+            if not warned and silent > tuning.TUNING.beam_silent_seconds and \
+                    not paths.exists(paths.join(temp, STARTED)):
+                warned = True
+                logger.warning(
+                    "seqpipe: the Beam pipeline on %s has run %.0f s and no worker has started "
+                    "reading yet. If the runner uses a worker pool or a cluster, check that its "
+                    "workers run a Python with apache-beam and seqpipe installed (their logs say "
+                    "why they fail); Ctrl-C stops this run.", runner, silent)
+    except KeyboardInterrupt:
+        result = outcome.get("result")
+        if result is not None:
+            with contextlib.suppress(Exception):
+                result.cancel()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+def _announce(temp: str) -> None:
+    """Marks, once per worker process, that a worker started reading (see `_run_watched`)."""
+    if temp not in _ANNOUNCED:
+        _ANNOUNCED.add(temp)
+        folder = paths.join(temp, STARTED)
+        paths.makedirs(folder)
+        paths.write_bytes(paths.join(folder, f"{socket.gethostname()}-{os.getpid()}"), b"")
+
+
 def _row_groups(files: SourceFiles) -> list[RowGroup]:
     """Every row group that holds rows: the pieces Beam's workers read."""
     pieces = [RowGroup(piece, fragment.path, piece.row_groups[0].id, piece.row_groups[0].num_rows,
@@ -165,7 +224,7 @@ def _build(p, config: PipelineConfig, schema: pa.Schema, pieces: list, shards: d
     batches = (
         p
         | "Row groups" >> beam.Create(pieces, reshuffle=True)
-        | "Rows by id" >> beam.FlatMap(rows_by_id, config, schema)
+        | "Rows by id" >> beam.FlatMap(rows_by_id, config, schema, temp)
         | "Group by id" >> beam.GroupByKey()
         | "Batch sequences" >> beam.BatchElements(min_batch_size=1,
                                                   max_batch_size=tuning.TUNING.beam_sequences_per_batch))
@@ -188,8 +247,10 @@ def _build(p, config: PipelineConfig, schema: pa.Schema, pieces: list, shards: d
          beam.pvalue.AsSingleton(counts), config, list(shards), temp, facts, statistics))
 
 
-def rows_by_id(piece: RowGroup, config: PipelineConfig, schema: pa.Schema) -> Iterator[tuple]:
+def rows_by_id(piece: RowGroup, config: PipelineConfig, schema: pa.Schema,
+               temp: str) -> Iterator[tuple]:
     """The rows of each id in one row group: (id, one Arrow IPC record batch)."""
+    _announce(temp)
     table = read_row_group(piece, schema)
     id_name = config.source.id_column or ""  # materialize_on_beam requires one
     check_no_nulls(table[id_name], "source.id_column", id_name, piece.where)
