@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from seqpipe import Pipeline, build_dataset, element_spec, load_config
 from seqpipe._internal.buffers import SHARED
-from tests.helpers import base_config, long_table, write
+from tests.helpers import base_config, long_table, passing, write
 
 LENGTHS = [5, 1, 9, 3, 12, 7, 2, 8, 4, 6, 11, 3, 10, 4]
 
@@ -126,7 +126,7 @@ def test_without_outputs_the_dataset_yields_features_for_predict():
     assert set(dataset.element_spec) == {"steps", "static"}
     steps = keras.Input((None, 2), name="steps")
     static = keras.Input((1,), name="static")
-    out = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(steps))
+    out = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(passing(steps, static)))
     model = keras.Model({"steps": steps, "static": static}, out)
     assert model.predict(dataset, verbose=0).shape == (len(LENGTHS), 1)
 

@@ -19,7 +19,15 @@ from seqpipe import (
     materialize,
 )
 from seqpipe.materialized.manifest import config_hash
-from tests.helpers import base_config, long_table, nested_from_long, raw_sequences, scatter, write
+from tests.helpers import (
+    base_config,
+    long_table,
+    nested_from_long,
+    passing,
+    raw_sequences,
+    scatter,
+    write,
+)
 
 LENGTHS = np.random.default_rng(11).integers(1, 25, 150)
 SPLIT = {"validation": 0.2, "test": 0.2, "seed": 5}
@@ -427,7 +435,8 @@ def test_prepared_data_loads_materialized_as_build_dataset_makes_it(tmp_path):
     hidden = keras.layers.Concatenate()(
         [inputs["vitals"], keras.layers.Embedding(train.statistics.input_dim("event"), 2)(
             inputs["event"])])
-    hidden = keras.layers.GRU(2, return_sequences=True)(hidden, mask=inputs["timestep_mask"])
+    hidden = keras.layers.GRU(2, return_sequences=True)(passing(hidden, inputs["device"]),
+                                                        mask=inputs["timestep_mask"])
     model = keras.Model(inputs, {"targets": keras.layers.Dense(2, name="targets")(hidden)})
     from_files = predict(model, config, split="validation")["targets"]
     with pytest.raises(ConfigError, match=r"'.*out' is a materialized output; data= does not "

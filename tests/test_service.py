@@ -17,7 +17,14 @@ import tensorflow as tf
 from seqpipe import ConfigError, load_config, load_materialized, materialize
 from seqpipe.materialized.read import open_part
 from seqpipe.tfdata.service import records_dataset
-from tests.helpers import base_config, keras_batch_loss, long_table, raw_sequences, write
+from tests.helpers import (
+    base_config,
+    keras_batch_loss,
+    long_table,
+    passing,
+    raw_sequences,
+    write,
+)
 
 LENGTHS = np.random.default_rng(4).integers(1, 40, 90)
 
@@ -186,7 +193,8 @@ def test_each_weight_mode_gives_the_loss_it_promises_in_keras(tmp_path, mode):
     steps = keras.Input((None, 2), name="steps")
     static = keras.Input((1,), name="static")
     model = keras.Model({"steps": steps, "static": static},
-                        {"y": keras.layers.Dense(1, kernel_initializer="zeros", name="y")(steps)})
+                        {"y": keras.layers.Dense(1, kernel_initializer="zeros", name="y")(
+                            passing(steps, static))})
     model.compile(loss={"y": "mse"})
     total_valid = sum(int((~np.isnan(labels)).sum()) for _, labels in raw.values())
     batches = -(-len(LENGTHS) // 4)  # batch_size 4

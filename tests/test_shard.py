@@ -26,6 +26,7 @@ from tests.helpers import (
     keras_batch_loss,
     long_table,
     nested_from_long,
+    passing,
     raw_sequences,
     scatter,
     write,
@@ -286,7 +287,7 @@ def test_on_several_replicas_the_first_batches_share_one_shape_and_steps_fill(tm
     raw = raw_sequences(small)
     steps = keras.Input((None, 2), name="steps")
     static = keras.Input((1,), name="static")
-    zero = keras.layers.Dense(1, kernel_initializer="zeros", name="y")(steps)
+    zero = keras.layers.Dense(1, kernel_initializer="zeros", name="y")(passing(steps, static))
     model = keras.Model({"steps": steps, "static": static}, {"y": zero})
     model.compile(loss={"y": "mse"})
     assert len(batches) == 2

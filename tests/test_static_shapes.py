@@ -8,7 +8,14 @@ import pytest
 
 import seqpipe
 from seqpipe import ConfigError, Pipeline, build_dataset, element_spec, load_config
-from tests.helpers import base_config, keras_batch_loss, long_table, raw_sequences, write
+from tests.helpers import (
+    base_config,
+    keras_batch_loss,
+    long_table,
+    passing,
+    raw_sequences,
+    write,
+)
 
 LENGTHS = np.random.default_rng(21).integers(1, 90, 400)
 
@@ -70,7 +77,7 @@ def test_empty_rows_keep_the_loss_keras_reports_the_masked_mean():
     assert any(len(b.ids) < 16 for b in batches)  # a last batch with empty rows
     steps = keras.Input((None, 2), name="steps")
     static = keras.Input((1,), name="static")
-    y = keras.layers.Dense(1, name="y")(steps)
+    y = keras.layers.Dense(1, name="y")(passing(steps, static))
     died = keras.layers.Dense(1, name="died")(keras.layers.GlobalAveragePooling1D()(steps))
     model = keras.Model({"steps": steps, "static": static}, {"y": y, "died": died})
     model.compile(loss="mse")

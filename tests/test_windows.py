@@ -22,7 +22,7 @@ import seqpipe
 from seqpipe import ConfigError, DataError, Pipeline, load_config
 from seqpipe.cli.command import main
 from seqpipe.shard import Shard
-from tests.helpers import keras_batch_loss
+from tests.helpers import keras_batch_loss, passing
 
 START = np.datetime64("2024-01-01")
 CUTOFF = "2024-02-10"
@@ -524,8 +524,10 @@ def _code_model(config_, horizon):
               "store": keras.Input((1,), name="store"),
               "real": keras.Input((history,), name="real", dtype="bool")}
     pick = keras.layers.Dense(1, use_bias=False, name="units_next")
-    model = keras.Model(inputs, {"units_next": pick(
-        inputs["calendar"] if horizon else inputs["sales"])})
+    model = keras.Model(inputs, {"units_next": pick(passing(
+        inputs["calendar"] if horizon else inputs["sales"],
+        *(inputs[n] for n in ("sales", "calendar", "store", "real")
+          if n != ("calendar" if horizon else "sales"))))})
     pick.set_weights([np.array([[0.0], [0.0], [1.0]])])
     return model
 
@@ -694,7 +696,8 @@ with strategy.scope():
     calendar = keras.Input((3, 2), name="calendar")
     store = keras.Input((1,), name="store")
     state = keras.layers.GRU(4)(sales)
-    steps = keras.layers.Concatenate()([keras.layers.RepeatVector(3)(state), calendar])
+    steps = keras.layers.Concatenate()([keras.layers.RepeatVector(3)(state), calendar,
+                                        keras.layers.RepeatVector(3)(store)])
     units = keras.layers.Dense(1, name="units_next")(steps)
     model = keras.Model({"sales": sales, "calendar": calendar, "store": store},
                         {"units_next": units})
