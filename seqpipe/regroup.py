@@ -179,8 +179,8 @@ def _remove_unless_read(folder: Path) -> None:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            logger.info("seqpipe: %s is still read by another process; left in place",
-                        folder)
+            logger.info("seqpipe: %s may still be read (a live pipeline holds its lease); "
+                        "left in place", folder)
             return
         shutil.rmtree(folder, ignore_errors=True)
 

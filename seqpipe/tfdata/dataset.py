@@ -64,7 +64,7 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
         them from the train part (see `Pipeline`).
       format: what to build, as Keras's `timeseries_dataset_from_array(format=...)`:
         "tf", a `tf.data.Dataset`; "grain", a `grain.IterDataset` (`model.fit` takes it
-        on every backend from Keras 3.11; needs the `grain` extra); "numpy", a re-iterable
+        on every backend; needs the `grain` extra); "numpy", a re-iterable
         of NumPy batches (`seqpipe.numpy_batches.NumpyBatches`), for custom loops. Neither
         of the last two imports TensorFlow; all three give the same batches, epoch by
         epoch, for the same config and seed.
@@ -167,7 +167,6 @@ class _Epochs:
         # its iterator; it stops when the dataset is deleted unread.
         self._warm: Optional[Background] = (Background(self._pieces(pipeline, 0))
                                             if read_early else None)
-        self._warm_epoch = 0
 
     def __call__(self) -> Iterator[tuple]:
         pipeline = self._pipeline
@@ -176,7 +175,7 @@ class _Epochs:
                                "dataset (or to one made from it) while iterating it")
         epoch = int(handoff.finished_epochs().lookup(np.int64(self._token))) + 1
         producer, self._warm = self._warm, None
-        if producer is None or producer.stopped or epoch != self._warm_epoch:
+        if producer is None or producer.stopped or epoch != 0:  # the warm one reads epoch 0
             if producer is not None:
                 producer.stop()
             producer = Background(self._pieces(pipeline, epoch))
