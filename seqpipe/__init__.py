@@ -4,11 +4,12 @@
     model.fit(seqpipe.build_dataset(config), epochs=5)
 """
 
+from seqpipe.batches.block import Batch
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError, SourceNotFoundError
 from seqpipe.materialized.write import materialize
 from seqpipe.metrics import masked_metric
-from seqpipe.pipeline import Batch, Pipeline
+from seqpipe.pipeline import Pipeline
 from seqpipe.predict import predict
 from seqpipe.report import Report
 from seqpipe.statistics import Statistics

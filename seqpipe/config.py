@@ -358,33 +358,6 @@ class PipelineConfig(Section):
         return {name: spec.level for specs in (self.inputs, self.outputs)
                 for name, spec in specs.items()}
 
-    @property
-    def axes(self) -> dict:
-        """Input (the `padding.mask` one too) or output name -> how a batch holds it:
-        "sequence" `(batch, ...)`, "timestep" `(batch, time, ...)`, or, with windows,
-        "future" `(batch, horizon, ...)`: the horizon's future inputs and labels."""
-        axes = dict(self.levels)
-        if self.padding.mask:
-            axes[self.padding.mask] = "timestep"
-        if self.windows is not None:
-            for name, spec in self.inputs.items():
-                if spec.window == "future":
-                    axes[name] = "future"
-            for name, output in self.outputs.items():
-                if output.level == "timestep" and self.windows.horizon:
-                    axes[name] = "future"
-        return axes
-
-    def steps(self, axis: str) -> Optional[int]:
-        """Timesteps of every batch on `axis` when fixed, else None: with windows, and with
-        `static_shapes` over one bucket (`padding.maxlen`)."""
-        if axis == "sequence":
-            return None
-        if self.windows is None:
-            static = self.batching.static_shapes and not self.batching.bucket_boundaries
-            return self.padding.maxlen if static else None
-        return self.windows.history if axis == "timestep" else self.windows.horizon
-
     def to_dict(self) -> dict:
         """A plain, YAML-ready dict that `load_config` turns back into an equal config."""
         return to_plain(self)

@@ -28,8 +28,7 @@ import pyarrow as pa
 
 from seqpipe import tuning
 from seqpipe._internal.threads import ordered_map
-from seqpipe.batching import KeptSteps
-from seqpipe.config import PipelineConfig
+from seqpipe.config import PaddingConfig, PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.regroup import can_regroup, regrouped
 from seqpipe.sequences import (
@@ -46,6 +45,28 @@ from seqpipe.statistics import Statistics
 from seqpipe.stream import StreamOrder, stream_chunks, stream_order
 
 logger = logging.getLogger("seqpipe")
+
+
+@dataclasses.dataclass(frozen=True)
+class KeptSteps:
+    """Each sequence's kept timesteps: flat indices `start[i] : start[i] + length[i]`."""
+
+    start: np.ndarray
+    length: np.ndarray
+
+
+def truncate(offsets: np.ndarray, padding: PaddingConfig) -> KeptSteps:
+    """Keeps at most `padding.maxlen` timesteps per sequence, from the end `truncating` spares.
+
+    Example:
+      >>> w = truncate(np.array([0, 3, 8]), PaddingConfig(maxlen=4, truncating="pre"))
+      >>> w.start.tolist(), w.length.tolist()
+      ([0, 4], [3, 4])
+    """
+    lengths = np.diff(offsets)
+    kept = lengths if padding.maxlen is None else np.minimum(lengths, padding.maxlen)
+    start = offsets[:-1] + (lengths - kept if padding.truncating == "pre" else 0)
+    return KeptSteps(start.astype(np.int64), kept.astype(np.int64))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,19 +8,18 @@ one row per kept timestep (or per sequence), in id order, with the id and the ti
 from __future__ import annotations
 
 import os
-import typing
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
 import numpy as np
 import pandas as pd
 
-from seqpipe.config import PipelineConfig, WindowsConfig, load_config
+from seqpipe.batches.block import Batch
+from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError
 from seqpipe.materialized.manifest import is_output
 from seqpipe.materialized.read import open_part
-from seqpipe.pipeline import Batch, Pipeline
-from seqpipe.sequences import ranges
+from seqpipe.pipeline import Pipeline
 from seqpipe.statistics import StatisticsLike
 
 
@@ -60,69 +59,54 @@ def predict(model: Any, config: Union[PipelineConfig, Mapping, str, os.PathLike]
       frames["hr_next"].head()   # id, time, hr_next
     """
     pipeline = _unshuffled(config, data, split, statistics)
-    if pipeline.config.windows is not None:
-        return _window_predictions(model, pipeline)
     config = pipeline.config
-    index = pipeline.source.index
     found: dict[str, list] = {}
     levels: dict[str, str] = {}
     for batch in pipeline.batches():
-        outputs = _by_name(model.predict_on_batch(batch.x), model, config)
-        at = np.searchsorted(index.ids, batch.ids)  # ids are in the index, ascending
-        for name, values in outputs.items():
-            levels.setdefault(name, _level(name, values, config))
-            _check_shape(name, values, levels[name], batch)
-            found.setdefault(name, []).append(_real(values, levels[name], batch, at, config))
-    times = _kept_times(pipeline) if any(v == "timestep" for v in levels.values()) else None
-    return {name: _frame(name, pieces, levels[name], pipeline, times)
-            for name, pieces in found.items()}
-
-
-def _window_predictions(model: Any, pipeline: Pipeline) -> dict[str, pd.DataFrame]:
-    config = pipeline.config
-    w = typing.cast(WindowsConfig, config.windows)
-    offsets, ids = pipeline.source.index.offsets, pipeline.source.index.ids
-    found: dict[str, list] = {}
-    levels: dict[str, str] = {}
-    for batch in pipeline.batches():
-        n, ends = len(batch.ids), typing.cast(np.ndarray, batch.ends)
-        sequence = np.searchsorted(ids, batch.ids)
         for name, values in _by_name(model.predict_on_batch(batch.x), model, config).items():
-            _check_shape(name, values, levels.setdefault(name, _level(name, values, config)),
-                         batch)
-            values = values[:n]
-            if levels[name] == "sequence":
-                found.setdefault(name, []).append(
-                    (sequence, ends, ends, values.reshape(n, -1)))
-                continue
-            values = values[..., None] if values.ndim == 2 else values
-            step = np.arange(values.shape[1])
-            position = ends[:, None] - values.shape[1] + 1 + step
-            real = position >= 0  # horizon 0: the history's padded front has no target
-            rows = np.broadcast_to(np.arange(n)[:, None], real.shape)[real]
+            level = levels.setdefault(name, _level(name, values, config))
+            _check_shape(name, values, level, batch)
+            if level == "timestep" and values.ndim == 2:
+                values = values[..., None]
+            steps = values.shape[1] if level == "timestep" else 0
+            targets = pipeline.kind.targets(batch, level, steps)
             found.setdefault(name, []).append(
-                (sequence[rows], ends[rows], position[real], values[real]))
-    times = _kept_times(pipeline)
-    frames = {}
-    for name, pieces in found.items():
-        sequence, end, position, values = (np.concatenate([p[k] for p in pieces])
-                                           for k in range(4))
-        order = np.lexsort((position, end, sequence))
-        sequence, end, position, values = (a[order] for a in (sequence, end, position, values))
-        base = offsets[sequence]
-        columns: dict[str, Any] = {config.source.id_column or "sequence": ids[sequence],
-                                   "window_end": _at(times, base, end)}
-        if levels[name] != "sequence":
-            columns[config.source.time_column or "step"] = _at(times, base, position)
-            if w.horizon:
-                columns["horizon_step"] = position - end + w.horizon
-        frames[name] = pd.DataFrame({**columns, **_values(name, values)})
-    return frames
+                (targets, values[targets.row] if targets.at is None
+                 else values[targets.row, targets.at]))
+    times = (_times(pipeline) if any(pieces[0][0].positions for pieces in found.values())
+             else None)
+    return {name: _frame(name, pieces, pipeline, times) for name, pieces in found.items()}
 
 
-def _at(times: Optional[np.ndarray], base: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """The times of positions `steps` of sequences starting at `base`, or the steps."""
-    return steps if times is None else times[base + steps]
+def _frame(name: str, pieces: list, pipeline: Pipeline,
+           times: Optional[np.ndarray]) -> pd.DataFrame:
+    """One output's predictions, one row per target, in id order, then in the order of
+    the kind of batch's position columns."""
+    first = pieces[0][0]
+    sequence = np.concatenate([t.sequence for t, _ in pieces])
+    positions = {key: np.concatenate([t.positions[key] for t, _ in pieces])
+                 for key in first.positions}
+    numbers = {key: np.concatenate([t.numbers[key] for t, _ in pieces])
+               for key in first.numbers}
+    values = np.concatenate([v for _, v in pieces])
+    order = np.lexsort([*reversed(list(positions.values())), sequence])
+    id_column = pipeline.config.source.id_column or "sequence"
+    if name in {id_column, *positions, *numbers}:
+        raise ConfigError(f"output {name!r} has the name of the id or time column of the "
+                          f"predictions; rename the output")
+    base = pipeline.source.index.offsets[sequence[order]]
+    columns: dict[str, Any] = {id_column: pipeline.source.index.ids[sequence[order]]}
+    for key, at in positions.items():
+        columns[key] = at[order] if times is None else times[base + at[order]]
+    columns.update({key: number[order] for key, number in numbers.items()})
+    return pd.DataFrame({**columns, **_values(name, values[order])})
+
+
+def _times(pipeline: Pipeline) -> Optional[np.ndarray]:
+    """The time of every timestep of the source, flat in index order, or None without
+    times."""
+    pieces = [chunk.times for _, chunk in pipeline.chunks() if chunk.times is not None]
+    return np.concatenate(pieces) if pieces else None
 
 
 def _values(name: str, values: np.ndarray) -> dict:
@@ -183,50 +167,3 @@ def _check_shape(name: str, values: np.ndarray, level: str, batch: Batch) -> Non
             f"batch of {rows} rows, but outputs.{name} has level: {level}, which needs "
             f"{want}. Make the model's {name!r} output match, or set outputs.{name}.level "
             f"to what the model predicts.")
-
-
-def _real(values: np.ndarray, level: str, batch: Batch, at: np.ndarray,
-          config: PipelineConfig) -> tuple:
-    """(sequence index, step, prediction rows) of a batch's real sequences and timesteps."""
-    n = len(batch.ids)
-    values = values[:n]
-    if level == "sequence":
-        return at, np.zeros(n, dtype=np.int64), values.reshape(n, -1)
-    if values.ndim == 2:
-        values = values[..., None]
-    steps = values.shape[1]
-    lead = steps - batch.lengths if config.padding.side == "pre" else np.zeros(n, np.int64)
-    rows = np.repeat(np.arange(n), batch.lengths)
-    step = ranges(np.zeros(n, np.int64), batch.lengths)
-    return np.repeat(at, batch.lengths), step, values[rows, step + lead[rows]]
-
-
-def _kept_times(pipeline: Pipeline) -> Optional[np.ndarray]:
-    """The time of every kept timestep, flat in index order, or None without times."""
-    pieces = [chunk.times for _, chunk in pipeline.chunks() if chunk.times is not None]
-    if not pieces:
-        return None
-    kept = pipeline.kept_steps
-    return np.concatenate(pieces)[ranges(kept.start, kept.length)]
-
-
-def _frame(name: str, pieces: list, level: str, pipeline: Pipeline,
-           times: Optional[np.ndarray]) -> pd.DataFrame:
-    sequence = np.concatenate([p[0] for p in pieces])
-    step = np.concatenate([p[1] for p in pieces])
-    values = np.concatenate([p[2] for p in pieces])
-    order = np.lexsort((step, sequence))
-    sequence, step, values = sequence[order], step[order], values[order]
-    source = pipeline.config.source
-    if name in (source.id_column, source.time_column, "sequence", "step"):
-        raise ConfigError(f"output {name!r} has the name of the id or time column of the "
-                          f"predictions; rename the output")
-    columns: dict[str, Any] = {source.id_column or "sequence": pipeline.source.index.ids[sequence]}
-    if level == "timestep":
-        if times is not None and source.time_column:
-            kept = pipeline.kept_steps.length
-            first = np.concatenate([[0], np.cumsum(kept)[:-1]])  # of each sequence's times
-            columns[source.time_column] = times[first[sequence] + step]
-        else:
-            columns["step"] = step
-    return pd.DataFrame({**columns, **_values(name, values)})

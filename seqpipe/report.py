@@ -8,37 +8,6 @@ from typing import Any, Optional
 
 
 @dataclasses.dataclass(frozen=True)
-class WindowCounts:
-    """What cutting sequences into windows made, dropped and padded (`seqpipe.windows`)."""
-
-    windows: int  # windows per epoch (before drop_remainder)
-    padded: int  # windows whose history starts before their sequence: padded at the front
-    too_short_sequences: int  # sequences with no window: fewer than min_history + horizon
-    too_short_timesteps: int  # their timesteps
-    across_cutoff: int = 0  # windows in neither part of a time split: targets on both sides
-    dropped_per_epoch: int = 0  # by batching.drop_remainder
-
-    def changes(self) -> list[str]:
-        changes = []
-        if self.too_short_sequences:
-            changes.append(f"dropped {self.too_short_sequences:,} sequences "
-                           f"({self.too_short_timesteps:,} timesteps) too short for one "
-                           f"window (windows.min_history + windows.horizon)")
-        if self.across_cutoff:
-            changes.append(f"left out {self.across_cutoff:,} windows whose targets straddle "
-                           f"split.time_cutoff")
-        if self.dropped_per_epoch:
-            changes.append(f"drop_remainder leaves out {self.dropped_per_epoch:,} windows "
-                           f"per epoch")
-        return changes
-
-    def __str__(self) -> str:
-        line = (f"windows per epoch: {self.windows:,} ({self.padded:,} padded at the front, "
-                f"history shorter than windows.history)")
-        return "\n".join([line] + [f"windows: {c}" for c in self.changes()])
-
-
-@dataclasses.dataclass(frozen=True)
 class Report:
     """What the pipeline read, kept, dropped and filled. `str(report)` is a readable summary."""
 
@@ -48,8 +17,9 @@ class Report:
     sequences: int
     timesteps: int
     empty_sequences_dropped: int
-    truncated_sequences: int
-    truncated_timesteps: int
+    # by padding.maxlen; None where the kind of batch does not truncate
+    truncated_sequences: Optional[int]
+    truncated_timesteps: Optional[int]
     filled_values: Optional[Mapping[str, int]]  # None until a streamed epoch has read them
     missing_labels: Optional[Mapping[str, tuple[int, int]]]  # output -> (missing, labels)
     bucket_boundaries: tuple[int, ...]
@@ -66,10 +36,14 @@ class Report:
     # "inputs.<name>" or "outputs.<name>" -> categories not in the vocabulary (id 1; a
     # label: weight 0); None until an epoch has read them
     unseen_categories: Optional[Mapping[str, int]] = None
-    windows: Optional[WindowCounts] = None  # with windows: what cutting them made and dropped
+    # with windows: what cutting them made and dropped (`seqpipe.batches.window_plan`)
+    windows: Optional[Any] = None
     # with batching.static_shapes: the distinct (rows, timesteps) of the first epoch's
     # batches (at most one per bucket); None without
     static_shapes: Optional[int] = None
+    # the kind of batch's own lines of the summary, and its changes (see `changes`)
+    batching: tuple[str, ...] = ()
+    batching_changes: tuple[str, ...] = ()
 
     def changes(self) -> list[str]:
         """What seqpipe dropped or changed, one phrase each; empty when nothing."""
@@ -86,8 +60,7 @@ class Report:
             changes.append(f"mapped {sum(self.unseen_categories.values()):,} categories the "
                            f"vocabulary does not hold to 'unseen' ("
                            f"{', '.join(k for k, n in self.unseen_categories.items() if n)})")
-        if self.windows is not None:
-            changes += self.windows.changes()
+        changes += self.batching_changes
         if self.sequences_dropped_per_epoch:
             changes.append(f"drop_remainder leaves out {self.sequences_dropped_per_epoch:,} "
                            f"sequences per epoch")
@@ -104,7 +77,7 @@ class Report:
             + (f" (split {self.split!r}: {self.sequences:,} of the source's "
                f"{self.source_sequences:,} sequences)" if self.split else ""),
         ]
-        if self.windows is None:
+        if self.truncated_timesteps is not None:
             lines.append(f"truncated: {self.truncated_timesteps:,} timesteps in "
                          f"{self.truncated_sequences:,} sequences (padding.maxlen)")
         if self.empty_sequences_dropped:
@@ -122,18 +95,7 @@ class Report:
             share = missing / total if total else 0.0
             lines.append(f"missing labels: {name}: {missing:,} of {total:,} ({share:.1%}), "
                          f"weight 0")
-        static = ("" if self.static_shapes is None else
-                  f", static shapes: {self.static_shapes} per epoch")
-        if self.windows is not None:
-            lines.append(str(self.windows))
-            lines.append(f"batches per epoch: {self.batches_per_epoch:,}, padding waste: "
-                         f"{self.padding_waste:.1%}{static}")
-        else:
-            lines.append(
-                f"batches per epoch: {self.batches_per_epoch:,}, bucket boundaries: "
-                f"{list(self.bucket_boundaries) or 'none'}, padding waste: "
-                f"{self.padding_waste:.1%} (without buckets: "
-                f"{self.padding_waste_unbucketed:.1%}){static}")
+        lines += self.batching
         for key, count in (self.unseen_categories or {}).items():
             lines.append(f"unseen categories: {count:,} values of {key} are not in its "
                          f"vocabulary (id 1; a label weighs 0)")

@@ -6,8 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from seqpipe import DataError, Pipeline, batching, load_config
-from seqpipe.batching import auto_boundaries, bucket_of, padding_waste
+from seqpipe import DataError, Pipeline, load_config
+from seqpipe.batches import buckets as batching
+from seqpipe.batches.buckets import auto_boundaries, bucket_of, padding_waste
 from tests.helpers import base_config, long_table, raw_sequences
 
 SIDES = list(itertools.product(["pre", "post"], ["pre", "post"]))
@@ -78,7 +79,7 @@ def test_auto_boundaries_cut_padding():
                                              "batching.bucket_boundaries": "auto",
                                              "shuffle.buffer_size": 10**6, "shuffle.seed": 0})
     pipeline = Pipeline(config, long_table(lengths, label_missing=0, outcome_missing=0))
-    assert pipeline.bucket_boundaries == boundaries
+    assert pipeline.report.bucket_boundaries == boundaries
     assert pipeline.report.padding_waste < pipeline.report.padding_waste_unbucketed / 3
 
 

@@ -150,7 +150,7 @@ def test_inspect_counts_padding_under_static_shapes(tmp_path, table):
     auto = re.search(r"^\s+([\d.]+)%\s+auto \(the config\): \[([\d, ]+)\]$", result.stdout,
                      re.M)
     pipeline = Pipeline(config)
-    assert [int(b) for b in auto.group(2).split(", ")] == list(pipeline.bucket_boundaries)
+    assert [int(b) for b in auto.group(2).split(", ")] == list(pipeline.report.bucket_boundaries)
     assert float(auto.group(1)) / 100 == pytest.approx(pipeline.report.padding_waste, abs=5e-4)
 
 

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from seqpipe import DataError, Pipeline, build_dataset, load_config, tuning
-from seqpipe.batching import bucket_of
+from seqpipe.batches.buckets import bucket_of
 from tests.helpers import base_config, long_table, same_batches, write
 
 LENGTHS = np.random.default_rng(5).integers(1, 30, 80)
@@ -61,6 +61,7 @@ def test_an_epoch_starts_reading_before_it_plans_and_before_its_first_chunk_is_a
     """The first row groups are read while the epoch is planned (and, in build_dataset,
     while TensorFlow builds its iterator): reading does not wait for the first chunk."""
     from seqpipe import stream
+    from seqpipe.batches.whole import WholeSequences
 
     path = write(tmp_path / "d.parquet", _by_id(long_table(LENGTHS)), row_group_size=50)
     pipeline = Pipeline(_config(path, **{"shuffle.buffer_size": 25, "shuffle.seed": 3}))
@@ -69,7 +70,7 @@ def test_an_epoch_starts_reading_before_it_plans_and_before_its_first_chunk_is_a
     monkeypatch.setattr(stream, "read_row_group", lambda part, schema: (
         started.append(part.number), read(part, schema))[1])
     planned = []
-    plan = Pipeline.plan
+    plan = WholeSequences.plan
 
     def planning(self, epoch=0):
         wait_until = time.monotonic() + 2  # for a read already handed to a thread to begin
@@ -78,7 +79,7 @@ def test_an_epoch_starts_reading_before_it_plans_and_before_its_first_chunk_is_a
         planned.append(list(started))
         return plan(self, epoch)
 
-    monkeypatch.setattr(Pipeline, "plan", planning)
+    monkeypatch.setattr(WholeSequences, "plan", planning)
     _tune(monkeypatch, read_ahead_rows=100)  # two row groups of 50 rows
     chunks = pipeline.chunks()
     deadline = time.monotonic() + 10

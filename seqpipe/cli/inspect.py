@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
@@ -20,41 +19,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from seqpipe.batching import (
-    auto_boundaries,
-    batch_shapes,
-    batch_sizes,
-    bucket_of,
-    padded_lengths,
-    padding_waste,
-    plan_epoch,
-    unbucketed_waste,
-)
-from seqpipe.config import PipelineConfig, WindowsConfig, load_config
+from seqpipe.batches.kind import Preview
+from seqpipe.batches.kinds import kind_of
+from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError
 from seqpipe.regroup import status
-from seqpipe.report import WindowCounts
 from seqpipe.sequences import list_columns
 from seqpipe.source import column_roles, open_source, read_schema, source_schema
 from seqpipe.split import PARTS, cutoff_value, part_of
 from seqpipe.statistics import Statistics, needed
 from seqpipe.stream import stream_order
-from seqpipe.windows import part_windows
 
 PERCENTILES = (0, 5, 25, 50, 75, 90, 95, 99, 100)
 HISTOGRAM_BINS = 12
 BAR = 40
 # Column names taken for the sequence id when inspecting a bare path.
 ID_NAMES = ("id", "sequence_id", "seq_id")
-
-
-@dataclasses.dataclass(frozen=True)
-class Padding:
-    """Padding waste of one way of batching."""
-
-    label: str
-    boundaries: Optional[tuple[int, ...]]  # None: batches cut with no regard to length
-    waste: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,13 +53,11 @@ class Inspection:
     shuffle_buffer: int
     missing_labels: Mapping[str, tuple[int, int]]  # output -> (missing, all)
     parts: Mapping[str, int]  # split part -> sequences; empty without a split
-    padding: list
+    batches: Preview  # what the kind of batch says (padding waste, windows)
     # "inputs.<name>.<column>" -> (missing values, all values); empty for a bare path
     missing_features: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
     statistics: Optional[Statistics] = None  # when the config scales or has categories
     statistics_error: Optional[str] = None  # why they could not be computed
-    windows: Mapping[str, WindowCounts] = dataclasses.field(default_factory=dict)  # by part
-    static_shapes: bool = False  # batching.static_shapes: padding figures under its rule
 
     @property
     def kept(self) -> np.ndarray:
@@ -183,13 +161,11 @@ def inspect(config: PipelineConfig, from_file: bool = True) -> Inspection:
     inspection = Inspection(files.where, len(files.files), rows, row_groups, schema,
                             status(files, config, order.whole_because), lengths,
                             config.padding.maxlen, config.batching.batch_size,
-                            config.shuffle.buffer_size, missing, _parts(ids, config), [])
+                            config.shuffle.buffer_size, missing, _parts(ids, config),
+                            kind_of(config).preview(config, lengths, ids, before, from_file))
     statistics, error = _statistics(config) if from_file else (None, None)
     return dataclasses.replace(
-        inspection, padding=[] if config.windows else _paddings(inspection.kept, config,
-                                                                  from_file),
-        windows=_windows(config, ids, lengths, before),
-        static_shapes=config.batching.static_shapes,
+        inspection,
         missing_features=_missing_features(files, config) if from_file else {},
         statistics=statistics, statistics_error=error)
 
@@ -236,28 +212,6 @@ def _before(times: Any, group: np.ndarray, count: int, config: PipelineConfig,
     below = values < cutoff_value(config.split, values.dtype,
                                   config.source.time_column or "", where)
     return np.bincount(group, weights=below, minlength=count).astype(np.int64)
-
-
-def _windows(config: PipelineConfig, ids: Any, lengths: np.ndarray,
-             before: Optional[np.ndarray]) -> dict:
-    """The windows of every part, what they drop and pad; empty without windows."""
-    if config.windows is None:
-        return {}
-    batching = config.batching
-
-    def counted(in_part, part=None):
-        counts = part_windows(lengths, typing.cast(WindowsConfig, config.windows), in_part,
-                              part, before)[1]
-        dropped = counts.windows % batching.batch_size if batching.drop_remainder else 0
-        return dataclasses.replace(counts, dropped_per_epoch=dropped)
-
-    everything = np.ones(len(lengths), dtype=bool)
-    if before is not None:
-        return {part: counted(everything, part) for part in ("train", "validation")}
-    if ids is None or not config.split.by_id:
-        return {"all": counted(everything)}
-    parts = part_of(ids, config.split)
-    return {part: counted(parts == k) for k, part in enumerate(PARTS) if (parts == k).any()}
 
 
 def _parts(ids, config: PipelineConfig) -> dict:
@@ -307,34 +261,6 @@ def _label_missing(table: pa.Table, output) -> Any:
     for c in columns[2:]:
         present = pc.and_(present, pc.is_valid(c))
     return pc.if_else(present, pa.scalar(1.0), pa.scalar(None, pa.float64()))
-
-
-def _paddings(kept: np.ndarray, config: PipelineConfig, from_file: bool) -> list:
-    batching, shuffle = config.batching, config.shuffle
-    rng = np.random.default_rng(shuffle.seed if shuffle.seed is not None else 0)
-    maxlen = config.padding.maxlen if batching.static_shapes else None
-    found = [Padding("no buckets, batches cut in random order", None,
-                     unbucketed_waste(kept, rng.permutation(len(kept)), batching, maxlen))]
-    configured = batching.bucket_boundaries
-    if configured != "auto" and from_file:
-        boundaries = tuple(configured or ())
-        found.append(Padding(f"the config's bucket_boundaries ({list(boundaries) or 'null'})",
-                             boundaries, _waste(kept, boundaries, config, rng)))
-    auto = auto_boundaries(kept, maxlen, batching.batch_size if maxlen else 0)
-    found.append(Padding(f"auto{' (the config)' if configured == 'auto' else ''}: {list(auto)}",
-                         auto, _waste(kept, auto, config, rng)))
-    return found
-
-
-def _waste(kept: np.ndarray, boundaries: tuple, config: PipelineConfig, rng) -> float:
-    buckets = bucket_of(kept, boundaries)
-    maxlen = config.padding.maxlen if config.batching.static_shapes else None
-    padded = None if maxlen is None else padded_lengths(boundaries, maxlen)
-    sizes = batch_sizes(kept, buckets, len(boundaries) + 1, config.batching, padded)
-    shuffled = rng if config.shuffle.buffer_size else None
-    plan = plan_epoch(kept, buckets, sizes, config.batching, config.shuffle, shuffled)
-    shapes = None if padded is None else batch_shapes(plan.batches, buckets, sizes, padded)
-    return padding_waste(kept, plan.batches, shapes)
 
 
 def histogram(lengths: np.ndarray, bins: int = HISTOGRAM_BINS) -> list[tuple[int, int, int]]:
@@ -389,29 +315,8 @@ def format_inspection(found: Inspection) -> str:
     if found.parts:
         lines.append("split by id: " + ", ".join(f"{part} {count:,}"
                                                  for part, count in found.parts.items()))
-    if found.windows:
-        lines += _window_lines(found)
-        return "\n".join(lines)
-    shuffle = (f"sorted by length within shuffle buffers of {found.shuffle_buffer:,}"
-               if found.shuffle_buffer else "no shuffle: buckets fill in id order")
-    static = (", static shapes (each bucket's batches padded to its boundary and full)"
-              if found.static_shapes else "")
-    lines.append(f"padding waste (padded / all timesteps), batch_size {found.batch_size}"
-                 f"{'' if found.maxlen is None else f', maxlen {found.maxlen}'}{static}, "
-                 f"{shuffle}:")
-    for p in found.padding:
-        lines.append(f"  {p.waste:6.1%}  {p.label}")
+    lines += found.batches.lines
     return "\n".join(lines)
-
-
-def _window_lines(found: Inspection) -> list[str]:
-    lines = []
-    for part, counts in found.windows.items():
-        batches = -(-(counts.windows - counts.dropped_per_epoch) // found.batch_size)
-        lines.append(f"windows: {part}: {counts.windows:,} per epoch ({batches:,} batches of "
-                     f"{found.batch_size}), {counts.padded:,} padded at the front")
-        lines += [f"  {change}" for change in counts.changes()]
-    return lines
 
 
 def plot(found: Inspection, path: os.PathLike) -> None:
@@ -431,12 +336,12 @@ def plot(found: Inspection, path: os.PathLike) -> None:
         axes.set_xscale("log")
     else:
         axes.hist(kept, bins=min(80, high - low), color="0.6")
-    for p in found.padding:
+    for p in found.batches.padding:
         for b in p.boundaries or ():
             axes.axvline(b, color="C0" if p.label.startswith("auto") else "C3", lw=1)
     handles = [plt.Line2D([], [], color="C0",
-                          label=f"auto boundaries ({found.padding[-1].waste:.1%} padding)")]
-    configured = [p for p in found.padding if p.boundaries is not None and
+                          label=f"auto boundaries ({found.batches.padding[-1].waste:.1%} padding)")]
+    configured = [p for p in found.batches.padding if p.boundaries is not None and
                   not p.label.startswith("auto") and p.boundaries]
     if configured:
         handles.append(plt.Line2D([], [], color="C3",

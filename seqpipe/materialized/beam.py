@@ -38,7 +38,6 @@ import os
 import socket
 import threading
 import time
-import typing
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Optional, Union
 
@@ -49,10 +48,10 @@ import pyarrow.compute as pc
 from seqpipe import tuning
 from seqpipe._internal import paths
 from seqpipe._internal.lazy import tensorflow
-from seqpipe.batching import truncate
-from seqpipe.config import PipelineConfig, WindowsConfig, load_config
+from seqpipe.batches.kinds import kind_of
+from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError
-from seqpipe.index import missing_labels
+from seqpipe.index import missing_labels, truncate
 from seqpipe.materialized.manifest import (
     MANIFEST,
     build_manifest,
@@ -75,7 +74,6 @@ from seqpipe.split import PARTS, id_hash, part_of, timesteps_before
 from seqpipe.statistics import Statistics, Tally, needed
 from seqpipe.stream import RowGroup, read_row_group
 from seqpipe.transform import Transform, changes_values
-from seqpipe.windows import part_windows
 
 logger = logging.getLogger("seqpipe")
 SHARD_SEED = 0x5E9_51A2D
@@ -285,9 +283,7 @@ def _statistics_fn(config: PipelineConfig, schema: pa.Schema):
     part computes (every sequence without a split), from batches of whole sequences."""
     import apache_beam as beam
 
-    what = "the train part" if config.split.enabled else "every sequence"
-    if config.windows is not None:
-        what = "the train part's windows" if config.split.enabled else "every window"
+    kind = kind_of(config)
 
     class StatisticsFn(beam.CombineFn):
         def create_accumulator(self):
@@ -296,14 +292,10 @@ def _statistics_fn(config: PipelineConfig, schema: pa.Schema):
         def add_input(self, tally, batch):
             chunk, _ = _grouped(batch, config, schema)
             if len(chunk):
-                kept = truncate(chunk.offsets, config.padding)
-                counted = (part_of(chunk.ids, config.split) == PARTS.index("train")
-                           if config.split.enabled else np.ones(len(chunk), dtype=bool))
-                skipped, length = kept.start - chunk.offsets[:-1], kept.length
-                if config.windows is not None:  # the timesteps of the train windows
-                    skipped, length = _train_spans(chunk, config, counted)
-                    counted = length > 0
-                tally.add(chunk, skipped, length, counted)
+                train = (part_of(chunk.ids, config.split) == PARTS.index("train")
+                         if config.split.enabled else np.ones(len(chunk), dtype=bool))
+                steps = kind.counted(config, chunk.offsets, train, _before(chunk, config))
+                tally.add(chunk, steps.skipped, steps.length, steps.counted)
             return tally
 
         def merge_accumulators(self, tallies):
@@ -314,21 +306,17 @@ def _statistics_fn(config: PipelineConfig, schema: pa.Schema):
             return first
 
         def extract_output(self, tally):
-            return tally.result(f"{what} of {config.source.path}")
+            return tally.result(f"{kind.statistics_over(config)} of {config.source.path}")
 
     return StatisticsFn()
 
 
-def _train_spans(chunk, config: PipelineConfig, counted: np.ndarray):
-    """What `seqpipe.windows` counts statistics over: each sequence's train windows."""
-    w = typing.cast(WindowsConfig, config.windows)
-    before = None
-    if config.split.time_cutoff is not None:
-        before = timesteps_before(chunk.times, chunk.offsets, config.split,
-                                  config.source.time_column or "", config.source.path or "")
-    part = "train" if before is not None else None
-    windows, _ = part_windows(chunk.lengths, w, counted, part, before)
-    return windows.spans(len(chunk))
+def _before(chunk, config: PipelineConfig) -> Optional[np.ndarray]:
+    """With split.time_cutoff, each sequence's timesteps before it; else None."""
+    if config.split.time_cutoff is None:
+        return None
+    return timesteps_before(chunk.times, chunk.offsets, config.split,
+                            config.source.time_column or "", config.source.path or "")
 
 
 def encode_batch(batch: list, config: PipelineConfig, schema: pa.Schema,

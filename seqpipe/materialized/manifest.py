@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from typing import Any, Optional, Union
 
 from seqpipe._internal import paths
+from seqpipe.batches.kinds import batch_structure
 from seqpipe.config import PipelineConfig, SplitConfig
 from seqpipe.errors import ConfigError, DataError, SourceNotFoundError
-from seqpipe.pipeline import batch_structure
 from seqpipe.split import PARTS
 from seqpipe.statistics import Statistics
 

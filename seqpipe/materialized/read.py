@@ -14,10 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from seqpipe._internal import paths
-from seqpipe.batching import KeptSteps
 from seqpipe.config import PipelineConfig, SplitConfig, load_config
 from seqpipe.errors import ConfigError, DataError
-from seqpipe.index import Index
+from seqpipe.index import Index, KeptSteps
 from seqpipe.materialized.manifest import frozen_differences, read_manifest
 from seqpipe.materialized.records import id_texts, read_chunks
 from seqpipe.sequences import Sequences, concat_sequences

@@ -22,10 +22,9 @@ import pyarrow.parquet as pq
 from seqpipe._internal import paths
 from seqpipe._internal.lazy import tensorflow
 from seqpipe._internal.progress import Progress
-from seqpipe.batching import KeptSteps
 from seqpipe.config import PipelineConfig, SplitConfig, load_config
 from seqpipe.errors import DataError
-from seqpipe.index import missing_labels, valid_per_sequence
+from seqpipe.index import KeptSteps, missing_labels, valid_per_sequence
 from seqpipe.materialized.manifest import (
     build_manifest,
     check_written,

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
+from seqpipe.batches.kinds import batch_structure
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, SeqpipeError
 from seqpipe.numpy_batches import NumpyBatches
-from seqpipe.pipeline import Pipeline, batch_structure
+from seqpipe.pipeline import Pipeline
 from seqpipe.statistics import StatisticsLike
 
 if TYPE_CHECKING:

@@ -22,9 +22,9 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from seqpipe._internal.lazy import tensorflow
-from seqpipe.assemble import BatchPlaces, Block
+from seqpipe.batches.block import BatchPlaces, Block
+from seqpipe.batches.kinds import batch_structure, spec_of
 from seqpipe.config import PipelineConfig
-from seqpipe.pipeline import batch_structure
 
 
 class Cut(NamedTuple):
@@ -79,10 +79,10 @@ def no_batches(config: PipelineConfig) -> HandOff:
 
 def _layout(config: PipelineConfig) -> tuple[dict, dict, dict]:
     """(axis, shape after the batch and time axes, dtype) of every input, label and weight,
-    from `batch_structure` and `PipelineConfig.axes`."""
+    from `batch_structure` and the batch spec's axes."""
     structure = batch_structure(config)
     parts = structure if config.outputs else (structure, {}, {})
-    axes = config.axes
+    axes = spec_of(config).axes
 
     def layout(name, leaf):
         axis = axes[name]
@@ -94,7 +94,7 @@ def _layout(config: PipelineConfig) -> tuple[dict, dict, dict]:
 
 def _places(batches: int, config: PipelineConfig) -> BatchPlaces:
     zeros = np.zeros(batches, np.int64)
-    axes = set(config.axes.values()) | {"timestep"}
+    axes = set(spec_of(config).axes.values()) | {"timestep"}
     return BatchPlaces({a: zeros for a in axes}, zeros,
                        {a: zeros for a in axes if a != "sequence"})
 
@@ -114,7 +114,7 @@ def _cuts(places: BatchPlaces, config: PipelineConfig,
                    (places.size(axis) * width)[:, None])
 
     x_layout, y_layout, _ = _layout(config)
-    axes = config.axes
+    axes = spec_of(config).axes
     labels = {axis: Cut(places.start[axis][:, None], places.size(axis)[:, None])
               for axis in {axes[name] for name in config.outputs}}  # weights: one value each
     return Cuts({name: cut(axis, tail) for name, (axis, tail, _) in x_layout.items()},
@@ -163,6 +163,7 @@ def split_block(config: PipelineConfig):
     slice of every flat array, reshaped; no data is copied."""
     tf = tensorflow()
     known = _static_shapes(config)
+    axes = spec_of(config).axes
     finished = finished_epochs()
 
     def cut(values, where, shape, static):
@@ -183,7 +184,7 @@ def split_block(config: PipelineConfig):
             ys, ws = {}, {}
             for name in config.outputs:
                 ys[name] = cut(y[name], c.y[name], c.y_shape[name], known["y"][name])
-                ws[name] = cut(weights[name], c.labels[config.axes[name]],
+                ws[name] = cut(weights[name], c.labels[axes[name]],
                                c.weight_shape[name], known["w"][name])
             return xs, ys, ws
 

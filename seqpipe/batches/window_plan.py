@@ -1,5 +1,4 @@
-"""Windows: cuts every sequence into forecasting windows, plans an epoch of them and
-gathers their batches from the chunks as they stream in.
+"""Window plans: cuts every sequence into forecasting windows and plans an epoch of them.
 
 A window is a sequence and an end: the position of its last target. Its targets are the
 `horizon` timesteps up to the end (with horizon 0, its history's own), its history the
@@ -9,31 +8,55 @@ at least `min_history` real history timesteps remain, so no window crosses into 
 sequence.
 
 Windows are never materialized: an epoch is a plan of window numbers, made a shuffle
-buffer at a time, and each block of batches is gathered from the few chunks of sequences its
-windows lie in: a window's history and targets are runs of a chunk's flat arrays, copied by
-the compiled `copy_runs`. Memory is bounded by the shuffle buffer and the row groups, not
-by the number of windows.
+buffer at a time (`plan_blocks`). Memory is bounded by the shuffle buffer, not by the
+number of windows.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from typing import Optional
 
 import numpy as np
 
 from seqpipe import tuning
-from seqpipe._internal.buffers import SHARED, BufferPool
-from seqpipe.assemble import BatchPlaces, Block, pad_at, put_per_sequence, weigh
-from seqpipe.config import PipelineConfig, WindowsConfig
+from seqpipe.config import WindowsConfig
 from seqpipe.errors import DataError
-from seqpipe.report import WindowCounts
-from seqpipe.sequences import Sequences, ranges
 
 # Window numbers planned at a time when the windows are not shuffled.
 _UNSHUFFLED_BUFFER = 1 << 16
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowCounts:
+    """What cutting sequences into windows made, dropped and padded ."""
+
+    windows: int  # windows per epoch (before drop_remainder)
+    padded: int  # windows whose history starts before their sequence: padded at the front
+    too_short_sequences: int  # sequences with no window: fewer than min_history + horizon
+    too_short_timesteps: int  # their timesteps
+    across_cutoff: int = 0  # windows in neither part of a time split: targets on both sides
+    dropped_per_epoch: int = 0  # by batching.drop_remainder
+
+    def changes(self) -> list[str]:
+        changes = []
+        if self.too_short_sequences:
+            changes.append(f"dropped {self.too_short_sequences:,} sequences "
+                           f"({self.too_short_timesteps:,} timesteps) too short for one "
+                           f"window (windows.min_history + windows.horizon)")
+        if self.across_cutoff:
+            changes.append(f"left out {self.across_cutoff:,} windows whose targets straddle "
+                           f"split.time_cutoff")
+        if self.dropped_per_epoch:
+            changes.append(f"drop_remainder leaves out {self.dropped_per_epoch:,} windows "
+                           f"per epoch")
+        return changes
+
+    def __str__(self) -> str:
+        line = (f"windows per epoch: {self.windows:,} ({self.padded:,} padded at the front, "
+                f"history shorter than windows.history)")
+        return "\n".join([line] + [f"windows: {c}" for c in self.changes()])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,159 +288,3 @@ def valid_targets(windows: Windows, present: np.ndarray, offsets: np.ndarray,
     return total
 
 
-class WindowAssembler:
-    """Gathers the planned blocks of window batches from chunks of sequences, in source
-    order. Holds the chunks the current shuffle buffer's windows lie in, no more.
-
-    Args:
-      config: the pipeline config (with a windows section).
-      windows: the part's windows.
-      plan: `plan_blocks` of the epoch: each block's window numbers, the lowest window a
-        later block needs, and the rows of each batch.
-      lengths: (n,) every sequence's timesteps, to notice a source that changed.
-      mean_valid: output -> valid labels per batch over the epoch (for global_mean).
-      buffers: where the blocks' arrays come from.
-    """
-
-    def __init__(self, config: PipelineConfig, windows: Windows,
-                 plan: Iterable[tuple[np.ndarray, int, np.ndarray]], lengths: np.ndarray,
-                 mean_valid: Mapping[str, float], buffers: BufferPool = SHARED) -> None:
-        self.config, self.windows, self.plan = config, windows, plan
-        self.lengths, self.mean_valid, self.buffers = lengths, mean_valid, buffers
-        w = _windows_of(config)
-        self.history, self.horizon = w.history, w.horizon
-
-    def blocks(self, chunks: Iterable[tuple[int, Sequences]]) -> Iterator[Block]:
-        """Yields the epoch's blocks in plan order, reading chunks as they are needed, and
-        reads the rest of the stream at the end (so that a source's counts come in)."""
-        held: collections.deque = collections.deque()
-        stream = iter(chunks)
-        for numbers, low, rows in self.plan:
-            sequence, end = self.windows.locate(numbers)
-            oldest = int(self.windows.locate(np.array([low]))[0][0])
-            while held and held[0][0] + len(held[0][1]) <= oldest:
-                held.popleft()
-            while not held or held[-1][0] + len(held[-1][1]) <= sequence.max():
-                first, chunk = self._next(stream)
-                if first + len(chunk) > oldest:
-                    held.append((first, chunk))
-            yield self._gather(held, sequence, end, rows)
-        for _ in stream:
-            pass
-
-    def _next(self, stream: Iterator[tuple[int, Sequences]]) -> tuple[int, Sequences]:
-        try:
-            first, chunk = next(stream)
-        except StopIteration:
-            raise DataError("the source ended before every window of the epoch was read; "
-                            "it changed since the pipeline was built. Build the pipeline "
-                            "again.") from None
-        if not np.array_equal(chunk.lengths, self.lengths[first:first + len(chunk)]):
-            raise DataError("the source changed since the pipeline was built (sequence "
-                            "lengths differ); build the pipeline again")
-        return first, chunk
-
-    def _gather(self, held: collections.deque, sequence: np.ndarray, end: np.ndarray,
-                batch_rows: np.ndarray) -> Block:
-        # static_shapes: every batch has batch_size rows, those past its windows empty.
-        shape_rows = (np.full_like(batch_rows, self.config.batching.batch_size)
-                      if self.config.batching.static_shapes else batch_rows)
-        empty = shape_rows - batch_rows
-        dest = np.arange(len(sequence)) + np.repeat(np.cumsum(empty) - empty, batch_rows)
-        block = self._allocate(sequence, end, batch_rows, shape_rows)
-        firsts = np.array([first for first, _ in held])
-        where = np.searchsorted(firsts, sequence, side="right") - 1
-        for c in np.unique(where).tolist():
-            first, chunk = held[c]
-            rows = (np.arange(len(sequence)) if len(held) == 1
-                    else np.flatnonzero(where == c))
-            self._copy(block, chunk, sequence[rows] - first, end[rows], dest[rows])
-        self._pad(block, end, dest)
-        if empty.any():
-            first_row = block.places.start["sequence"]
-            self._empty(block, ranges(first_row + batch_rows, empty))
-        for name in self.config.outputs:
-            block.sample_weight[name] = weigh(block, name, self.config, self.mean_valid[name],
-                                              self.buffers)
-        return block
-
-    def _allocate(self, sequence: np.ndarray, end: np.ndarray, batch_rows: np.ndarray,
-                  shape_rows: np.ndarray) -> Block:
-        config, rows = self.config, int(shape_rows.sum())
-        count = len(batch_rows)
-        steps = {"timestep": self.history, "future": self.horizon}
-        first_row = np.cumsum(shape_rows) - shape_rows
-        places = BatchPlaces({"sequence": first_row,
-                              **{a: first_row * t for a, t in steps.items()}},
-                             shape_rows, {a: np.full(count, t) for a, t in steps.items()})
-        axes = config.axes
-
-        def positions(name):
-            return rows if axes[name] == "sequence" else rows * steps[axes[name]]
-
-        x = {name: self.buffers.empty((positions(name), *spec.tail), spec.dtype)
-             for name, spec in config.inputs.items()}
-        if config.padding.mask:
-            x[config.padding.mask] = np.empty(rows * self.history, dtype=bool)
-        y = {name: self.buffers.empty((positions(name),) + ((spec.width,) if spec.width > 1
-                                                            else ()), spec.dtype)
-             for name, spec in config.outputs.items()}
-        valid = {name: np.empty(positions(name), dtype=bool) for name in config.outputs}
-        cut = (np.cumsum(batch_rows) - batch_rows)[1:]
-        return Block(places, np.split(sequence, cut), x, y, valid, {}, 0, config.levels,
-                     ends=np.split(end, cut))
-
-    def _copy(self, block: Block, chunk: Sequences, local: np.ndarray, end: np.ndarray,
-              rows: np.ndarray) -> None:
-        """Writes the windows `rows` of a block, whose sequences are `local` in `chunk`:
-        each window's real history and its targets are runs of the chunk's flat arrays."""
-        from seqpipe._internal.runs import copy_runs  # numba, imported with the first batch
-
-        config, axes = self.config, self.config.axes
-        base = chunk.offsets[local]
-        start = end - self.horizon - self.history + 1  # of the history; < 0: padded
-        lead = np.maximum(-start, 0)
-        runs = {"timestep": (base + start + lead, rows * self.history + lead,
-                             self.history - lead),
-                "future": (base + end - self.horizon + 1, rows * self.horizon,
-                           np.full(len(rows), self.horizon))}
-        for name in config.inputs:
-            values, out = chunk.features[name], block.x[name]
-            if axes[name] == "sequence":
-                put_per_sequence(values, local, out, rows)
-            else:
-                source, dest, count = runs[axes[name]]
-                copy_runs(values, source, out, dest, count)
-        for name in config.outputs:
-            if axes[name] == "sequence":
-                put_per_sequence(chunk.labels[name], local, block.y[name], rows)
-                block.valid[name][rows] = chunk.present[name][local]
-                continue
-            source, dest, count = runs[axes[name]]
-            copy_runs(chunk.labels[name], source, block.y[name], dest, count)
-            copy_runs(chunk.present[name], source, block.valid[name], dest, count)
-
-    def _pad(self, block: Block, end: np.ndarray, dest: np.ndarray) -> None:
-        """Padding values (and weight 0) at the history timesteps before a sequence, and
-        the mask, for the windows at rows `dest` of the block."""
-        config = self.config
-        lead = np.maximum(self.horizon + self.history - 1 - end, 0)
-        if config.padding.mask:
-            real = np.arange(self.history)[None, :] >= lead[:, None]
-            block.x[config.padding.mask].reshape(-1, self.history)[dest] = real
-        padded = np.flatnonzero(lead)
-        if len(padded):
-            pad_at(block, config, {"timestep": ranges(dest[padded] * self.history,
-                                                      lead[padded])})
-
-    def _empty(self, block: Block, rows: np.ndarray) -> None:
-        """Rows of no window (`static_shapes`): padding everywhere, no label, no mask."""
-        steps = {"timestep": self.history, "future": self.horizon, "sequence": 1}
-        pad_at(block, self.config,
-               {a: ranges(rows * t, np.full(len(rows), t)) for a, t in steps.items()})
-
-
-def _windows_of(config: PipelineConfig) -> WindowsConfig:
-    if config.windows is None:
-        raise ValueError("a window pipeline needs a config with a windows section")
-    return config.windows

@@ -1,8 +1,6 @@
-"""Batching: truncates, buckets and plans the batches of an epoch.
+"""Buckets: sorts whole sequences into buckets by length and plans the batches of an epoch.
 
-Truncation moves no data: it only narrows each sequence to its kept steps `(start, length)` of
-the flat timestep arrays, following `keras.utils.pad_sequences` (`maxlen`, `truncating`).
-`seqpipe.assemble` pads the planned batches.
+`seqpipe.batches.whole` pads the planned batches.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ import threading
 import numpy as np
 
 from seqpipe import tuning
-from seqpipe.config import BatchingConfig, PaddingConfig, ShuffleConfig
+from seqpipe.config import BatchingConfig, ShuffleConfig
 from seqpipe.errors import DataError
 
 MAX_AUTO_BUCKETS = 8
@@ -23,28 +21,6 @@ MAX_AUTO_BUCKETS = 8
 AUTO_BUCKET_GAIN = 0.01
 # Lengths considered as bucket edges by "auto"; quantiles beyond this many distinct lengths.
 AUTO_CANDIDATES = 512
-
-
-@dataclasses.dataclass(frozen=True)
-class KeptSteps:
-    """Each sequence's kept timesteps: flat indices `start[i] : start[i] + length[i]`."""
-
-    start: np.ndarray
-    length: np.ndarray
-
-
-def truncate(offsets: np.ndarray, padding: PaddingConfig) -> KeptSteps:
-    """Keeps at most `padding.maxlen` timesteps per sequence, from the end `truncating` spares.
-
-    Example:
-      >>> w = truncate(np.array([0, 3, 8]), PaddingConfig(maxlen=4, truncating="pre"))
-      >>> w.start.tolist(), w.length.tolist()
-      ([0, 4], [3, 4])
-    """
-    lengths = np.diff(offsets)
-    kept = lengths if padding.maxlen is None else np.minimum(lengths, padding.maxlen)
-    start = offsets[:-1] + (lengths - kept if padding.truncating == "pre" else 0)
-    return KeptSteps(start.astype(np.int64), kept.astype(np.int64))
 
 
 def bucket_of(lengths: np.ndarray, boundaries) -> np.ndarray:

@@ -1,0 +1,150 @@
+"""Blocks: padded batches end to end in flat arrays, the unit every kind of batch is
+assembled in and handed on (to tf.data, Grain or NumPy) as.
+
+A block's arrays are one per input and output, on an axis (`BatchSpec.axes`) that says how
+a batch holds them; `BatchPlaces` says where each batch lies in them, and `Block.batch`
+cuts batch j out as views.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Optional
+
+import numpy as np
+
+from seqpipe._internal.buffers import BufferPool
+from seqpipe.config import PipelineConfig
+from seqpipe.weights import batch_weights
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """One padded batch: the Keras triple plus which sequences it holds.
+
+    Attributes:
+      x, y, sample_weight: the arrays `model.fit` takes, by input and output name.
+      ids: the ids of the batch's sequences, in row order; rows past them (a batch padded
+        to a fixed size) are empty.
+      lengths: each sequence's real timesteps after truncation: row i's real values are
+        `[:lengths[i]]` with `padding.side: post`, the last `lengths[i]` with `pre`. With
+        windows, each window's sequence's timesteps.
+      ends: with windows, the position of each window's last target in its sequence
+        (its targets are the `horizon` positions up to it); None for whole sequences.
+    """
+
+    x: dict
+    y: dict
+    sample_weight: dict
+    ids: np.ndarray
+    lengths: np.ndarray
+    ends: Optional[np.ndarray] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchPlaces:
+    """Where each batch of a block lies in the block's flat arrays, one entry per batch.
+    An array on axis `a` (see `BatchSpec.axes`) holds batch j at positions
+    `start[a][j]` to `+ rows[j] * steps[a][j]`, shaped `(rows[j], steps[a][j], ...)`; on the
+    "sequence" axis, which has no steps, `+ rows[j]`, shaped `(rows[j], ...)`."""
+
+    start: Mapping[str, np.ndarray]  # axis -> int64 first position of each batch
+    rows: np.ndarray  # B: the batch's rows (its sequences or windows, and empty rows)
+    steps: Mapping[str, np.ndarray]  # axis -> T: timesteps of every row (not "sequence")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def size(self, axis: str) -> np.ndarray:
+        """Positions each batch takes on `axis`."""
+        return self.rows if axis == "sequence" else self.rows * self.steps[axis]
+
+    def select(self, mask: np.ndarray) -> BatchPlaces:
+        return BatchPlaces({a: s[mask] for a, s in self.start.items()}, self.rows[mask],
+                           {a: s[mask] for a, s in self.steps.items()})
+
+    def ends(self) -> dict:
+        """Per axis, the positions a block needs: past the end of its last batch."""
+        return {a: int(s[-1] + self.size(a)[-1]) for a, s in self.start.items()}
+
+
+@dataclasses.dataclass
+class Block:
+    """Padded batches end to end, in flat arrays (`places` says where each batch lies)."""
+
+    places: BatchPlaces
+    members: list  # sequence indices of each batch, in row order
+    x: dict
+    y: dict
+    valid: dict
+    sample_weight: dict
+    remaining: int  # sequences still to arrive
+    axes: Mapping[str, str]  # input (the mask too) or output name -> its axis
+    ends: Optional[list] = None  # windows: each batch's rows' last target positions
+
+    def batch_view(self, j: int, config: PipelineConfig):
+        """The arrays of batch j, shaped for Keras; views into the block."""
+        p, axes = self.places, self.axes
+        size = int(p.rows[j])
+
+        def shaped(flat, axis, *tail):
+            at = int(p.start[axis][j])
+            if axis == "sequence":
+                return flat[at:at + size].reshape((size,) + tail)
+            steps = int(p.steps[axis][j])
+            return flat[at:at + size * steps].reshape((size, steps) + tail)
+
+        x = {name: shaped(self.x[name], axes[name], *spec.tail)
+             for name, spec in config.inputs.items()}
+        if config.padding.mask:
+            x[config.padding.mask] = shaped(self.x[config.padding.mask], "timestep")
+        y = {name: shaped(self.y[name], axes[name], spec.width)
+             for name, spec in config.outputs.items()}
+        weights = {name: shaped(self.sample_weight[name], axes[name])
+                   for name in config.outputs}
+        return x, y, weights
+
+    def batch(self, j: int, config: PipelineConfig, ids: np.ndarray,
+              lengths: np.ndarray) -> Batch:
+        """Batch j as a `Batch`; `ids` and `lengths` are every sequence's, by index."""
+        x, y, weights = self.batch_view(j, config)
+        members = self.members[j]
+        return Batch(x, y, weights, ids[members], lengths[members],
+                     None if self.ends is None else self.ends[j])
+
+
+def pad_at(block: Block, config: PipelineConfig, at: Mapping[str, np.ndarray]) -> None:
+    """Makes positions padding: `at` maps an axis to flat positions of the block's arrays on
+    it. Inputs and labels get `padding.value` (categorical input ids: 0), labels are not
+    present (weight 0), and the `padding.mask` input is False."""
+    axes, value = block.axes, config.padding.value
+    for name, spec in config.inputs.items():
+        if axes[name] in at:
+            block.x[name][at[axes[name]]] = 0 if spec.categorical else value
+    for name in config.outputs:
+        if axes[name] in at:
+            block.y[name][at[axes[name]]] = value
+            block.valid[name][at[axes[name]]] = False
+    if config.padding.mask and "timestep" in at:
+        block.x[config.padding.mask][at["timestep"]] = False
+
+
+def weigh(block: Block, output: str, config: PipelineConfig, mean_valid: float,
+          buffers: BufferPool) -> np.ndarray:
+    """The sample weights of one output for every batch of a block, from its valid labels."""
+    p, valid, axis = block.places, block.valid[output], block.axes[output]
+    return batch_weights(config.weight_mode(output), valid, p.start[axis], p.rows,
+                         p.steps.get(axis), mean_valid, out=buffers.empty(valid.shape))
+
+
+def put_per_sequence(values, local: np.ndarray, out: np.ndarray, rows) -> None:
+    """Rows `rows` of `out` get the per-sequence values of sequences `local` of a chunk
+    (a tuple of columns fills `out`'s columns one by one)."""
+    if isinstance(values, tuple):
+        for j, column in enumerate(values):
+            out[rows, j] = column[local]
+    else:
+        out[rows] = values[local]
+
+
