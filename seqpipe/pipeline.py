@@ -23,19 +23,18 @@ from seqpipe.batches.block import Batch, Block
 from seqpipe.batches.kind import BatchKind
 from seqpipe.batches.kinds import kind_of
 from seqpipe.config import PipelineConfig, ShuffleConfig, leaked_labels, load_config
-from seqpipe.errors import ConfigError, DataError
 from seqpipe.index import SequenceSource, missing_labels, open_sequences, truncate
 from seqpipe.report import Report
 from seqpipe.sequences import Sequences
-from seqpipe.shard import Shard, hash_mask
+from seqpipe.shard import Shard, reading_mask
 from seqpipe.split import PARTS, check_part, part_of
 from seqpipe.statistics import (
     Statistics,
     StatisticsLike,
-    as_statistics,
     categorical_names,
+    choose,
     compute,
-    needed,
+    nothing_to_count,
 )
 from seqpipe.transform import Transform, changes_values
 
@@ -58,7 +57,7 @@ class Pipeline:
       shard: `Shard(index, count)`: read only this input pipeline's share of the sequences
         (see `seqpipe.shard`); None reads them all.
       same_shape_first: pad each epoch's first this many batches to `batch_size` rows of
-        `padding.maxlen` timesteps (see `Assembler`); `build_dataset` sets it for several
+        `padding.maxlen` timesteps (see `batches.assembler`); `build_dataset` sets it for several
         replicas.
       statistics: `seqpipe.Statistics` to scale and encode with (saved from another run,
         say), the path of the file `Statistics.save` wrote, or its mapping; None computes
@@ -113,8 +112,10 @@ class Pipeline:
         self._warn_unlabelled(source.unlabelled)
         self.kept_steps = truncate(source.index.offsets, self.config.padding)
         self.seed = _seed(self.config.shuffle)
-        self.kind: BatchKind = kind(config, source, self.kept_steps, self._part_mask(),
-                                    self.split, self.seed, same_shape_first)
+        in_part = reading_mask(source.index.ids, source.where, config.split, self.split,
+                               shard, source.shared)
+        self.kind: BatchKind = kind(config, source, self.kept_steps, in_part, self.split,
+                                    self.seed, same_shape_first)
         self._in_part = np.zeros(len(source.index.ids), dtype=bool)
         self._in_part[self.kind.members] = True
         self.statistics = self._statistics(statistics)
@@ -159,46 +160,21 @@ class Pipeline:
     def _handing_over(self, chunks: Generator[tuple[int, Sequences], None, Any]
                       ) -> Iterator[tuple[int, Sequences]]:
         unseen: collections.Counter = collections.Counter()
-        counts = dict((yield from self._transformed(chunks, unseen)) or {})
+        prepared = chunks if self._transform is None else self._transform.stream(chunks, unseen)
+        counts = dict((yield from prepared) or {})
         if self._transform is not None and categorical_names(self.config):
             counts["unseen_categories"] = dict(unseen)
         if counts:
             self._hand_over(counts)
-
-    def _transformed(self, chunks: Generator[tuple[int, Sequences], None, Any],
-                     unseen: collections.Counter) -> Generator[tuple[int, Sequences], None, Any]:
-        """The chunks prepared for the model (`seqpipe.transform`), counting unseen
-        categories; returns what the source's chunks return."""
-        if self._transform is None:
-            return (yield from chunks)
-        while True:
-            try:
-                first, chunk = next(chunks)
-            except StopIteration as end:
-                return end.value
-            chunk, found = self._transform.apply(first, chunk)
-            unseen.update(found)
-            yield first, chunk
 
     def _statistics(self, given: Optional[StatisticsLike]) -> Statistics:
         """The statistics this pipeline prepares its chunks with: the source's own (a
         materialized part), the given ones, or computed now in one pass over the train
         part (every sequence without a split), whichever part this pipeline reads."""
         source, config = self.source, self.config
-        given = None if given is None else as_statistics(given)
-        if source.statistics is not None:
-            if given is not None and given != source.statistics:
-                raise ConfigError(
-                    f"{source.where} was written with its own statistics, and its records "
-                    f"hold values prepared with them; statistics= cannot change them. Pass "
-                    f"none, or materialize again with these statistics.")
-            return source.statistics
-        if given is not None:
-            given.check(config)
-            return given
-        if not needed(config):
-            return Statistics(computed_on="no sequences: the config scales no column and has "
-                              "no categorical input or output")
+        chosen = choose(config, given, source.statistics, source.where)
+        if chosen is not None:
+            return chosen
         ids = source.index.ids
         train = (part_of(ids, config.split) == PARTS.index("train") if config.split.enabled
                  else np.ones(len(ids), dtype=bool))
@@ -206,13 +182,7 @@ class Pipeline:
         steps = kind.counted(config, source.index.offsets, train, source.index.before_cutoff)
         counted, what = steps.counted, kind.statistics_over(config)
         if not counted.any():
-            raise ConfigError(
-                f"the statistics ({_scaled_and_encoded(config)}) would be computed from "
-                f"{what} of {source.where}, which holds none: every value would be scaled "
-                f"with mean 0 and std 1 and every category would become id 1. Pass the "
-                f"training run's statistics (statistics=Statistics.load('stats.json'), saved "
-                f"from Pipeline(config, split='train').statistics), or data that holds the "
-                f"train part.")
+            raise nothing_to_count(config, f"{what} of {source.where}")
         if source.shared and self.shard is not None:
             what += f" of input pipeline {self.shard.index} of {self.shard.count}'s share"
             logger.warning(
@@ -233,27 +203,6 @@ class Pipeline:
         except concurrent.futures.InvalidStateError:
             return  # another epoch finished first, with the same counts
         self._warn_changes(fills_only=True)  # the rest was said when building
-
-    def _part_mask(self) -> np.ndarray:
-        """(n,) True for the sequences of the part (and shard) this pipeline reads."""
-        ids, where = self.source.index.ids, self.source.where
-        mask = np.ones(len(ids), dtype=bool)
-        if self.split is not None and self.config.split.by_id:  # a time split: by window
-            mask = part_of(ids, self.config.split) == PARTS.index(self.split)
-            if not mask.any():
-                raise DataError(
-                    f"split {self.split!r} holds none of the {len(ids):,} sequences in "
-                    f"{where}; raise split."
-                    f"{self.split if self.split != 'train' else 'validation or test'} "
-                    f"or use more data")
-        if self.shard is not None and not self.source.shared:
-            mask &= hash_mask(ids, self.shard)
-        if self.shard is not None and not mask.any():
-            raise DataError(
-                f"input pipeline {self.shard.index} of {self.shard.count} gets none of the "
-                f"{len(ids):,} sequences it reads from {where}: there are too few sequences "
-                f"for {self.shard.count} input pipelines. Use fewer workers or more data.")
-        return mask
 
     def _warn_changes(self, fills_only: bool = False) -> None:
         changes = [c for c in self.report.changes() if not fills_only or c.startswith("filled")]
@@ -302,10 +251,3 @@ def _seed(shuffle: ShuffleConfig) -> Optional[int]:
     if shuffle.seed is None and shuffle.buffer_size:
         return int(typing.cast(int, np.random.SeedSequence().entropy) % 2**31)
     return shuffle.seed
-
-
-def _scaled_and_encoded(config: PipelineConfig) -> str:
-    """What the statistics are for, in the config's keys."""
-    scaled = [f"inputs.{name}.normalize" for name, spec in config.inputs.items()
-              if spec.normalize]
-    return ", ".join(scaled + [f"the vocabulary of {name}" for name in categorical_names(config)])

@@ -23,9 +23,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from seqpipe.config import PipelineConfig
-from seqpipe.errors import ConfigError
-from seqpipe.split import id_hash
+from seqpipe.config import PipelineConfig, SplitConfig
+from seqpipe.errors import ConfigError, DataError
+from seqpipe.split import PARTS, id_hash, part_of
 from seqpipe.stream import IdBounds, StreamOrder
 
 # Seeds the id hash of `hash_mask`. Its low bits pick the pipeline, while `split` uses the
@@ -138,3 +138,28 @@ def per_replica(config: PipelineConfig, input_context: Any) -> PipelineConfig:
             f"batching.batch_size or padding.maxlen, or raise max_timesteps.")
     return dataclasses.replace(config, batching=dataclasses.replace(
         batching, batch_size=size, max_timesteps=budget))
+
+
+def reading_mask(ids: np.ndarray, where: str, split: SplitConfig, part: Optional[str],
+                 shard: Optional[Shard], shared: bool) -> np.ndarray:
+    """(n,) True for the sequences of the part (and shard) a pipeline reads. A source
+    `shared` out by row group has already left other shards' sequences out.
+
+    Raises:
+      DataError: the part or the shard holds no sequence.
+    """
+    mask = np.ones(len(ids), dtype=bool)
+    if part is not None and split.by_id:  # a time split: by window
+        mask = part_of(ids, split) == PARTS.index(part)
+        if not mask.any():
+            raise DataError(
+                f"split {part!r} holds none of the {len(ids):,} sequences in {where}; raise "
+                f"split.{part if part != 'train' else 'validation or test'} or use more data")
+    if shard is not None and not shared:
+        mask &= hash_mask(ids, shard)
+    if shard is not None and not mask.any():
+        raise DataError(
+            f"input pipeline {shard.index} of {shard.count} gets none of the {len(ids):,} "
+            f"sequences it reads from {where}: there are too few sequences for {shard.count} "
+            f"input pipelines. Use fewer workers or more data.")
+    return mask

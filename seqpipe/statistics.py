@@ -20,7 +20,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -48,8 +48,10 @@ class ColumnStatistics:
         empty column divides by 1."""
         if method == "standard":
             return self.mean, self.std if self.std > 0 else 1.0
-        spread = self.max - self.min
-        return self.min, spread if spread > 0 else 1.0
+        if method == "minmax":
+            spread = self.max - self.min
+            return self.min, spread if spread > 0 else 1.0
+        raise ConfigError(f"normalize must be 'standard' or 'minmax'; got {method!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,6 +274,41 @@ def as_statistics(given: StatisticsLike) -> Statistics:
         return Statistics.from_dict(given)
     raise ConfigError(f"statistics= must be seqpipe.Statistics, the path of a file "
                       f"Statistics.save wrote, or its mapping; got {type(given).__name__}")
+
+
+def choose(config: PipelineConfig, given: Optional[StatisticsLike], own: Optional[Statistics],
+           where: str) -> Optional[Statistics]:
+    """The statistics a pipeline prepares its chunks with when they need not be computed:
+    the source's `own` (a materialized part's), the `given` ones (checked against the
+    config), or empty ones when the config needs none; None: compute them."""
+    chosen = None if given is None else as_statistics(given)
+    if own is not None:
+        if chosen is not None and chosen != own:
+            raise ConfigError(
+                f"{where} was written with its own statistics, and its records hold values "
+                f"prepared with them; statistics= cannot change them. Pass none, or "
+                f"materialize again with these statistics.")
+        return own
+    if chosen is not None:
+        chosen.check(config)
+        return chosen
+    if not needed(config):
+        return Statistics(computed_on="no sequences: the config scales no column and has no "
+                          "categorical input or output")
+    return None
+
+
+def nothing_to_count(config: PipelineConfig, what: str) -> ConfigError:
+    """The error for statistics that would be computed from no timesteps (`what`)."""
+    scaled = [f"inputs.{name}.normalize" for name, spec in config.inputs.items()
+              if spec.normalize]
+    used = ", ".join(scaled + [f"the vocabulary of {name}" for name in categorical_names(config)])
+    return ConfigError(
+        f"the statistics ({used}) would be computed from {what}, which holds none: every "
+        f"value would be scaled with mean 0 and std 1 and every category would become id 1. "
+        f"Pass the training run's statistics (statistics=Statistics.load('stats.json'), saved "
+        f"from Pipeline(config, split='train').statistics), or data that holds the train "
+        f"part.")
 
 
 def needed(config: PipelineConfig) -> bool:

@@ -13,7 +13,7 @@ since the previous kept timestep (`time_delta`), then one 0/1 column per column
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from typing import Any
 
 import numpy as np
@@ -80,6 +80,19 @@ class Transform:
                 unseen[f"outputs.{name}"] += missed
         prepared = Sequences(chunk.ids, chunk.offsets, features, labels, present, chunk.times)
         return prepared, {key: n for key, n in unseen.items() if n}
+
+    def stream(self, chunks: Generator[tuple[int, Sequences], None, Any],
+               unseen: collections.Counter) -> Generator[tuple[int, Sequences], None, Any]:
+        """`chunks` prepared (see `apply`), adding their unseen categories to `unseen`;
+        returns what `chunks` returns."""
+        while True:
+            try:
+                first, chunk = next(chunks)
+            except StopIteration as end:
+                return end.value
+            chunk, found = self.apply(first, chunk)
+            unseen.update(found)
+            yield first, chunk
 
     def _numeric(self, name: str, spec: InputConfig, values: Any, chunk: Sequences,
                  index: np.ndarray) -> tuple:

@@ -319,6 +319,17 @@ def test_statistics_saved_and_loaded_prepare_the_same_batches(source, tmp_path):
     assert "speaker-1" in (tmp_path / "stats.json").read_text()
 
 
+def test_a_scaling_method_nobody_wired_in_is_an_error_not_minmax(source):
+    """Asked for a method it does not know, a column's statistics refuse rather than scale
+    as minmax."""
+    path, _ = source
+    column = Pipeline(config(path)).statistics.columns["vitals"]["hr"]
+    assert column.scale("minmax") == (column.min, column.max - column.min)
+    with pytest.raises(ConfigError, match=r"normalize must be 'standard' or 'minmax'; "
+                                          r"got 'robust'"):
+        column.scale("robust")
+
+
 @pytest.mark.parametrize("change, message", [
     ({"inputs": {"vitals": {"columns": ["hr"], "normalize": "standard"}}},
      r"the statistics do not match the config: inputs\.vitals normalizes columns \['hr'\], "

@@ -1,0 +1,249 @@
+"""Assembly of whole sequences: writes each chunk of sequences straight into the padded
+batches it belongs to.
+
+An epoch's plan (`seqpipe.batches.buckets`) says where every kept timestep lands: batch,
+row and column. The batches of one assembly block lie end to end in flat arrays (one per
+input and output), so a chunk of sequences, as it arrives from the source, is copied into
+them run by run (`seqpipe._internal.runs`): each timestep is read once and written once,
+and no batch is copied again. A block goes out when its last sequence has arrived; until
+then only the chunk in hand and the blocks being filled are in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Optional
+
+import numpy as np
+
+from seqpipe import tuning
+from seqpipe._internal.buffers import ALIGNMENT, SHARED, BufferPool
+from seqpipe.batches.block import BatchPlaces, Block, pad_at, put_per_sequence, weigh
+from seqpipe.batches.buckets import EpochPlan
+from seqpipe.batches.kind import BatchSpec
+from seqpipe.config import PipelineConfig
+from seqpipe.errors import DataError
+from seqpipe.sequences import Sequences, offsets_of, ranges
+
+
+class Assembler:
+    """Turns chunks of sequences, in source order, into the planned epoch's blocks.
+
+    Args:
+      config: the pipeline config.
+      spec: its batch spec (`WholeSequences.spec`).
+      plan: the epoch's plan.
+      lengths: (n,) every sequence's timesteps before truncation.
+      kept: (n,) timesteps kept by truncation.
+      mean_valid: output -> valid labels per batch over the epoch (for global_mean).
+      shapes: each batch's rows and timesteps (`batching.static_shapes`), instead of its
+        sequences and their longest; rows past the sequences are left empty (all padding,
+        weight 0).
+      same_shape_first: pad the epoch's first this many batches to `batching.batch_size`
+        rows of `padding.maxlen` timesteps, rows past their sequences left empty (all
+        padding, weight 0). For several replicas: Keras 3 averages the first batch of every
+        replica to build the model, which needs them all the same shape.
+      buffers: where the blocks' arrays come from: by default the process's pool, so that
+        an epoch reuses the memory of the batches the last one is done with.
+    """
+
+    def __init__(self, config: PipelineConfig, spec: BatchSpec, plan: EpochPlan,
+                 lengths: np.ndarray,
+                 kept: np.ndarray, mean_valid: Mapping[str, float],
+                 shapes: Optional[tuple[np.ndarray, np.ndarray]] = None,
+                 same_shape_first: int = 0, buffers: BufferPool = SHARED) -> None:
+        self.config, self.plan, self.mean_valid = config, plan, mean_valid
+        self.axes = spec.axes
+        self.buffers = buffers
+        self.lengths, self.kept = lengths, kept
+        counts = np.array([len(b) for b in plan.batches], dtype=np.int64)
+        members = np.concatenate(plan.batches) if plan.batches else np.empty(0, np.int64)
+        first = np.cumsum(counts) - counts
+        steps = (np.maximum.reduceat(kept[members], first) if len(members)
+                 else np.empty(0, np.int64))
+        sizes = counts.copy()  # rows of each batch: its sequences, and empty rows
+        if shapes is not None:
+            sizes, steps = shapes[0].astype(np.int64), shapes[1].astype(np.int64)
+        if same_shape_first:
+            sizes[:same_shape_first] = config.batching.batch_size
+            steps[:same_shape_first] = config.padding.maxlen or 0  # required with replicas
+        batch_rows = np.repeat(np.arange(len(counts)), counts)
+        row = np.arange(len(members)) - first[batch_rows]
+        # Every batch starts on an ALIGNMENT-byte boundary of each flat array: TensorFlow's
+        # slice hands an aligned batch on as a view, and copies one that is not.
+        t0 = _exclusive_cumsum_within(_aligned_rows(sizes * steps), plan.blocks)
+        s0 = _exclusive_cumsum_within(_aligned_rows(sizes), plan.blocks)
+        every = BatchPlaces({"timestep": t0, "sequence": s0}, sizes, {"timestep": steps})
+        self.places = [every.select(plan.blocks == g)
+                       for g in range(int(plan.blocks.max()) + 1 if len(sizes) else 0)]
+        n = len(lengths)
+        self.block_of = np.full(n, -1, dtype=np.int64)
+        self.block_of[members] = plan.blocks[batch_rows]
+        lead = steps[batch_rows] - kept[members] if config.padding.side == "pre" else 0
+        self.time_dest = np.zeros(n, dtype=np.int64)
+        self.time_dest[members] = t0[batch_rows] + row * steps[batch_rows] + lead
+        self.sequence_dest = np.zeros(n, dtype=np.int64)
+        self.sequence_dest[members] = s0[batch_rows] + row
+        self.skip = lengths - kept if config.padding.truncating == "pre" else np.zeros_like(
+            lengths)
+        self.members_per_block = np.bincount(self.block_of[members],
+                                             minlength=len(self.places))
+        self._batch_blocks = [np.flatnonzero(plan.blocks == g) for g in range(len(self.places))]
+        # A block's store is allocated once the stream reaches its first members, past the
+        # few (`Tuning.parked_share`) that come much earlier: sequences that waited several
+        # shuffle buffers for a batch of their bucket to fill. Those are parked unpadded until
+        # then, so a block that waits does not hold a whole store, and little is copied twice.
+        by_block = np.lexsort((members, self.block_of[members]))
+        ordered, counts = members[by_block], self.members_per_block
+        early = (counts * tuning.TUNING.parked_share).astype(np.int64)
+        self.open_at = ordered[np.cumsum(counts) - counts + early] if len(members) else []
+        self._parked: dict[int, list] = {}
+        self._open: dict[int, Block] = {}
+        self._next = 0
+
+    def blocks(self, chunks: Iterable[tuple[int, Sequences]]) -> Iterator[Block]:
+        """Yields the finished blocks, in plan order, as the chunks arrive."""
+        for first, chunk in chunks:
+            self._add(first, chunk)
+            yield from self._finished()
+        if self._next < len(self.places):
+            raise DataError(f"the source ended with {self._missing():,} sequences of the epoch "
+                            f"still to arrive; it changed since the pipeline was built. Build "
+                            f"the pipeline again.")
+
+    def _finished(self) -> Iterator[Block]:
+        while self._next in self._open and self._open[self._next].remaining == 0:
+            block = self._open.pop(self._next)
+            self._weigh(block)
+            self._next += 1
+            yield block
+
+    def _missing(self) -> int:
+        waiting = range(self._next, len(self.places))
+        return sum(self._open[g].remaining if g in self._open else
+                   int(self.members_per_block[g]) for g in waiting)
+
+    def _add(self, first: int, chunk: Sequences) -> None:
+        index = np.arange(first, first + len(chunk))
+        if index[-1] >= len(self.lengths) or not np.array_equal(chunk.lengths,
+                                                                self.lengths[index]):
+            raise DataError("the source changed since the pipeline was built (sequence "
+                            "lengths differ); build the pipeline again")
+        block_of = self.block_of[index]
+        for g in np.unique(block_of[block_of >= 0]).tolist():
+            local = np.flatnonzero(block_of == g)
+            if g not in self._open and index[-1] < self.open_at[g]:
+                self._parked.setdefault(g, []).append(
+                    (_take(chunk, local, self.config), index[local]))
+                continue
+            if g not in self._open:
+                self._open[g] = self._allocate(g)
+                for parked, parked_index in self._parked.pop(g, []):
+                    self._scatter(self._open[g], parked, np.arange(len(parked)), parked_index)
+            self._scatter(self._open[g], chunk, local, index[local])
+
+    def _allocate(self, g: int) -> Block:
+        places = self.places[g]
+        rows = places.ends()
+        config = self.config
+        # Every real position is written by a chunk later; only the padding is set here.
+        x = {name: self.buffers.empty((rows[spec.level], *spec.tail), spec.dtype)
+             for name, spec in config.inputs.items()}
+        y = {name: self.buffers.empty((rows[spec.level],) + ((spec.width,) if spec.width > 1
+                                                             else ()), spec.dtype)
+             for name, spec in config.outputs.items()}
+        valid = {name: np.zeros(rows[spec.level], dtype=bool)
+                 for name, spec in config.outputs.items()}
+        members = [self.plan.batches[k] for k in self._batch_blocks[g]]
+        empty = _empty_rows(members, places)
+        padding = np.concatenate([self._padding_positions(members, places),
+                                  empty["timestep"]])
+        if config.padding.mask:  # every position a sequence does not fill is padding
+            x[config.padding.mask] = np.ones(rows["timestep"], dtype=bool)
+        block = Block(places, members, x, y, valid, {}, int(self.members_per_block[g]),
+                      self.axes)
+        pad_at(block, config, {"timestep": padding, "sequence": empty["sequence"]})
+        return block
+
+    def _padding_positions(self, batches: list, places: BatchPlaces) -> np.ndarray:
+        """The padded timestep rows after (or before) every sequence of a block, given each
+        batch's members."""
+        steps = np.repeat(places.steps["timestep"], [len(m) for m in batches])
+        members = np.concatenate(batches)
+        kept = self.kept[members]
+        missing = steps - kept
+        start = self.time_dest[members] + (kept if self.config.padding.side == "post"
+                                           else -missing)
+        return ranges(start, missing)
+
+    def _scatter(self, block: Block, chunk: Sequences, local: np.ndarray,
+                 index: np.ndarray) -> None:
+        from seqpipe._internal.runs import copy_runs  # numba, imported when batches are first made
+
+        kept, dest = self.kept[index], self.time_dest[index]
+        source = chunk.offsets[local] + self.skip[index]
+        sequence_dest = self.sequence_dest[index]
+        for name, spec in self.config.inputs.items():
+            values = chunk.features[name]
+            if spec.level == "timestep":
+                copy_runs(values, source, block.x[name], dest, kept)
+            else:  # one row per sequence: few, NumPy is enough
+                put_per_sequence(values, local, block.x[name], sequence_dest)
+        for name, output in self.config.outputs.items():
+            labels, present = chunk.labels[name], chunk.present[name]
+            if output.level == "timestep":
+                copy_runs(labels, source, block.y[name], dest, kept)
+                copy_runs(present, source, block.valid[name], dest, kept)
+            else:
+                block.y[name][sequence_dest] = labels[local]
+                block.valid[name][sequence_dest] = present[local]
+        block.remaining -= len(index)
+
+    def _weigh(self, block: Block) -> None:
+        for name in self.config.outputs:
+            block.sample_weight[name] = weigh(block, name, self.config, self.mean_valid[name],
+                                              self.buffers)
+
+
+def _aligned_rows(rows: np.ndarray) -> np.ndarray:
+    """`rows` rounded up so that as many float32 rows, of any width, fill whole
+    `ALIGNMENT`-byte blocks."""
+    step = ALIGNMENT // 4
+    return -(-rows // step) * step
+
+
+def _take(chunk: Sequences, local: np.ndarray, config: PipelineConfig) -> Sequences:
+    """A copy of the sequences `local` of a chunk, end to end."""
+    lengths = chunk.lengths[local]
+    rows = ranges(chunk.offsets[local], lengths)
+    levels = config.levels
+
+    def take(arrays):
+        taken = {}
+        for name, values in arrays.items():
+            at = rows if levels[name] == "timestep" else local
+            taken[name] = (tuple(v[at] for v in values) if isinstance(values, tuple)
+                           else values[at])
+        return taken
+
+    return Sequences(chunk.ids[local], offsets_of(lengths),
+                     take(chunk.features), take(chunk.labels), take(chunk.present))
+
+
+def _empty_rows(batches: list, places: BatchPlaces) -> dict:
+    """Per level, the positions of the rows of a block that no sequence fills: the rows past
+    each batch's members (`same_shape_first`)."""
+    filled = np.array([len(b) for b in batches], dtype=np.int64)
+    empty = places.rows - filled
+    steps = places.steps["timestep"]
+    return {"timestep": ranges(places.start["timestep"] + filled * steps, empty * steps),
+            "sequence": ranges(places.start["sequence"] + filled, empty)}
+
+
+def _exclusive_cumsum_within(values: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """Running total of `values` before each position, restarting at each new block."""
+    total = np.cumsum(values) - values
+    if not len(values):
+        return total
+    starts = np.flatnonzero(np.concatenate([[True], blocks[1:] != blocks[:-1]]))
+    return total - np.repeat(total[starts], np.diff(np.append(starts, len(values))))
