@@ -47,8 +47,8 @@ def with_checksums(path: Path) -> Path:
 def checks_off():
     """seqpipe without its integrity checks: no footer statistics, fingerprints, page
     checksums or record ids."""
-    from seqpipe import source, stream
     from seqpipe.materialized import records
+    from seqpipe.parquet import source, stream
 
     saved = (source.check_footers, source.fingerprint, stream._check_unchanged, stream._LOCAL,
              source.PARQUET, records._check_ids)

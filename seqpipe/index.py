@@ -30,19 +30,19 @@ from seqpipe import tuning
 from seqpipe._internal.threads import ordered_map
 from seqpipe.config import PaddingConfig, PipelineConfig
 from seqpipe.errors import DataError
-from seqpipe.regroup import can_regroup, regrouped
-from seqpipe.sequences import (
+from seqpipe.parquet.regroup import can_regroup, regrouped
+from seqpipe.parquet.sequences import (
     Sequences,
     group_sequences,
     list_columns,
     offsets_of,
     sequence_lengths,
 )
+from seqpipe.parquet.source import SourceFiles, SourceTable, column_roles, open_source, read_source
+from seqpipe.parquet.stream import StreamOrder, stream_chunks, stream_order
 from seqpipe.shard import Shard, shard_order
-from seqpipe.source import SourceFiles, SourceTable, column_roles, open_source, read_source
 from seqpipe.split import timesteps_before
 from seqpipe.statistics import Statistics
-from seqpipe.stream import StreamOrder, stream_chunks, stream_order
 
 logger = logging.getLogger("seqpipe")
 
@@ -247,7 +247,7 @@ class StreamedParquet:
 
     def __init__(self, config: PipelineConfig, files: SourceFiles, order: StreamOrder,
                  shared: bool = False, copy_of: Optional[SourceFiles] = None) -> None:
-        """`copy_of`: the source `files` are a regrouped copy of (`seqpipe.regroup`)."""
+        """`copy_of`: the source `files` are a regrouped copy of (`seqpipe.parquet.regroup`)."""
         self.config, self._files, self._order, self.shared = config, files, order, shared
         shown = copy_of if copy_of is not None else files
         self.where, self.file_count = shown.where, len(shown.files)

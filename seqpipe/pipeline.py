@@ -24,8 +24,8 @@ from seqpipe.batches.kind import BatchKind
 from seqpipe.batches.kinds import kind_of
 from seqpipe.config import PipelineConfig, ShuffleConfig, leaked_labels, load_config
 from seqpipe.index import SequenceSource, missing_labels, open_sequences, truncate
+from seqpipe.parquet.sequences import Sequences
 from seqpipe.report import Report
-from seqpipe.sequences import Sequences
 from seqpipe.shard import Shard, reading_mask
 from seqpipe.split import PARTS, check_part, part_of
 from seqpipe.statistics import (

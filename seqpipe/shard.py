@@ -25,8 +25,8 @@ import numpy as np
 
 from seqpipe.config import PipelineConfig, SplitConfig
 from seqpipe.errors import ConfigError, DataError
+from seqpipe.parquet.stream import IdBounds, StreamOrder
 from seqpipe.split import PARTS, id_hash, part_of
-from seqpipe.stream import IdBounds, StreamOrder
 
 # Seeds the id hash of `hash_mask`. Its low bits pick the pipeline, while `split` uses the
 # high bits, so shards stay balanced across train, validation and test whatever their seed.

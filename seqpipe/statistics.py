@@ -26,7 +26,7 @@ import numpy as np
 
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError
-from seqpipe.sequences import Categories, Sequences, ranges
+from seqpipe.parquet.sequences import Categories, Sequences, ranges
 
 logger = logging.getLogger("seqpipe")
 FORMAT = 1

@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 from seqpipe._internal.buffers import SHARED
 from seqpipe.config import InputConfig, PipelineConfig
 from seqpipe.errors import DataError
-from seqpipe.missing import deferred
-from seqpipe.sequences import Categories, Sequences
+from seqpipe.parquet.missing import deferred
+from seqpipe.parquet.sequences import Categories, Sequences
 from seqpipe.statistics import Statistics, Vocabulary
 
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 
 from seqpipe import Pipeline, load_config
 from seqpipe.index import Index
-from seqpipe.sequences import Sequences
+from seqpipe.parquet.sequences import Sequences
 
 from .helpers import base_config, long_table
 

@@ -175,8 +175,8 @@ def test_a_per_sequence_label_that_differs_across_files_is_found(tmp_path):
 
 def test_the_sort_shows_its_progress_and_inspect_and_validate_say_how_it_is_read(
         tmp_path, capsys):
-    from seqpipe.regroup import regrouped
-    from seqpipe.source import open_source
+    from seqpipe.parquet.regroup import regrouped
+    from seqpipe.parquet.source import open_source
 
     table = long_table(LENGTHS[:60], seed=4)
     folder = _by_day(table, tmp_path / "days")

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-import seqpipe.stream
+import seqpipe.parquet.stream
 from seqpipe import (
     ConfigError,
     DataError,
@@ -113,8 +113,8 @@ def test_each_pipeline_reads_its_own_row_groups(tmp_path, monkeypatch, count):
     path = _one_file(tmp_path, long_table(LENGTHS), 40)
     parts = pq.ParquetFile(path).num_row_groups
     read = []
-    real = seqpipe.stream.read_row_group
-    monkeypatch.setattr(seqpipe.stream, "read_row_group",
+    real = seqpipe.parquet.stream.read_row_group
+    monkeypatch.setattr(seqpipe.parquet.stream, "read_row_group",
                         lambda part, schema: read.append(part.number) or real(part, schema))
     config = _config(path)
     per_pipeline = []

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from seqpipe import DataError, Pipeline, SourceNotFoundError, build_dataset, load_config
-from seqpipe.source import read_source
+from seqpipe.parquet.source import read_source
 from tests.helpers import base_config, long_table, raw_sequences, write
 
 

@@ -60,8 +60,8 @@ def test_an_epoch_starts_reading_before_it_plans_and_before_its_first_chunk_is_a
         tmp_path, monkeypatch):
     """The first row groups are read while the epoch is planned (and, in build_dataset,
     while TensorFlow builds its iterator): reading does not wait for the first chunk."""
-    from seqpipe import stream
     from seqpipe.batches.whole import WholeSequences
+    from seqpipe.parquet import stream
 
     path = write(tmp_path / "d.parquet", _by_id(long_table(LENGTHS)), row_group_size=50)
     pipeline = Pipeline(_config(path, **{"shuffle.buffer_size": 25, "shuffle.seed": 3}))
@@ -99,7 +99,7 @@ def test_reads_run_ahead_by_rows_several_small_files_at_once(tmp_path, monkeypat
     """Row groups are read ahead of the one being grouped up to `Tuning.read_ahead_rows` rows, at
     least one: small files are read two at a time (`Tuning.read_threads`); with a budget smaller
     than a row group, one row group is read ahead."""
-    from seqpipe import stream
+    from seqpipe.parquet import stream
 
     table = _by_id(long_table(LENGTHS))
     for k, first in enumerate(range(0, table.num_rows, 50)):  # files of 50 rows, sorted
@@ -145,7 +145,7 @@ def test_local_files_are_read_without_pre_buffering_other_filesystems_keep_it(tm
     import pyarrow.dataset as ds
     import pyarrow.fs as fs
 
-    from seqpipe import stream
+    from seqpipe.parquet import stream
 
     write(tmp_path / "d.parquet", _by_id(long_table(LENGTHS)))
     local = next(ds.dataset(str(tmp_path / "d.parquet")).get_fragments())
@@ -187,13 +187,13 @@ def test_the_id_runs_a_chunk_carries_are_those_of_its_rows(tmp_path, monkeypatch
                                                            row_group_size):
     """The stream finds id runs once per row group and shifts them through its cuts
     (sequences spanning row groups, pieces); each chunk's must be its own rows' runs."""
-    from seqpipe import stream
-    from seqpipe.sequences import id_runs
+    from seqpipe.parquet import stream
+    from seqpipe.parquet.sequences import id_runs
 
     path = write(tmp_path / "d.parquet", _by_id(long_table(LENGTHS)),
                  row_group_size=row_group_size)
     _tune(monkeypatch, piece_rows=40)
-    from seqpipe.source import open_source
+    from seqpipe.parquet.source import open_source
 
     config = _config(path)
     files = open_source(config)

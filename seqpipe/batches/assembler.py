@@ -23,7 +23,7 @@ from seqpipe.batches.buckets import EpochPlan
 from seqpipe.batches.kind import BatchSpec
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
-from seqpipe.sequences import Sequences, offsets_of, ranges
+from seqpipe.parquet.sequences import Sequences, offsets_of, ranges
 
 
 class Assembler:

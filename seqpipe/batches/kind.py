@@ -28,7 +28,7 @@ import numpy as np
 from seqpipe.batches.block import Batch, Block
 from seqpipe.config import PipelineConfig
 from seqpipe.index import KeptSteps, SequenceSource
-from seqpipe.sequences import Sequences
+from seqpipe.parquet.sequences import Sequences
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ from seqpipe.batches.kind import BatchKind, BatchSpec, Counted, Padding, Preview
 from seqpipe.config import BatchingConfig, PipelineConfig
 from seqpipe.errors import ConfigError, DataError
 from seqpipe.index import KeptSteps, SequenceSource, truncate
-from seqpipe.sequences import Sequences, offsets_of, ranges, show_id
+from seqpipe.parquet.sequences import Sequences, offsets_of, ranges, show_id
 
 
 class WholeSequences(BatchKind):

@@ -32,7 +32,7 @@ from seqpipe.batches.window_plan import (
 from seqpipe.config import PipelineConfig, WindowsConfig
 from seqpipe.errors import DataError
 from seqpipe.index import KeptSteps, SequenceSource
-from seqpipe.sequences import Sequences, ranges
+from seqpipe.parquet.sequences import Sequences, ranges
 from seqpipe.split import PARTS, part_of
 
 

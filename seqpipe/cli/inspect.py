@@ -23,12 +23,12 @@ from seqpipe.batches.kind import Preview
 from seqpipe.batches.kinds import kind_of
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError
-from seqpipe.regroup import status
-from seqpipe.sequences import list_columns
-from seqpipe.source import column_roles, open_source, read_schema, source_schema
+from seqpipe.parquet.regroup import status
+from seqpipe.parquet.sequences import list_columns
+from seqpipe.parquet.source import column_roles, open_source, read_schema, source_schema
+from seqpipe.parquet.stream import stream_order
 from seqpipe.split import PARTS, cutoff_value, part_of
 from seqpipe.statistics import Statistics, needed
-from seqpipe.stream import stream_order
 
 PERCENTILES = (0, 5, 25, 50, 75, 90, 95, 99, 100)
 HISTOGRAM_BINS = 12

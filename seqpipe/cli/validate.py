@@ -12,10 +12,10 @@ import pyarrow as pa
 
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
-from seqpipe.regroup import status
-from seqpipe.sequences import group_sequences
-from seqpipe.source import KIND_TEXT, SourceTable, column_roles, open_source, read_schema
-from seqpipe.stream import read_row_group, stream_order
+from seqpipe.parquet.regroup import status
+from seqpipe.parquet.sequences import group_sequences
+from seqpipe.parquet.source import KIND_TEXT, SourceTable, column_roles, open_source, read_schema
+from seqpipe.parquet.stream import read_row_group, stream_order
 
 
 def validate(config: PipelineConfig) -> list[str]:

@@ -68,11 +68,11 @@ from seqpipe.materialized.write import (
     output_folder,
     write_part_index,
 )
-from seqpipe.sequences import check_no_nulls, group_sequences, id_runs
-from seqpipe.source import SourceFiles, SourceTable, open_source
+from seqpipe.parquet.sequences import check_no_nulls, group_sequences, id_runs
+from seqpipe.parquet.source import SourceFiles, SourceTable, open_source
+from seqpipe.parquet.stream import RowGroup, read_row_group
 from seqpipe.split import PARTS, id_hash, part_of, timesteps_before
 from seqpipe.statistics import Statistics, Tally, needed
-from seqpipe.stream import RowGroup, read_row_group
 from seqpipe.transform import Transform, changes_values
 
 logger = logging.getLogger("seqpipe")

@@ -19,7 +19,7 @@ from seqpipe.errors import ConfigError, DataError
 from seqpipe.index import Index, KeptSteps
 from seqpipe.materialized.manifest import frozen_differences, read_manifest
 from seqpipe.materialized.records import id_texts, read_chunks
-from seqpipe.sequences import Sequences, concat_sequences
+from seqpipe.parquet.sequences import Sequences, concat_sequences
 from seqpipe.shard import Shard, contiguous_runs
 from seqpipe.split import check_part
 from seqpipe.statistics import Statistics

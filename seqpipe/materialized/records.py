@@ -30,7 +30,7 @@ from seqpipe import tuning
 from seqpipe._internal.lazy import tensorflow
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
-from seqpipe.sequences import Sequences, offsets_of
+from seqpipe.parquet.sequences import Sequences, offsets_of
 
 
 def _varint(value: int) -> bytes:

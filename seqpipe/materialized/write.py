@@ -35,8 +35,8 @@ from seqpipe.materialized.manifest import (
     write_manifest,
 )
 from seqpipe.materialized.records import encode_chunk
+from seqpipe.parquet.sequences import Sequences
 from seqpipe.pipeline import Pipeline
-from seqpipe.sequences import Sequences
 from seqpipe.split import part_of, timesteps_before
 from seqpipe.statistics import needed
 

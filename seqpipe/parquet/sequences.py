@@ -4,9 +4,9 @@ All timesteps of all sequences lie end to end in flat arrays; `offsets[i]:offset
 is sequence i. Grouping, ordering and the missing-value rules run on whole columns, with no
 Python loop per sequence or per timestep.
 
-Missing values (`seqpipe.missing`): a null or NaN label is missing (filled, `present` False);
-a NaN, null or infinite feature is an error unless its input sets `fill_value`, and every
-filled value is counted.
+Missing values (`seqpipe.parquet.missing`): a null or NaN label is missing (filled,
+`present` False); a NaN, null or infinite feature is an error unless its input sets
+`fill_value`, and every filled value is counted.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from seqpipe import missing
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError, raise_or_collect
-from seqpipe.source import SourceTable
+from seqpipe.parquet import missing
+from seqpipe.parquet.source import SourceTable
 
 
 @dataclasses.dataclass(frozen=True)

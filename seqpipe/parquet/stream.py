@@ -24,9 +24,9 @@ from seqpipe import tuning
 from seqpipe._internal.threads import shared_pool
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
-from seqpipe.footers import Fingerprint, check_unchanged
-from seqpipe.sequences import id_runs
-from seqpipe.source import CHECKSUMS, SourceFiles, SourceTable, read_error
+from seqpipe.parquet.footers import Fingerprint, check_unchanged
+from seqpipe.parquet.sequences import id_runs
+from seqpipe.parquet.source import CHECKSUMS, SourceFiles, SourceTable, read_error
 
 # Row groups are read ahead of the one being grouped, `Tuning.read_ahead_rows` rows and at
 # least one, `Tuning.read_threads` at a time: a big row group is read while the last is

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from seqpipe._internal import paths
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError, SourceNotFoundError
-from seqpipe.footers import (
+from seqpipe.parquet.footers import (
     Checked,
     Fingerprint,
     check_footers,
@@ -98,7 +98,7 @@ class SourceFiles:
     schema: pa.Schema  # the columns the config reads, with the types they are cast to
     fingerprints: Mapping[str, Fingerprint] = dataclasses.field(default_factory=dict)
     null_labels: tuple[str, ...] = ()  # label columns whose every value is null
-    # A regrouped copy's open lease file (`seqpipe.regroup`): its shared lock keeps the copy
+    # A regrouped copy's open lease file (`seqpipe.parquet.regroup`): its shared lock keeps the copy
     # from being removed while this source may read it.
     lease: Any = dataclasses.field(default=None, compare=False, repr=False)
 

@@ -8,7 +8,7 @@ that file like any sorted source.
 
 The cache lives in `source.cache.dir`, one folder per source: `<source>-<content>`, where
 `<source>` hashes the source's resolved absolute path and the columns read, and `<content>`
-also every file's fingerprint (`seqpipe.footers.Fingerprint`). An unchanged source finds
+also every file's fingerprint (`seqpipe.parquet.footers.Fingerprint`). An unchanged source finds
 its folder and reuses it once its sorted file is checked to be the one written (size and
 footer); a changed one builds a new folder and removes the stale one, unless a live process
 still reads it. A folder is written under a temporary name and renamed when complete, so a
@@ -42,8 +42,8 @@ from seqpipe._internal import paths
 from seqpipe._internal.progress import Progress
 from seqpipe.config import CacheConfig, PipelineConfig
 from seqpipe.errors import ConfigError, DataError
-from seqpipe.footers import fingerprint
-from seqpipe.source import PARQUET, SourceFiles, open_source
+from seqpipe.parquet.footers import fingerprint
+from seqpipe.parquet.source import PARQUET, SourceFiles, open_source
 
 logger = logging.getLogger("seqpipe")
 FORMAT = 1
