@@ -7,14 +7,15 @@
 from seqpipe.batches.block import Batch
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError, SourceNotFoundError
+from seqpipe.formats.build import build_dataset
+from seqpipe.formats.load import load_materialized
 from seqpipe.materialized.write import materialize
 from seqpipe.metrics import masked_metric
 from seqpipe.pipeline import Pipeline
 from seqpipe.predict import predict
 from seqpipe.report import Report
 from seqpipe.statistics import Statistics
-from seqpipe.tfdata.dataset import build_dataset, element_spec
-from seqpipe.tfdata.load import load_materialized
+from seqpipe.tfdata.dataset import element_spec
 
 __version__ = "0.1.0"
 

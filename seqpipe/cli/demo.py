@@ -136,7 +136,7 @@ def run_demo(cache_dir: Path, epochs: int = 3, patients: int = 2000,
               f"chooses another folder)")
     config = load_config(demo_config_path(), {"source.path": str(data_dir), **(overrides or {})})
     pipeline = Pipeline(config)
-    from seqpipe.tfdata.dataset import build_dataset
+    from seqpipe.formats.build import build_dataset
 
     model = build_model(pipeline)
     print(f"\n== training a two-output GRU for {epochs} epochs ==")

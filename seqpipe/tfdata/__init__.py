@@ -1,3 +1,3 @@
-"""The tf.data layer: the datasets `model.fit` takes (`dataset`), the hand-off of NumPy
-batches to TensorFlow, `load_materialized` (`load`) and tf.data service workers (`service`).
-The only folder whose modules build TensorFlow graphs."""
+"""The tf.data layer: the `tf.data.Dataset` of a pipeline's batches (`dataset`), the hand-off
+of NumPy blocks to TensorFlow (`handoff`) and batching in TensorFlow ops alone for tf.data
+service workers (`service`). The only folder whose modules build TensorFlow graphs."""

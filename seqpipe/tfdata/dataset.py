@@ -12,106 +12,26 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
 from seqpipe.batches.kinds import batch_structure
 from seqpipe.config import PipelineConfig, load_config
-from seqpipe.errors import ConfigError, SeqpipeError
-from seqpipe.numpy_batches import NumpyBatches
+from seqpipe.errors import SeqpipeError
 from seqpipe.pipeline import Pipeline
-from seqpipe.statistics import StatisticsLike
 
 if TYPE_CHECKING:
-    from seqpipe.materialized.read import MaterializedPart
+    pass
 from seqpipe._internal.lazy import tensorflow
 from seqpipe._internal.threads import Background
-from seqpipe.shard import Shard, per_replica
 from seqpipe.tfdata import handoff
 
 logger = logging.getLogger("seqpipe")
 
 
-FORMATS = ("tf", "grain", "numpy")
-
-
-def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathLike],
-                  data: Any = None, split: Optional[str] = None, *, input_context: Any = None,
-                  read_early: bool = False, statistics: Optional[StatisticsLike] = None,
-                  format: str = "tf"):
-    """Builds the `tf.data.Dataset` of `(x, y, sample_weight)` batches for `model.fit`.
-
-    Every pass over the dataset is one epoch; epoch k is reshuffled with (seed, k), so the
-    same config and seed give the same batches in the same order, run after run. Nothing
-    is read until the dataset is first iterated, unless `read_early`.
-
-    Args:
-      config: a `PipelineConfig`, YAML path or mapping; or a `Pipeline` already built.
-      data: a pandas DataFrame or pyarrow Table to use instead of `source.path`.
-      split: 'train', 'validation' or 'test': the part of the data to read, when the config
-        has a `split` section (see `seqpipe.split`).
-      input_context: the `tf.distribute.InputContext` that
-        `strategy.distribute_datasets_from_function` passes: this input pipeline then reads
-        its own share of the sequences (`seqpipe.shard`), and `batching.batch_size` is the
-        global batch, divided over the replicas.
-      read_early: start reading and assembling the first epoch now, in a background
-        thread, while TensorFlow builds the dataset and its iterator: its first batches are
-        ready sooner. It holds what a running epoch holds (a few row groups and batches)
-        until the dataset is iterated or deleted; leave it off for datasets iterated later,
-        such as validation data.
-      statistics: the `seqpipe.Statistics` to scale and encode with (saved from training,
-        say), the path of the file `Statistics.save` wrote, or its mapping; None computes
-        them from the train part (see `Pipeline`).
-      format: what to build, as Keras's `timeseries_dataset_from_array(format=...)`:
-        "tf", a `tf.data.Dataset`; "grain", a `grain.IterDataset` (`model.fit` takes it
-        on every backend; needs the `grain` extra); "numpy", a re-iterable
-        of NumPy batches (`seqpipe.numpy_batches.NumpyBatches`), for custom loops. Neither
-        of the last two imports TensorFlow; all three give the same batches, epoch by
-        epoch, for the same config and seed.
-
-    Returns:
-      A dataset whose elements are `(x, y, sample_weight)`: `x` maps input names to float32
-      `(B, T, k)` or `(B, k)` (categorical inputs: int32 `(B, T)` or `(B,)`; the
-      `padding.mask` input: bool `(B, T)`); `y` maps output names to `(B, T, k)` or `(B, k)`
-      (float32; int32 class ids for a categorical output); `sample_weight` to `(B, T)` or
-      `(B,)`. With no outputs configured, elements are `x`. `element_spec(config)` gives the
-      structure.
-
-    Raises:
-      SeqpipeError: bad config or data, before any TensorFlow work.
-
-    Example::
-
-      model.fit(build_dataset("configs/train.yaml"), epochs=3, shuffle=False)
-
-      strategy = tf.distribute.MirroredStrategy()
-      dataset = strategy.distribute_datasets_from_function(
-          lambda context: build_dataset("configs/train.yaml", input_context=context))
-    """
-    if format not in FORMATS:
-        raise ConfigError(f"build_dataset: format must be one of {', '.join(FORMATS)}; "
-                          f"got {format!r}")
-    if format != "tf" and (input_context is not None or read_early):
-        raise ConfigError(f"build_dataset: input_context and read_early are for "
-                          f"format='tf' (tf.distribute, tf.data); got format={format!r}")
-    if isinstance(config, Pipeline):
-        if input_context is not None:
-            raise ConfigError("input_context needs a config, not a Pipeline already built: "
-                              "each input pipeline builds its own share")
-        if statistics is not None:
-            raise ConfigError("statistics= goes to the Pipeline when it is built, not to "
-                              "build_dataset with a Pipeline already built")
-        pipeline = config
-    else:
-        pipeline = sharded_pipeline(config, input_context, data=data, split=split,
-                                    statistics=statistics)
-    if format == "numpy":
-        return NumpyBatches(pipeline)
-    if format == "grain":
-        from seqpipe.grain_dataset import grain_batches
-
-        return grain_batches(pipeline)
+def tf_dataset(pipeline: Pipeline, read_early: bool = False):
+    """The `tf.data.Dataset` of a pipeline's batches (see `seqpipe.build_dataset`)."""
     tf = tensorflow()
 
     config, token = pipeline.config, next(_TOKENS)
@@ -223,25 +143,6 @@ def _options():
     options.autotune.enabled = False
     options.experimental_optimization.apply_default_optimizations = False
     return options
-
-
-def sharded_pipeline(config: Any, input_context: Any, data: Any = None,
-                     split: Optional[str] = None,
-                     source: Optional[MaterializedPart] = None,
-                     statistics: Optional[StatisticsLike] = None) -> Pipeline:
-    """The `Pipeline` of one input pipeline: its share of the sequences, per-replica batches.
-    `source`: a materialized part to read instead of the config's source."""
-    config = config if isinstance(config, PipelineConfig) else load_config(config)
-    local_replicas = 0
-    if input_context is not None and input_context.num_replicas_in_sync > 1:
-        local_replicas = (input_context.num_replicas_in_sync //
-                          input_context.num_input_pipelines)
-    shard, mine = Shard.of(input_context), per_replica(config, input_context)
-    if source is None:
-        return Pipeline(mine, data, split, shard=shard, same_shape_first=local_replicas,
-                        statistics=statistics)
-    return Pipeline.from_source(source.share(shard), split, config=mine, shard=shard,
-                                same_shape_first=local_replicas, statistics=statistics)
 
 
 _TRACED: dict = {}

@@ -20,11 +20,32 @@ import numpy as np
 
 from seqpipe import tuning
 from seqpipe._internal.lazy import tensorflow
+from seqpipe.batches.kinds import kind_of
+from seqpipe.batches.whole import WholeSequences
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import ConfigError
 from seqpipe.materialized.records import parse_spec
 
 PROCESSING_MODES = ("distributed_epoch", "parallel_epochs")
+
+
+def check(config: PipelineConfig) -> None:
+    """Raises a ConfigError for what the service path cannot do: batches of any kind but
+    whole sequences (the others are made by seqpipe's NumPy pipeline), batches sized by
+    `batching.max_timesteps` or padded to bucket boundaries (`static_shapes`)."""
+    kind = kind_of(config)
+    if not issubclass(kind, WholeSequences):
+        raise ConfigError(
+            f"the tf.data service path batches whole sequences in TensorFlow ops; {kind.name} "
+            f"are made by seqpipe's own pipeline. Load the output without service= (each "
+            f"worker of a tf.distribute job reads its share with input_context=).")
+    if config.batching.max_timesteps is not None:
+        raise ConfigError("batching.max_timesteps is not supported with the tf.data service "
+                          "yet; set it to null and use batch_size (or read without service)")
+    if config.batching.static_shapes:
+        raise ConfigError("batching.static_shapes is not supported with the tf.data service "
+                          "yet (its batches pad to their longest sequence); set it to false "
+                          "or read without service")
 
 
 def records_dataset(part: Any):
@@ -38,18 +59,11 @@ def records_dataset(part: Any):
     used.)
 
     Raises:
-      ConfigError: `batching.max_timesteps` or `static_shapes` is set; the service path
-        cannot size batches by a token budget or pad them to bucket boundaries yet.
+      ConfigError: see `check`.
     """
-    tf = tensorflow()
     config = part.config
-    if config.batching.max_timesteps is not None:
-        raise ConfigError("batching.max_timesteps is not supported with the tf.data service "
-                          "yet; set it to null and use batch_size (or read without service)")
-    if config.batching.static_shapes:
-        raise ConfigError("batching.static_shapes is not supported with the tf.data service "
-                          "yet (its batches pad to their longest sequence); set it to false "
-                          "or read without service")
+    check(config)
+    tf = tensorflow()
     size = config.batching.batch_size
     batches = max(1, -(-len(part.lengths) // size))
     mean_valid = {name: float(np.asarray(part.valid[name]).sum()) / batches

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from seqpipe.errors import ConfigError
-from seqpipe.numpy_batches import Epochs, keras_triple
+from seqpipe.formats.base import Epochs, Output, keras_triple
 from seqpipe.pipeline import Pipeline
 
 _CLASS: Any = None
@@ -23,11 +23,19 @@ _CLASS: Any = None
 def grain_batches(pipeline: Pipeline):
     """A pipeline's batches as a Grain `IterDataset`: each iterator made over it reads one
     epoch, reshuffled with (seed, epoch), so the batches equal `format="tf"`'s epoch by
-    epoch. Epoch k is the k-th pass read to its end (see `numpy_batches.Epochs`).
+    epoch. Epoch k is the k-th pass read to its end (see `formats.base.Epochs`).
 
     Its iterators' state is `{"epoch": k, "batches": n}`; `set_state` resumes epoch k after
     its first n batches (assembling them again: the epoch's plan is the same)."""
     return _dataset_class()(pipeline)
+
+
+class GrainOutput(Output):
+    name = "grain"
+
+    @classmethod
+    def build(cls, pipeline: Pipeline, read_early: bool) -> Any:
+        return grain_batches(pipeline)
 
 
 def _dataset_class():

@@ -8,9 +8,9 @@ from typing import Any, Optional, Union
 
 from seqpipe._internal.lazy import tensorflow
 from seqpipe.errors import ConfigError
+from seqpipe.formats.build import build_dataset, sharded_pipeline
 from seqpipe.materialized.read import open_part
-from seqpipe.tfdata.dataset import build_dataset, sharded_pipeline
-from seqpipe.tfdata.service import PROCESSING_MODES, records_dataset
+from seqpipe.tfdata.service import PROCESSING_MODES, check, records_dataset
 
 
 def load_materialized(path: Union[str, os.PathLike], config: Any = None,
@@ -50,11 +50,7 @@ def load_materialized(path: Union[str, os.PathLike], config: Any = None,
     if service is None:
         return build_dataset(sharded_pipeline(part.config, input_context, split=part.time_part,
                                               source=part))
-    if part.config.windows is not None:
-        raise ConfigError(
-            "the tf.data service path batches whole sequences in TensorFlow ops; windows are "
-            "cut by seqpipe's own pipeline. Load the output without service= (each worker "
-            "of a tf.distribute job reads its share with input_context=).")
+    check(part.config)
     if processing_mode not in PROCESSING_MODES:
         raise ConfigError(f"processing_mode must be one of {', '.join(PROCESSING_MODES)}; "
                           f"got {processing_mode!r}")

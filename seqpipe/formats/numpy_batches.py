@@ -6,36 +6,11 @@ Nothing here imports TensorFlow, Keras or Grain.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
+from seqpipe.formats.base import Epochs, Output, keras_triple
 from seqpipe.pipeline import Pipeline
-
-
-def keras_triple(batch) -> Any:
-    """A `Batch` as `model.fit` takes it: `(x, y, sample_weight)`, or `x` with no outputs."""
-    return (batch.x, batch.y, batch.sample_weight) if batch.y else batch.x
-
-
-class Epochs:
-    """Counts a dataset's epochs: epoch k is the k-th pass read to its end, so that a pass
-    cut short (Keras looks at the first batches of a Grain dataset to learn its shapes, a
-    loop that breaks) does not use up an epoch's shuffle."""
-
-    def __init__(self) -> None:
-        self._finished = 0
-        self._lock = threading.Lock()
-
-    @property
-    def next(self) -> int:
-        """The epoch the next pass reads."""
-        with self._lock:
-            return self._finished
-
-    def finished(self, epoch: int) -> None:
-        with self._lock:
-            self._finished = max(self._finished, epoch + 1)
 
 
 class NumpyBatches:
@@ -76,3 +51,11 @@ class NumpyBatches:
     def report(self):
         """The pipeline's `Report`."""
         return self.pipeline.report
+
+
+class NumpyOutput(Output):
+    name = "numpy"
+
+    @classmethod
+    def build(cls, pipeline: Pipeline, read_early: bool) -> NumpyBatches:
+        return NumpyBatches(pipeline)
