@@ -85,7 +85,7 @@ def part_of(ids, split: SplitConfig) -> np.ndarray:
       [0, 0, 0]
     """
     n = len(ids)
-    if not split.by_id:  # no split, or one by time (`seqpipe.windows` cuts it)
+    if not split.by_id:  # no split, or one by time (`seqpipe.batches.windows` cuts it)
         return np.zeros(n, dtype=np.int8)
     u = (id_hash(ids, split.seed) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
     return np.where(u < split.test, 2, np.where(u < split.test + split.validation, 1, 0)

@@ -95,10 +95,9 @@ class Block:
             steps = int(p.steps[axis][j])
             return flat[at:at + size * steps].reshape((size, steps) + tail)
 
-        x = {name: shaped(self.x[name], axes[name], *spec.tail)
-             for name, spec in config.inputs.items()}
-        if config.padding.mask:
-            x[config.padding.mask] = shaped(self.x[config.padding.mask], "timestep")
+        inputs = config.inputs
+        x = {name: shaped(flat, axes[name], *(inputs[name].tail if name in inputs else ()))
+             for name, flat in self.x.items()}  # the kind's extra inputs too
         y = {name: shaped(self.y[name], axes[name], spec.width)
              for name, spec in config.outputs.items()}
         weights = {name: shaped(self.sample_weight[name], axes[name])

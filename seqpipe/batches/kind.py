@@ -36,16 +36,19 @@ class BatchSpec:
     """What every batch of a config looks like, before any data is read.
 
     Attributes:
-      axes: input (the `padding.mask` input too) or output name -> how a batch holds it:
-        "sequence" `(batch, ...)`, "timestep" `(batch, time, ...)`, or another time axis
-        a kind adds ("future" `(batch, horizon, ...)` for windows).
+      axes: input, extra input or output name -> how a batch holds it: "sequence"
+        `(batch, ...)`, "timestep" `(batch, time, ...)`, or another time axis a kind adds
+        ("future" `(batch, horizon, ...)` for windows).
       steps: time axis -> the timesteps of every batch on it, or None where they vary.
       rows: the rows of every batch, or None where they vary.
+      extra_inputs: inputs of `x` the kind adds to the config's, by name -> dtype (the
+        `padding.mask` input, bool), each without a last axis.
     """
 
     axes: Mapping[str, str]
     steps: Mapping[str, Optional[int]]
     rows: Optional[int]
+    extra_inputs: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def static(self) -> bool:
@@ -57,6 +60,11 @@ class BatchSpec:
         axis = self.axes[name]
         lead = [self.rows] if axis == "sequence" else [self.rows, self.steps[axis]]
         return lead + list(tail)
+
+
+def mask_input(config: PipelineConfig) -> dict[str, str]:
+    """The `padding.mask` input as a spec's extra input, on the timestep axis."""
+    return {config.padding.mask: "bool"} if config.padding.mask else {}
 
 
 @dataclasses.dataclass(frozen=True)

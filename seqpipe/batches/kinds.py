@@ -33,16 +33,15 @@ def batch_structure(config: PipelineConfig) -> Any:
     TensorFlow.
 
     Numeric inputs and labels are float32, categorical ones int32 ids without a last axis
-    (inputs) or with one (labels, as Keras's sparse losses take them), the `padding.mask`
-    input bool."""
+    (inputs) or with one (labels, as Keras's sparse losses take them); the kind's extra
+    inputs (the `padding.mask` input, bool) come after the config's."""
     spec = spec_of(config)
 
     def leaf(name, tail, dtype="float32"):
         return {"shape": spec.shape(name, tail), "dtype": dtype}
 
     x = {name: leaf(name, s.tail, s.dtype) for name, s in config.inputs.items()}
-    if config.padding.mask:
-        x[config.padding.mask] = leaf(config.padding.mask, (), "bool")
+    x.update({name: leaf(name, (), dtype) for name, dtype in spec.extra_inputs.items()})
     if not config.outputs:
         return x
     y = {name: leaf(name, (s.width,), s.dtype) for name, s in config.outputs.items()}

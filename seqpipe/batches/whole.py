@@ -27,7 +27,15 @@ from seqpipe.batches.buckets import (
     plan_epoch,
     unbucketed_waste,
 )
-from seqpipe.batches.kind import BatchKind, BatchSpec, Counted, Padding, Preview, Targets
+from seqpipe.batches.kind import (
+    BatchKind,
+    BatchSpec,
+    Counted,
+    Padding,
+    Preview,
+    Targets,
+    mask_input,
+)
 from seqpipe.config import BatchingConfig, PipelineConfig
 from seqpipe.errors import ConfigError, DataError
 from seqpipe.index import KeptSteps, SequenceSource, truncate
@@ -69,14 +77,13 @@ class WholeSequences(BatchKind):
         """With `static_shapes`, every batch has `batch_size` rows (unless `max_timesteps`
         sizes batches per bucket) and, over one bucket, `padding.maxlen` timesteps."""
         batching = config.batching
-        axes = dict(config.levels)
-        if config.padding.mask:
-            axes[config.padding.mask] = "timestep"
+        extra = mask_input(config)
+        axes = {**config.levels, **{name: "timestep" for name in extra}}
         one_bucket = batching.static_shapes and not batching.bucket_boundaries
         rows = (batching.batch_size if batching.static_shapes and batching.max_timesteps is None
                 else None)
         return BatchSpec(axes, {"timestep": config.padding.maxlen if one_bucket else None},
-                         rows)
+                         rows, extra)
 
     @classmethod
     def counted(cls, config: PipelineConfig, offsets: np.ndarray, counted: np.ndarray,

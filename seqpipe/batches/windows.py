@@ -19,7 +19,14 @@ import numpy as np
 
 from seqpipe._internal.buffers import SHARED, BufferPool
 from seqpipe.batches.block import Batch, BatchPlaces, Block, pad_at, put_per_sequence, weigh
-from seqpipe.batches.kind import BatchKind, BatchSpec, Counted, Preview, Targets
+from seqpipe.batches.kind import (
+    BatchKind,
+    BatchSpec,
+    Counted,
+    Preview,
+    Targets,
+    mask_input,
+)
 from seqpipe.batches.window_plan import (
     WindowCounts,
     Windows,
@@ -62,9 +69,8 @@ class WindowBatches(BatchKind):
         "future" axis (future inputs, and per-timestep labels when the horizon is not 0);
         with `static_shapes`, `batch_size` rows."""
         w = _windows_of(config)
-        axes = dict(config.levels)
-        if config.padding.mask:
-            axes[config.padding.mask] = "timestep"
+        extra = mask_input(config)
+        axes = {**config.levels, **{name: "timestep" for name in extra}}
         for name, spec in config.inputs.items():
             if spec.window == "future":
                 axes[name] = "future"
@@ -74,7 +80,7 @@ class WindowBatches(BatchKind):
         batching = config.batching
         rows = (batching.batch_size if batching.static_shapes and batching.max_timesteps is None
                 else None)
-        return BatchSpec(axes, {"timestep": w.history, "future": w.horizon}, rows)
+        return BatchSpec(axes, {"timestep": w.history, "future": w.horizon}, rows, extra)
 
     @classmethod
     def counted(cls, config: PipelineConfig, offsets: np.ndarray, counted: np.ndarray,
