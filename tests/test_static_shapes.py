@@ -199,3 +199,24 @@ def test_a_materialized_folder_loads_with_static_shapes(source, tmp_path):
     shapes = {tuple(x["steps"].shape) for x, _, _ in dataset}
     assert shapes == {b.x["steps"].shape for b in direct.batches(0)}
     assert len(shapes) <= len(direct.report.bucket_boundaries) + 1
+
+
+def test_the_batch_spec_says_static_exactly_when_every_batch_has_one_shape(source):
+    """`experimental.spec_of(config).static` (what an extension asks) agrees with the
+    shapes the batches really have, for whole sequences and for windows."""
+    from seqpipe import experimental
+    from tests.test_windows import config as window_config
+    from tests.test_windows import stores
+
+    _, path = source
+    cases = [(_config(path, **{"batching.bucket_boundaries": None}), None),
+             (_config(path), None),
+             (_config(path, **{"batching.static_shapes": False}), None),
+             (window_config(None, batching__batch_size=32, batching__static_shapes=True),
+              stores()),
+             (window_config(None, batching__batch_size=32), stores())]
+    for config, data in cases:
+        shapes = {tuple((name, v.shape) for name, v in sorted(batch.x.items()))
+                  for batch in Pipeline(config, data).batches(0)}
+        assert experimental.spec_of(config).static == (len(shapes) == 1), config.batching
+        assert isinstance(Pipeline(config, data).kind, experimental.BatchKind)
