@@ -8,7 +8,10 @@ side. Each pair runs one epoch (build_dataset and every batch, the config of epo
 each version on the reference file, in alternating order; the ratio of each pair's times is
 taken in the same run, because absolute times on shared machines are noisy. Peak memory
 is not comparable inside one process: use epoch.py's per-process table for that.
-`--windows` runs the forecasting windows of windows.py over its 1x file instead.
+`--windows` runs the forecasting windows of windows.py over its 1x file instead;
+`--in-memory` hands both the reference file as a pyarrow Table (`data=`, grouped whole
+every epoch); `--materialized` reads the reference file materialized once
+(`load_materialized`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
+
+import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -44,10 +50,12 @@ def load_old(commit: str, folder: Path):
     return seqpipe_old
 
 
-def epoch(package, config: dict, **options):
+def epoch(package, config: dict, materialized: Optional[Path] = None, **options):
     def run() -> float:
         start = time.perf_counter()
-        for _ in package.build_dataset(package.load_config(config), **options):
+        dataset = (package.load_materialized(materialized) if materialized is not None else
+                   package.build_dataset(package.load_config(config), **options))
+        for _ in dataset:
             pass
         return time.perf_counter() - start
     return run
@@ -61,6 +69,10 @@ def main() -> None:
                         help="build the new datasets with read_early=True")
     parser.add_argument("--windows", action="store_true",
                         help="the forecasting windows of windows.py instead")
+    parser.add_argument("--in-memory", action="store_true",
+                        help="the reference file as a pyarrow Table (data=)")
+    parser.add_argument("--materialized", action="store_true",
+                        help="the reference file materialized once (load_materialized)")
     args = parser.parse_args()
     if args.windows:
         import windows
@@ -74,15 +86,26 @@ def main() -> None:
 
         for name in ("seqpipe", "seqpipe_old"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        options = {"read_early": True} if args.read_early else {}
-        runs = {"old": epoch(old, config), "new": epoch(new, config, **options)}
+        options: dict = {"read_early": True} if args.read_early else {}
+        shared: dict = {}
+        if args.in_memory:
+            shared["data"] = pq.read_table(config["source"]["path"])
+        own: dict = {"old": {}, "new": {}}
+        if args.materialized:  # each version its own copy: the manifest names the package
+            for which, package in (("old", old), ("new", new)):
+                own[which]["materialized"] = Path(folder) / f"materialized-{which}"
+                package.materialize(config, own[which]["materialized"])
+        runs = {"old": epoch(old, config, **shared, **own["old"]),
+                "new": epoch(new, config, **shared, **own["new"], **options)}
         runs["old"](), runs["new"]()  # warm-up: compiled code, TensorFlow's first ops
         times: dict = {"old": [], "new": []}
         for pair in range(args.pairs):
             for which in (("old", "new") if pair % 2 == 0 else ("new", "old")):
                 times[which].append(runs[which]())
     ratios = [n / o for n, o in zip(times["new"], times["old"])]
-    what = "the windows of windows.py" if args.windows else "the reference file"
+    what = ("the windows of windows.py" if args.windows else "the reference file"
+            + (" as a pyarrow Table" if args.in_memory else "")
+            + (", materialized" if args.materialized else ""))
     print(f"A/B against {args.commit}, {args.pairs} pairs of epochs of {what}, "
           f"alternating in one process{' (new: read_early=True)' if args.read_early else ''}:")
     print(f"  old: median {statistics.median(times['old']):.3f} s")

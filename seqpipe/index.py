@@ -37,6 +37,7 @@ from seqpipe.parquet.sequences import (
     list_columns,
     offsets_of,
     sequence_lengths,
+    take,
 )
 from seqpipe.parquet.source import SourceFiles, SourceTable, column_roles, open_source, read_source
 from seqpipe.parquet.stream import StreamOrder, stream_chunks, stream_order
@@ -219,7 +220,7 @@ class GroupedTable:
             t0, t1 = offsets[a], offsets[b]
 
             def cut(arrays, steps=slice(t0, t1), rows=slice(a, b)):
-                return {name: values[steps if levels[name] == "timestep" else rows]
+                return {name: take(values, steps if levels[name] == "timestep" else rows)
                         for name, values in arrays.items()}
 
             times = None if sequences.times is None else sequences.times[t0:t1]

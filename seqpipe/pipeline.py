@@ -135,9 +135,10 @@ class Pipeline:
     @property
     def sequences(self) -> Sequences:
         """All sequences, grouped whole, as the source holds them: before `statistics` scale
-        and encode them (categorical columns as `sequences.Categories`). For a streamed
-        source this reads it all into memory."""
-        return self.source.sequences()
+        and encode them (categorical columns as `sequences.Categories`), each numeric input
+        as one `(timesteps, k)` or `(sequences, k)` matrix. For a streamed source this reads
+        it all into memory."""
+        return self.source.sequences().with_matrices()
 
     def blocks(self, epoch: int = 0) -> Iterator[Block]:
         """Yields the epoch's batches in assembly blocks: padded batches end to end."""

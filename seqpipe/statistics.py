@@ -393,8 +393,7 @@ class Tally:
             spec = self.config.inputs[name]
             values, at = chunk.features[name], rows[spec.level]
             for j, column in enumerate(spec.columns):
-                moments[column].add(values[j][at] if isinstance(values, tuple)
-                                    else values[at, j])
+                moments[column].add(values[j][at])
         for name, counter in self.categories.items():
             values = (chunk.features if name in self.config.inputs else chunk.labels)[name]
             self._count(name, counter, values[rows[self.config.levels[name]]])

@@ -96,8 +96,7 @@ class Transform:
 
     def _numeric(self, name: str, spec: InputConfig, values: Any, chunk: Sequences,
                  index: np.ndarray) -> tuple:
-        columns = (list(values) if isinstance(values, tuple)
-                   else [values[:, j] for j in range(values.shape[1])])
+        columns = list(values)
         from seqpipe._internal.runs import scale_fill  # numba, as grouping imported it
 
         k = len(spec.columns)

@@ -23,7 +23,7 @@ from seqpipe.batches.buckets import EpochPlan
 from seqpipe.batches.kind import BatchSpec
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
-from seqpipe.parquet.sequences import Sequences, offsets_of, ranges
+from seqpipe.parquet.sequences import Sequences, offsets_of, ranges, take
 
 
 class Assembler:
@@ -218,16 +218,12 @@ def _take(chunk: Sequences, local: np.ndarray, config: PipelineConfig) -> Sequen
     rows = ranges(chunk.offsets[local], lengths)
     levels = config.levels
 
-    def take(arrays):
-        taken = {}
-        for name, values in arrays.items():
-            at = rows if levels[name] == "timestep" else local
-            taken[name] = (tuple(v[at] for v in values) if isinstance(values, tuple)
-                           else values[at])
-        return taken
+    def taken(arrays):
+        return {name: take(values, rows if levels[name] == "timestep" else local)
+                for name, values in arrays.items()}
 
     return Sequences(chunk.ids[local], offsets_of(lengths),
-                     take(chunk.features), take(chunk.labels), take(chunk.present))
+                     taken(chunk.features), taken(chunk.labels), taken(chunk.present))
 
 
 def _empty_rows(batches: list, places: BatchPlaces) -> dict:

@@ -138,8 +138,9 @@ def weigh(block: Block, output: str, config: PipelineConfig, mean_valid: float,
 
 
 def put_per_sequence(values, local: np.ndarray, out: np.ndarray, rows) -> None:
-    """Rows `rows` of `out` get the per-sequence values of sequences `local` of a chunk
-    (a tuple of columns fills `out`'s columns one by one)."""
+    """Rows `rows` of `out` get the per-sequence values of sequences `local` of a chunk:
+    a numeric input's columns fill `out`'s columns one by one; one array (categorical ids,
+    labels) fills its rows."""
     if isinstance(values, tuple):
         for j, column in enumerate(values):
             out[rows, j] = column[local]

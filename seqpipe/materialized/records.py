@@ -79,7 +79,7 @@ def encode_chunk(chunk: Sequences, local: np.ndarray, start: np.ndarray, kept: n
     """The records of sequences `local` of a chunk.
 
     Args:
-      chunk: grouped sequences (features as matrices or tuples of columns).
+      chunk: grouped sequences.
       local: which sequences of the chunk to encode, in order.
       start: (len(local),) the first kept timestep of each, within the chunk.
       kept: (len(local),) the kept timesteps of each.
@@ -89,7 +89,7 @@ def encode_chunk(chunk: Sequences, local: np.ndarray, start: np.ndarray, kept: n
     sequence: dict[str, np.ndarray] = {}
     for name, spec in config.inputs.items():
         values = chunk.features[name]
-        if isinstance(values, tuple):
+        if not spec.categorical:  # one (rows, k) matrix: each record holds rows of k values
             values = np.stack(values, axis=1)
         (timestep if spec.level == "timestep" else sequence)[f"x/{name}"] = values
     for name, output in config.outputs.items():
@@ -183,8 +183,9 @@ def _read_chunks(files, config, ids, texts, file_sequences, time_dtype, tf):
         features = {}
         for name, s in config.inputs.items():
             values = batch[f"x/{name}"]
+            # A numeric input's columns: views of the parsed (rows, k) values, not copied.
             features[name] = (values.reshape(-1).astype(np.int32) if s.categorical
-                              else values.reshape(-1, s.width))
+                              else tuple(values.reshape(-1, s.width).T))
         labels, present = {}, {}
         for name, output in config.outputs.items():
             values = batch[f"y/{name}"]

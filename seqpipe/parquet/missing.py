@@ -15,7 +15,9 @@ import numpy as np
 from seqpipe.errors import DataError, raise_or_collect
 
 
-def features(columns, ids, offsets, config, where, as_columns: bool, problems):
+def features(columns, config, where, problems):
+    """Every input's values: a categorical one's `Categories`, a numeric one's tuple of
+    columns (see `Sequences.features`), and how many values each column had filled."""
     features, filled = {}, {}
     for name, spec in config.inputs.items():
         if spec.categorical:
@@ -25,33 +27,8 @@ def features(columns, ids, offsets, config, where, as_columns: bool, problems):
             if missing:
                 filled[f"inputs.{name}.{spec.columns[0]}"] = missing
     numeric = {name: spec for name, spec in config.inputs.items() if not spec.categorical}
-    found, counts = (_feature_columns(columns, numeric, where, problems) if as_columns
-                     else _feature_matrices(columns, ids, offsets, numeric, where, problems))
+    found, counts = _feature_columns(columns, numeric, where, problems)
     return {**features, **found}, {**filled, **counts}
-
-
-def _feature_matrices(columns, ids, offsets, inputs, where, problems):
-    features, filled = {}, {}
-    for name, spec in inputs.items():
-        rows = len(ids) if spec.level == "sequence" else int(offsets[-1])
-        matrix = np.empty((rows, len(spec.columns)), dtype=read_as(spec))
-        for j, column in enumerate(spec.columns):
-            matrix[:, j] = columns[column, spec.level]
-        bad = ~np.isfinite(matrix)
-        if bad.any():
-            counts = bad.sum(axis=0)
-            fills = [spec.fill_for(c) for c in spec.columns]
-            unfilled = [j for j, n in enumerate(counts) if n and fills[j] is None]
-            if unfilled:
-                raise_or_collect(problems, _bad_feature_error(name, spec, counts, unfilled, bad,
-                                                              where))
-            for j, column in enumerate(spec.columns):
-                if counts[j] and fills[j] is not None:
-                    if not deferred(spec):
-                        matrix[bad[:, j], j] = fills[j]
-                    filled[f"inputs.{name}.{column}"] = int(counts[j])
-        features[name] = matrix
-    return features, filled
 
 
 def read_as(spec) -> type:
@@ -67,8 +44,8 @@ def deferred(spec) -> bool:
 
 
 def _feature_columns(columns, inputs, where, problems):
-    """Like `_feature_matrices`, but each input as a tuple of its columns: no matrix is
-    built, and columns read straight from Arrow are not copied unless a value is filled."""
+    """Each numeric input as a tuple of its columns: columns read straight from Arrow are
+    not copied unless a value is filled."""
     features, filled = {}, {}
     for name, spec in inputs.items():
         values = [np.asarray(columns[c, spec.level], dtype=read_as(spec)) for c in spec.columns]

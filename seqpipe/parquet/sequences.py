@@ -32,10 +32,10 @@ class Sequences:
     Attributes:
       ids: (n,) sequence ids, ascending when the source has an id column.
       offsets: (n + 1,) int64; sequence i is timesteps `offsets[i]:offsets[i + 1]`.
-      features: input name -> float32 `(timesteps, k)` for a timestep input, `(n, k)` for a
-        sequence input (for a chunk of a streamed source, a tuple of its k columns instead);
-        a scaled input's values are float64, and may be NaN, until `seqpipe.transform`
-        scales and fills them.
+      features: numeric input name -> a tuple of its k columns, each float32 `(timesteps,)`
+        for a timestep input or `(n,)` for a sequence input: columns read from Arrow are
+        not copied; a scaled input's values are float64, and may be NaN, until
+        `seqpipe.transform` scales and fills them.
       labels: output name -> float32 `(timesteps,)` or `(n,)`. Always finite: missing labels
         hold their output's `fill_value`.
       present: output name -> bool, shaped like `labels`: False where the label was missing.
@@ -58,6 +58,13 @@ class Sequences:
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+    def with_matrices(self) -> Sequences:
+        """These sequences with each numeric input as one `(timesteps, k)` or `(n, k)`
+        matrix instead of a tuple of columns, as a user reads them (`Pipeline.sequences`)."""
+        features = {name: np.stack(values, axis=1) if isinstance(values, tuple) else values
+                    for name, values in self.features.items()}
+        return dataclasses.replace(self, features=features)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -95,10 +102,21 @@ def offsets_of(lengths: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
 
+def take(values: Any, rows: Any) -> Any:
+    """Rows (an index array or a slice) of one input's or output's values: of each column
+    of a numeric input, or of the one array (`Categories`, ids, labels)."""
+    return tuple(v[rows] for v in values) if isinstance(values, tuple) else values[rows]
+
+
 def concat_sequences(pieces: list[Sequences]) -> Sequences:
-    """Chunks of sequences (each with its features as matrices) as one `Sequences`."""
+    """Chunks of sequences as one `Sequences`."""
+    def concatenated(parts: list) -> Any:
+        if isinstance(parts[0], tuple):
+            return tuple(np.concatenate(column) for column in zip(*parts))
+        return np.concatenate(parts)
+
     def joined(field):
-        return {name: np.concatenate([getattr(p, field)[name] for p in pieces])
+        return {name: concatenated([getattr(p, field)[name] for p in pieces])
                 for name in getattr(pieces[0], field)}
 
     times = (None if pieces[0].times is None
@@ -128,7 +146,7 @@ def group_sequences(source: SourceTable, config: PipelineConfig,
       with_inputs: False groups only ids, times and labels (features stay empty); then
         `source` needs only those columns (and, nested, the first input list column).
       chunk: `source` is one chunk of a streamed source, which may hold only empty
-        sequences; its features come as a tuple of columns rather than a matrix.
+        sequences.
       problems: None raises the first bad value; a list collects the value errors that
         grouping can go on after (times, per-sequence values, ids, features, labels), so
         that one pass finds them all (`seqpipe validate --data`).
@@ -154,7 +172,7 @@ def group_sequences(source: SourceTable, config: PipelineConfig,
     if len(ids) == 0 and not chunk:
         raise DataError(f"no sequences: every sequence in {source.where} is empty")
     features, filled = ({}, {}) if not with_inputs else missing.features(
-        columns, ids, offsets, config, source.where, chunk, problems)
+        columns, config, source.where, problems)
     labels, present = missing.labels(columns, config, source.where, problems)
     times = columns.get((config.source.time_column, "timestep"))
     sequences = Sequences(ids, offsets, features, labels, present, times)
