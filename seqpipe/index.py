@@ -30,16 +30,11 @@ from seqpipe import tuning
 from seqpipe._internal.threads import ordered_map
 from seqpipe.config import PaddingConfig, PipelineConfig
 from seqpipe.errors import DataError
+from seqpipe.parquet.grouping import group_sequences, list_columns, sequence_lengths
 from seqpipe.parquet.regroup import can_regroup, regrouped
-from seqpipe.parquet.sequences import (
-    Sequences,
-    group_sequences,
-    list_columns,
-    offsets_of,
-    sequence_lengths,
-    take,
-)
-from seqpipe.parquet.source import SourceFiles, SourceTable, column_roles, open_source, read_source
+from seqpipe.parquet.schema import column_roles
+from seqpipe.parquet.sequences import Sequences, offsets_of, take
+from seqpipe.parquet.source import SourceFiles, SourceTable, open_source, read_source
 from seqpipe.parquet.stream import StreamOrder, stream_chunks, stream_order
 from seqpipe.shard import Shard, shard_order
 from seqpipe.split import timesteps_before

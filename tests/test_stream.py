@@ -188,7 +188,7 @@ def test_the_id_runs_a_chunk_carries_are_those_of_its_rows(tmp_path, monkeypatch
     """The stream finds id runs once per row group and shifts them through its cuts
     (sequences spanning row groups, pieces); each chunk's must be its own rows' runs."""
     from seqpipe.parquet import stream
-    from seqpipe.parquet.sequences import id_runs
+    from seqpipe.parquet.grouping import id_runs
 
     path = write(tmp_path / "d.parquet", _by_id(long_table(LENGTHS)),
                  row_group_size=row_group_size)

@@ -23,9 +23,10 @@ from seqpipe.batches.kind import Preview
 from seqpipe.batches.kinds import kind_of
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError, DataError, SeqpipeError
+from seqpipe.parquet.grouping import list_columns
 from seqpipe.parquet.regroup import status
-from seqpipe.parquet.sequences import list_columns
-from seqpipe.parquet.source import column_roles, open_source, read_schema, source_schema
+from seqpipe.parquet.schema import column_roles
+from seqpipe.parquet.source import open_source, read_schema, source_schema
 from seqpipe.parquet.stream import stream_order
 from seqpipe.split import PARTS, cutoff_value, part_of
 from seqpipe.statistics import Statistics, needed

@@ -12,9 +12,10 @@ import pyarrow as pa
 
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
+from seqpipe.parquet.grouping import group_sequences
 from seqpipe.parquet.regroup import status
-from seqpipe.parquet.sequences import group_sequences
-from seqpipe.parquet.source import KIND_TEXT, SourceTable, column_roles, open_source, read_schema
+from seqpipe.parquet.schema import KIND_TEXT, column_roles
+from seqpipe.parquet.source import SourceTable, open_source, read_schema
 from seqpipe.parquet.stream import read_row_group, stream_order
 
 

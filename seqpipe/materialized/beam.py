@@ -68,7 +68,7 @@ from seqpipe.materialized.write import (
     output_folder,
     write_part_index,
 )
-from seqpipe.parquet.sequences import check_no_nulls, group_sequences, id_runs
+from seqpipe.parquet.grouping import check_no_nulls, group_sequences, id_runs
 from seqpipe.parquet.source import SourceFiles, SourceTable, open_source
 from seqpipe.parquet.stream import RowGroup, read_row_group
 from seqpipe.split import PARTS, id_hash, part_of, timesteps_before

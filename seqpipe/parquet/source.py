@@ -16,7 +16,6 @@ from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -30,19 +29,18 @@ from seqpipe.parquet.footers import (
     check_footers,
     check_unchanged,
     fingerprint,
-    range_error,
+)
+from seqpipe.parquet.schema import (
+    KIND_TEXT,
+    cast_columns,
+    check_id_types,
+    check_ranges,
+    check_schema,
+    column_roles,
+    target_schema,
 )
 
 _GLOB_CHARS = set("*?[")
-
-
-@dataclasses.dataclass(frozen=True)
-class ColumnRole:
-    """What the config asks of one column: the key that names it and the kind it must be."""
-
-    column: str
-    key: str
-    kind: str  # "key" (any type), "time" (orderable), "number", "category", or a list of one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,38 +53,6 @@ class SourceTable:
     # Where each run of equal ids begins, when a stream found it already (rows sorted by
     # id); None: not known.
     id_starts: Optional[np.ndarray] = dataclasses.field(default=None, compare=False)
-
-
-def column_roles(config: PipelineConfig) -> list[ColumnRole]:
-    """Every column the config reads, with the key naming it and the type it needs."""
-    source = config.source
-    nested = source.layout == "nested"
-    roles = []
-    if source.id_column:
-        roles.append(ColumnRole(source.id_column, "source.id_column", "key"))
-    if source.time_column:
-        roles.append(ColumnRole(source.time_column, "source.time_column",
-                                "list of times" if nested else "time"))
-    for name, spec in config.inputs.items():
-        kind = _value_kind(nested, spec.level, spec.categorical, bool(spec.normalize))
-        roles += [ColumnRole(c, f"inputs.{name}.columns", kind) for c in spec.columns]
-    for name, output in config.outputs.items():
-        key = f"outputs.{name}.column" + ("s" if output.columns else "")
-        kind = _value_kind(nested, output.level, output.categorical)
-        roles += [ColumnRole(c, key, kind) for c in output.label_columns]
-    return roles
-
-
-def _value_kind(nested: bool, level: str, categorical: bool = False,
-                scaled: bool = False) -> str:
-    # A scaled column is read as float64 and cast to float32 only after scaling: epoch
-    # seconds or large counters keep their differences, which float32 would round away.
-    kind = "category" if categorical else "scaled number" if scaled else "number"
-    return f"list of {_plural(kind)}" if nested and level == "timestep" else kind
-
-
-def _plural(kind: str) -> str:
-    return kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,16 +93,16 @@ def open_source(config: PipelineConfig) -> SourceFiles:
     partition_fields = _partition_keys(found, fragments)
     schemas = [read_schema(fragment) for fragment in fragments]
     for fragment, schema in zip(fragments, schemas):
-        _check_schema(schema, roles, fragment.path, partition_fields)
+        check_schema(schema, roles, fragment.path, partition_fields)
     if config.source.id_column not in partition_fields:
-        _check_id_types(fragments, schemas, config.source.id_column)
+        check_id_types(fragments, schemas, config.source.id_column)
     _check_partition_values(fragments, roles, partition_fields)
     null_labels = check_footers([
         (fragment, [Checked(r.column, r.key, r.kind, schema.field(r.column).type)
                     for r in roles if r.column not in partition_fields])
         for fragment, schema in zip(fragments, schemas)])
     fingerprints = {f.path: fingerprint(found.filesystem, f.path) for f in fragments}
-    schema = _target_schema(found.schema, roles)
+    schema = target_schema(found.schema, roles)
     dataset = pads.dataset(found.files, schema=schema, format=PARQUET,
                            filesystem=found.filesystem, partitioning=found.partitioning)
     return SourceFiles(dataset, config.source.path, schema, fingerprints,
@@ -147,38 +113,6 @@ def open_source(config: PipelineConfig) -> SourceFiles:
 # as they are read: a corrupt page is an error rather than wrong values in a batch.
 CHECKSUMS = pads.ParquetFragmentScanOptions(page_checksum_verification=True)
 PARQUET = pads.ParquetFileFormat(default_fragment_scan_options=CHECKSUMS)
-
-
-def _check_id_types(fragments: list, schemas: list, id_name: Optional[str]) -> None:
-    """Ids of one kind in every file: '0' in one file and 0 in another would otherwise be
-    merged into one sequence, or fail to compare."""
-    if not id_name:
-        return
-    first = None
-    for fragment, schema in zip(fragments, schemas):
-        kind = _id_kind(schema.field(id_name).type)
-        if first is None:
-            first = (fragment.path, schema.field(id_name).type, kind)
-        elif kind != first[2]:
-            raise DataError(
-                f"source.id_column {id_name!r} is {first[1]} in {first[0]} but "
-                f"{schema.field(id_name).type} in {fragment.path}; every file must store "
-                f"its ids as one kind (all integers or all strings), or '0' and 0 would be "
-                f"taken for different sequences. Write the ids with one type.")
-
-
-def _id_kind(t: pa.DataType) -> str:
-    """Id types that compare equal across files: int32 and int64, string and large_string."""
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    for kind, test in (("integer", pa.types.is_integer), ("floating", pa.types.is_floating),
-                       ("string", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)
-                        or pa.types.is_string_view(t)),
-                       ("binary", lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t)
-                        or pa.types.is_binary_view(t) or pa.types.is_fixed_size_binary(t))):
-        if test(t):
-            return kind
-    return str(t)
 
 
 def _check_partition_values(fragments: list, roles: list, partition_fields: set) -> None:
@@ -219,9 +153,9 @@ def read_source(config: PipelineConfig, data: Any = None,
     if data is not None:
         roles = column_roles(config)
         table = _as_table(data)
-        _check_schema(table.schema, roles, "the in-memory data", set())
-        _check_ranges(table, roles)
-        return SourceTable(_cast(table, roles), "the in-memory data", ())
+        check_schema(table.schema, roles, "the in-memory data", set())
+        check_ranges(table, roles)
+        return SourceTable(cast_columns(table, roles), "the in-memory data", ())
     source = files if files is not None else open_source(config)
     try:
         table = source.dataset.to_table(columns=list(source.schema.names))
@@ -239,24 +173,6 @@ def read_error(error: Exception) -> str:
     if isinstance(error, OSError):
         return f"{detail}. The file is corrupt or unreadable; write it again."
     return f"{detail}. Its values do not fit the types the config reads them as."
-
-
-def _check_ranges(table: pa.Table, roles: list[ColumnRole]) -> None:
-    """In-memory data has no footers: its feature and label values are checked whole."""
-    for role in roles:
-        if role.kind not in ("number", "list of numbers"):
-            continue
-        column = table[role.column]
-        if role.kind == "list of numbers":
-            column = pc.list_flatten(column)
-        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-            finite = column if pa.types.is_integer(column.type) else pc.filter(
-                column, pc.is_finite(column))
-            bounds = pc.min_max(finite)
-            error = range_error(role.column, role.key, "the in-memory data", column.type,
-                                bounds["min"].as_py(), bounds["max"].as_py())
-            if error is not None:
-                raise error
 
 
 def _as_table(data: Any) -> pa.Table:
@@ -359,125 +275,3 @@ def read_schema(fragment: pads.ParquetFileFragment) -> pa.Schema:
         return fragment.physical_schema
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{fragment.path} is not a readable Parquet file: {e}") from e
-
-
-def _check_schema(schema: pa.Schema, roles: list[ColumnRole], where: str,
-                  partition_fields: set[str]) -> None:
-    for role in roles:
-        if role.column in partition_fields:
-            continue
-        if role.column not in schema.names:
-            raise DataError(
-                f"column {role.column!r} ({role.key}) not found in {where}; "
-                f"it has columns: {', '.join(schema.names)}")
-        field_type = schema.field(role.column).type
-        if not _fits(field_type, role.kind):
-            raise DataError(
-                f"column {role.column!r} in {where} is {field_type}; {role.key} must be "
-                f"{KIND_TEXT[role.kind]}{_categorical_hint(role, field_type)}")
-
-
-def _categorical_hint(role: ColumnRole, found: pa.DataType) -> str:
-    """A string column where numbers are wanted is most often categories."""
-    if "number" not in role.kind or not _is_category(
-            found.value_type if _is_list(found) else found):
-        return ""
-    owner = role.key.rsplit(".", 1)[0]
-    return (f". If its values are categories, set {owner}.categorical: true (one column "
-            f"per input) to turn them into int32 ids")
-
-
-KIND_TEXT = {
-    "key": "any type",
-    "time": "numeric, a date or a timestamp, so timesteps can be ordered",
-    "list of times": "a list of numbers, dates or timestamps in the nested layout",
-    "number": "numeric (integer, float, boolean or decimal)",
-    "list of numbers": "a list of numbers in the nested layout (one value per timestep)",
-    "scaled number": "numeric (integer, float, boolean or decimal)",
-    "list of scaled numbers": "a list of numbers in the nested layout (one value per "
-                              "timestep)",
-    "category": "a string, integer, boolean or dictionary column",
-    "list of categories": "a list of strings, integers or booleans in the nested layout",
-}
-
-
-def _is_number(t: pa.DataType) -> bool:
-    return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
-            or pa.types.is_decimal(t) or pa.types.is_null(t))
-
-
-def _is_time(t: pa.DataType) -> bool:
-    return (pa.types.is_integer(t) or pa.types.is_floating(t)
-            or (pa.types.is_temporal(t) and not pa.types.is_interval(t)))  # months: no order
-
-
-def _is_list(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
-
-
-def _is_category(t: pa.DataType) -> bool:
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    return (pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_string(t)
-            or pa.types.is_large_string(t) or pa.types.is_null(t))
-
-
-def _fits(t: pa.DataType, kind: str) -> bool:
-    if kind == "key":
-        return True
-    if kind == "time":
-        return _is_time(t)
-    if kind in ("number", "scaled number"):
-        return _is_number(t)
-    if kind == "category":
-        return _is_category(t)
-    if kind == "list of times":
-        return _is_list(t) and _is_time(t.value_type)
-    if kind == "list of categories":
-        return _is_list(t) and _is_category(t.value_type)
-    return _is_list(t) and _is_number(t.value_type)  # list of (scaled) numbers
-
-
-def _target_type(kind: str, found: pa.DataType) -> pa.DataType:
-    if kind in ("key", "category") and pa.types.is_dictionary(found):
-        return found.value_type  # categorical ids sort by their values, not their codes
-    if kind == "category":
-        return pa.string() if pa.types.is_large_string(found) else found
-    if kind == "list of categories":
-        value = found.value_type
-        value = value.value_type if pa.types.is_dictionary(value) else value
-        return pa.list_(pa.string() if pa.types.is_large_string(value) else value)
-    if kind == "number":
-        return pa.float32()
-    if kind == "scaled number":
-        return pa.float64()
-    if kind == "list of numbers":
-        return pa.list_(pa.float32())
-    if kind == "list of scaled numbers":
-        return pa.list_(pa.float64())
-    if kind == "list of times":
-        return pa.list_(_sortable(found.value_type))
-    return _sortable(found)
-
-
-def _sortable(kind: pa.DataType) -> pa.DataType:
-    """float16 as float32: Arrow cannot sort float16 (pyarrow 26), and every value fits."""
-    return pa.float32() if kind == pa.float16() else kind
-
-
-def _target_schema(found: pa.Schema, roles: list[ColumnRole]) -> pa.Schema:
-    fields: dict[str, pa.Field] = {}
-    for role in roles:  # a column read for a scaled input and for something else: float64
-        if role.column not in fields or "scaled" in role.kind:
-            fields[role.column] = pa.field(
-                role.column, _target_type(role.kind, found.field(role.column).type))
-    return pa.schema(list(fields.values()))
-
-
-def _cast(table: pa.Table, roles: list[ColumnRole]) -> pa.Table:
-    schema = _target_schema(table.schema, roles)
-    try:
-        return table.select(schema.names).cast(schema)
-    except (pa.ArrowException, ValueError) as e:
-        raise DataError(f"could not convert the in-memory data to {schema}: {e}") from e
-

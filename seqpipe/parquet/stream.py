@@ -25,7 +25,7 @@ from seqpipe._internal.threads import shared_pool
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.parquet.footers import Fingerprint, check_unchanged
-from seqpipe.parquet.sequences import id_runs
+from seqpipe.parquet.grouping import id_runs
 from seqpipe.parquet.source import CHECKSUMS, SourceFiles, SourceTable, read_error
 
 # Row groups are read ahead of the one being grouped, `Tuning.read_ahead_rows` rows and at

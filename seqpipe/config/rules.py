@@ -1,0 +1,239 @@
+"""The rules that tie several keys of a pipeline config together, checked when a
+`PipelineConfig` is made (`check_cross_fields`), one group of sections at a time. Each
+error names the keys, the values received and how to fix them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from seqpipe.errors import ConfigError
+
+if TYPE_CHECKING:
+    from seqpipe.config.sections import InputConfig, OutputConfig, PipelineConfig
+
+
+def check_cross_fields(config: PipelineConfig) -> None:
+    """The rules that tie several keys together, one group of sections at a time."""
+    _check_inputs(config)
+    _check_source_and_split(config)
+    _check_outputs(config)
+    _check_label_leaks(config)
+    _check_feature_columns(config)
+    _check_preparation(config)
+    _check_batching(config)
+    _check_windows(config)
+
+
+def _check_inputs(config: PipelineConfig) -> None:
+    if not config.inputs:
+        raise ConfigError("inputs must name at least one model input; got none. "
+                          "Example: inputs: {vitals: {columns: [hr, bp]}}")
+    if all(spec.level == "sequence" for spec in config.inputs.values()):
+        raise ConfigError(
+            f"at least one input must have level: timestep, since seqpipe batches time "
+            f"series; every input is level: sequence ({', '.join(config.inputs)})")
+    clash = set(config.inputs) & set(config.outputs)
+    if clash:
+        raise ConfigError(f"a name cannot be both an input and an output; got {sorted(clash)}")
+    mask = config.padding.mask
+    if mask is not None and not mask.strip():
+        raise ConfigError(f"padding.mask must name the mask input (say 'timestep_mask'), or "
+                          f"be null for none; got {mask!r}")
+    if mask is not None and (mask in config.inputs or mask in config.outputs):
+        raise ConfigError(
+            f"padding.mask {mask!r} is also the name of an input or output; the mask is an "
+            f"input of its own. Give it another name, say 'timestep_mask'.")
+
+
+def _check_outputs(config: PipelineConfig) -> None:
+    for name, output in config.outputs.items():
+        if (output.column is None) == (output.columns is None):
+            raise ConfigError(
+                f"outputs.{name} needs exactly one of column (one label column) or columns "
+                f"(several); got column={output.column!r}, columns="
+                f"{list(output.columns) if output.columns else None!r}")
+        if output.categorical and output.columns is not None and len(output.columns) > 1:
+            raise ConfigError(
+                f"outputs.{name}.categorical takes one label column; got columns "
+                f"{list(output.columns)}. Make one output per categorical label.")
+
+
+def _check_preparation(config: PipelineConfig) -> None:
+    """normalize, time_delta, missing_indicators and categorical, input by input."""
+    for name, spec in config.inputs.items():
+        key = f"inputs.{name}"
+        if spec.categorical:
+            if len(spec.columns) != 1:
+                raise ConfigError(
+                    f"{key}.categorical takes exactly one column, whose values become ids; "
+                    f"got columns {list(spec.columns)}. Make one input per categorical "
+                    f"column.")
+            for option in ("normalize", "time_delta", "missing_indicators"):
+                if getattr(spec, option):
+                    raise ConfigError(
+                        f"{key}.{option} does not apply to a categorical input (its values "
+                        f"are ids, and a missing one is id 1); got {option}: "
+                        f"{getattr(spec, option)!r}. Put numeric columns in another input.")
+            if spec.fill_value is not None:
+                raise ConfigError(
+                    f"{key}.fill_value does not apply to a categorical input: a missing "
+                    f"value is id 1. Remove it; got {spec.fill_value!r}")
+        elif spec.max_tokens is not None:
+            raise ConfigError(f"{key}.max_tokens needs {key}.categorical: true; got "
+                              f"max_tokens: {spec.max_tokens}")
+        if spec.time_delta and spec.level == "sequence":
+            raise ConfigError(f"{key}.time_delta needs level: timestep (a time between "
+                              f"timesteps); {key} has level: sequence")
+        if spec.time_delta and not config.source.time_column:
+            raise ConfigError(f"{key}.time_delta needs source.time_column, the times it "
+                              f"takes differences of; none is set")
+
+
+def _check_source_and_split(config: PipelineConfig) -> None:
+    source = config.source
+    if source.layout == "long" and not source.id_column:
+        raise ConfigError(
+            "source.id_column is required when source.layout is 'long' (one row per "
+            "timestep): it says which rows belong to which sequence. Got none. Set "
+            "source.id_column, or use source.layout: nested for one row per sequence.")
+    split = config.split
+    if split.validation + split.test >= 1:
+        raise ConfigError(
+            f"split.validation + split.test must be below 1, leaving sequences to train on; "
+            f"got {split.validation} + {split.test}")
+    if split.by_id and not source.id_column:
+        raise ConfigError(
+            "split needs source.id_column: a sequence's part is decided by its id, so that "
+            "it does not change with row order or file layout. Set source.id_column.")
+    if source.id_column and source.id_column == source.time_column:
+        raise ConfigError(
+            f"source.id_column and source.time_column are both {source.id_column!r}; the id "
+            f"says which rows form a sequence and the time orders them, so they must be "
+            f"different columns")
+
+
+def _check_feature_columns(config: PipelineConfig) -> None:
+    keys = {c: "source.id_column" for c in [config.source.id_column] if c}
+    for name, spec in config.inputs.items():
+        if isinstance(spec.fill_value, Mapping):
+            unknown = sorted(set(spec.fill_value) - set(spec.columns))
+            if unknown:
+                raise ConfigError(
+                    f"inputs.{name}.fill_value names columns that are not in "
+                    f"inputs.{name}.columns: {unknown}; its columns are {list(spec.columns)}")
+        for column in spec.columns:
+            if column in keys:
+                raise ConfigError(
+                    f"inputs.{name}.columns uses column {column!r}, which is "
+                    f"{keys[column]}; a sequence key cannot also be a feature")
+
+
+def _check_batching(config: PipelineConfig) -> None:
+    batching = config.batching
+    boundaries = batching.bucket_boundaries
+    maxlen = config.padding.maxlen
+    if batching.max_timesteps is not None and maxlen is not None \
+            and batching.max_timesteps < maxlen:
+        raise ConfigError(
+            f"batching.max_timesteps ({batching.max_timesteps}) is smaller than padding.maxlen "
+            f"({maxlen}), so a sequence of maxlen timesteps fits in no batch. Raise "
+            f"max_timesteps to at least {maxlen} or lower maxlen.")
+    if isinstance(boundaries, tuple) and maxlen is not None and boundaries[-1] > maxlen:
+        raise ConfigError(
+            f"batching.bucket_boundaries must not exceed padding.maxlen ({maxlen}), because "
+            f"no sequence is longer than maxlen after truncation. Received: {list(boundaries)}")
+    if batching.static_shapes and maxlen is None and config.windows is None:
+        raise ConfigError(
+            "batching.static_shapes pads the last bucket to padding.maxlen, so it needs one: "
+            "set padding.maxlen to the longest sequence you keep (longer ones are truncated "
+            "and counted in the report).")
+
+
+def _check_windows(config: PipelineConfig) -> None:
+    """The rules of window mode, and the keys that need it."""
+    windows = config.windows
+    if windows is None:
+        for name, spec in config.inputs.items():
+            if spec.window != "history":
+                raise ConfigError(
+                    f"inputs.{name}.window: {spec.window} needs a windows section (the "
+                    f"horizon it is known over); got none. Add windows: {{history: ..., "
+                    f"horizon: ...}} or remove the key.")
+        if config.split.time_cutoff is not None:
+            raise ConfigError(
+                f"split.time_cutoff ({config.split.time_cutoff!r}) splits forecasting "
+                f"windows by time and needs a windows section; whole sequences are split by "
+                f"id (split.validation, split.test)")
+        return
+    if windows.shortest > windows.history:
+        raise ConfigError(f"windows.min_history ({windows.min_history}) must be at most "
+                          f"windows.history ({windows.history})")
+    padding = config.padding
+    if padding.side != "pre":
+        raise ConfigError(
+            "padding.side must be 'pre' with windows: a history shorter than "
+            "windows.history starts at a sequence's start, so its padding goes in front and "
+            "its last timestep stays next to the horizon. Set padding.side: pre.")
+    if padding.maxlen is not None:
+        raise ConfigError(
+            f"padding.maxlen does not apply with windows (every window has "
+            f"windows.history={windows.history} timesteps); got maxlen: {padding.maxlen}. "
+            f"Remove it.")
+    batching = config.batching
+    for key, value in (("bucket_boundaries", batching.bucket_boundaries),
+                       ("max_timesteps", batching.max_timesteps)):
+        if value is not None:
+            raise ConfigError(
+                f"batching.{key} does not apply with windows: every window has the same "
+                f"shape, so there is nothing to bucket; got {key}: {value!r}. Remove it.")
+    for name, spec in config.inputs.items():
+        if spec.window == "future" and (spec.level == "sequence" or not windows.horizon):
+            raise ConfigError(
+                f"inputs.{name}.window: future feeds values at the horizon's timesteps, so it "
+                f"needs level: timestep and windows.horizon > 0; got level: {spec.level}, "
+                f"horizon: {windows.horizon}")
+    split = config.split
+    if split.time_cutoff is not None:
+        if not config.source.time_column:
+            raise ConfigError(
+                f"split.time_cutoff ({split.time_cutoff!r}) compares target times, so it "
+                f"needs source.time_column; none is set")
+        if split.by_id:
+            raise ConfigError(
+                f"split.time_cutoff splits windows by time; it cannot be combined with the "
+                f"id split (split.validation={split.validation}, split.test={split.test}). "
+                f"Use one or the other.")
+
+
+def _check_label_leaks(config: PipelineConfig) -> None:
+    """A label column that also feeds an input hands the model its answer. With windows and
+    a horizon, the input holds the history and the label the horizon after it: forecasting
+    a column's own future is not a leak."""
+    for name, output in config.outputs.items():
+        fed = {c: f"inputs.{i}.columns" for i, spec in config.inputs.items()
+               for c in spec.columns if not _forecast(config, spec, output)}
+        leaked = [c for c in output.label_columns if c in fed]
+        if leaked and not output.also_input:
+            column, key = leaked[0], "column" if output.column else "columns"
+            raise ConfigError(
+                f"outputs.{name}.{key} {column!r} is also in {fed[column]}: the "
+                f"model would be fed the label it has to predict (a label leak). Use another "
+                f"column for the input or the label (a shifted copy, say), or set "
+                f"outputs.{name}.also_input: true if the model reconstructs its input.")
+
+
+def _forecast(config: PipelineConfig, spec: InputConfig, output: OutputConfig) -> bool:
+    """The input feeds a window's history only, and the output's labels come from the
+    horizon after it."""
+    return (config.windows is not None and bool(config.windows.horizon)
+            and spec.window == "history" and spec.level == "timestep"
+            and output.level == "timestep")
+
+
+def leaked_labels(config: PipelineConfig) -> list[str]:
+    """The outputs whose label column also feeds an input, as `also_input` allows."""
+    return [name for name, output in config.outputs.items()
+            if any(c in spec.columns for spec in config.inputs.values()
+                   if not _forecast(config, spec, output) for c in output.label_columns)]
