@@ -1,22 +1,20 @@
 """The pipeline config: `load_config` turns a YAML file or a mapping into a frozen,
-validated `PipelineConfig`, one dataclass per YAML section (`sections`), its cross-section
-rules checked (`rules`)."""
+validated `PipelineConfig` (`pipeline_config`, with the rules that tie sections together),
+one dataclass per YAML section (`sections`)."""
 
-from seqpipe.config.rules import leaked_labels
+from seqpipe.config.pipeline_config import PipelineConfig, leaked_labels, load_config
 from seqpipe.config.sections import (
     BatchingConfig,
     CacheConfig,
     InputConfig,
     OutputConfig,
     PaddingConfig,
-    PipelineConfig,
     ShuffleConfig,
     SourceConfig,
     SplitConfig,
     WeightMode,
     WeightsConfig,
     WindowsConfig,
-    load_config,
 )
 
 __all__ = [

@@ -3,23 +3,19 @@
 `load_config` turns a YAML file or a mapping into a `PipelineConfig`. Every key is checked
 against the dataclass that owns its section: unknown keys are errors that list the allowed
 ones, and a bad value names its key path (`padding.side must be 'pre' or 'post'; got 'left'`).
-The rules that tie several sections together are in `seqpipe.config.rules`. Nothing here
-imports TensorFlow or touches the data.
+`seqpipe.config.pipeline_config` ties them together. Nothing here imports TensorFlow or
+touches the data.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
-import types
 from collections.abc import Mapping
-from typing import Any, Literal, Optional, Union
+from typing import Literal, Optional, Union
 
-from seqpipe._internal.typed import Section, build, field
-from seqpipe._internal.yaml_file import read_yaml, set_dotted, to_plain
-from seqpipe.config.rules import check_cross_fields
+from seqpipe._internal.typed import Section, field
 
 Level = Literal["timestep", "sequence"]
 WeightMode = Literal["binary", "batch_mean", "global_mean", "sequence_mean"]
@@ -323,75 +319,3 @@ class SplitConfig(Section):
     def by_id(self) -> bool:
         """Parts are decided by sequence id (validation and test shares)."""
         return bool(self.validation or self.test)
-
-
-@dataclasses.dataclass(frozen=True)
-class PipelineConfig(Section):
-    """The whole pipeline: one field per YAML section."""
-
-    inputs: Mapping[str, InputConfig] = field(doc="Model input name -> input spec.")
-    outputs: Mapping[str, OutputConfig] = field(
-        types.MappingProxyType({}),
-        "Model output name -> output spec. Empty yields features only, for predict().")
-    source: SourceConfig = field(SourceConfig(), "Where the data is.")
-    padding: PaddingConfig = field(PaddingConfig(), "Truncation and padding.")
-    batching: BatchingConfig = field(BatchingConfig(), "Batch size and buckets.")
-    weights: WeightsConfig = field(WeightsConfig(), "Sample weight mode.")
-    shuffle: ShuffleConfig = field(ShuffleConfig(), "Shuffling.")
-    split: SplitConfig = field(SplitConfig(), "Train/validation/test parts by sequence id.")
-    windows: Optional[WindowsConfig] = field(
-        None, "Cut every sequence into forecasting windows; null: whole sequences.")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.padding.side is None:
-            side: Literal["pre", "post"] = "post" if self.windows is None else "pre"
-            object.__setattr__(self, "padding", dataclasses.replace(self.padding, side=side))
-        check_cross_fields(self)
-
-    def weight_mode(self, output: str) -> str:
-        """The weight mode of one output: its own, or `weights.mode`."""
-        return self.outputs[output].weights or self.weights.mode
-
-    @property
-    def levels(self) -> dict:
-        """Input or output name -> "timestep" or "sequence": how the source holds it."""
-        return {name: spec.level for specs in (self.inputs, self.outputs)
-                for name, spec in specs.items()}
-
-    def to_dict(self) -> dict:
-        """A plain, YAML-ready dict that `load_config` turns back into an equal config."""
-        return to_plain(self)
-
-
-def load_config(source: Union[str, os.PathLike, Mapping, PipelineConfig],
-                overrides: Optional[Mapping[str, Any]] = None) -> PipelineConfig:
-    """Loads and validates a pipeline config.
-
-    Args:
-      source: a YAML file path, a mapping shaped like the YAML, or a `PipelineConfig`.
-      overrides: dotted keys to set before validation, e.g. `{"batching.batch_size": 128}`.
-
-    Returns:
-      A frozen `PipelineConfig`.
-
-    Raises:
-      ConfigError: a key is unknown or missing, or a value breaks its rule. The message names
-        the key path and the value received.
-      SourceNotFoundError: `source` is a path that does not exist.
-
-    Example:
-      >>> config = load_config({"source": {"layout": "nested"},
-      ...                       "inputs": {"x": {"columns": ["a"]}}})
-      >>> config.padding.side
-      'post'
-    """
-    if isinstance(source, PipelineConfig):
-        raw = source.to_dict()
-    elif isinstance(source, Mapping):
-        raw = to_plain(source)
-    else:
-        raw = read_yaml(source)
-    for dotted, value in (overrides or {}).items():
-        set_dotted(raw, dotted, value)
-    return build(PipelineConfig, raw, "")

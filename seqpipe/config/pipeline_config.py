@@ -1,17 +1,69 @@
-"""The rules that tie several keys of a pipeline config together, checked when a
-`PipelineConfig` is made (`check_cross_fields`), one group of sections at a time. Each
-error names the keys, the values received and how to fix them.
+"""The whole pipeline config: `PipelineConfig` (one field per YAML section), the rules that
+tie several sections together (checked when one is made, one group of sections at a time;
+each error names the keys, the values received and how to fix them) and `load_config`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import types
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Any, Literal, Optional, Union
 
+from seqpipe._internal.typed import Section, build, field
+from seqpipe._internal.yaml_file import read_yaml, set_dotted, to_plain
+from seqpipe.config.sections import (
+    BatchingConfig,
+    InputConfig,
+    OutputConfig,
+    PaddingConfig,
+    ShuffleConfig,
+    SourceConfig,
+    SplitConfig,
+    WeightsConfig,
+    WindowsConfig,
+)
 from seqpipe.errors import ConfigError
 
-if TYPE_CHECKING:
-    from seqpipe.config.sections import InputConfig, OutputConfig, PipelineConfig
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig(Section):
+    """The whole pipeline: one field per YAML section."""
+
+    inputs: Mapping[str, InputConfig] = field(doc="Model input name -> input spec.")
+    outputs: Mapping[str, OutputConfig] = field(
+        types.MappingProxyType({}),
+        "Model output name -> output spec. Empty yields features only, for predict().")
+    source: SourceConfig = field(SourceConfig(), "Where the data is.")
+    padding: PaddingConfig = field(PaddingConfig(), "Truncation and padding.")
+    batching: BatchingConfig = field(BatchingConfig(), "Batch size and buckets.")
+    weights: WeightsConfig = field(WeightsConfig(), "Sample weight mode.")
+    shuffle: ShuffleConfig = field(ShuffleConfig(), "Shuffling.")
+    split: SplitConfig = field(SplitConfig(), "Train/validation/test parts by sequence id.")
+    windows: Optional[WindowsConfig] = field(
+        None, "Cut every sequence into forecasting windows; null: whole sequences.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.padding.side is None:
+            side: Literal["pre", "post"] = "post" if self.windows is None else "pre"
+            object.__setattr__(self, "padding", dataclasses.replace(self.padding, side=side))
+        check_cross_fields(self)
+
+    def weight_mode(self, output: str) -> str:
+        """The weight mode of one output: its own, or `weights.mode`."""
+        return self.outputs[output].weights or self.weights.mode
+
+    @property
+    def levels(self) -> dict:
+        """Input or output name -> "timestep" or "sequence": how the source holds it."""
+        return {name: spec.level for specs in (self.inputs, self.outputs)
+                for name, spec in specs.items()}
+
+    def to_dict(self) -> dict:
+        """A plain, YAML-ready dict that `load_config` turns back into an equal config."""
+        return to_plain(self)
 
 
 def check_cross_fields(config: PipelineConfig) -> None:
@@ -237,3 +289,36 @@ def leaked_labels(config: PipelineConfig) -> list[str]:
     return [name for name, output in config.outputs.items()
             if any(c in spec.columns for spec in config.inputs.values()
                    if not _forecast(config, spec, output) for c in output.label_columns)]
+
+
+def load_config(source: Union[str, os.PathLike, Mapping, PipelineConfig],
+                overrides: Optional[Mapping[str, Any]] = None) -> PipelineConfig:
+    """Loads and validates a pipeline config.
+
+    Args:
+      source: a YAML file path, a mapping shaped like the YAML, or a `PipelineConfig`.
+      overrides: dotted keys to set before validation, e.g. `{"batching.batch_size": 128}`.
+
+    Returns:
+      A frozen `PipelineConfig`.
+
+    Raises:
+      ConfigError: a key is unknown or missing, or a value breaks its rule. The message names
+        the key path and the value received.
+      SourceNotFoundError: `source` is a path that does not exist.
+
+    Example:
+      >>> config = load_config({"source": {"layout": "nested"},
+      ...                       "inputs": {"x": {"columns": ["a"]}}})
+      >>> config.padding.side
+      'post'
+    """
+    if isinstance(source, PipelineConfig):
+        raw = source.to_dict()
+    elif isinstance(source, Mapping):
+        raw = to_plain(source)
+    else:
+        raw = read_yaml(source)
+    for dotted, value in (overrides or {}).items():
+        set_dotted(raw, dotted, value)
+    return build(PipelineConfig, raw, "")
