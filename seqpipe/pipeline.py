@@ -63,6 +63,11 @@ class Pipeline:
         say), the path of the file `Statistics.save` wrote, or its mapping; None computes
         them from the train part (see `seqpipe.statistics`).
 
+    Attributes:
+      kind: the kind of batch it makes (`seqpipe.experimental.BatchKind`: whole sequences
+        or windows), planned over its part.
+      report, statistics, kept_steps, seed: see each.
+
     Raises:
       SeqpipeError: a bad config, schema or id, before the first batch. In a streamed
         source, bad times, labels and feature values are found when their row group is
@@ -179,9 +184,9 @@ class Pipeline:
         ids = source.index.ids
         train = (part_of(ids, config.split) == PARTS.index("train") if config.split.enabled
                  else np.ones(len(ids), dtype=bool))
-        kind = kind_of(config)
-        steps = kind.counted(config, source.index.offsets, train, source.index.before_cutoff)
-        counted, what = steps.counted, kind.statistics_over(config)
+        steps = self.kind.counted(config, source.index.offsets, train,
+                                  source.index.before_cutoff)
+        counted, what = steps.counted, self.kind.statistics_over(config)
         if not counted.any():
             raise nothing_to_count(config, f"{what} of {source.where}")
         if source.shared and self.shard is not None:
