@@ -114,15 +114,14 @@ def _cuts(places: BatchPlaces, config: PipelineConfig,
                    (places.size(axis) * width)[:, None])
 
     x_layout, y_layout, _ = _layout(config)
-    axes = spec_of(config).axes
     labels = {axis: Cut(places.start[axis][:, None], places.size(axis)[:, None])
-              for axis in {axes[name] for name in config.outputs}}  # weights: one value each
+              for axis, _, _ in y_layout.values()}  # weights: one value each
     return Cuts({name: cut(axis, tail) for name, (axis, tail, _) in x_layout.items()},
                 {name: shape(axis, *tail) for name, (axis, tail, _) in x_layout.items()},
                 {name: cut(axis, tail) for name, (axis, tail, _) in y_layout.items()},
                 labels,
                 {name: shape(axis, *tail) for name, (axis, tail, _) in y_layout.items()},
-                {name: shape(axes[name]) for name in config.outputs},
+                {name: shape(axis) for name, (axis, _, _) in y_layout.items()},
                 _finish(len(size), finish))
 
 
