@@ -10,7 +10,7 @@ import pytest
 
 import seqpipe
 from seqpipe import Pipeline, build_dataset, load_config
-from tests.helpers import base_config, long_table
+from tests.helpers import base_config, long_table, sessions
 
 # Lengths and a batch size that make batches hold very different numbers of labels.
 LENGTHS = [30, 2, 3, 25, 1, 4, 28, 2, 5, 3, 27, 1, 2]
@@ -141,3 +141,81 @@ def test_the_epoch_sums_stay_exact_over_millions_of_labels():
         count += int((weights > 0).sum())
     assert count > 2 ** 24  # past float32's exact integers
     assert float(metric.result()) == pytest.approx(total / count, rel=2e-7)
+
+
+def _classifier(classes):
+    vitals = keras.Input((None, 2), name="vitals")
+    hidden = keras.layers.GRU(4)(keras.layers.Masking(0.0)(vitals))
+    dx = keras.layers.Dense(classes, activation="softmax", name="dx")(hidden)
+    model = keras.Model({"vitals": vitals}, {"dx": dx})
+    model.compile(loss={"dx": "sparse_categorical_crossentropy"},
+                  weighted_metrics={"dx": [
+                      seqpipe.masked_metric("accuracy"),
+                      seqpipe.masked_metric("sparse_categorical_accuracy"),
+                      seqpipe.masked_metric(keras.metrics.SparseCategoricalAccuracy(),
+                                            name="instance"),
+                      "sparse_categorical_accuracy"]})
+    return model
+
+
+def test_masked_accuracy_is_the_accuracy_of_the_predicted_labels_over_the_epoch():
+    """Static shapes and batch_mean: the last, smaller batch's rows weigh more, so Keras's
+    own weighted accuracy is a weighted figure; the masked one equals the accuracy of the
+    labels `predict` returns, against the labels in the data."""
+    keras.utils.set_random_seed(0)
+    table = sessions(n=90, seed=5)
+    config = load_config({
+        "source": {"id_column": "id", "time_column": "ts"},
+        "inputs": {"vitals": {"columns": ["hr", "bp"], "fill_value": 0.0,
+                              "normalize": "standard"}},
+        "outputs": {"dx": {"column": "dx", "level": "sequence", "categorical": True}},
+        "padding": {"maxlen": 14}, "split": {"validation": 0.4, "seed": 1},
+        "batching": {"batch_size": 8, "static_shapes": True}})
+    statistics = Pipeline(config, table, split="train").statistics
+    model = _classifier(statistics.input_dim("dx"))
+    validation = build_dataset(config, table, split="validation", format="numpy",
+                               statistics=statistics)
+    logs = model.evaluate(validation.epoch(0), steps=len(validation), verbose=0,
+                          return_dict=True)
+    predicted = seqpipe.predict(model, config, table, split="validation",
+                                statistics=statistics)["dx"].set_index("id")["dx"]
+    truth = table.to_pandas().groupby("id")["dx"].first().dropna()
+    truth = truth[truth.index.isin(predicted.index)]
+    assert 20 < len(truth) < len(predicted) + 1
+    accuracy = float((predicted[truth.index] == truth).mean())
+    for name in ("masked_accuracy", "masked_sparse_categorical_accuracy", "instance"):
+        assert logs[name] == pytest.approx(accuracy, rel=1e-6)
+    assert len({len(b.ids) for b in Pipeline(config, table, split="validation",
+                                             statistics=statistics).batches()}) > 1
+
+
+def test_masked_mae_from_a_name_an_instance_and_a_function_is_the_masked_mean():
+    raw = _config("batch_mean").to_dict()
+    raw["outputs"] = {"y": raw["outputs"]["y"]}
+    config = load_config(raw)
+    table = long_table(LENGTHS, seed=3)
+    steps = keras.Input((None, 1), name="steps")
+    y = keras.layers.Dense(1, name="y")(keras.layers.Dense(4, activation="tanh")(steps))
+    model = keras.Model({"steps": steps}, {"y": y})
+    model.compile(loss={"y": "mse"}, weighted_metrics={"y": [
+        seqpipe.masked_metric("mae"),
+        seqpipe.masked_metric(keras.metrics.MeanAbsoluteError(), name="instance"),
+        seqpipe.masked_metric(lambda t, p: keras.ops.abs(t - p), name="function")]})
+    batches = list(Pipeline(config, table).batches(0))
+    logs = model.evaluate(build_dataset(config, table, format="numpy").epoch(0), verbose=0,
+                          return_dict=True, steps=len(batches))
+    errors = [np.abs(b.y["y"][..., 0].astype(np.float64)
+                     - model.predict_on_batch(b.x)["y"][..., 0])[b.sample_weight["y"] > 0]
+              for b in batches]
+    expected = np.concatenate(errors).mean()
+    for name in ("masked_mae", "instance", "function"):  # one output: no prefix
+        assert logs[name] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_metric_that_is_not_a_mean_of_elements_is_a_clear_error():
+    with pytest.raises(TypeError, match=r"masked_metric takes metrics that are a mean of "
+                                        r"per-element values .*'auc' \(AUC\) is not"):
+        seqpipe.masked_metric("auc")
+    with pytest.raises(ValueError, match=r"masked_metric: 'nonsense' is neither a Keras loss "
+                                         r"nor a Keras metric"):
+        seqpipe.masked_metric("nonsense")
