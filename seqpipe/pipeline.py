@@ -23,11 +23,13 @@ from seqpipe.batches.block import Batch, Block
 from seqpipe.batches.kind import BatchKind
 from seqpipe.batches.kinds import kind_of
 from seqpipe.config import PipelineConfig, ShuffleConfig, leaked_labels, load_config
+from seqpipe.errors import ConfigError
 from seqpipe.index import SequenceSource, missing_labels, open_sequences, truncate
 from seqpipe.parquet.sequences import Sequences
 from seqpipe.report import Report
+from seqpipe.scaling import Scales, columns_of, dataset_scales, per_series
 from seqpipe.shard import Shard, reading_mask
-from seqpipe.split import PARTS, check_part, part_of
+from seqpipe.split import PARTS, check_part, held_back, part_of
 from seqpipe.statistics import (
     Statistics,
     StatisticsLike,
@@ -124,7 +126,8 @@ class Pipeline:
         self._in_part = np.zeros(len(source.index.ids), dtype=bool)
         self._in_part[self.kind.members] = True
         self.statistics = self._statistics(statistics)
-        self._transform = (Transform(config, self.statistics, self._skipped(), self._in_part)
+        self._transform = (Transform(config, self.statistics, self._skipped(), self._in_part,
+                                     self._own_spans())
                            if source.statistics is None and changes_values(config) else None)
         self._report = self._make_report()
         logger.info("seqpipe pipeline ready:\n%s", self.report)
@@ -165,11 +168,14 @@ class Pipeline:
 
     def _handing_over(self, chunks: Generator[tuple[int, Sequences], None, Any]
                       ) -> Iterator[tuple[int, Sequences]]:
-        unseen: collections.Counter = collections.Counter()
-        prepared = chunks if self._transform is None else self._transform.stream(chunks, unseen)
+        changed: dict = collections.defaultdict(collections.Counter)
+        prepared = (chunks if self._transform is None
+                    else self._transform.stream(chunks, changed))
         counts = dict((yield from prepared) or {})
         if self._transform is not None and categorical_names(self.config):
-            counts["unseen_categories"] = dict(unseen)
+            counts["unseen_categories"] = dict(changed["unseen_categories"])
+        if self._transform is not None and any(map(per_series, self._scaled())):
+            counts["unscaled_series"] = dict(changed["unscaled_series"])
         if counts:
             self._hand_over(counts)
 
@@ -185,7 +191,8 @@ class Pipeline:
         train = (part_of(ids, config.split) == PARTS.index("train") if config.split.enabled
                  else np.ones(len(ids), dtype=bool))
         steps = self.kind.counted(config, source.index.offsets, train,
-                                  source.index.before_cutoff)
+                                  held_back(config.split, source.index.lengths,
+                                            source.index.before_cutoff))
         counted, what = steps.counted, self.kind.statistics_over(config)
         if not counted.any():
             raise nothing_to_count(config, f"{what} of {source.where}")
@@ -199,6 +206,53 @@ class Pipeline:
         return compute(config, source.chunks(counted), steps.skipped, steps.length, counted,
                        f"{what} of {source.where}")
 
+    def scales(self, name: str) -> Scales:
+        """How input or output `name` was scaled (see `seqpipe.scaling`): per dataset one
+        shift and divisor per column; per series one per column and sequence of the source's
+        index (read in one pass over this pipeline's part; 0 and 1 elsewhere), so that
+        `seqpipe.predict` can put predictions back in the data's units.
+
+        Raises:
+          ConfigError: `name` is not scaled, or its values were scaled per series before
+            they were stored (a materialized source), so their scales are not known here.
+        """
+        spec = self.config.inputs.get(name) or self.config.outputs.get(name)
+        if spec is None or not spec.scaling:
+            raise ConfigError(f"{name!r} is not a scaled input or output of this config")
+        if not per_series(spec):
+            return dataset_scales(name, spec, self.statistics)
+        if self._transform is None:
+            raise ConfigError(
+                f"{self.source.where} holds {name!r} already scaled per series, and the "
+                f"scales of each series are not stored with it; read the Parquet source "
+                f"with the same config instead (seqpipe.predict(model, 'config.yaml', "
+                f"...)) to get predictions in the data's units.")
+        n = len(self.source.index.ids)
+        width = len(columns_of(spec))
+        shift, divisor = np.zeros((width, n)), np.ones((width, n))
+        for first, chunk in self.source.chunks(self._in_part):
+            index = np.arange(first, first + len(chunk))
+            found = self._transform.scales(name, chunk, index)
+            shift[:, index], divisor[:, index] = found.shift, found.divisor
+        return Scales(tuple(shift), tuple(divisor), np.zeros(n, dtype=bool))
+
+    def _scaled(self) -> list:
+        return [spec for specs in (self.config.inputs, self.config.outputs)
+                for spec in specs.values() if spec.scaling]
+
+    def _own_spans(self) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """For scaling per series: the timesteps each sequence's own statistics come from,
+        those a batch of the train part would hold of it (every sequence counted as if in
+        it: a validation series by id has only its own)."""
+        if not any(map(per_series, self._scaled())):
+            return None
+        index = self.source.index
+        spans = self.kind.counted(self.config, index.offsets,
+                                  np.ones(len(index.ids), dtype=bool),
+                                  held_back(self.config.split, index.lengths,
+                                            index.before_cutoff))
+        return spans.skipped, spans.length
+
     def _skipped(self) -> np.ndarray:
         """(n,) timesteps truncation cuts from the start of each sequence."""
         return self.kept_steps.start - self.source.index.offsets[:-1]
@@ -208,10 +262,13 @@ class Pipeline:
             self._epoch_counts.set_result(dict(counts))
         except concurrent.futures.InvalidStateError:
             return  # another epoch finished first, with the same counts
-        self._warn_changes(fills_only=True)  # the rest was said when building
+        self._warn_changes(while_reading=True)  # the rest was said when building
 
-    def _warn_changes(self, fills_only: bool = False) -> None:
-        changes = [c for c in self.report.changes() if not fills_only or c.startswith("filled")]
+    def _warn_changes(self, while_reading: bool = False) -> None:
+        """Logs what seqpipe changed; `while_reading`: only what an epoch counts as it reads
+        (filled values, series kept unscaled)."""
+        changes = [c for c in self.report.changes()
+                   if not while_reading or c.startswith(("filled", "kept"))]
         if changes:
             logger.warning("seqpipe %s; see Pipeline.report", "; ".join(changes))
         self._warn_unlabelled(name for name, (missing, total) in

@@ -44,7 +44,10 @@ def predict(model: Any, config: Union[PipelineConfig, Mapping, str, os.PathLike]
       the id column, the time column (or `step`, the timestep's place in the sequence, without
       one) and the prediction; a per-sequence output one row per sequence. A prediction of
       one value is a column named after the output; of k values, `<output>_0` ...
-      `<output>_<k-1>`. Rows are in id order, then time order. An output's level comes from
+      `<output>_<k-1>`; an output with `normalize` comes back in the data's units (each
+      series' own scale undone with `per: series`); a categorical output gives a column
+      `<output>` with the predicted label as the data spells it and a score column per
+      class, `<output>_<label>`. Rows are in id order, then time order. An output's level comes from
       the config, or, for an output the config does not name, from its rank (3: timestep).
       With windows, one row per window and target step: the id, `window_end` (the time of
       the window's last target), the target step's time, `horizon_step` (1 is the first
@@ -78,6 +81,48 @@ def predict(model: Any, config: Union[PipelineConfig, Mapping, str, os.PathLike]
     return {name: _frame(name, pieces, pipeline, times) for name, pieces in found.items()}
 
 
+def _in_data_units(name: str, values: np.ndarray, sequence: np.ndarray,
+                   pipeline: Pipeline) -> dict[str, np.ndarray]:
+    """One output's prediction columns: a scaled output's back in the data's units, a
+    categorical one's as the predicted label and one probability column per label."""
+    output = pipeline.config.outputs.get(name)
+    if output is not None and output.categorical:
+        return _classes(name, values, pipeline.statistics.vocabularies[name])
+    if output is None or not output.scaling:
+        return _values(name, values)
+    columns = values.reshape(len(values), -1)
+    if columns.shape[1] != output.width:
+        raise ConfigError(
+            f"predict: the model's output {name!r} has {columns.shape[1]} values per "
+            f"prediction, but outputs.{name} scales {output.width} label columns "
+            f"({list(output.label_columns)}); it cannot be put back in the data's units. "
+            f"Make the model predict one value per label column.")
+    scales = pipeline.scales(name)
+    per_sequence = scales.unscaled is not None
+    restored = np.stack([scales.invert(j, columns[:, j]) if not per_sequence else
+                         columns[:, j] * scales.divisor[j][sequence] + scales.shift[j][sequence]
+                         for j in range(output.width)], axis=1)
+    return _values(name, restored)
+
+
+def _classes(name: str, values: np.ndarray, vocabulary: Any) -> dict[str, np.ndarray]:
+    """The predicted label (the class with the highest score, as the data spells it) and
+    each class's score in a column named after its label."""
+    scores = values.reshape(len(values), -1)
+    if scores.shape[1] != len(vocabulary):
+        raise ConfigError(
+            f"predict: the model's output {name!r} has {scores.shape[1]} scores per "
+            f"prediction, but outputs.{name} has {len(vocabulary)} classes "
+            f"({', '.join(map(repr, vocabulary.values[:5]))}"
+            f"{', ...' if len(vocabulary) > 5 else ''}); "
+            f"give its last layer {len(vocabulary)} units "
+            f"(pipeline.statistics.input_dim({name!r})).")
+    labels = np.array(vocabulary.values, dtype=object)
+    found = {name: labels[np.argmax(scores, axis=1)] if len(scores) else labels[:0]}
+    found.update({f"{name}_{value}": scores[:, i] for i, value in enumerate(vocabulary.values)})
+    return found
+
+
 def _frame(name: str, pieces: list, pipeline: Pipeline,
            times: Optional[np.ndarray]) -> pd.DataFrame:
     """One output's predictions, one row per target, in id order, then in the order of
@@ -99,7 +144,8 @@ def _frame(name: str, pieces: list, pipeline: Pipeline,
     for key, at in positions.items():
         columns[key] = at[order] if times is None else times[base + at[order]]
     columns.update({key: number[order] for key, number in numbers.items()})
-    return pd.DataFrame({**columns, **_values(name, values[order])})
+    return pd.DataFrame({**columns, **_in_data_units(name, values[order], sequence[order],
+                                                      pipeline)})
 
 
 def _times(pipeline: Pipeline) -> Optional[np.ndarray]:

@@ -36,6 +36,9 @@ class Report:
     # "inputs.<name>" or "outputs.<name>" -> categories not in the vocabulary (id 1; a
     # label: weight 0); None until an epoch has read them
     unseen_categories: Optional[Mapping[str, int]] = None
+    # "inputs.<name>" or "outputs.<name>" scaled per series -> sequences with no value to
+    # compute their statistics over, kept as read; None until an epoch has read them
+    unscaled_series: Optional[Mapping[str, int]] = None
     # with windows: what cutting them made and dropped (`seqpipe.batches.window_plan`)
     windows: Optional[Any] = None
     # with batching.static_shapes: the distinct (rows, timesteps) of the first epoch's
@@ -60,6 +63,10 @@ class Report:
             changes.append(f"mapped {sum(self.unseen_categories.values()):,} categories the "
                            f"vocabulary does not hold to 'unseen' ("
                            f"{', '.join(k for k, n in self.unseen_categories.items() if n)})")
+        if self.unscaled_series and any(self.unscaled_series.values()):
+            changes.append(f"kept {sum(self.unscaled_series.values()):,} series as read, "
+                           f"without a train value to scale them by ("
+                           f"{', '.join(k for k, n in self.unscaled_series.items() if n)})")
         changes += self.batching_changes
         if self.sequences_dropped_per_epoch:
             changes.append(f"drop_remainder leaves out {self.sequences_dropped_per_epoch:,} "
@@ -99,6 +106,10 @@ class Report:
         for key, count in (self.unseen_categories or {}).items():
             lines.append(f"unseen categories: {count:,} values of {key} are not in its "
                          f"vocabulary (id 1; a label weighs 0)")
+        for key, count in (self.unscaled_series or {}).items():
+            lines.append(f"unscaled series: {count:,} sequences of {key} have no train value "
+                         f"to compute their own statistics over; kept as read (shift 0, "
+                         f"divisor 1)")
         if self.statistics is not None and (self.statistics.columns
                                             or self.statistics.vocabularies):
             lines.append(str(self.statistics))

@@ -10,7 +10,7 @@ stays as it was.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -100,11 +100,11 @@ def check_part(part, split: SplitConfig):
         that the config does not make.
     """
     if part is None:
-        if split.time_cutoff is not None:
+        if split.by_time:
             raise ConfigError(
-                f"the config splits the windows at split.time_cutoff={split.time_cutoff!r}, "
-                f"so say which part to read: split='train' (windows whose targets are all "
-                f"before it) or 'validation' (windows whose targets start at or after it)")
+                f"the config splits the windows by time ({split.held_out}), so say which "
+                f"part to read: split='train' (windows whose targets are all before the "
+                f"held-out timesteps) or 'validation' (windows whose targets start in them)")
         if split.enabled:
             raise ConfigError(
                 f"the config splits the data (split.validation={split.validation}, "
@@ -118,16 +118,30 @@ def check_part(part, split: SplitConfig):
         raise ConfigError(
             f"split={part!r} asks for one part of the data, but the config has no split: "
             f"add a section such as split: {{validation: 0.1, test: 0.1, seed: 1}}")
-    if split.time_cutoff is not None:
+    if split.by_time:
         if part == "test":
             raise ConfigError(
-                "split='test' is empty: split.time_cutoff makes two parts, train and "
-                "validation. Use split='validation', or a later cutoff in a config of its "
-                "own for a test period.")
+                f"split='test' is empty: {split.held_out} makes two parts, train and "
+                f"validation. Use split='validation', or a later cutoff (fewer held-out "
+                f"timesteps) in a config of its own for a test period.")
         return part
     if (part == "validation" and not split.validation) or (part == "test" and not split.test):
         raise ConfigError(f"split={part!r} is empty: split.{part} is 0 in the config")
     return part
+
+
+def held_back(split: SplitConfig, lengths: np.ndarray,
+              before_cutoff: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """(n,) timesteps of each sequence before its held-out ones: those before
+    `split.time_cutoff` (`before_cutoff`, from the times), or all but the last
+    `split.holdout_last`; None when the split is not by time.
+
+    >>> held_back(SplitConfig(holdout_last=3), np.array([10, 2]), None).tolist()
+    [7, 0]
+    """
+    if split.holdout_last is not None:
+        return np.maximum(np.asarray(lengths, dtype=np.int64) - split.holdout_last, 0)
+    return before_cutoff if split.time_cutoff is not None else None
 
 
 def timesteps_before(times: np.ndarray, offsets: np.ndarray, split: SplitConfig,

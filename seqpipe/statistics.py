@@ -76,7 +76,8 @@ class Statistics:
     """Scaling statistics and vocabularies, as `Pipeline.statistics` holds them.
 
     Attributes:
-      columns: input name -> column -> `ColumnStatistics`, for inputs with `normalize`.
+      columns: input or output name -> column -> `ColumnStatistics`, for inputs and
+        outputs scaled `per: dataset` (their `normalize`).
       vocabularies: input or output name -> `Vocabulary`, for categorical ones.
       sequences: how many sequences they were computed over.
       computed_on: which sequences, in words ("the train part of data/x.parquet").
@@ -157,15 +158,14 @@ class Statistics:
 
     def check(self, config: PipelineConfig) -> None:
         """Raises a ConfigError when these statistics do not hold what `config` needs."""
-        for name, spec in config.inputs.items():
-            if spec.normalize:
-                have = sorted(self.columns.get(name, {}))
-                if have != sorted(spec.columns):
-                    raise ConfigError(
-                        f"the statistics do not match the config: inputs.{name} normalizes "
-                        f"columns {list(spec.columns)}, the statistics hold {have or 'none'} "
-                        f"for it. Compute statistics with this config (Pipeline(config)"
-                        f".statistics), or pass none.")
+        for key, name, columns in scaled_columns(config):
+            have = sorted(self.columns.get(name, {}))
+            if have != sorted(columns):
+                raise ConfigError(
+                    f"the statistics do not match the config: {key} normalizes columns "
+                    f"{list(columns)}, the statistics hold {have or 'none'} for it. Compute "
+                    f"statistics with this config (Pipeline(config).statistics), or pass "
+                    f"none.")
         for name in categorical_names(config):
             if name not in self.vocabularies:
                 raise ConfigError(
@@ -178,7 +178,7 @@ class Statistics:
         lines = [f"statistics over {self.computed_on} ({self.sequences:,} sequences)"]
         for name, columns in self.columns.items():
             for column, s in columns.items():
-                lines.append(f"  inputs.{name}.{column}: mean {s.mean:.6g}, std {s.std:.6g}, "
+                lines.append(f"  {name}.{column}: mean {s.mean:.6g}, std {s.std:.6g}, "
                              f"min {s.min:.6g}, max {s.max:.6g} ({s.count:,} values)")
         for name, v in self.vocabularies.items():
             shown = ", ".join(repr(x) for x in v.values[:5]) + (", ..." if len(v) > 5 else "")
@@ -300,8 +300,7 @@ def choose(config: PipelineConfig, given: Optional[StatisticsLike], own: Optiona
 
 def nothing_to_count(config: PipelineConfig, what: str) -> ConfigError:
     """The error for statistics that would be computed from no timesteps (`what`)."""
-    scaled = [f"inputs.{name}.normalize" for name, spec in config.inputs.items()
-              if spec.normalize]
+    scaled = [f"{key}.normalize" for key, _, _ in scaled_columns(config)]
     used = ", ".join(scaled + [f"the vocabulary of {name}" for name in categorical_names(config)])
     return ConfigError(
         f"the statistics ({used}) would be computed from {what}, which holds none: every "
@@ -312,9 +311,18 @@ def nothing_to_count(config: PipelineConfig, what: str) -> ConfigError:
 
 
 def needed(config: PipelineConfig) -> bool:
-    """Whether the config scales a column or has a categorical input or output."""
-    return any(spec.normalize for spec in config.inputs.values()) or bool(
-        categorical_names(config))
+    """Whether the config scales a column over the dataset or has a categorical input or
+    output."""
+    return bool(scaled_columns(config)) or bool(categorical_names(config))
+
+
+def scaled_columns(config: PipelineConfig) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(key, name, columns) of each input and output scaled `per: dataset`: the ones the
+    statistics hold figures for."""
+    return [(f"inputs.{name}", name, spec.columns) for name, spec in config.inputs.items()
+            if spec.scaling and spec.scaling.per == "dataset"] + [
+        (f"outputs.{name}", name, spec.label_columns) for name, spec in config.outputs.items()
+        if spec.scaling and spec.scaling.per == "dataset"]
 
 
 def categorical_names(config: PipelineConfig) -> list[str]:
@@ -366,8 +374,8 @@ class Tally:
 
     def __init__(self, config: PipelineConfig) -> None:
         self.config = config
-        self.moments = {name: {c: _Moments() for c in spec.columns}
-                        for name, spec in config.inputs.items() if spec.normalize}
+        self.moments = {name: {c: _Moments() for c in columns}
+                        for _, name, columns in scaled_columns(config)}
         self.categories: dict[str, collections.Counter] = {
             name: collections.Counter() for name in categorical_names(config)}
         self.missing = dict.fromkeys(self.categories, 0)
@@ -390,10 +398,14 @@ class Tally:
         rows = {"timestep": ranges(chunk.offsets[mine] + skipped[mine], kept[mine]),
                 "sequence": mine}
         for name, moments in self.moments.items():
-            spec = self.config.inputs[name]
-            values, at = chunk.features[name], rows[spec.level]
-            for j, column in enumerate(spec.columns):
-                moments[column].add(values[j][at])
+            at = rows[self.config.levels[name]]
+            if name in self.config.inputs:
+                for j, column in enumerate(moments):
+                    moments[column].add(chunk.features[name][j][at])
+                continue
+            labels, present = chunk.labels[name][at], chunk.present[name][at]
+            for j, column in enumerate(moments):  # present labels only: the rest are fills
+                moments[column].add((labels if labels.ndim == 1 else labels[:, j])[present])
         for name, counter in self.categories.items():
             values = (chunk.features if name in self.config.inputs else chunk.labels)[name]
             self._count(name, counter, values[rows[self.config.levels[name]]])
@@ -420,13 +432,14 @@ class Tally:
         columns = {name: {c: m.result() for c, m in moments.items()}
                    for name, moments in self.moments.items()}
         for name, stats in columns.items():
+            key = f"{'inputs' if name in self.config.inputs else 'outputs'}.{name}"
             for column, s in stats.items():
                 if s.count and s.std == 0:
-                    logger.warning("seqpipe: inputs.%s column %r is constant (%g) over %s; "
-                                   "it is scaled with std 1", name, column, s.mean, computed_on)
+                    logger.warning("seqpipe: %s column %r is constant (%g) over %s; "
+                                   "it is scaled with std 1", key, column, s.mean, computed_on)
                 elif not s.count:
-                    logger.warning("seqpipe: inputs.%s column %r has no present value in %s; "
-                                   "it is scaled with mean 0 and std 1", name, column,
+                    logger.warning("seqpipe: %s column %r has no present value in %s; "
+                                   "it is scaled with mean 0 and std 1", key, column,
                                    computed_on)
         vocabularies = {name: self._vocabulary(name, counter)
                         for name, counter in self.categories.items()}

@@ -1,9 +1,11 @@
 """Transform: turns grouped sequences into the values the model receives.
 
-One chunk at a time, on whole columns: scales (`normalize`), fills missing values after
-scaling, appends `time_delta` and `missing_indicators` columns, and maps categorical inputs
-and labels to int32 ids through their vocabularies (`seqpipe.statistics`). What it changes
-is counted: categories the vocabulary does not hold become id 1 (a label: weight 0).
+One chunk at a time, on whole columns: scales inputs and labels (`normalize`, see
+`seqpipe.scaling`), fills missing values after scaling, appends `time_delta` and
+`missing_indicators` columns, and maps categorical inputs and labels to int32 ids through
+their vocabularies (`seqpipe.statistics`). What it changes is counted: categories the
+vocabulary does not hold become id 1 (a label: weight 0), and series scaled by their own
+statistics that have no value to compute them over keep their values as read.
 
 An input's columns leave in this order: its `columns` (scaled and filled), then the time
 since the previous kept timestep (`time_delta`), then one 0/1 column per column
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Generator, Mapping
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -25,13 +27,14 @@ from seqpipe.config import InputConfig, PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.parquet.missing import deferred
 from seqpipe.parquet.sequences import Categories, Sequences
+from seqpipe.scaling import Scales, dataset_scales, per_series, series_scales
 from seqpipe.statistics import Statistics, Vocabulary
 
 
 def changes_values(config: PipelineConfig) -> bool:
     """Whether any input or output is transformed at all (else chunks pass untouched)."""
     return any(deferred(s) or s.time_delta or s.categorical for s in config.inputs.values()) \
-        or any(s.categorical for s in config.outputs.values())
+        or any(s.categorical or s.scaling for s in config.outputs.values())
 
 
 class Transform:
@@ -43,22 +46,28 @@ class Transform:
       skipped: (n,) timesteps truncation cuts from the start of each sequence of the
         source's index: the first kept timestep's time delta is 0, as at a sequence's first.
       counted: (n,) the sequences whose unseen categories are counted (the part read).
+      own: for inputs and outputs scaled `per: series`, (skipped, length) per sequence of
+        the index: the timesteps each one's own statistics come from (its train timesteps).
     """
 
     def __init__(self, config: PipelineConfig, statistics: Statistics, skipped: np.ndarray,
-                 counted: np.ndarray) -> None:
+                 counted: np.ndarray,
+                 own: Optional[tuple[np.ndarray, np.ndarray]] = None) -> None:
         self.config, self.statistics = config, statistics
-        self.skipped, self.counted = skipped, counted
+        self.skipped, self.counted, self.own = skipped, counted, own
         self._vocabularies = {name: _value_set(v)
                               for name, v in statistics.vocabularies.items()}
 
-    def apply(self, first: int, chunk: Sequences) -> tuple[Sequences, Mapping[str, int]]:
-        """The chunk whose first sequence has index `first`, prepared; and, per categorical
-        input or output, how many of its values (in counted sequences) were not in the
-        vocabulary."""
+    def apply(self, first: int, chunk: Sequences
+              ) -> tuple[Sequences, Mapping[str, Mapping[str, int]]]:
+        """The chunk whose first sequence has index `first`, prepared; and what it changed
+        in counted sequences: `unseen_categories` (per categorical input or output, values
+        not in the vocabulary) and `unscaled_series` (per input or output scaled per series,
+        sequences kept as read), as `Report` holds them."""
         index = np.arange(first, first + len(chunk))
         counted = self.counted[index]
         unseen: collections.Counter = collections.Counter()
+        unscaled: collections.Counter = collections.Counter()
         features: dict[str, Any] = {}
         for name, spec in self.config.inputs.items():
             values = chunk.features[name]
@@ -67,11 +76,18 @@ class Transform:
                 features[name] = ids
                 unseen[f"inputs.{name}"] += missed
             elif deferred(spec) or spec.time_delta:
-                features[name] = self._numeric(name, spec, values, chunk, index)
+                features[name], unscaled[f"inputs.{name}"] = self._numeric(
+                    name, spec, values, chunk, index)
             else:
                 features[name] = values
         labels, present = dict(chunk.labels), dict(chunk.present)
         for name, output in self.config.outputs.items():
+            if output.scaling:
+                scales = self.scales(name, chunk, index)
+                labels[name] = _scaled_labels(labels[name], present[name],
+                                              scales.per_timestep(chunk.lengths),
+                                              output.fill_value)
+                unscaled[f"outputs.{name}"] += _unscaled(scales, counted)
             if output.categorical:
                 ids, missed = self._ids(name, labels[name], chunk, counted, output.level)
                 present[name] = ids >= 0
@@ -79,23 +95,45 @@ class Transform:
                                         np.int32(output.fill_value)).astype(np.int32)
                 unseen[f"outputs.{name}"] += missed
         prepared = Sequences(chunk.ids, chunk.offsets, features, labels, present, chunk.times)
-        return prepared, {key: n for key, n in unseen.items() if n}
+        return prepared, {"unseen_categories": {k: n for k, n in unseen.items() if n},
+                          "unscaled_series": {k: n for k, n in unscaled.items() if n}}
 
     def stream(self, chunks: Generator[tuple[int, Sequences], None, Any],
-               unseen: collections.Counter) -> Generator[tuple[int, Sequences], None, Any]:
-        """`chunks` prepared (see `apply`), adding their unseen categories to `unseen`;
-        returns what `chunks` returns."""
+               changed: Mapping[str, collections.Counter]
+               ) -> Generator[tuple[int, Sequences], None, Any]:
+        """`chunks` prepared (see `apply`), adding what they changed to `changed` (a
+        Counter per kind of change); returns what `chunks` returns."""
         while True:
             try:
                 first, chunk = next(chunks)
             except StopIteration as end:
                 return end.value
             chunk, found = self.apply(first, chunk)
-            unseen.update(found)
+            for key, counts in found.items():
+                changed[key].update(counts)
             yield first, chunk
 
+    def scales(self, name: str, chunk: Sequences, index: np.ndarray) -> Scales:
+        """The scales of a scaled input or output over a chunk whose sequences have the
+        index numbers `index`: per dataset, one per column; per series, one per column and
+        sequence (counted from the chunk's raw values, before `apply`)."""
+        spec = self.config.inputs.get(name) or self.config.outputs[name]
+        if not per_series(spec):
+            return dataset_scales(name, spec, self.statistics)
+        if self.own is None:
+            raise AssertionError("per-series scaling without spans (a seqpipe bug)")
+        skipped, length = (a[index] for a in self.own)
+        if name in self.config.inputs:
+            return series_scales(spec, list(chunk.features[name]), chunk.offsets, skipped,
+                                 length)
+        labels = chunk.labels[name]
+        columns = [labels] if labels.ndim == 1 else list(labels.T)
+        return series_scales(spec, columns, chunk.offsets, skipped, length,
+                             chunk.present[name])
+
     def _numeric(self, name: str, spec: InputConfig, values: Any, chunk: Sequences,
-                 index: np.ndarray) -> tuple:
+                 index: np.ndarray) -> tuple[tuple, int]:
+        """The input's columns prepared, and how many counted series are kept as read."""
         columns = list(values)
         from seqpipe._internal.runs import scale_fill  # numba, as grouping imported it
 
@@ -103,17 +141,26 @@ class Transform:
         # One array per input and chunk, its columns contiguous, from the pool assembly
         # uses: chunks of one size recur, and fresh memory costs a page fault per page.
         out = SHARED.empty((spec.width, len(columns[0])))
-        stats = self.statistics.columns.get(name, {})
+        scales = self.scales(name, chunk, index) if spec.scaling else None
+        unscaled = 0
+        if scales is not None and scales.unscaled is not None:
+            unscaled = _unscaled(scales, self.counted[index])
+            scales = scales.per_timestep(chunk.lengths)
         for j, column in enumerate(spec.columns):
-            shift, divisor = (stats[column].scale(spec.normalize) if spec.normalize
-                              else (0.0, 1.0))
-            scale_fill(columns[j], shift, divisor, spec.fill_for(column) or 0.0, out[j])
+            fill = spec.fill_for(column) or 0.0
+            if scales is not None and scales.unscaled is not None:  # per series
+                scaled = scales.apply(j, columns[j])
+                out[j] = np.where(np.isfinite(scaled), scaled, fill)
+                continue
+            shift, divisor = (0.0, 1.0) if scales is None else (scales.shift[j],
+                                                                  scales.divisor[j])
+            scale_fill(columns[j], shift, divisor, fill, out[j])
             if spec.missing_indicators:
                 np.logical_not(np.isfinite(columns[j]), out=out[spec.width - k + j],
                                casting="unsafe")
         if spec.time_delta:
             out[k] = self._time_delta(chunk, index)
-        return tuple(out)
+        return tuple(out), unscaled
 
     def _time_delta(self, chunk: Sequences, index: np.ndarray) -> np.ndarray:
         times = chunk.times
@@ -144,6 +191,24 @@ class Transform:
         unseen = (ids == none) & (values.codes >= 0)
         rows = counted if level == "sequence" else np.repeat(counted, chunk.lengths)
         return ids, int(np.count_nonzero(unseen & rows))
+
+
+def _scaled_labels(labels: np.ndarray, present: np.ndarray, scales: Scales,
+                   fill: float) -> np.ndarray:
+    """float32 labels in the model's units; a missing label keeps its fill value."""
+    out = np.empty(labels.shape, dtype=np.float32)
+    columns = [labels] if labels.ndim == 1 else list(labels.T)
+    for j, column in enumerate(columns):
+        target = out if labels.ndim == 1 else out[:, j]
+        target[...] = np.where(present, scales.apply(j, column), fill)
+    return out
+
+
+def _unscaled(scales: Scales, counted: np.ndarray) -> int:
+    """How many of the counted sequences (per series) kept their values as read."""
+    if scales.unscaled is None:
+        return 0
+    return int(np.count_nonzero(scales.unscaled & counted))
 
 
 def _value_set(vocabulary: Vocabulary) -> pa.Array:

@@ -57,7 +57,7 @@ def test_demo_trains_and_keras_reports_the_true_masked_mean(tmp_path):
     assert re.search(r"wrote [\d,]+ rows of ICU-style vitals", out)
     assert re.search(r"sequences: 300, timesteps: [\d,]+", out)
     assert re.search(r"padding waste: [\d.]+% \(without buckets: [\d.]+%\)", out)
-    assert re.search(r"inputs\.vitals\.hr: mean [\d.]+, std [\d.]+", out)  # scaled by seqpipe
+    assert re.search(r"  vitals\.hr: mean [\d.]+, std [\d.]+", out)  # scaled by seqpipe
     assert re.search(r"^  sex: 2 values \('[FM]', '[FM]'\); input_dim 4$", out, re.M)
     assert re.search(r"^  unit: 5 values \('MICU', ", out, re.M)
     rows = re.findall(r"^(hr_change|mortality)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
@@ -171,7 +171,7 @@ def test_inspect_shows_missing_feature_values_vocabulary_sizes_and_statistics(tm
             f"{len(hr):,}") in result.stdout
     statistics = Pipeline(config, split="train").statistics
     mean = statistics.columns["vitals"]["hr"].mean
-    assert re.search(rf"inputs\.vitals\.hr: mean {mean:.6g}, std [\d.]+", result.stdout)
+    assert re.search(rf"  vitals\.hr: mean {mean:.6g}, std [\d.]+", result.stdout)
     assert f"event: {len(statistics.vocabularies['event'])} values" in result.stdout
     assert f"input_dim {statistics.input_dim('event')}" in result.stdout
     assert "statistics over the train part of" in result.stdout

@@ -354,7 +354,8 @@ def test_statistics_that_do_not_match_the_config_are_refused(source, change, mes
     ({"v": {"columns": ["hr"], "max_tokens": 3}},
      r"inputs\.v\.max_tokens needs inputs\.v\.categorical: true"),
     ({"v": {"columns": ["hr"], "normalize": "zscore"}},
-     r"inputs\.v\.normalize must be 'standard' or 'minmax' or null; got 'zscore'"),
+     r"inputs\.v\.normalize must be 'standard' or 'minmax' or a mapping of method, per or null; "
+     r"got 'zscore'"),
     ({"v": {"columns": ["hr"]}, "e": {"columns": ["event"], "categorical": True,
                                      "fill_value": 0}},
      r"inputs\.e\.fill_value does not apply to a categorical input: a missing value is id 1"),
@@ -561,7 +562,10 @@ def test_predict_gives_every_sequence_once_by_id_and_time_equal_to_the_model_alo
     assert steps.id.tolist() == kept.id.tolist() and steps.ts.tolist() == kept.ts.tolist()
     sequences = frames["dx"]
     assert sequences.id.tolist() == validation_ids
-    assert list(sequences.columns) == ["id", "dx_0", "dx_1", "dx_2"]
+    classes = list(statistics.vocabularies["dx"].values)  # class id i is classes[i]
+    assert sorted(classes) == sorted(frame.dx.dropna().unique().tolist())
+    scores = [f"dx_{label}" for label in classes]
+    assert list(sequences.columns) == ["id", "dx", *scores]
     one = Pipeline(load_config(cfg, {"batching.batch_size": 1}), data=table, split="validation",
                    statistics=statistics)
     for batch in every(one):  # the model on each sequence alone, unpadded
@@ -569,8 +573,10 @@ def test_predict_gives_every_sequence_once_by_id_and_time_equal_to_the_model_alo
         rows = steps[steps.id == batch.ids[0]]
         np.testing.assert_allclose(rows[["targets_0", "targets_1"]].to_numpy(),
                                    alone["targets"][0], rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(sequences[sequences.id == batch.ids[0]].iloc[0, 1:]
-                                   .to_numpy(float), alone["dx"][0], rtol=1e-4, atol=1e-6)
+        row = sequences[sequences.id == batch.ids[0]].iloc[0]
+        np.testing.assert_allclose(row[scores].to_numpy(float), alone["dx"][0], rtol=1e-4,
+                                   atol=1e-6)
+        assert row["dx"] == classes[int(np.argmax(alone["dx"][0]))]
 
 
 

@@ -613,7 +613,7 @@ def test_inspect_reports_windows_per_part(tmp_path, capsys):
         assert (f"windows: {part}: {counts.windows:,} per epoch "
                 f"({-(-counts.windows // 8):,} batches of 8), {counts.padded:,} padded") in out
     assert "too short for one window" in out
-    assert "straddle split.time_cutoff" in out
+    assert "straddle the split by time" in out
 
 
 def test_input_pipelines_share_out_the_sequences_and_their_windows(tmp_path):
@@ -736,3 +736,53 @@ def test_a_source_that_changed_since_building_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match=r"sorted\.parquet changed since the dataset was built "
                                         r".*Build the dataset \(or Pipeline\) again"):
         list(pipeline.batches(0))
+
+
+@pytest.mark.parametrize("layout", ["long", "nested"])
+@pytest.mark.parametrize("stride", [1, 3])
+def test_holdout_last_holds_out_each_series_last_timesteps_as_pandas_does(tmp_path, layout,
+                                                                         stride):
+    """Validation: the windows whose first target is one of a series' last N timesteps;
+    train: those whose every target is before them; the rest (straddling) in neither."""
+    frame = stores(n=10, seed=5)
+    history, horizon, held = 4, 2, 5
+    path = (write_shuffled(frame, tmp_path / "rows") if layout == "long"
+            else write_nested(frame, tmp_path / "nested.parquet"))
+    cfg = config(path, history, horizon, stride, layout=layout, split__holdout_last=held)
+    expected: dict = {"train": set(), "validation": set()}
+    for store, rows in frame.sort_values(["store", "day"]).groupby("store"):
+        length = len(rows)
+        for end in range(length - 1, history + horizon - 2, -stride):  # anchored at the end
+            first_target = end - horizon + 1
+            if end < length - held:
+                expected["train"].add((store, end))
+            elif first_target >= length - held:
+                expected["validation"].add((store, end))
+    for part, windows in expected.items():
+        found = {(s, int(e)) for b in Pipeline(cfg, split=part).batches()
+                 for s, e in zip(b.ids, b.ends)}
+        assert found == windows and windows, part
+    if stride > 1:
+        return
+    # Statistics come from the train windows' timesteps: with stride 1, every timestep
+    # before the held-out ones of a series long enough for one train window.
+    stats = Pipeline(load_config(cfg, {"inputs.sales.normalize": "standard"}),
+                     split="validation").statistics.columns["sales"]["units"]
+    train_rows = frame.sort_values(["store", "day"]).groupby("store", group_keys=False).apply(
+        lambda rows: rows.iloc[:max(len(rows) - held, 0)] if len(rows) - held >= history
+        + horizon else rows.iloc[:0])
+    units = train_rows["units"].dropna().astype(np.float32).astype(np.float64)
+    assert stats.count == len(units)
+    np.testing.assert_allclose(stats.mean, units.mean(), rtol=1e-6)
+
+
+def test_holdout_last_config_rules():
+    with pytest.raises(ConfigError, match=r"split\.time_cutoff \('2024-02-10'\) and "
+                                          r"split\.holdout_last \(3\) both say where"):
+        config(None, split__time_cutoff=CUTOFF, split__holdout_last=3)
+    with pytest.raises(ConfigError, match=r"split\.holdout_last=3 splits forecasting windows "
+                                          r"by time and needs a windows section"):
+        load_config({"source": {"id_column": "store"}, "inputs": {"a": {"columns": ["x"]}},
+                     "split": {"holdout_last": 3}})
+    with pytest.raises(ConfigError, match=r"split\.holdout_last must be a positive integer"):
+        config(None, split__holdout_last=0)

@@ -47,7 +47,7 @@ class WindowCounts:
                            f"window (windows.min_history + windows.horizon)")
         if self.across_cutoff:
             changes.append(f"left out {self.across_cutoff:,} windows whose targets straddle "
-                           f"split.time_cutoff")
+                           f"the split by time (split.time_cutoff or split.holdout_last)")
         if self.dropped_per_epoch:
             changes.append(f"drop_remainder leaves out {self.dropped_per_epoch:,} windows "
                            f"per epoch")

@@ -40,7 +40,7 @@ from seqpipe.config import PipelineConfig, WindowsConfig
 from seqpipe.errors import DataError
 from seqpipe.index import KeptSteps, SequenceSource
 from seqpipe.parquet.sequences import Sequences, ranges
-from seqpipe.split import PARTS, part_of
+from seqpipe.split import PARTS, held_back, part_of
 
 
 class WindowBatches(BatchKind):
@@ -158,11 +158,12 @@ class WindowBatches(BatchKind):
         """The windows of a part, or a clear error when it has none."""
         index, config = self.source.index, self.config
         w = _windows_of(config)
-        windows, counts = part_windows(index.lengths, w, in_part, part, index.before_cutoff)
+        windows, counts = part_windows(index.lengths, w, in_part, part,
+                                       held_back(config.split, index.lengths,
+                                                 index.before_cutoff))
         if not len(windows):
             what = f"split {part!r} of " if part else ""
-            cutoff = (f" with split.time_cutoff={config.split.time_cutoff!r}"
-                      if config.split.time_cutoff is not None else "")
+            cutoff = f" with {config.split.held_out}" if config.split.by_time else ""
             raise DataError(
                 f"no windows: {what}{self.source.where}{cutoff} has none of at least "
                 f"windows.min_history + windows.horizon = {w.shortest + w.horizon} "

@@ -28,7 +28,7 @@ from seqpipe.parquet.regroup import status
 from seqpipe.parquet.schema import column_roles
 from seqpipe.parquet.source import open_source, read_schema, source_schema
 from seqpipe.parquet.stream import stream_order
-from seqpipe.split import PARTS, cutoff_value, part_of
+from seqpipe.split import PARTS, cutoff_value, held_back, part_of
 from seqpipe.statistics import Statistics, needed
 
 PERCENTILES = (0, 5, 25, 50, 75, 90, 95, 99, 100)
@@ -163,7 +163,9 @@ def inspect(config: PipelineConfig, from_file: bool = True) -> Inspection:
                             status(files, config, order.whole_because), lengths,
                             config.padding.maxlen, config.batching.batch_size,
                             config.shuffle.buffer_size, missing, _parts(ids, config),
-                            kind_of(config).preview(config, lengths, ids, before, from_file))
+                            kind_of(config).preview(config, lengths, ids,
+                                                    held_back(config.split, lengths, before),
+                                                    from_file))
     statistics, error = _statistics(config) if from_file else (None, None)
     return dataclasses.replace(
         inspection,

@@ -53,6 +53,9 @@ def validate(config: PipelineConfig) -> list[str]:
     if split.time_cutoff is not None:
         lines.append(f"split by time at {split.time_cutoff} ({config.source.time_column}): "
                      f"train windows end before it, validation windows start at or after it")
+    elif split.holdout_last is not None:
+        lines.append(f"split by time: each series' last {split.holdout_last} timesteps held "
+                     f"out; train windows end before them, validation windows start in them")
     elif split.enabled:
         train = 1 - split.validation - split.test
         lines.append(f"split by {config.source.id_column}: train {train:.0%}, validation "

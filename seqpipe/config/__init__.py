@@ -9,6 +9,7 @@ from seqpipe.config.sections import (
     InputConfig,
     OutputConfig,
     PaddingConfig,
+    ScalingConfig,
     ShuffleConfig,
     SourceConfig,
     SplitConfig,
@@ -19,6 +20,6 @@ from seqpipe.config.sections import (
 
 __all__ = [
     "BatchingConfig", "CacheConfig", "InputConfig", "OutputConfig", "PaddingConfig",
-    "PipelineConfig", "ShuffleConfig", "SourceConfig", "SplitConfig", "WeightMode",
+    "PipelineConfig", "ScalingConfig", "ShuffleConfig", "SourceConfig", "SplitConfig", "WeightMode",
     "WeightsConfig", "WindowsConfig", "leaked_labels", "load_config",
 ]

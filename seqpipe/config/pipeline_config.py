@@ -74,6 +74,7 @@ def check_cross_fields(config: PipelineConfig) -> None:
     _check_label_leaks(config)
     _check_feature_columns(config)
     _check_preparation(config)
+    _check_scaling(config)
     _check_batching(config)
     _check_windows(config)
 
@@ -141,6 +142,37 @@ def _check_preparation(config: PipelineConfig) -> None:
         if spec.time_delta and not config.source.time_column:
             raise ConfigError(f"{key}.time_delta needs source.time_column, the times it "
                               f"takes differences of; none is set")
+
+
+def _check_scaling(config: PipelineConfig) -> None:
+    """normalize of inputs and outputs: which methods go with which statistics."""
+    for kind, specs in (("inputs", config.inputs), ("outputs", config.outputs)):
+        for name, spec in specs.items():
+            scaling, key = spec.scaling, f"{kind}.{name}.normalize"
+            if scaling is None:
+                continue
+            if kind == "outputs" and spec.categorical:
+                raise ConfigError(f"{key} does not apply to a categorical output (its labels "
+                                  f"are class ids); got {spec.normalize!r}. Remove it.")
+            if scaling.method == "mean" and scaling.per == "dataset":
+                raise ConfigError(
+                    f"{key}: method mean divides each series by its own mean absolute value, "
+                    f"so it needs per: series; got per: dataset. Use {{method: mean, per: "
+                    f"series}}, or method standard or minmax for one scale over the dataset.")
+            if scaling.per == "series" and spec.level == "sequence":
+                raise ConfigError(
+                    f"{key}: per: series computes a sequence's statistics over its own "
+                    f"timesteps, and {kind}.{name} has level: sequence (one value per "
+                    f"sequence, nothing to compute them over). Use per: dataset.")
+            if kind == "outputs" and scaling.per == "series" and config.split.by_id:
+                raise ConfigError(
+                    f"{key}: per: series scales a sequence's labels by statistics of its own "
+                    f"labels, so a validation or test sequence would be scaled with the "
+                    f"answers it is scored on (split.validation={config.split.validation}, "
+                    f"split.test={config.split.test} split by sequence). Hold out each "
+                    f"series' last timesteps instead (windows with split.time_cutoff or "
+                    f"split.holdout_last: their labels never enter the statistics), or use "
+                    f"per: dataset.")
 
 
 def _check_source_and_split(config: PipelineConfig) -> None:
@@ -213,11 +245,11 @@ def _check_windows(config: PipelineConfig) -> None:
                     f"inputs.{name}.window: {spec.window} needs a windows section (the "
                     f"horizon it is known over); got none. Add windows: {{history: ..., "
                     f"horizon: ...}} or remove the key.")
-        if config.split.time_cutoff is not None:
+        if config.split.by_time:
             raise ConfigError(
-                f"split.time_cutoff ({config.split.time_cutoff!r}) splits forecasting "
-                f"windows by time and needs a windows section; whole sequences are split by "
-                f"id (split.validation, split.test)")
+                f"{config.split.held_out} splits forecasting windows by time and needs a "
+                f"windows section; whole sequences are split by id (split.validation, "
+                f"split.test)")
         return
     if windows.shortest > windows.history:
         raise ConfigError(f"windows.min_history ({windows.min_history}) must be at most "
@@ -252,11 +284,15 @@ def _check_windows(config: PipelineConfig) -> None:
             raise ConfigError(
                 f"split.time_cutoff ({split.time_cutoff!r}) compares target times, so it "
                 f"needs source.time_column; none is set")
-        if split.by_id:
-            raise ConfigError(
-                f"split.time_cutoff splits windows by time; it cannot be combined with the "
-                f"id split (split.validation={split.validation}, split.test={split.test}). "
-                f"Use one or the other.")
+    if split.time_cutoff is not None and split.holdout_last is not None:
+        raise ConfigError(
+            f"split.time_cutoff ({split.time_cutoff!r}) and split.holdout_last "
+            f"({split.holdout_last}) both say where the held-out timesteps start; use one.")
+    if split.by_time and split.by_id:
+        raise ConfigError(
+            f"{split.held_out} splits windows by time; it cannot be combined with the id "
+            f"split (split.validation={split.validation}, split.test={split.test}). Use one "
+            f"or the other.")
 
 
 def _check_label_leaks(config: PipelineConfig) -> None:

@@ -81,6 +81,29 @@ class SourceConfig(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class ScalingConfig(Section):
+    """How a numeric input's or label's values are scaled, and over which values its
+    statistics are computed. `normalize: standard` is short for `{method: standard}`."""
+
+    method: Literal["standard", "minmax", "mean"] = field(
+        "standard", "standard: (value - mean) / std; minmax: min -> 0, max -> 1; mean: value "
+        "/ mean(|value|), which keeps 0 at 0 (a series' own level, as DeepAR and Chronos "
+        "scale; needs per: series).")
+    per: Literal["dataset", "series"] = field(
+        "dataset", "dataset: one set of statistics per column, from the train part; series: "
+        "each sequence's own, from its own train timesteps (before split.time_cutoff or "
+        "split.holdout_last), so that series whose scales differ by orders of magnitude "
+        "all reach the model near 1.")
+
+
+Normalize = Union[Literal["standard", "minmax"], ScalingConfig, None]
+
+
+def _scaling(normalize: Normalize) -> Optional[ScalingConfig]:
+    return ScalingConfig(method=normalize) if isinstance(normalize, str) else normalize
+
+
+@dataclasses.dataclass(frozen=True)
 class InputConfig(Section):
     """One model input: which columns feed it, at which level, and how they are prepared."""
 
@@ -98,9 +121,10 @@ class InputConfig(Section):
         "normalize or missing_indicators, null means 0 (after scaling).",
         check=lambda v: all(math.isfinite(x) for x in _fills(v)),
         rule="must be a finite number, a mapping of column -> finite number, or null")
-    normalize: Optional[Literal["standard", "minmax"]] = field(
+    normalize: Normalize = field(
         None, "standard: (value - mean) / std; minmax: min -> 0, max -> 1; statistics per "
-        "column over present values at kept timesteps of the train part. null: as read.")
+        "column over present values at kept timesteps of the train part. Or {method, per} "
+        "(see ScalingConfig) to scale each series by its own statistics. null: as read.")
     time_delta: bool = field(
         False, "Appends one column: time since the sequence's previous kept timestep, 0 at "
         "the first (time_column units; seconds for dates and timestamps).")
@@ -117,6 +141,11 @@ class InputConfig(Section):
         "history", "With windows: history feeds the window's history timesteps (batch, "
         "history, k); future feeds values known ahead (a calendar, a promotion plan) at the "
         "horizon's timesteps (batch, horizon, k).")
+
+    @property
+    def scaling(self) -> Optional[ScalingConfig]:
+        """`normalize` in its long form; None when the input is not scaled."""
+        return _scaling(self.normalize)
 
     def fill_for(self, column: str) -> Optional[float]:
         """The value that replaces a missing value of `column`, or None for an error."""
@@ -172,6 +201,15 @@ class OutputConfig(Section):
     categorical: bool = field(
         False, "The label holds classes (string, integer, boolean or dictionary): int32 "
         "class ids 0..C-1 by frequency in the train part; a missing or unseen class weighs 0.")
+    normalize: Normalize = field(
+        None, "Scales the labels as inputs are scaled (standard, minmax, or {method, per}), "
+        "from present labels of the train part; the model learns in scaled units and "
+        "seqpipe.predict returns the data's units. null: labels as read.")
+
+    @property
+    def scaling(self) -> Optional[ScalingConfig]:
+        """`normalize` in its long form; None when the labels are not scaled."""
+        return _scaling(self.normalize)
 
     @property
     def label_columns(self) -> tuple[str, ...]:
@@ -310,10 +348,28 @@ class SplitConfig(Section):
         None, "With windows: train holds the windows whose every target time is before it, "
         "validation those whose first target time is at or after it (a date or timestamp "
         "such as 2024-06-01, read as UTC, or a number, in source.time_column's type).")
+    holdout_last: Optional[int] = field(
+        None, "With windows: hold out each series' last N timesteps, as a backtest does: "
+        "train holds the windows whose every target is before them, validation those whose "
+        "first target is one of them.", check=_positive,
+        rule="must be a positive integer or null")
 
     @property
     def enabled(self) -> bool:
-        return bool(self.validation or self.test or self.time_cutoff is not None)
+        return bool(self.validation or self.test or self.by_time)
+
+    @property
+    def by_time(self) -> bool:
+        """Windows are split by time: at `time_cutoff`, or before each series' last
+        `holdout_last` timesteps."""
+        return self.time_cutoff is not None or self.holdout_last is not None
+
+    @property
+    def held_out(self) -> str:
+        """The key that splits by time and its value, for messages."""
+        if self.holdout_last is not None:
+            return f"split.holdout_last={self.holdout_last}"
+        return f"split.time_cutoff={self.time_cutoff!r}"
 
     @property
     def by_id(self) -> bool:

@@ -71,7 +71,7 @@ from seqpipe.materialized.write import (
 from seqpipe.parquet.grouping import check_no_nulls, group_sequences, id_runs
 from seqpipe.parquet.source import SourceFiles, SourceTable, open_source
 from seqpipe.parquet.stream import RowGroup, read_row_group
-from seqpipe.split import PARTS, id_hash, part_of, timesteps_before
+from seqpipe.split import PARTS, held_back, id_hash, part_of, timesteps_before
 from seqpipe.statistics import Statistics, Tally, needed
 from seqpipe.transform import Transform, changes_values
 
@@ -312,11 +312,11 @@ def _statistics_fn(config: PipelineConfig, schema: pa.Schema):
 
 
 def _before(chunk, config: PipelineConfig) -> Optional[np.ndarray]:
-    """With split.time_cutoff, each sequence's timesteps before it; else None."""
-    if config.split.time_cutoff is None:
-        return None
-    return timesteps_before(chunk.times, chunk.offsets, config.split,
-                            config.source.time_column or "", config.source.path or "")
+    """Split by time, each sequence's timesteps before its held-out ones; else None."""
+    before = (None if config.split.time_cutoff is None else
+              timesteps_before(chunk.times, chunk.offsets, config.split,
+                               config.source.time_column or "", config.source.path or ""))
+    return held_back(config.split, chunk.lengths, before)
 
 
 def encode_batch(batch: list, config: PipelineConfig, schema: pa.Schema,
@@ -334,8 +334,10 @@ def encode_batch(batch: list, config: PipelineConfig, schema: pa.Schema,
     if len(chunk):
         kept = truncate(chunk.offsets, config.padding)
         if changes_values(config):
-            chunk, _ = Transform(config, statistics, kept.start - chunk.offsets[:-1],
-                                 np.ones(len(chunk), dtype=bool)).apply(0, chunk)
+            every = np.ones(len(chunk), dtype=bool)
+            own = kind_of(config).counted(config, chunk.offsets, every, _before(chunk, config))
+            chunk, _ = Transform(config, statistics, kept.start - chunk.offsets[:-1], every,
+                                 (own.skipped, own.length)).apply(0, chunk)
         encoded = encode_for_parts(chunk, kept.length, config)
         names = list(config.outputs)
         for part in shards:

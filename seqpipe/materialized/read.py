@@ -97,7 +97,7 @@ def open_part(path: Union[str, os.PathLike], config: Any = None,
     manifest = read_manifest(folder)
     config = _loading_config(folder, manifest, config)
     # A time split writes one part, 'all'; its windows are cut at loading ('all': every one).
-    by_time = config.split.time_cutoff is not None
+    by_time = config.split.by_time
     time_part = check_part(split, config.split) if by_time and split != "all" else None
     split = "all" if by_time else _part_name(folder, manifest["parts"], split)
     if time_part is None:
