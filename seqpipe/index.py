@@ -76,6 +76,7 @@ class Index:
     rows: int
     empty_sequences_dropped: int = 0
     before_cutoff: Optional[np.ndarray] = None  # (n,) timesteps before split.time_cutoff
+    parts: Optional[np.ndarray] = None  # (n,) each one's part, read from split.column
 
     @property
     def lengths(self) -> np.ndarray:
@@ -87,12 +88,13 @@ class Index:
 
     @classmethod
     def concat(cls, pieces: list, rows: int, dropped: int) -> Index:
-        before = (None if pieces[0].before_cutoff is None
-                  else np.concatenate([p.before_cutoff for p in pieces]))
+        before, parts = (None if getattr(pieces[0], key) is None
+                         else np.concatenate([getattr(p, key) for p in pieces])
+                         for key in ("before_cutoff", "parts"))
         return cls(np.concatenate([p.ids for p in pieces]),
                    offsets_of(np.concatenate([p.lengths for p in pieces])),
                    {name: np.concatenate([p.present[name] for p in pieces])
-                    for name in pieces[0].present}, rows, dropped, before)
+                    for name in pieces[0].present}, rows, dropped, before, parts)
 
 
 class SequenceSource(Protocol):
@@ -200,7 +202,8 @@ class GroupedTable:
         self._sequences, counts = group_sequences(table, config)
         self.index = Index(self._sequences.ids, self._sequences.offsets,
                            self._sequences.present, counts.rows, counts.empty_sequences_dropped,
-                           _before_cutoff(self._sequences, config, self.where))
+                           _before_cutoff(self._sequences, config, self.where),
+                           self._sequences.parts)
         self.report_fields = {"filled_values": dict(counts.filled_values)}
 
     def chunks(self, in_part: np.ndarray) -> Generator[tuple[int, Sequences], None, None]:
@@ -219,9 +222,10 @@ class GroupedTable:
                         for name, values in arrays.items()}
 
             times = None if sequences.times is None else sequences.times[t0:t1]
+            parts = None if sequences.parts is None else sequences.parts[a:b]
             yield int(a), Sequences(sequences.ids[a:b], offsets[a:b + 1] - t0,
                                     cut(sequences.features), cut(sequences.labels),
-                                    cut(sequences.present), times)
+                                    cut(sequences.present), times, parts)
 
     def valid_labels(self, output: str, kept: KeptSteps) -> np.ndarray:
         return valid_per_sequence(self.index.present[output], self.config.levels[output],
@@ -256,7 +260,9 @@ class StreamedParquet:
 
     def _scan(self) -> Index:
         config = self.config
+        # Grouped, not only counted, when building needs more than ids and lengths.
         labels = (config.source.layout == "nested" or config.split.time_cutoff is not None
+                  or config.split.column is not None
                   or any(config.weight_mode(name) == "global_mean" for name in config.outputs))
         pieces, rows, dropped = [], 0, 0
         for table in stream_chunks(self._order, config, self._index_schema(labels)):
@@ -266,7 +272,8 @@ class StreamedParquet:
                 dropped += counts.empty_sequences_dropped
                 pieces.append(Index(sequences.ids, sequences.offsets, sequences.present, 0,
                                     before_cutoff=_before_cutoff(sequences, config,
-                                                                 self.where)))
+                                                                 self.where),
+                                    parts=sequences.parts))
             else:  # the time column only orders rows, which lengths do not need
                 pieces.append(Index.of_lengths(*sequence_lengths(table, config), 0))
             rows += table.table.num_rows
@@ -280,8 +287,8 @@ class StreamedParquet:
         config = self.config
         if not labels:
             return pa.schema([self._files.schema.field(config.source.id_column)])
-        names = [r.column for r in column_roles(config) if r.key.startswith("source.")
-                 or r.key.startswith("outputs.")]
+        names = [r.column for r in column_roles(config)
+                 if r.key.startswith(("source.", "outputs.", "split."))]
         if config.source.layout == "nested":
             names.append(list_columns(config)[0][0])
         return pa.schema([self._files.schema.field(n) for n in dict.fromkeys(names)])

@@ -29,7 +29,7 @@ from seqpipe.parquet.sequences import Sequences
 from seqpipe.report import Report
 from seqpipe.scaling import Scales, columns_of, dataset_scales, per_series
 from seqpipe.shard import Shard, reading_mask
-from seqpipe.split import PARTS, check_part, held_back, part_of
+from seqpipe.split import PARTS, check_part, held_back, parts_of
 from seqpipe.statistics import (
     Statistics,
     StatisticsLike,
@@ -120,7 +120,7 @@ class Pipeline:
         self.kept_steps = truncate(source.index.offsets, self.config.padding)
         self.seed = _seed(self.config.shuffle)
         in_part = reading_mask(source.index.ids, source.where, config.split, self.split,
-                               shard, source.shared)
+                               shard, source.shared, source.index.parts)
         self.kind: BatchKind = kind(config, source, self.kept_steps, in_part, self.split,
                                     self.seed, same_shape_first)
         self._in_part = np.zeros(len(source.index.ids), dtype=bool)
@@ -188,7 +188,8 @@ class Pipeline:
         if chosen is not None:
             return chosen
         ids = source.index.ids
-        train = (part_of(ids, config.split) == PARTS.index("train") if config.split.enabled
+        train = (parts_of(config.split, ids, source.index.parts) == PARTS.index("train")
+                 if config.split.enabled
                  else np.ones(len(ids), dtype=bool))
         steps = self.kind.counted(config, source.index.offsets, train,
                                   held_back(config.split, source.index.lengths,
@@ -219,6 +220,9 @@ class Pipeline:
         spec = self.config.inputs.get(name) or self.config.outputs.get(name)
         if spec is None or not spec.scaling:
             raise ConfigError(f"{name!r} is not a scaled input or output of this config")
+        if spec.scaling.per == "window":
+            raise ConfigError(f"{name!r} is scaled per window: each batch carries its "
+                              f"windows' scales (Batch.scales)")
         if not per_series(spec):
             return dataset_scales(name, spec, self.statistics)
         if self._transform is None:

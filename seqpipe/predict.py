@@ -73,9 +73,11 @@ def predict(model: Any, config: Union[PipelineConfig, Mapping, str, os.PathLike]
                 values = values[..., None]
             steps = values.shape[1] if level == "timestep" else 0
             targets = pipeline.kind.targets(batch, level, steps)
-            found.setdefault(name, []).append(
-                (targets, values[targets.row] if targets.at is None
-                 else values[targets.row, targets.at]))
+            kept = (values[targets.row] if targets.at is None
+                    else values[targets.row, targets.at])
+            if name in batch.scales:  # scaled per window: each row by its own history's
+                kept = _per_row(name, kept, targets.row, batch.scales[name])
+            found.setdefault(name, []).append((targets, kept))
     times = (_times(pipeline) if any(pieces[0][0].positions for pieces in found.values())
              else None)
     return {name: _frame(name, pieces, pipeline, times) for name, pieces in found.items()}
@@ -88,8 +90,8 @@ def _in_data_units(name: str, values: np.ndarray, sequence: np.ndarray,
     output = pipeline.config.outputs.get(name)
     if output is not None and output.categorical:
         return _classes(name, values, pipeline.statistics.vocabularies[name])
-    if output is None or not output.scaling:
-        return _values(name, values)
+    if output is None or not output.scaling or output.scaling.per == "window":
+        return _values(name, values)  # per window: put back batch by batch
     columns = values.reshape(len(values), -1)
     if columns.shape[1] != output.width:
         raise ConfigError(
@@ -103,6 +105,20 @@ def _in_data_units(name: str, values: np.ndarray, sequence: np.ndarray,
                          columns[:, j] * scales.divisor[j][sequence] + scales.shift[j][sequence]
                          for j in range(output.width)], axis=1)
     return _values(name, restored)
+
+
+def _per_row(name: str, values: np.ndarray, rows: np.ndarray, scales: tuple) -> np.ndarray:
+    """Predictions of an output scaled per window, back in the data's units: each value by
+    the scales of the window (batch row) it belongs to."""
+    shift, divisor = scales
+    columns = values.reshape(len(values), -1)
+    if columns.shape[1] != shift.shape[1]:
+        raise ConfigError(
+            f"predict: the model's output {name!r} has {columns.shape[1]} values per "
+            f"prediction, but outputs.{name} scales {shift.shape[1]} label columns; it cannot "
+            f"be put back in the data's units. Make the model predict one value per label "
+            f"column.")
+    return (columns * divisor[rows] + shift[rows]).reshape(values.shape)
 
 
 def _classes(name: str, values: np.ndarray, vocabulary: Any) -> dict[str, np.ndarray]:

@@ -1,6 +1,10 @@
 """Scaling: the shift and divisor that take a column's raw values to the model's units
 (`(value - shift) / divisor`) and predictions back (`prediction * divisor + shift`).
 
+`per: window` (forecasting windows) gives every window its own, from the real, present
+values of its history only, never its horizon: the window assembler computes them
+(`window_scales`) and each batch carries its windows' scales of the outputs.
+
 `per: dataset` has one shift and divisor per column, from `seqpipe.statistics`. `per: series`
 gives every sequence its own, computed from its own train timesteps (`Counted` spans: the
 kept timesteps, or those before `split.time_cutoff` or the held-out last ones) when the
@@ -33,17 +37,6 @@ class Scales:
     divisor: tuple
     unscaled: Optional[np.ndarray] = None
 
-    def per_timestep(self, lengths: np.ndarray) -> Scales:
-        """Per series: each sequence's scales repeated over its `lengths` timesteps."""
-        if self.unscaled is None:
-            return self
-        return Scales(tuple(np.repeat(s, lengths) for s in self.shift),
-                      tuple(np.repeat(d, lengths) for d in self.divisor), self.unscaled)
-
-    def apply(self, j: int, values: np.ndarray) -> np.ndarray:
-        """Column j in the model's units, float64 (NaN stays NaN)."""
-        return (np.asarray(values, dtype=np.float64) - self.shift[j]) / self.divisor[j]
-
     def invert(self, j: int, scaled: np.ndarray) -> np.ndarray:
         """Column j back in the data's units."""
         return np.asarray(scaled, dtype=np.float64) * self.divisor[j] + self.shift[j]
@@ -68,50 +61,68 @@ def series_scales(spec: Spec, columns: list, offsets: np.ndarray, skipped: np.nd
     >>> s.shift, s.divisor, s.unscaled.tolist()
     ((array([0., 0.]),), (array([3., 1.]),), [False, True])
     """
+    from seqpipe._internal.runs import run_moments  # numba, as grouping imported it
+
     n, method = len(offsets) - 1, _method(spec)
-    lengths = np.diff(offsets)
-    sequence = np.repeat(np.arange(n), lengths)
-    place = np.arange(offsets[-1] - offsets[0]) - np.repeat(offsets[:-1] - offsets[0], lengths)
-    start = np.repeat(skipped, lengths)
-    in_span = (place >= start) & (place < start + np.repeat(length, lengths))
-    if present is not None:
-        in_span &= present
-    shifts, divisors, unscaled = [], [], np.zeros(n, dtype=bool)
+    start = offsets[:-1] - offsets[0] + skipped
+    found = []
     for values in columns:
-        values = np.asarray(values, dtype=np.float64)
-        counted = in_span & np.isfinite(values)
-        at, v = sequence[counted], values[counted]
-        count = np.bincount(at, minlength=n)
-        none = count == 0
-        unscaled |= none
+        figures = run_moments(values, start, length, present)
+        count, mean, spread, low, high, size = figures.T
+        if method == "minmax":
+            spread = None
+        elif method == "mean":
+            spread = size
+        found.append(_rule(method, count, mean, spread, low, high))
+    return _joined(found, n)
+
+
+def window_scales(spec: Spec, values: np.ndarray, counted: np.ndarray) -> Scales:
+    """Each window's own scales, from its history: `values` `(windows, history, k)` and
+    `counted` `(windows, history)`, True at the real timesteps whose values count (padding
+    and missing values do not)."""
+    method = _method(spec)
+    found = []
+    for j in range(values.shape[2]):
+        column = values[:, :, j].astype(np.float64)
+        here = counted & np.isfinite(column)
+        count = here.sum(axis=1)
         safe = np.maximum(count, 1)
-        mean = np.bincount(at, weights=v, minlength=n) / safe
+        kept = np.where(here, column, 0.0)
+        mean = kept.sum(axis=1) / safe
+        low = high = spread = None
         if method == "standard":
-            spread = np.sqrt(np.bincount(at, weights=np.square(v - mean[at]), minlength=n)
+            spread = np.sqrt(np.where(here, np.square(column - mean[:, None]), 0.0).sum(axis=1)
                              / safe)
-            shift, level = mean, np.abs(mean)
         elif method == "minmax":
-            low, high = _extremes(values, counted, offsets, n)
-            shift, spread, level = low, high - low, np.abs(low)
-        else:  # mean: of the absolute values, shift 0
-            spread = np.bincount(at, weights=np.abs(v), minlength=n) / safe
-            shift, level = np.zeros(n), spread
-        divisor = np.where(spread > 0, spread, np.where(level > 0, level, 1.0))
-        shifts.append(np.where(none, 0.0, shift))
-        divisors.append(np.where(none, 1.0, divisor))
-    return Scales(tuple(shifts), tuple(divisors), unscaled)
+            low = np.where(here, column, np.inf).min(axis=1, initial=np.inf)
+            high = np.where(here, column, -np.inf).max(axis=1, initial=-np.inf)
+            low, high = np.where(count > 0, low, 0.0), np.where(count > 0, high, 0.0)
+        else:
+            spread = np.abs(kept).sum(axis=1) / safe
+        found.append(_rule(method, count, mean, spread, low, high))
+    return _joined(found, len(values))
 
 
-def _extremes(values: np.ndarray, counted: np.ndarray, offsets: np.ndarray,
-              n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each sequence's minimum and maximum of its counted values (0 where it has none)."""
-    if not n:
-        return np.zeros(0), np.zeros(0)
-    starts = offsets[:-1] - offsets[0]  # every sequence has at least one timestep
-    low = np.minimum.reduceat(np.where(counted, values, np.inf), starts)
-    high = np.maximum.reduceat(np.where(counted, values, -np.inf), starts)
-    finite = np.isfinite(low)
-    return np.where(finite, low, 0.0), np.where(finite, high, 0.0)
+def _rule(method: str, count: np.ndarray, mean: np.ndarray, spread, low, high) -> tuple:
+    """(shift, divisor, none) of one column from its figures per sequence or window, by
+    the module's rules: a spread of 0 divides by the level, no value keeps it as read."""
+    if method == "standard":
+        shift, level = mean, np.abs(mean)
+    elif method == "minmax":
+        shift, spread, level = low, high - low, np.abs(low)
+    else:  # mean: of the absolute values, shift 0
+        shift, level = np.zeros(len(count)), spread
+    none = count == 0
+    divisor = np.where(spread > 0, spread, np.where(level > 0, level, 1.0))
+    return np.where(none, 0.0, shift), np.where(none, 1.0, divisor), none
+
+
+def _joined(found: list, n: int) -> Scales:
+    unscaled = np.zeros(n, dtype=bool)
+    for _, _, none in found:
+        unscaled |= none
+    return Scales(tuple(f[0] for f in found), tuple(f[1] for f in found), unscaled)
 
 
 def _method(spec: Spec) -> str:
@@ -133,6 +144,11 @@ def columns_of(spec: Spec) -> tuple[str, ...]:
 def per_series(spec: Spec) -> bool:
     """Whether an input or output is scaled by each sequence's own statistics."""
     return spec.scaling is not None and spec.scaling.per == "series"
+
+
+def per_window(spec: Spec) -> bool:
+    """Whether an input or output is scaled by each window's own history."""
+    return spec.scaling is not None and spec.scaling.per == "window"
 
 
 def per_dataset(spec: Spec) -> bool:

@@ -26,7 +26,7 @@ import numpy as np
 from seqpipe.config import PipelineConfig, SplitConfig
 from seqpipe.errors import ConfigError, DataError
 from seqpipe.parquet.stream import IdBounds, StreamOrder
-from seqpipe.split import PARTS, id_hash, part_of
+from seqpipe.split import PARTS, id_hash, parts_of
 
 # Seeds the id hash of `hash_mask`. Its low bits pick the pipeline, while `split` uses the
 # high bits, so shards stay balanced across train, validation and test whatever their seed.
@@ -141,20 +141,24 @@ def per_replica(config: PipelineConfig, input_context: Any) -> PipelineConfig:
 
 
 def reading_mask(ids: np.ndarray, where: str, split: SplitConfig, part: Optional[str],
-                 shard: Optional[Shard], shared: bool) -> np.ndarray:
+                 shard: Optional[Shard], shared: bool,
+                 parts: Optional[np.ndarray] = None) -> np.ndarray:
     """(n,) True for the sequences of the part (and shard) a pipeline reads. A source
-    `shared` out by row group has already left other shards' sequences out.
+    `shared` out by row group has already left other shards' sequences out. `parts`: each
+    sequence's part as read from `split.column`, when the split has one.
 
     Raises:
       DataError: the part or the shard holds no sequence.
     """
     mask = np.ones(len(ids), dtype=bool)
-    if part is not None and split.by_id:  # a time split: by window
-        mask = part_of(ids, split) == PARTS.index(part)
+    if part is not None and split.by_sequence:  # a time split: by window
+        mask = parts_of(split, ids, parts) == PARTS.index(part)
         if not mask.any():
-            raise DataError(
-                f"split {part!r} holds none of the {len(ids):,} sequences in {where}; raise "
-                f"split.{part if part != 'train' else 'validation or test'} or use more data")
+            fix = ("check the column's values" if split.column is not None else
+                   f"raise split.{part if part != 'train' else 'validation or test'} or use "
+                   f"more data")
+            raise DataError(f"split {part!r} holds none of the {len(ids):,} sequences in "
+                            f"{where}{_by_column(split)}; {fix}")
     if shard is not None and not shared:
         mask &= hash_mask(ids, shard)
     if shard is not None and not mask.any():
@@ -163,3 +167,7 @@ def reading_mask(ids: np.ndarray, where: str, split: SplitConfig, part: Optional
             f"sequences it reads from {where}: there are too few sequences for {shard.count} "
             f"input pipelines. Use fewer workers or more data.")
     return mask
+
+
+def _by_column(split: SplitConfig) -> str:
+    return "" if split.column is None else f" (by split.column {split.column!r})"

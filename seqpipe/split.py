@@ -92,6 +92,16 @@ def part_of(ids, split: SplitConfig) -> np.ndarray:
                     ).astype(np.int8)
 
 
+def parts_of(split: SplitConfig, ids, parts: Optional[np.ndarray]) -> np.ndarray:
+    """(n,) index into `PARTS` of each sequence's part: as read from `split.column`
+    (`parts`, which sources read with the ids), else from the id (`part_of`)."""
+    if split.column is None:
+        return part_of(ids, split)
+    if parts is None:
+        raise AssertionError("split.column without the parts read (a seqpipe bug)")
+    return parts
+
+
 def check_part(part, split: SplitConfig):
     """The part a pipeline reads: None for all sequences, else one of `PARTS`.
 
@@ -124,6 +134,8 @@ def check_part(part, split: SplitConfig):
                 f"split='test' is empty: {split.held_out} makes two parts, train and "
                 f"validation. Use split='validation', or a later cutoff (fewer held-out "
                 f"timesteps) in a config of its own for a test period.")
+        return part
+    if split.column is not None:
         return part
     if (part == "validation" and not split.validation) or (part == "test" and not split.test):
         raise ConfigError(f"split={part!r} is empty: split.{part} is 0 in the config")

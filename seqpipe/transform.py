@@ -15,6 +15,7 @@ since the previous kept timestep (`time_delta`), then one 0/1 column per column
 from __future__ import annotations
 
 import collections
+import dataclasses
 from collections.abc import Generator, Mapping
 from typing import Any, Optional
 
@@ -27,7 +28,7 @@ from seqpipe.config import InputConfig, PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.parquet.missing import deferred
 from seqpipe.parquet.sequences import Categories, Sequences
-from seqpipe.scaling import Scales, dataset_scales, per_series, series_scales
+from seqpipe.scaling import Scales, dataset_scales, per_series, per_window, series_scales
 from seqpipe.statistics import Statistics, Vocabulary
 
 
@@ -82,11 +83,10 @@ class Transform:
                 features[name] = values
         labels, present = dict(chunk.labels), dict(chunk.present)
         for name, output in self.config.outputs.items():
-            if output.scaling:
+            if output.scaling and not per_window(output):  # per window: when assembled
                 scales = self.scales(name, chunk, index)
-                labels[name] = _scaled_labels(labels[name], present[name],
-                                              scales.per_timestep(chunk.lengths),
-                                              output.fill_value)
+                labels[name] = _scaled_labels(labels[name], present[name], scales,
+                                              chunk.offsets, output.fill_value)
                 unscaled[f"outputs.{name}"] += _unscaled(scales, counted)
             if output.categorical:
                 ids, missed = self._ids(name, labels[name], chunk, counted, output.level)
@@ -94,7 +94,8 @@ class Transform:
                 labels[name] = np.where(present[name], ids,
                                         np.int32(output.fill_value)).astype(np.int32)
                 unseen[f"outputs.{name}"] += missed
-        prepared = Sequences(chunk.ids, chunk.offsets, features, labels, present, chunk.times)
+        prepared = dataclasses.replace(chunk, features=features, labels=labels,
+                                       present=present)
         return prepared, {"unseen_categories": {k: n for k, n in unseen.items() if n},
                           "unscaled_series": {k: n for k, n in unscaled.items() if n}}
 
@@ -135,22 +136,24 @@ class Transform:
                  index: np.ndarray) -> tuple[tuple, int]:
         """The input's columns prepared, and how many counted series are kept as read."""
         columns = list(values)
-        from seqpipe._internal.runs import scale_fill  # numba, as grouping imported it
+        from seqpipe._internal.runs import (  # numba, as grouping imported it
+            scale_each_run,
+            scale_fill,
+        )
 
         k = len(spec.columns)
         # One array per input and chunk, its columns contiguous, from the pool assembly
         # uses: chunks of one size recur, and fresh memory costs a page fault per page.
         out = SHARED.empty((spec.width, len(columns[0])))
-        scales = self.scales(name, chunk, index) if spec.scaling else None
-        unscaled = 0
-        if scales is not None and scales.unscaled is not None:
-            unscaled = _unscaled(scales, self.counted[index])
-            scales = scales.per_timestep(chunk.lengths)
+        # Per window, the window assembler scales and fills: missing values stay NaN.
+        windowed = per_window(spec)
+        scales = self.scales(name, chunk, index) if spec.scaling and not windowed else None
+        unscaled = 0 if scales is None else _unscaled(scales, self.counted[index])
         for j, column in enumerate(spec.columns):
-            fill = spec.fill_for(column) or 0.0
+            fill = np.nan if windowed else spec.fill_for(column) or 0.0
             if scales is not None and scales.unscaled is not None:  # per series
-                scaled = scales.apply(j, columns[j])
-                out[j] = np.where(np.isfinite(scaled), scaled, fill)
+                scale_each_run(columns[j], chunk.offsets - chunk.offsets[0], scales.shift[j],
+                               scales.divisor[j], fill, out[j])
                 continue
             shift, divisor = (0.0, 1.0) if scales is None else (scales.shift[j],
                                                                   scales.divisor[j])
@@ -194,14 +197,21 @@ class Transform:
 
 
 def _scaled_labels(labels: np.ndarray, present: np.ndarray, scales: Scales,
-                   fill: float) -> np.ndarray:
-    """float32 labels in the model's units; a missing label keeps its fill value."""
-    out = np.empty(labels.shape, dtype=np.float32)
+                   offsets: np.ndarray, fill: float) -> np.ndarray:
+    """float32 labels in the model's units; a missing label keeps its fill value. Per
+    series, sequence i (`offsets[i]:offsets[i + 1]`) by its own scales."""
+    from seqpipe._internal.runs import scale_each_run
+
     columns = [labels] if labels.ndim == 1 else list(labels.T)
+    out = np.empty((len(columns), len(labels)), dtype=np.float32)  # a row per column
     for j, column in enumerate(columns):
-        target = out if labels.ndim == 1 else out[:, j]
-        target[...] = np.where(present, scales.apply(j, column), fill)
-    return out
+        if scales.unscaled is None:
+            out[j] = (column.astype(np.float64) - scales.shift[j]) / scales.divisor[j]
+        else:
+            scale_each_run(column, offsets - offsets[0], scales.shift[j], scales.divisor[j],
+                           fill, out[j])
+        out[j][~present] = fill
+    return out[0] if labels.ndim == 1 else out.T.copy()
 
 
 def _unscaled(scales: Scales, counted: np.ndarray) -> int:

@@ -219,14 +219,17 @@ def test_windows_scale_each_series_by_its_timesteps_before_the_cutoff(tmp_path):
      r"so it needs per: series; got per: dataset"),
     ({"inputs": {"x": {"columns": ["v"]}, "s": {"columns": ["w"], "level": "sequence",
                                                 "normalize": {"per": "series"}}}},
-     r"inputs\.s\.normalize: per: series computes a sequence's statistics over its own "
-     r"timesteps, and inputs\.s has level: sequence"),
+     r"inputs\.s\.normalize: per: series computes statistics over the timesteps of a "
+     r"series, and inputs\.s has level: sequence \(one value per sequence"),
     ({"split": {"validation": 0.2}},
      r"outputs\.y\.normalize: per: series scales a sequence's labels by statistics of its own "
      r"labels, so a validation or test sequence would be scaled with the answers it is "
      r"scored on .*split\.holdout_last"),
     ({"outputs": {"y": {"column": "target", "categorical": True, "normalize": "standard"}}},
      r"outputs\.y\.normalize does not apply to a categorical output"),
+    ({"inputs": {"x": {"columns": ["v"], "normalize": {"per": "window"}}}},
+     r"inputs\.x\.normalize: per: window scales each forecasting window by its own history, "
+     r"so it needs a windows section; got none"),
     ({"outputs": {"y": {"column": "target", "normalize": "robust"}}},
      r"outputs\.y\.normalize must be 'standard' or 'minmax' or a mapping of method, per or "
      r"null; got 'robust'"),
@@ -236,3 +239,83 @@ def test_scaling_config_errors_name_the_key_and_say_why(change, message):
     raw.update(change)
     with pytest.raises(ConfigError, match=message):
         load_config(raw)
+
+
+def _window_config(path, inputs="standard", target="minmax", **sections):
+    raw = {"source": {"path": path, "id_column": "id", "time_column": "t",
+                      "cache": {"dir": str(path) + ".cache"}},
+           "windows": {"history": 5, "horizon": 2, "min_history": 3},
+           "inputs": {"x": {"columns": ["v", "w"], "fill_value": 0.0,
+                            "normalize": {"method": inputs, "per": "window"}}},
+           "outputs": {"y": {"column": "target",
+                             "normalize": {"method": target, "per": "window"}}},
+           "padding": {"mask": "real", "value": -7.0},
+           "batching": {"batch_size": 8, "static_shapes": True},
+           "shuffle": {"buffer_size": 30, "seed": 2}}
+    raw.update(sections)
+    return load_config(raw)
+
+
+@pytest.mark.parametrize("inputs, target", [("standard", "minmax"), ("mean", "standard")])
+def test_per_window_scaling_uses_each_windows_history_only(tmp_path, inputs, target):
+    frame = series(n=12, seed=6)
+    pipeline = Pipeline(_window_config(write_long(frame, tmp_path / "r.parquet"), inputs,
+                                       target))
+    ordered = {key: rows.reset_index(drop=True)
+               for key, rows in frame.sort_values(["id", "t"]).groupby("id")}
+    seen = 0
+    for batch in pipeline.batches():
+        for r, (key, end) in enumerate(zip(batch.ids, batch.ends)):
+            rows = ordered[key]
+            first = end - 2 - 5 + 1  # of the history; < 0: padded at the front
+            history = rows.iloc[max(first, 0):end - 1]
+            future = rows.iloc[end - 1:end + 1]
+            real = batch.x["real"][r]
+            assert real.sum() == len(history) and not real[:5 - len(history)].any()
+            for j, column in enumerate(["v", "w"]):
+                shift, divisor = pandas_scale(history[column], inputs)
+                expected = ((history[column] - shift) / divisor).fillna(0.0).to_numpy()
+                np.testing.assert_allclose(batch.x["x"][r, real, j], expected, rtol=1e-5,
+                                           atol=1e-5)
+                assert (batch.x["x"][r, ~real, j] == -7.0).all()
+            shift, divisor = pandas_scale(history["target"], target)  # never the horizon's
+            present = future["target"].notna().to_numpy()
+            np.testing.assert_array_equal(batch.sample_weight["y"][r] > 0, present)
+            np.testing.assert_allclose(batch.y["y"][r, present, 0],
+                                       ((future["target"] - shift) / divisor)[present],
+                                       rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(batch.scales["y"][0][r], [shift], rtol=1e-5)
+            seen += 1
+    assert seen == pipeline.report.windows.windows
+
+
+def test_per_window_predictions_come_back_in_the_data_units(tmp_path):
+    frame = series(n=12, seed=6)
+    cfg = _window_config(write_long(frame, tmp_path / "r.parquet"), target="standard")
+    x = keras.Input((5, 2), name="x")
+    real = keras.Input((5,), name="real", dtype="bool")
+    zeros = keras.layers.Dense(2, kernel_initializer="zeros")(keras.layers.Flatten()(x))
+    y = keras.layers.Reshape((2, 1), name="y")(zeros)
+    predicted = predict(keras.Model({"x": x, "real": real}, {"y": y}), cfg)["y"]
+    ordered = {key: rows.reset_index(drop=True)
+               for key, rows in frame.sort_values(["id", "t"]).groupby("id")}
+    assert len(predicted) == 2 * Pipeline(cfg).report.windows.windows
+    for (key, window_end), rows in predicted.groupby(["id", "window_end"]):
+        series_rows = ordered[key]
+        end = int(np.flatnonzero(series_rows["t"].to_numpy() == np.datetime64(window_end))[0])
+        history = series_rows.iloc[max(end - 6, 0):end - 1]
+        shift, _ = pandas_scale(history["target"], "standard")  # 0 scaled is the shift
+        np.testing.assert_allclose(rows["y"], shift, rtol=1e-5)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"inputs.x.window": "future"},
+     r"inputs\.x\.normalize: per: window scales by the window's history, and inputs\.x "
+     r"feeds the horizon \(window: future\)"),
+    ({"windows.horizon": 0, "outputs.y.column": "other"},
+     r"outputs\.y\.normalize: per: window scales the horizon's labels by the history before "
+     r"it, and windows\.horizon is 0"),
+])
+def test_per_window_config_errors_say_why(change, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(_window_config("x.parquet"), change)

@@ -1,14 +1,17 @@
 """Train/validation/test split by sequence id: one part per id, whatever the file layout."""
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from seqpipe import ConfigError, DataError, Pipeline, build_dataset, load_config
 from seqpipe.config import SplitConfig
 from seqpipe.split import part_of
-from tests.helpers import base_config, long_table, scatter, write
+from tests.helpers import base_config, long_table, nested_from_long, scatter, write
 
 SPLIT = {"validation": 0.2, "test": 0.1, "seed": 7}
 
@@ -138,3 +141,68 @@ def test_ids_of_a_type_that_cannot_be_hashed_are_an_error():
                                         r"floats, dates or timestamps; source.id_column has "
                                         r"type bool"):
         Pipeline(base_config(split=SPLIT), data=table, split="train")
+
+
+def _with_parts(frame, seed=0):
+    """Each sequence's part, repeated on its rows, in a column of its own."""
+    rng = np.random.default_rng(seed)
+    ids = sorted(frame["id"].unique())
+    chosen = dict(zip(ids, rng.choice(["train", "validation", "test"], len(ids),
+                                      p=[0.6, 0.25, 0.15])))
+    return frame.assign(part=frame["id"].map(chosen)), chosen
+
+
+@pytest.mark.parametrize("layout", ["long", "nested", "in-memory"])
+def test_split_column_reads_each_sequences_part_as_pandas_sees_it(tmp_path, layout):
+    frame, chosen = _with_parts(long_table([3, 5, 2, 7, 4, 6, 1, 8, 3, 5, 2, 9, 4, 3, 6],
+                                           seed=2).to_pandas())
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    raw = base_config(None, layout="nested" if layout == "nested" else "long",
+                      split={"column": "part"})
+    if layout == "nested":
+        nested = nested_from_long(table)
+        parts = frame.groupby("id")["part"].first()
+        table = nested.append_column("part", pa.array(parts[nested["id"].to_pylist()].tolist()))
+    if layout != "in-memory":
+        raw["source"]["path"] = str(tmp_path / "data.parquet")
+        pq.write_table(table, raw["source"]["path"], row_group_size=10)
+    data = table if layout == "in-memory" else None
+    for part in ("train", "validation", "test"):
+        pipeline = Pipeline(raw, data, split=part)
+        found = sorted(i for b in pipeline.batches() for i in b.ids)
+        assert found == sorted(i for i, p in chosen.items() if p == part)
+
+
+def test_split_column_errors_name_the_column_the_value_and_the_sequence(tmp_path):
+    frame, _ = _with_parts(long_table([3, 5, 2, 7], seed=2).to_pandas())
+    frame.loc[frame["id"] == "s002", "part"] = "holdout"
+    path = str(tmp_path / "data.parquet")
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    raw = base_config(path, split={"column": "part"})
+    with pytest.raises(DataError, match=r"split\.column 'part' holds 'holdout' for sequence "
+                                        r"'s002' in .*data\.parquet \(row group 0\); each sequence's part "
+                                        r"must be one of 'train', 'validation', 'test'"):
+        Pipeline(raw, split="train")
+    frame.loc[frame["id"] == "s002", "part"] = ["train", "test"]  # its two rows
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    with pytest.raises(DataError, match=r"column 'part' \(split\.column, level: sequence\) has "
+                                        r"two different values in sequence 's002'"):
+        Pipeline(raw, split="train")
+    with pytest.raises(ConfigError, match=r"split\.column \('part'\) reads each sequence's "
+                                          r"part from the data, so split\.validation and "
+                                          r"split\.test do not apply"):
+        load_config(base_config(path, split={"column": "part", "validation": 0.2}))
+
+
+def test_materialize_writes_the_parts_split_column_holds(tmp_path):
+    from seqpipe import materialize
+
+    frame, chosen = _with_parts(long_table([3, 5, 2, 7, 4, 6, 1, 8, 3, 5], seed=4).to_pandas())
+    path = str(tmp_path / "data.parquet")
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    materialize(load_config(base_config(path, split={"column": "part"})), tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    expected = frame.groupby("part")["id"].nunique().to_dict()
+    assert {part: p["sequences"] for part, p in manifest["parts"].items()} == expected
+    timesteps = frame.groupby("part").size().to_dict()
+    assert {part: p["timesteps"] for part, p in manifest["parts"].items()} == timesteps

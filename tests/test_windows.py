@@ -452,12 +452,13 @@ def _minimal(**sections):
     ({"inputs": {"x": {"columns": ["a"], "window": "later"}}},
      r"^inputs\.x\.window must be 'history' or 'future'; got 'later'$"),
     ({"split__time_cutoff": "2024-01-01", "split__validation": 0.2},
-     r"^split\.time_cutoff splits windows by time; it cannot be combined with the id split"),
+     r"^split\.time_cutoff='2024-01-01' splits windows by time; it cannot be combined with a "
+     r"split by sequence \(split\.validation=0\.2"),
     ({"split__time_cutoff": "2024-01-01", "source": {"id_column": "id"}},
      r"^split\.time_cutoff \('2024-01-01'\) compares target times, so it needs "
      r"source\.time_column"),
     ({"windows": None, "split__time_cutoff": "2024-01-01"},
-     r"^split\.time_cutoff \('2024-01-01'\) splits forecasting windows by time and needs a "
+     r"^split\.time_cutoff='2024-01-01' splits forecasting windows by time and needs a "
      r"windows section"),
     ({"windows": None, "inputs": {"x": {"columns": ["a"], "window": "future"}}},
      r"^inputs\.x\.window: future needs a windows section"),
@@ -482,11 +483,11 @@ def test_a_column_may_forecast_its_own_future_and_yaml_dates_are_cutoffs():
 def test_a_time_cutoff_asks_for_train_or_validation(tmp_path):
     frame = stores()
     cfg = config(write_shuffled(frame, tmp_path / "rows"), split__time_cutoff=CUTOFF)
-    with pytest.raises(ConfigError, match=r"splits the windows at split\.time_cutoff="
-                                          r"'2024-02-10', so say which part to read"):
+    with pytest.raises(ConfigError, match=r"splits the windows by time \(split\.time_cutoff="
+                                          r"'2024-02-10'\), so say which part to read"):
         Pipeline(cfg)
-    with pytest.raises(ConfigError, match=r"^split='test' is empty: split\.time_cutoff makes "
-                                          r"two parts"):
+    with pytest.raises(ConfigError, match=r"^split='test' is empty: split\.time_cutoff="
+                                          r"'2024-02-10' makes two parts"):
         Pipeline(cfg, split="test")
 
 

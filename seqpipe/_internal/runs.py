@@ -163,6 +163,41 @@ def scale_fill(values: np.ndarray, shift: float, divisor: float, fill: float,
     return out, int(filled)
 
 
+def run_moments(values: np.ndarray, start: np.ndarray, count: np.ndarray,
+                present: Optional[np.ndarray] = None) -> np.ndarray:
+    """Per run `start[i] : start[i] + count[i]` of `values`, over its finite values (and
+    `present` ones): (n, 6) float64 rows of count, mean, population std, min, max and mean
+    absolute value, in two passes (mean, then squared deviations) without a temporary
+    array. A run without a value gives count 0 and zeros.
+
+    >>> run_moments(np.array([1., np.nan, -3., 10.]), np.array([0, 3]), np.array([3, 0]))
+    array([[ 2., -1.,  2., -3.,  1.,  2.],
+           [ 0.,  0.,  0.,  0.,  0.,  0.]])
+    """
+    start, count = (np.ascontiguousarray(a, dtype=np.int64) for a in (start, count))
+    _check(start, count, len(values), "source")
+    out = np.zeros((len(start), 6), dtype=np.float64)
+    mask = np.ones(0, dtype=np.bool_) if present is None else np.ascontiguousarray(present)
+    _run_moments(values, start, count, mask, present is not None, out)
+    return out
+
+
+def scale_each_run(values: np.ndarray, offsets: np.ndarray, shift: np.ndarray,
+                   divisor: np.ndarray, fill: float, out: np.ndarray) -> None:
+    """`(value - shift[i]) / divisor[i]` over run i (`offsets[i] : offsets[i + 1]`), in
+    float64 written to `out`; `fill` where a value is not finite.
+
+    >>> out = np.empty(3, np.float32)
+    >>> scale_each_run(np.array([2., np.nan, 9.]), np.array([0, 2, 3]), np.array([1., 3.]),
+    ...                np.array([2., 3.]), 0.0, out)
+    >>> out.tolist()
+    [0.5, 0.0, 2.0]
+    """
+    _scale_each_run(values, np.ascontiguousarray(offsets, dtype=np.int64),
+                    np.ascontiguousarray(shift, dtype=np.float64),
+                    np.ascontiguousarray(divisor, dtype=np.float64), np.float64(fill), out)
+
+
 def _kind(column: np.ndarray) -> tuple:
     """What decides a column's numba type (`numba.typeof` itself is slower than a copy)."""
     flags = column.flags
@@ -261,3 +296,36 @@ def _scale_fill(values, shift, divisor, fill, out):  # pragma: no cover - compil
             out[i] = fill
             filled += 1
     return filled
+
+
+@numba.njit(nogil=True, cache=True)
+def _run_moments(values, start, count, present, use_present, out):  # pragma: no cover
+    for i in range(len(start)):
+        n, total, size, low, high = 0, 0.0, 0.0, np.inf, -np.inf
+        for t in range(start[i], start[i] + count[i]):
+            x = np.float64(values[t])
+            if np.isfinite(x) and (not use_present or present[t]):
+                n += 1
+                total += x
+                size += abs(x)
+                low = min(low, x)
+                high = max(high, x)
+        if n == 0:
+            continue
+        mean = total / n
+        squares = 0.0
+        for t in range(start[i], start[i] + count[i]):
+            x = np.float64(values[t])
+            if np.isfinite(x) and (not use_present or present[t]):
+                squares += (x - mean) * (x - mean)
+        out[i, 0], out[i, 1], out[i, 2] = n, mean, np.sqrt(squares / n)
+        out[i, 3], out[i, 4], out[i, 5] = low, high, size / n
+
+
+@numba.njit(nogil=True, cache=True)
+def _scale_each_run(values, offsets, shift, divisor, fill, out):  # pragma: no cover
+    for i in range(len(offsets) - 1):
+        s, d = shift[i], divisor[i]
+        for t in range(offsets[i], offsets[i + 1]):
+            x = np.float64(values[t])
+            out[t] = (x - s) / d if np.isfinite(x) else fill

@@ -32,6 +32,8 @@ class Batch:
         windows, each window's sequence's timesteps.
       ends: with windows, the position of each window's last target in its sequence
         (its targets are the `horizon` positions up to it); None for whole sequences.
+      scales: outputs scaled `per: window` -> (shift, divisor), each `(rows, k)`: row i's
+        labels are `(label - shift[i]) / divisor[i]` (see `seqpipe.scaling`).
     """
 
     x: dict
@@ -40,6 +42,7 @@ class Batch:
     ids: np.ndarray
     lengths: np.ndarray
     ends: Optional[np.ndarray] = None
+    scales: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +85,8 @@ class Block:
     remaining: int  # sequences still to arrive
     axes: Mapping[str, str]  # input (the mask too) or output name -> its axis
     ends: Optional[list] = None  # windows: each batch's rows' last target positions
+    # outputs scaled per window -> (shift, divisor), (rows, k) over the block's rows
+    scales: dict = dataclasses.field(default_factory=dict)
 
     def batch_view(self, j: int, config: PipelineConfig):
         """The arrays of batch j, shaped for Keras; views into the block."""
@@ -109,8 +114,12 @@ class Block:
         """Batch j as a `Batch`; `ids` and `lengths` are every sequence's, by index."""
         x, y, weights = self.batch_view(j, config)
         members = self.members[j]
+        at = int(self.places.start["sequence"][j])
+        rows = slice(at, at + int(self.places.rows[j]))
+        scales = {name: (shift[rows], divisor[rows])
+                  for name, (shift, divisor) in self.scales.items()}
         return Batch(x, y, weights, ids[members], lengths[members],
-                     None if self.ends is None else self.ends[j])
+                     None if self.ends is None else self.ends[j], scales)
 
 
 def pad_at(block: Block, config: PipelineConfig, at: Mapping[str, np.ndarray]) -> None:

@@ -40,6 +40,7 @@ from seqpipe.config import PipelineConfig, WindowsConfig
 from seqpipe.errors import DataError
 from seqpipe.index import KeptSteps, SequenceSource
 from seqpipe.parquet.sequences import Sequences, ranges
+from seqpipe.scaling import per_window, window_scales
 from seqpipe.split import PARTS, held_back, part_of
 
 
@@ -249,6 +250,9 @@ class WindowAssembler:
         self.lengths, self.mean_valid, self.buffers = lengths, mean_valid, buffers
         w = _windows_of(config)
         self.history, self.horizon = w.history, w.horizon
+        self._by_window = {kind: [name for name, spec in specs.items() if per_window(spec)]
+                           for kind, specs in (("inputs", config.inputs),
+                                               ("outputs", config.outputs))}
 
     def blocks(self, chunks: Iterable[tuple[int, Sequences]]) -> Iterator[Block]:
         """Yields the epoch's blocks in plan order, reading chunks as they are needed, and
@@ -288,14 +292,21 @@ class WindowAssembler:
         empty = shape_rows - batch_rows
         dest = np.arange(len(sequence)) + np.repeat(np.cumsum(empty) - empty, batch_rows)
         block = self._allocate(sequence, end, batch_rows, shape_rows)
+        # The labels of outputs scaled per window, at the history timesteps, with present.
+        positions = int(shape_rows.sum()) * self.history
+        history = {name: (np.zeros(positions, dtype=np.float32),
+                          np.zeros(positions, dtype=bool))
+                   for name in self._by_window["outputs"]}
         firsts = np.array([first for first, _ in held])
         where = np.searchsorted(firsts, sequence, side="right") - 1
         for c in np.unique(where).tolist():
             first, chunk = held[c]
             rows = (np.arange(len(sequence)) if len(held) == 1
                     else np.flatnonzero(where == c))
-            self._copy(block, chunk, sequence[rows] - first, end[rows], dest[rows])
+            self._copy(block, chunk, sequence[rows] - first, end[rows], dest[rows], history)
         self._pad(block, end, dest)
+        if self._by_window["inputs"] or self._by_window["outputs"]:
+            self._scale(block, end, dest, history)
         if empty.any():
             first_row = block.places.start["sequence"]
             self._empty(block, ranges(first_row + batch_rows, empty))
@@ -331,9 +342,10 @@ class WindowAssembler:
                      ends=np.split(end, cut))
 
     def _copy(self, block: Block, chunk: Sequences, local: np.ndarray, end: np.ndarray,
-              rows: np.ndarray) -> None:
+              rows: np.ndarray, history: Mapping[str, tuple]) -> None:
         """Writes the windows `rows` of a block, whose sequences are `local` in `chunk`:
-        each window's real history and its targets are runs of the chunk's flat arrays."""
+        each window's real history and its targets are runs of the chunk's flat arrays.
+        `history` gets the history's labels of outputs scaled per window."""
         from seqpipe._internal.runs import copy_runs  # numba, imported with the first batch
 
         config, axes = self.config, self.axes
@@ -359,6 +371,41 @@ class WindowAssembler:
             source, dest, count = runs[axes[name]]
             copy_runs(chunk.labels[name], source, block.y[name], dest, count)
             copy_runs(chunk.present[name], source, block.valid[name], dest, count)
+        source, dest, count = runs["timestep"]
+        for name, (labels, present) in history.items():
+            copy_runs(chunk.labels[name], source, labels, dest, count)
+            copy_runs(chunk.present[name], source, present, dest, count)
+
+    def _scale(self, block: Block, end: np.ndarray, dest: np.ndarray,
+               history: Mapping[str, tuple]) -> None:
+        """Scales the inputs and labels scaled per window by each window's history (see
+        `seqpipe.scaling`), and fills the inputs' missing values after scaling."""
+        config, rows = self.config, int(block.places.rows.sum())
+        real = np.zeros((rows, self.history), dtype=bool)  # empty rows: none
+        lead = np.maximum(self.horizon + self.history - 1 - end, 0)
+        real[dest] = np.arange(self.history)[None, :] >= lead[:, None]
+        for name in self._by_window["inputs"]:
+            spec = config.inputs[name]
+            k = len(spec.columns)
+            values = block.x[name].reshape(rows, self.history, spec.width)
+            scales = window_scales(spec, values[:, :, :k], real)
+            for j, column in enumerate(spec.columns):
+                raw = values[:, :, j].astype(np.float64)
+                scaled = (raw - scales.shift[j][:, None]) / scales.divisor[j][:, None]
+                filled = np.where(np.isfinite(raw), scaled, spec.fill_for(column) or 0.0)
+                values[:, :, j] = np.where(real, filled, config.padding.value)
+        for name in self._by_window["outputs"]:
+            output = config.outputs[name]
+            labels, present = history[name]
+            scales = window_scales(output, labels.reshape(rows, self.history, output.width),
+                                   real & present.reshape(rows, self.history))
+            y = block.y[name].reshape(rows, self.horizon, output.width)
+            valid = block.valid[name].reshape(rows, self.horizon)
+            for j in range(output.width):
+                scaled = (y[:, :, j] - scales.shift[j][:, None]) / scales.divisor[j][:, None]
+                y[:, :, j] = np.where(valid, scaled, y[:, :, j])
+            block.scales[name] = (np.stack(scales.shift, axis=1),
+                                  np.stack(scales.divisor, axis=1))
 
     def _pad(self, block: Block, end: np.ndarray, dest: np.ndarray) -> None:
         """Padding values (and weight 0) at the history timesteps before a sequence, and

@@ -56,6 +56,9 @@ def validate(config: PipelineConfig) -> list[str]:
     elif split.holdout_last is not None:
         lines.append(f"split by time: each series' last {split.holdout_last} timesteps held "
                      f"out; train windows end before them, validation windows start in them")
+    elif split.column is not None:
+        lines.append(f"split by column {split.column!r}: each sequence's part is its value "
+                     f"there (train, validation or test)")
     elif split.enabled:
         train = 1 - split.validation - split.test
         lines.append(f"split by {config.source.id_column}: train {train:.0%}, validation "

@@ -159,17 +159,19 @@ def _check_scaling(config: PipelineConfig) -> None:
                     f"{key}: method mean divides each series by its own mean absolute value, "
                     f"so it needs per: series; got per: dataset. Use {{method: mean, per: "
                     f"series}}, or method standard or minmax for one scale over the dataset.")
-            if scaling.per == "series" and spec.level == "sequence":
+            if scaling.per != "dataset" and spec.level == "sequence":
                 raise ConfigError(
-                    f"{key}: per: series computes a sequence's statistics over its own "
-                    f"timesteps, and {kind}.{name} has level: sequence (one value per "
+                    f"{key}: per: {scaling.per} computes statistics over the timesteps of a "
+                    f"{scaling.per}, and {kind}.{name} has level: sequence (one value per "
                     f"sequence, nothing to compute them over). Use per: dataset.")
-            if kind == "outputs" and scaling.per == "series" and config.split.by_id:
+            if scaling.per == "window":
+                _check_per_window(config, kind, name, spec, key)
+            if kind == "outputs" and scaling.per == "series" and config.split.by_sequence:
                 raise ConfigError(
                     f"{key}: per: series scales a sequence's labels by statistics of its own "
                     f"labels, so a validation or test sequence would be scaled with the "
-                    f"answers it is scored on (split.validation={config.split.validation}, "
-                    f"split.test={config.split.test} split by sequence). Hold out each "
+                    f"answers it is scored on (the split is by sequence: "
+                    f"{_split_keys(config.split)}). Hold out each "
                     f"series' last timesteps instead (windows with split.time_cutoff or "
                     f"split.holdout_last: their labels never enter the statistics), or use "
                     f"per: dataset.")
@@ -187,6 +189,14 @@ def _check_source_and_split(config: PipelineConfig) -> None:
         raise ConfigError(
             f"split.validation + split.test must be below 1, leaving sequences to train on; "
             f"got {split.validation} + {split.test}")
+    if split.column is not None and split.by_id:
+        raise ConfigError(
+            f"split.column ({split.column!r}) reads each sequence's part from the data, so "
+            f"split.validation and split.test do not apply; got validation: "
+            f"{split.validation}, test: {split.test}. Remove them, or remove split.column.")
+    if split.column is not None and split.column in (source.id_column, source.time_column):
+        raise ConfigError(f"split.column {split.column!r} is also source.id_column or "
+                          f"source.time_column; the parts need a column of their own")
     if split.by_id and not source.id_column:
         raise ConfigError(
             "split needs source.id_column: a sequence's part is decided by its id, so that "
@@ -288,11 +298,34 @@ def _check_windows(config: PipelineConfig) -> None:
         raise ConfigError(
             f"split.time_cutoff ({split.time_cutoff!r}) and split.holdout_last "
             f"({split.holdout_last}) both say where the held-out timesteps start; use one.")
-    if split.by_time and split.by_id:
+    if split.by_time and split.by_sequence:
         raise ConfigError(
-            f"{split.held_out} splits windows by time; it cannot be combined with the id "
-            f"split (split.validation={split.validation}, split.test={split.test}). Use one "
-            f"or the other.")
+            f"{split.held_out} splits windows by time; it cannot be combined with a split "
+            f"by sequence ({_split_keys(split)}). Use one or the other.")
+
+
+def _check_per_window(config: PipelineConfig, kind: str, name: str, spec, key: str) -> None:
+    if config.windows is None:
+        raise ConfigError(f"{key}: per: window scales each forecasting window by its own "
+                          f"history, so it needs a windows section; got none. Use per: "
+                          f"series or per: dataset for whole sequences.")
+    if kind == "inputs" and spec.window != "history":
+        raise ConfigError(
+            f"{key}: per: window scales by the window's history, and inputs.{name} feeds the "
+            f"horizon (window: future), whose values the history does not hold. Use per: "
+            f"dataset or per: series for it.")
+    if kind == "outputs" and not config.windows.horizon:
+        raise ConfigError(
+            f"{key}: per: window scales the horizon's labels by the history before it, and "
+            f"windows.horizon is 0 (the labels are the history itself). Use per: series or "
+            f"per: dataset.")
+
+
+def _split_keys(split) -> str:
+    """The keys of a split by sequence, as the user set them."""
+    if split.column is not None:
+        return f"split.column={split.column!r}"
+    return f"split.validation={split.validation}, split.test={split.test}"
 
 
 def _check_label_leaks(config: PipelineConfig) -> None:

@@ -89,11 +89,12 @@ class ScalingConfig(Section):
         "standard", "standard: (value - mean) / std; minmax: min -> 0, max -> 1; mean: value "
         "/ mean(|value|), which keeps 0 at 0 (a series' own level, as DeepAR and Chronos "
         "scale; needs per: series).")
-    per: Literal["dataset", "series"] = field(
+    per: Literal["dataset", "series", "window"] = field(
         "dataset", "dataset: one set of statistics per column, from the train part; series: "
         "each sequence's own, from its own train timesteps (before split.time_cutoff or "
         "split.holdout_last), so that series whose scales differ by orders of magnitude "
-        "all reach the model near 1.")
+        "all reach the model near 1; window (with windows): each window's own, from its "
+        "history only, never its horizon.")
 
 
 Normalize = Union[Literal["standard", "minmax"], ScalingConfig, None]
@@ -333,7 +334,8 @@ def _fraction(value) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class SplitConfig(Section):
-    """Train/validation/test split by sequence id: deterministic and leak-free."""
+    """Train/validation/test parts: by sequence id (deterministic and leak-free), by a
+    column that already holds each sequence's part, or, with windows, by time."""
 
     validation: float = field(
         0.0, "Share of sequences in the validation part.", check=_fraction,
@@ -348,6 +350,10 @@ class SplitConfig(Section):
         None, "With windows: train holds the windows whose every target time is before it, "
         "validation those whose first target time is at or after it (a date or timestamp "
         "such as 2024-06-01, read as UTC, or a number, in source.time_column's type).")
+    column: Optional[str] = field(
+        None, "A column that holds each sequence's part: 'train', 'validation' or 'test' "
+        "(one value per sequence; long layout: repeated on its rows). Instead of the "
+        "shares.")
     holdout_last: Optional[int] = field(
         None, "With windows: hold out each series' last N timesteps, as a backtest does: "
         "train holds the windows whose every target is before them, validation those whose "
@@ -356,7 +362,12 @@ class SplitConfig(Section):
 
     @property
     def enabled(self) -> bool:
-        return bool(self.validation or self.test or self.by_time)
+        return bool(self.validation or self.test or self.column or self.by_time)
+
+    @property
+    def by_sequence(self) -> bool:
+        """Every sequence is in one part: by its id's hash, or by `column`."""
+        return self.by_id or self.column is not None
 
     @property
     def by_time(self) -> bool:

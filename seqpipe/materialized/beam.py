@@ -71,7 +71,7 @@ from seqpipe.materialized.write import (
 from seqpipe.parquet.grouping import check_no_nulls, group_sequences, id_runs
 from seqpipe.parquet.source import SourceFiles, SourceTable, open_source
 from seqpipe.parquet.stream import RowGroup, read_row_group
-from seqpipe.split import PARTS, held_back, id_hash, part_of, timesteps_before
+from seqpipe.split import PARTS, held_back, id_hash, parts_of, timesteps_before
 from seqpipe.statistics import Statistics, Tally, needed
 from seqpipe.transform import Transform, changes_values
 
@@ -109,6 +109,11 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
     if not config.source.id_column:
         raise ConfigError("materialize on Beam needs source.id_column: the rows of a sequence "
                           "are grouped by their id. Set source.id_column.")
+    if config.split.column is not None:
+        raise ConfigError(
+            f"materialize on Beam does not read split.column ({config.split.column!r}) yet: "
+            f"run it without --runner (it streams with bounded memory), or split by id "
+            f"(split.validation, split.test).")
     out = output_folder(out, config)
     check_out(out, overwrite)
     files = open_source(config)
@@ -292,7 +297,7 @@ def _statistics_fn(config: PipelineConfig, schema: pa.Schema):
         def add_input(self, tally, batch):
             chunk, _ = _grouped(batch, config, schema)
             if len(chunk):
-                train = (part_of(chunk.ids, config.split) == PARTS.index("train")
+                train = (parts_of(config.split, chunk.ids, chunk.parts) == PARTS.index("train")
                          if config.split.enabled else np.ones(len(chunk), dtype=bool))
                 steps = kind.counted(config, chunk.offsets, train, _before(chunk, config))
                 tally.add(chunk, steps.skipped, steps.length, steps.counted)

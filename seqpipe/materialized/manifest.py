@@ -18,6 +18,8 @@ import os
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
+import numpy as np
+
 from seqpipe._internal import paths
 from seqpipe.batches.kinds import batch_structure
 from seqpipe.config import PipelineConfig, SplitConfig
@@ -111,10 +113,13 @@ def part_number(part: str) -> int:
     return PARTS.index(part) if part != "all" else 0
 
 
-def output_parts(split: SplitConfig) -> list[str]:
-    """The part folders an output holds: those with a share of the ids, or 'all'."""
-    if not split.by_id:  # no split, or one by time: windows are cut when loading
+def output_parts(split: SplitConfig, read: Optional[np.ndarray] = None) -> list[str]:
+    """The part folders an output holds: those with a share of the ids, those `split.column`
+    holds (`read`: each sequence's part number), or 'all'."""
+    if not split.by_sequence:  # no split, or one by time: windows are cut when loading
         return ["all"]
+    if split.column is not None and read is not None:
+        return [PARTS[p] for p in np.unique(read)]
     return [p for p in PARTS if share_of(split, p) > 0]
 
 

@@ -37,7 +37,7 @@ from seqpipe.materialized.manifest import (
 from seqpipe.materialized.records import encode_chunk
 from seqpipe.parquet.sequences import Sequences
 from seqpipe.pipeline import Pipeline
-from seqpipe.split import part_of, timesteps_before
+from seqpipe.split import parts_of, timesteps_before
 from seqpipe.statistics import needed
 
 # A new shard starts once the current one holds this many bytes: big enough to read
@@ -67,18 +67,22 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
     check_out(out, overwrite)
     # Statistics come from the train part, as a pipeline of that part computes them; the
     # records of every part are then prepared with them.
-    statistics = (Pipeline(config, split="train").statistics
-                  if needed(config) and config.split.enabled else None)
+    # The parts split.column holds are read with that pipeline's index too: the pipeline
+    # that writes every part reads the source without the split.
+    train = (Pipeline(config, split="train") if config.split.enabled
+             and (needed(config) or config.split.column is not None) else None)
+    statistics = train.statistics if train is not None and needed(config) else None
+    parts = train.source.index.parts if train is not None else None
     pipeline = Pipeline(dataclasses.replace(config, split=SplitConfig()), statistics=statistics)
     with paths.output_lock(out):
-        return _write(pipeline, config, out, overwrite, shard_bytes, progress, tf)
+        return _write(pipeline, config, out, overwrite, shard_bytes, progress, tf, parts)
 
 
 def _write(pipeline: Pipeline, config: PipelineConfig, out: str, overwrite: bool,
-           shard_bytes: int, progress: bool, tf) -> dict:
+           shard_bytes: int, progress: bool, tf, read_parts: Optional[np.ndarray]) -> dict:
     report = pipeline.report
     bar = Progress(len(pipeline.source.index.ids)) if progress else None
-    parts = output_parts(config.split)
+    parts = output_parts(config.split, read_parts)
     temp, writers = paths.temporary_beside(out), {}
     try:
         for part in parts:
@@ -87,6 +91,8 @@ def _write(pipeline: Pipeline, config: PipelineConfig, out: str, overwrite: bool
         for first, chunk in pipeline.chunks():
             if chunk.times is not None:
                 time_dtype = chunk.times.dtype.str
+            if read_parts is not None:  # split.column's, read by the train pipeline
+                chunk = dataclasses.replace(chunk, parts=read_parts[first:first + len(chunk)])
             encoded = encode_for_parts(chunk, kept_all[first:first + len(chunk)], config)
             for part, writer in writers.items():
                 mine = encoded.part == part_number(part)
@@ -211,8 +217,8 @@ def encode_for_parts(chunk: Sequences, kept: np.ndarray, config: PipelineConfig)
     if config.split.time_cutoff is not None and chunk.times is not None:
         before = timesteps_before(chunk.times, chunk.offsets, config.split,
                                   config.source.time_column or "", config.source.path or "")
-    return EncodedChunk(chunk.ids, part_of(chunk.ids, config.split), kept, chunk.lengths,
-                        records, valid, before)
+    return EncodedChunk(chunk.ids, parts_of(config.split, chunk.ids, chunk.parts), kept,
+                        chunk.lengths, records, valid, before)
 
 
 def write_part_index(folder: str, config: PipelineConfig, ids: np.ndarray, kept: np.ndarray,

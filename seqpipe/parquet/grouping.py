@@ -22,6 +22,7 @@ from seqpipe.errors import DataError, raise_or_collect
 from seqpipe.parquet import missing
 from seqpipe.parquet.sequences import Categories, Sequences, offsets_of, ranges, show_id
 from seqpipe.parquet.source import SourceTable
+from seqpipe.split import PARTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +74,10 @@ def group_sequences(source: SourceTable, config: PipelineConfig,
         columns, config, source.where, problems)
     labels, present = missing.labels(columns, config, source.where, problems)
     times = columns.get((config.source.time_column, "timestep"))
-    sequences = Sequences(ids, offsets, features, labels, present, times)
+    parts = (None if config.split.column is None else
+             _parts(columns[config.split.column, "sequence"], ids, config.split.column,
+                    source.where, problems))
+    sequences = Sequences(ids, offsets, features, labels, present, times, parts)
     return sequences, GroupingCounts(table.num_rows, dropped, filled)
 
 
@@ -234,6 +238,31 @@ def _value_columns(config: PipelineConfig, with_inputs: bool = True):
             if (column, output.level) not in seen:
                 seen.add((column, output.level))
                 yield column, key, output.level, output.categorical
+    part = config.split.column
+    if part is not None and (part, "sequence") not in seen:
+        yield part, "split.column", "sequence", True
+
+
+def _parts(values: Categories, sequence_ids, column: str, where: str,
+           problems: Optional[list]) -> np.ndarray:
+    """(n,) int8 index into `PARTS` of each sequence's part, read from `split.column`."""
+    known = pc.fill_null(pc.index_in(values.values.cast(pa.string()),
+                                     value_set=pa.array(PARTS)), -1).to_numpy(
+        zero_copy_only=False)
+    table = np.append(known, -1).astype(np.int8)  # the last: a missing value
+    parts = table[values.codes]
+    bad = np.flatnonzero(parts < 0)
+    if len(bad):
+        first = bad[0]
+        code = values.codes[first]
+        value = None if code < 0 else values.values[int(code)].as_py()
+        raise_or_collect(problems, DataError(
+            f"split.column {column!r} holds {value!r} for sequence "
+            f"{show_id(sequence_ids[first])} in {where}; each sequence's part must be one of "
+            f"{', '.join(map(repr, PARTS))}. {len(bad):,} sequences have another value or "
+            f"none. Fix the column, or split by id (split.validation, split.test) instead."))
+        parts = np.where(parts < 0, 0, parts).astype(np.int8)
+    return parts
 
 
 def _one_value_per_sequence(values, starts, sequence_ids, column, key, where,

@@ -46,6 +46,8 @@ def column_roles(config: PipelineConfig) -> list[ColumnRole]:
         key = f"outputs.{name}.column" + ("s" if output.columns else "")
         kind = _value_kind(nested, output.level, output.categorical)
         roles += [ColumnRole(c, key, kind) for c in output.label_columns]
+    if config.split.column is not None:
+        roles.append(ColumnRole(config.split.column, "split.column", "category"))
     return roles
 
 

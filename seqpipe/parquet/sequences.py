@@ -31,6 +31,8 @@ class Sequences:
       present: output name -> bool, shaped like `labels`: False where the label was missing.
       times: (timesteps,) the time column's values (numbers or datetime64), in order;
         None without a time column, or once the sequences are prepared for the model.
+      parts: (n,) int8 index into `seqpipe.split.PARTS` of each sequence's part, read from
+        `split.column`; None without one.
 
     A categorical input or label comes from grouping as `Categories` (codes into the
     chunk's own values) and leaves `seqpipe.transform` as int32 ids; a label of several
@@ -44,6 +46,7 @@ class Sequences:
     labels: Mapping[str, Any]
     present: Mapping[str, np.ndarray]
     times: Optional[np.ndarray] = None
+    parts: Optional[np.ndarray] = None
 
     @property
     def lengths(self) -> np.ndarray:
@@ -109,11 +112,12 @@ def concat_sequences(pieces: list[Sequences]) -> Sequences:
         return {name: concatenated([getattr(p, field)[name] for p in pieces])
                 for name in getattr(pieces[0], field)}
 
-    times = (None if pieces[0].times is None
-             else np.concatenate([p.times for p in pieces]))
+    times, parts = (None if getattr(pieces[0], key) is None
+                    else np.concatenate([getattr(p, key) for p in pieces])
+                    for key in ("times", "parts"))
     return Sequences(np.concatenate([p.ids for p in pieces]),
                      offsets_of(np.concatenate([p.lengths for p in pieces])),
-                     joined("features"), joined("labels"), joined("present"), times)
+                     joined("features"), joined("labels"), joined("present"), times, parts)
 
 
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
