@@ -146,6 +146,28 @@ def per_series(spec: Spec) -> bool:
     return spec.scaling is not None and spec.scaling.per == "series"
 
 
+def scale_inputs(config) -> dict[str, tuple[str, int]]:
+    """Extra input name -> (the input or output it holds the scales of, its width 2k), for
+    every `normalize.input`."""
+    found = {}
+    for specs in (config.inputs, config.outputs):
+        for name, spec in specs.items():
+            if spec.scaling is not None and spec.scaling.input is not None:
+                found[spec.scaling.input] = (name, 2 * len(columns_of(spec)))
+    return found
+
+
+def scale_input(spec: Spec, per: str) -> Optional[str]:
+    """The scale input of an input or output scaled `per` series or window, if it has one."""
+    scaling = spec.scaling
+    return scaling.input if scaling is not None and scaling.per == per else None
+
+
+def scale_columns(scales: Scales) -> tuple:
+    """The columns of a scale input: each column's shift, then each one's divisor, float32."""
+    return tuple(np.asarray(v, dtype=np.float32) for v in (*scales.shift, *scales.divisor))
+
+
 def per_window(spec: Spec) -> bool:
     """Whether an input or output is scaled by each window's own history."""
     return spec.scaling is not None and spec.scaling.per == "window"

@@ -28,7 +28,15 @@ from seqpipe.config import InputConfig, PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.parquet.missing import deferred
 from seqpipe.parquet.sequences import Categories, Sequences
-from seqpipe.scaling import Scales, dataset_scales, per_series, per_window, series_scales
+from seqpipe.scaling import (
+    Scales,
+    dataset_scales,
+    per_series,
+    per_window,
+    scale_columns,
+    scale_input,
+    series_scales,
+)
 from seqpipe.statistics import Statistics, Vocabulary
 
 
@@ -77,8 +85,11 @@ class Transform:
                 features[name] = ids
                 unseen[f"inputs.{name}"] += missed
             elif deferred(spec) or spec.time_delta:
-                features[name], unscaled[f"inputs.{name}"] = self._numeric(
+                features[name], unscaled[f"inputs.{name}"], scales = self._numeric(
                     name, spec, values, chunk, index)
+                extra = scale_input(spec, "series")
+                if extra and scales is not None:
+                    features[extra] = scale_columns(scales)
             else:
                 features[name] = values
         labels, present = dict(chunk.labels), dict(chunk.present)
@@ -87,6 +98,9 @@ class Transform:
                 scales = self.scales(name, chunk, index)
                 labels[name] = _scaled_labels(labels[name], present[name], scales,
                                               chunk.offsets, output.fill_value)
+                extra = scale_input(output, "series")
+                if extra:
+                    features[extra] = scale_columns(scales)
                 unscaled[f"outputs.{name}"] += _unscaled(scales, counted)
             if output.categorical:
                 ids, missed = self._ids(name, labels[name], chunk, counted, output.level)
@@ -133,8 +147,9 @@ class Transform:
                              chunk.present[name])
 
     def _numeric(self, name: str, spec: InputConfig, values: Any, chunk: Sequences,
-                 index: np.ndarray) -> tuple[tuple, int]:
-        """The input's columns prepared, and how many counted series are kept as read."""
+                 index: np.ndarray) -> tuple[tuple, int, Optional[Scales]]:
+        """The input's columns prepared, how many counted series are kept as read, and the
+        scales used (None when not scaled here)."""
         columns = list(values)
         from seqpipe._internal.runs import (  # numba, as grouping imported it
             scale_each_run,
@@ -163,7 +178,7 @@ class Transform:
                                casting="unsafe")
         if spec.time_delta:
             out[k] = self._time_delta(chunk, index)
-        return tuple(out), unscaled
+        return tuple(out), unscaled, scales
 
     def _time_delta(self, chunk: Sequences, index: np.ndarray) -> np.ndarray:
         times = chunk.times

@@ -10,7 +10,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from seqpipe import ConfigError, Pipeline, Statistics, load_config, predict
+from seqpipe import (
+    ConfigError,
+    Pipeline,
+    Statistics,
+    build_dataset,
+    element_spec,
+    load_config,
+    predict,
+)
 
 CUTOFF = "2024-03-01"
 
@@ -231,8 +239,8 @@ def test_windows_scale_each_series_by_its_timesteps_before_the_cutoff(tmp_path):
      r"inputs\.x\.normalize: per: window scales each forecasting window by its own history, "
      r"so it needs a windows section; got none"),
     ({"outputs": {"y": {"column": "target", "normalize": "robust"}}},
-     r"outputs\.y\.normalize must be 'standard' or 'minmax' or a mapping of method, per or "
-     r"null; got 'robust'"),
+     r"outputs\.y\.normalize must be 'standard' or 'minmax' or a mapping of method, per, "
+     r"input or null; got 'robust'"),
 ])
 def test_scaling_config_errors_name_the_key_and_say_why(change, message):
     raw = config(None).to_dict()
@@ -319,3 +327,67 @@ def test_per_window_predictions_come_back_in_the_data_units(tmp_path):
 def test_per_window_config_errors_say_why(change, message):
     with pytest.raises(ConfigError, match=message):
         load_config(_window_config("x.parquet"), change)
+
+
+def test_a_scale_input_holds_each_series_shift_and_divisor_and_fits(tmp_path):
+    frame = series()
+    cfg = config(write_long(frame, tmp_path / "r.parquet"),
+                 inputs={"per": "series", "input": "x_scale"},
+                 batching={"batch_size": 4, "static_shapes": True})
+    x_spec, _, _ = element_spec(cfg)
+    assert tuple(x_spec["x_scale"].shape) == (4, 4) and x_spec["x_scale"].dtype == "float32"
+    kept = frame.sort_values(["id", "t"]).groupby("id").head(25)
+    pipeline = Pipeline(cfg)
+    empty_rows = 0
+    for batch in pipeline.batches():
+        for r, key in enumerate(batch.ids):
+            rows = kept[kept.id == key]
+            (sv, dv), (sw, dw) = (pandas_scale(rows[c], "standard") for c in ("v", "w"))
+            np.testing.assert_allclose(batch.x["x_scale"][r], [sv, sw, dv, dw], rtol=1e-6)
+        for r in range(len(batch.ids), 4):  # empty rows: shift 0, divisor 1, never log(0)
+            np.testing.assert_array_equal(batch.x["x_scale"][r], [0, 0, 1, 1])
+            empty_rows += 1
+    assert empty_rows
+    x = keras.Input((25, 2), name="x")
+    scale = keras.Input((4,), name="x_scale")
+    level = keras.layers.Dense(1)(keras.ops.log(scale[:, 2:]))
+    y = keras.layers.Add(name="y")([keras.layers.Dense(1)(x),
+                                    keras.layers.RepeatVector(25)(level)])
+    model = keras.Model({"x": x, "x_scale": scale}, {"y": y})
+    model.compile("adam", loss="mse")
+    history = model.fit(build_dataset(cfg), epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_a_window_scale_input_holds_the_scales_of_its_history(tmp_path):
+    frame = series(n=12, seed=6)
+    cfg = _window_config(write_long(frame, tmp_path / "r.parquet"))
+    cfg = load_config(cfg, {"outputs.y.normalize.input": "y_scale"})
+    for batch in Pipeline(cfg).batches():
+        shift, divisor = batch.scales["y"]
+        rows = len(batch.ids)
+        np.testing.assert_allclose(batch.x["y_scale"][:rows],
+                                   np.concatenate([shift, divisor], axis=1)[:rows], rtol=1e-7)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"inputs.x.normalize": {"input": "s"}},
+     r"inputs\.x\.normalize\.input \('s'\) would hold one scale for every row with per: "
+     r"dataset; it needs per: series or per: window"),
+    ({"inputs.x.normalize": {"per": "series", "input": "y"}},
+     r"inputs\.x\.normalize\.input must name an input of its own, not an input, output, the "
+     r"mask or another scale input; got 'y'"),
+])
+def test_scale_input_config_errors(change, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(config(None), change)
+
+
+def test_materialize_refuses_a_per_series_scale_input(tmp_path):
+    from seqpipe import materialize
+
+    cfg = config(write_long(series(), tmp_path / "r.parquet"),
+                 inputs={"per": "series", "input": "x_scale"})
+    with pytest.raises(ConfigError, match=r"inputs\.x\.normalize\.input: a materialized output "
+                                          r"stores values already scaled per series"):
+        materialize(cfg, tmp_path / "out")

@@ -354,8 +354,8 @@ def test_statistics_that_do_not_match_the_config_are_refused(source, change, mes
     ({"v": {"columns": ["hr"], "max_tokens": 3}},
      r"inputs\.v\.max_tokens needs inputs\.v\.categorical: true"),
     ({"v": {"columns": ["hr"], "normalize": "zscore"}},
-     r"inputs\.v\.normalize must be 'standard' or 'minmax' or a mapping of method, per or null; "
-     r"got 'zscore'"),
+     r"inputs\.v\.normalize must be 'standard' or 'minmax' or a mapping of method, per, input "
+     r"or null; got 'zscore'"),
     ({"v": {"columns": ["hr"]}, "e": {"columns": ["event"], "categorical": True,
                                      "fill_value": 0}},
      r"inputs\.e\.fill_value does not apply to a categorical input: a missing value is id 1"),

@@ -18,12 +18,20 @@ import numpy as np
 
 from seqpipe import tuning
 from seqpipe._internal.buffers import ALIGNMENT, SHARED, BufferPool
-from seqpipe.batches.block import BatchPlaces, Block, pad_at, put_per_sequence, weigh
+from seqpipe.batches.block import (
+    BatchPlaces,
+    Block,
+    empty_scales,
+    pad_at,
+    put_per_sequence,
+    weigh,
+)
 from seqpipe.batches.buckets import EpochPlan
 from seqpipe.batches.kind import BatchSpec
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.parquet.sequences import Sequences, offsets_of, ranges, take
+from seqpipe.scaling import scale_inputs
 
 
 class Assembler:
@@ -54,6 +62,7 @@ class Assembler:
                  same_shape_first: int = 0, buffers: BufferPool = SHARED) -> None:
         self.config, self.plan, self.mean_valid = config, plan, mean_valid
         self.axes = spec.axes
+        self._scale_inputs = list(scale_inputs(config))
         self.buffers = buffers
         self.lengths, self.kept = lengths, kept
         counts = np.array([len(b) for b in plan.batches], dtype=np.int64)
@@ -160,6 +169,7 @@ class Assembler:
                                   empty["timestep"]])
         if config.padding.mask:  # every position a sequence does not fill is padding
             x[config.padding.mask] = np.ones(rows["timestep"], dtype=bool)
+        x.update(empty_scales(config, rows["sequence"]))
         block = Block(places, members, x, y, valid, {}, int(self.members_per_block[g]),
                       self.axes)
         pad_at(block, config, {"timestep": padding, "sequence": empty["sequence"]})
@@ -189,6 +199,8 @@ class Assembler:
                 copy_runs(values, source, block.x[name], dest, kept)
             else:  # one row per sequence: few, NumPy is enough
                 put_per_sequence(values, local, block.x[name], sequence_dest)
+        for name in self._scale_inputs:  # each sequence's own scales, as transform made them
+            put_per_sequence(chunk.features[name], local, block.x[name], sequence_dest)
         for name, output in self.config.outputs.items():
             labels, present = chunk.labels[name], chunk.present[name]
             if output.level == "timestep":
@@ -218,8 +230,8 @@ def _take(chunk: Sequences, local: np.ndarray, config: PipelineConfig) -> Sequen
     rows = ranges(chunk.offsets[local], lengths)
     levels = config.levels
 
-    def taken(arrays):
-        return {name: take(values, rows if levels[name] == "timestep" else local)
+    def taken(arrays):  # scale inputs, not in the config: one row per sequence
+        return {name: take(values, rows if levels.get(name) == "timestep" else local)
                 for name, values in arrays.items()}
 
     return Sequences(chunk.ids[local], offsets_of(lengths),

@@ -16,6 +16,7 @@ import numpy as np
 
 from seqpipe._internal.buffers import BufferPool
 from seqpipe.config import PipelineConfig
+from seqpipe.scaling import scale_inputs
 from seqpipe.weights import batch_weights
 
 
@@ -100,9 +101,8 @@ class Block:
             steps = int(p.steps[axis][j])
             return flat[at:at + size * steps].reshape((size, steps) + tail)
 
-        inputs = config.inputs
-        x = {name: shaped(flat, axes[name], *(inputs[name].tail if name in inputs else ()))
-             for name, flat in self.x.items()}  # the kind's extra inputs too
+        x = {name: shaped(flat, axes[name], *flat.shape[1:])
+             for name, flat in self.x.items()}  # the extra inputs too
         y = {name: shaped(self.y[name], axes[name], spec.width)
              for name, spec in config.outputs.items()}
         weights = {name: shaped(self.sample_weight[name], axes[name])
@@ -144,6 +144,16 @@ def weigh(block: Block, output: str, config: PipelineConfig, mean_valid: float,
     p, valid, axis = block.places, block.valid[output], block.axes[output]
     return batch_weights(config.weight_mode(output), valid, p.start[axis], p.rows,
                          p.steps.get(axis), mean_valid, out=buffers.empty(valid.shape))
+
+
+def empty_scales(config: PipelineConfig, rows: int) -> dict:
+    """The scale inputs of `rows` rows with no sequence yet: shift 0, divisor 1 (a row that
+    stays empty must not feed log(0) to a scale-aware head)."""
+    found = {}
+    for name, (_, width) in scale_inputs(config).items():
+        found[name] = np.zeros((rows, width), dtype=np.float32)
+        found[name][:, width // 2:] = 1.0
+    return found
 
 
 def put_per_sequence(values, local: np.ndarray, out: np.ndarray, rows) -> None:

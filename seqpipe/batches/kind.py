@@ -29,6 +29,7 @@ from seqpipe.batches.block import Batch, Block
 from seqpipe.config import PipelineConfig
 from seqpipe.index import KeptSteps, SequenceSource
 from seqpipe.parquet.sequences import Sequences
+from seqpipe.scaling import scale_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,14 +42,16 @@ class BatchSpec:
         ("future" `(batch, horizon, ...)` for windows).
       steps: time axis -> the timesteps of every batch on it, or None where they vary.
       rows: the rows of every batch, or None where they vary.
-      extra_inputs: inputs of `x` the kind adds to the config's, by name -> dtype (the
-        `padding.mask` input, bool), each without a last axis.
+      extra_inputs: inputs of `x` added to the config's, by name -> (dtype, the shape
+        after the batch and time axes): the `padding.mask` input, bool `()`; each scale
+        input (`normalize.input`), float32 `(2k,)`.
     """
 
     axes: Mapping[str, str]
     steps: Mapping[str, Optional[int]]
     rows: Optional[int]
-    extra_inputs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    extra_inputs: Mapping[str, tuple[str, tuple[int, ...]]] = dataclasses.field(
+        default_factory=dict)
 
     @property
     def static(self) -> bool:
@@ -62,9 +65,15 @@ class BatchSpec:
         return lead + list(tail)
 
 
-def mask_input(config: PipelineConfig) -> dict[str, str]:
-    """The `padding.mask` input as a spec's extra input, on the timestep axis."""
-    return {config.padding.mask: "bool"} if config.padding.mask else {}
+def extra_inputs(config: PipelineConfig) -> tuple[dict, dict]:
+    """The spec's extra inputs every kind has, and their axes: the `padding.mask` input on
+    the timestep axis, and the scale inputs (see `seqpipe.scaling.scale_inputs`), one row
+    per batch row."""
+    extra: dict = {config.padding.mask: ("bool", ())} if config.padding.mask else {}
+    axes = dict.fromkeys(extra, "timestep")
+    for name, (_, width) in scale_inputs(config).items():
+        extra[name], axes[name] = ("float32", (width,)), "sequence"
+    return extra, axes
 
 
 @dataclasses.dataclass(frozen=True)

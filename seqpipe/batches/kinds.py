@@ -34,14 +34,15 @@ def batch_structure(config: PipelineConfig) -> Any:
 
     Numeric inputs and labels are float32, categorical ones int32 ids without a last axis
     (inputs) or with one (labels, as Keras's sparse losses take them); the kind's extra
-    inputs (the `padding.mask` input, bool) come after the config's."""
+    inputs (the `padding.mask` input, bool; scale inputs) come after the config's."""
     spec = spec_of(config)
 
     def leaf(name, tail, dtype="float32"):
         return {"shape": spec.shape(name, tail), "dtype": dtype}
 
     x = {name: leaf(name, s.tail, s.dtype) for name, s in config.inputs.items()}
-    x.update({name: leaf(name, (), dtype) for name, dtype in spec.extra_inputs.items()})
+    x.update({name: leaf(name, tail, dtype)
+              for name, (dtype, tail) in spec.extra_inputs.items()})
     if not config.outputs:
         return x
     y = {name: leaf(name, (s.width,), s.dtype) for name, s in config.outputs.items()}

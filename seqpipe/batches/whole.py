@@ -34,7 +34,7 @@ from seqpipe.batches.kind import (
     Padding,
     Preview,
     Targets,
-    mask_input,
+    extra_inputs,
 )
 from seqpipe.config import BatchingConfig, PipelineConfig
 from seqpipe.errors import ConfigError, DataError
@@ -77,8 +77,8 @@ class WholeSequences(BatchKind):
         """With `static_shapes`, every batch has `batch_size` rows (unless `max_timesteps`
         sizes batches per bucket) and, over one bucket, `padding.maxlen` timesteps."""
         batching = config.batching
-        extra = mask_input(config)
-        axes = {**config.levels, **{name: "timestep" for name in extra}}
+        extra, extra_axes = extra_inputs(config)
+        axes = {**config.levels, **extra_axes}
         one_bucket = batching.static_shapes and not batching.bucket_boundaries
         rows = (batching.batch_size if batching.static_shapes and batching.max_timesteps is None
                 else None)

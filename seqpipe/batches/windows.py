@@ -18,14 +18,22 @@ from typing import Any, Optional
 import numpy as np
 
 from seqpipe._internal.buffers import SHARED, BufferPool
-from seqpipe.batches.block import Batch, BatchPlaces, Block, pad_at, put_per_sequence, weigh
+from seqpipe.batches.block import (
+    Batch,
+    BatchPlaces,
+    Block,
+    empty_scales,
+    pad_at,
+    put_per_sequence,
+    weigh,
+)
 from seqpipe.batches.kind import (
     BatchKind,
     BatchSpec,
     Counted,
     Preview,
     Targets,
-    mask_input,
+    extra_inputs,
 )
 from seqpipe.batches.window_plan import (
     WindowCounts,
@@ -40,7 +48,7 @@ from seqpipe.config import PipelineConfig, WindowsConfig
 from seqpipe.errors import DataError
 from seqpipe.index import KeptSteps, SequenceSource
 from seqpipe.parquet.sequences import Sequences, ranges
-from seqpipe.scaling import per_window, window_scales
+from seqpipe.scaling import Spec, per_window, scale_columns, scale_input, window_scales
 from seqpipe.split import PARTS, held_back, part_of
 
 
@@ -70,8 +78,8 @@ class WindowBatches(BatchKind):
         "future" axis (future inputs, and per-timestep labels when the horizon is not 0);
         with `static_shapes`, `batch_size` rows."""
         w = _windows_of(config)
-        extra = mask_input(config)
-        axes = {**config.levels, **{name: "timestep" for name in extra}}
+        extra, extra_axes = extra_inputs(config)
+        axes = {**config.levels, **extra_axes}
         for name, spec in config.inputs.items():
             if spec.window == "future":
                 axes[name] = "future"
@@ -250,9 +258,15 @@ class WindowAssembler:
         self.lengths, self.mean_valid, self.buffers = lengths, mean_valid, buffers
         w = _windows_of(config)
         self.history, self.horizon = w.history, w.horizon
-        self._by_window = {kind: [name for name, spec in specs.items() if per_window(spec)]
-                           for kind, specs in (("inputs", config.inputs),
+        specs: dict[str, Spec] = {**config.inputs, **config.outputs}
+        self._by_window = {kind: [name for name, spec in group.items() if per_window(spec)]
+                           for kind, group in (("inputs", config.inputs),
                                                ("outputs", config.outputs))}
+        # Scale inputs: per series, made by transform and copied; per window, made here.
+        self._series_scales = [n for n in (scale_input(s, "series") for s in specs.values())
+                               if n]
+        self._window_scales = {name: scale_input(spec, "window") for name, spec in specs.items()
+                               if scale_input(spec, "window")}
 
     def blocks(self, chunks: Iterable[tuple[int, Sequences]]) -> Iterator[Block]:
         """Yields the epoch's blocks in plan order, reading chunks as they are needed, and
@@ -333,6 +347,7 @@ class WindowAssembler:
              for name, spec in config.inputs.items()}
         if config.padding.mask:
             x[config.padding.mask] = np.empty(rows * self.history, dtype=bool)
+        x.update(empty_scales(config, rows))
         y = {name: self.buffers.empty((positions(name),) + ((spec.width,) if spec.width > 1
                                                             else ()), spec.dtype)
              for name, spec in config.outputs.items()}
@@ -363,6 +378,8 @@ class WindowAssembler:
             else:
                 source, dest, count = runs[axes[name]]
                 copy_runs(values, source, out, dest, count)
+        for name in self._series_scales:
+            put_per_sequence(chunk.features[name], local, block.x[name], rows)
         for name in config.outputs:
             if axes[name] == "sequence":
                 put_per_sequence(chunk.labels[name], local, block.y[name], rows)
@@ -389,6 +406,8 @@ class WindowAssembler:
             k = len(spec.columns)
             values = block.x[name].reshape(rows, self.history, spec.width)
             scales = window_scales(spec, values[:, :, :k], real)
+            if name in self._window_scales:
+                block.x[self._window_scales[name]][:] = np.stack(scale_columns(scales), axis=1)
             for j, column in enumerate(spec.columns):
                 raw = values[:, :, j].astype(np.float64)
                 scaled = (raw - scales.shift[j][:, None]) / scales.divisor[j][:, None]
@@ -406,6 +425,8 @@ class WindowAssembler:
                 y[:, :, j] = np.where(valid, scaled, y[:, :, j])
             block.scales[name] = (np.stack(scales.shift, axis=1),
                                   np.stack(scales.divisor, axis=1))
+            if name in self._window_scales:
+                block.x[self._window_scales[name]][:] = np.stack(scale_columns(scales), axis=1)
 
     def _pad(self, block: Block, end: np.ndarray, dest: np.ndarray) -> None:
         """Padding values (and weight 0) at the history timesteps before a sequence, and

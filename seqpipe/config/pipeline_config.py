@@ -166,6 +166,8 @@ def _check_scaling(config: PipelineConfig) -> None:
                     f"sequence, nothing to compute them over). Use per: dataset.")
             if scaling.per == "window":
                 _check_per_window(config, kind, name, spec, key)
+            if scaling.input is not None:
+                _check_scale_input(config, key, scaling)
             if kind == "outputs" and scaling.per == "series" and config.split.by_sequence:
                 raise ConfigError(
                     f"{key}: per: series scales a sequence's labels by statistics of its own "
@@ -302,6 +304,19 @@ def _check_windows(config: PipelineConfig) -> None:
         raise ConfigError(
             f"{split.held_out} splits windows by time; it cannot be combined with a split "
             f"by sequence ({_split_keys(split)}). Use one or the other.")
+
+
+def _check_scale_input(config: PipelineConfig, key: str, scaling) -> None:
+    name = scaling.input
+    if scaling.per == "dataset":
+        raise ConfigError(f"{key}.input ({name!r}) would hold one scale for every row with "
+                          f"per: dataset; it needs per: series or per: window")
+    taken = [n for n in (*config.inputs, *config.outputs, config.padding.mask) if n]
+    others = [s.scaling.input for specs in (config.inputs, config.outputs)
+              for s in specs.values() if s.scaling is not None and s.scaling.input]
+    if not name.strip() or name in taken or others.count(name) > 1:
+        raise ConfigError(f"{key}.input must name an input of its own, not an input, output, "
+                          f"the mask or another scale input; got {name!r}")
 
 
 def _check_per_window(config: PipelineConfig, kind: str, name: str, spec, key: str) -> None:

@@ -95,6 +95,10 @@ class ScalingConfig(Section):
         "split.holdout_last), so that series whose scales differ by orders of magnitude "
         "all reach the model near 1; window (with windows): each window's own, from its "
         "history only, never its horizon.")
+    input: Optional[str] = field(
+        None, "With per: series or window, the name of an extra model input that holds the "
+        "scales, for scale-aware heads: float32 (batch, 2k), each column's shift, then each "
+        "column's divisor, of the row's series or window. null: none.")
 
 
 Normalize = Union[Literal["standard", "minmax"], ScalingConfig, None]

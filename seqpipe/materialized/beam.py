@@ -64,6 +64,7 @@ from seqpipe.materialized.manifest import (
 from seqpipe.materialized.write import (
     SHARD_BYTES,
     check_out,
+    check_storable,
     encode_for_parts,
     output_folder,
     write_part_index,
@@ -114,6 +115,7 @@ def materialize_on_beam(config: Union[PipelineConfig, Any], out: Union[str, os.P
             f"materialize on Beam does not read split.column ({config.split.column!r}) yet: "
             f"run it without --runner (it streams with bounded memory), or split by id "
             f"(split.validation, split.test).")
+    check_storable(config)
     out = output_folder(out, config)
     check_out(out, overwrite)
     files = open_source(config)

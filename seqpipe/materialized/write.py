@@ -23,7 +23,7 @@ from seqpipe._internal import paths
 from seqpipe._internal.lazy import tensorflow
 from seqpipe._internal.progress import Progress
 from seqpipe.config import PipelineConfig, SplitConfig, load_config
-from seqpipe.errors import DataError
+from seqpipe.errors import ConfigError, DataError
 from seqpipe.index import KeptSteps, missing_labels, valid_per_sequence
 from seqpipe.materialized.manifest import (
     build_manifest,
@@ -37,6 +37,7 @@ from seqpipe.materialized.manifest import (
 from seqpipe.materialized.records import encode_chunk
 from seqpipe.parquet.sequences import Sequences
 from seqpipe.pipeline import Pipeline
+from seqpipe.scaling import scale_input
 from seqpipe.split import parts_of, timesteps_before
 from seqpipe.statistics import needed
 
@@ -63,6 +64,7 @@ def materialize(config: Union[PipelineConfig, Mapping, str, os.PathLike],
     tf = tensorflow()
 
     config = config if isinstance(config, PipelineConfig) else load_config(config)
+    check_storable(config)
     out = output_folder(out, config)
     check_out(out, overwrite)
     # Statistics come from the train part, as a pipeline of that part computes them; the
@@ -152,6 +154,19 @@ def _source_folder(path: Optional[str]) -> Optional[str]:
     if fixed == path:
         return os.path.realpath(path) if os.path.isdir(path) else None
     return os.path.realpath(fixed if fixed.endswith(os.sep) else os.path.dirname(fixed) or ".")
+
+
+def check_storable(config: PipelineConfig) -> None:
+    """Raises a ConfigError for what records cannot hold: a per-series scale input (the
+    records hold values already scaled, not each series' scales)."""
+    for key, specs in (("inputs", config.inputs), ("outputs", config.outputs)):
+        for name, spec in specs.items():
+            if scale_input(spec, "series"):
+                raise ConfigError(
+                    f"{key}.{name}.normalize.input: a materialized output stores values "
+                    f"already scaled per series, not each series' scales, so it cannot feed "
+                    f"the scale input {scale_input(spec, 'series')!r}. Train from the Parquet "
+                    f"source, or scale per window (made when the output is loaded).")
 
 
 def check_out(out: str, overwrite: bool) -> None:
