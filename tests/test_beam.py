@@ -174,6 +174,17 @@ def test_beam_without_an_id_column_is_a_config_error(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nested.parquet"]
 
 
+def test_beam_refuses_split_column_before_writing(tmp_path):
+    table = long_table([3, 4], seed=0)
+    table = table.append_column("part", pa.array(["train"] * table.num_rows))
+    path = write(tmp_path / "d.parquet", table)
+    with pytest.raises(ConfigError, match=r"materialize on Beam does not read split\.column "
+                                          r"\('part'\) yet"):
+        materialize_on_beam(load_config(base_config(path, split={"column": "part"})),
+                            tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet"]
+
+
 def test_beam_computes_the_local_statistics_and_writes_the_same_prepared_records(tmp_path):
     """Scaling and categorical ids on Beam: its combiner's statistics equal the local
     pipeline's (up to the order floating-point sums are taken in), so every category gets

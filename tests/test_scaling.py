@@ -391,3 +391,14 @@ def test_materialize_refuses_a_per_series_scale_input(tmp_path):
     with pytest.raises(ConfigError, match=r"inputs\.x\.normalize\.input: a materialized output "
                                           r"stores values already scaled per series"):
         materialize(cfg, tmp_path / "out")
+
+
+def test_predict_from_a_materialized_output_scaled_per_series_says_what_to_do(tmp_path):
+    from seqpipe import materialize
+
+    cfg = config(write_long(series(), tmp_path / "r.parquet"))
+    materialize(cfg, tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"holds 'y' already scaled per series, and the "
+                                          r"scales of each series are not stored with it; read "
+                                          r"the Parquet source with the same config instead"):
+        predict(_zeros(cfg), str(tmp_path / "out"))
