@@ -302,7 +302,10 @@ def test_per_window_predictions_come_back_in_the_data_units(tmp_path):
     cfg = _window_config(write_long(frame, tmp_path / "r.parquet"), target="standard")
     x = keras.Input((5, 2), name="x")
     real = keras.Input((5,), name="real", dtype="bool")
-    zeros = keras.layers.Dense(2, kernel_initializer="zeros")(keras.layers.Flatten()(x))
+    # Every input feeds the output: Keras before 3.14 refuses a model with an unused one.
+    real_steps = keras.layers.Reshape((5, 1))(keras.ops.cast(real, "float32"))
+    masked = keras.layers.Multiply()([x, real_steps])
+    zeros = keras.layers.Dense(2, kernel_initializer="zeros")(keras.layers.Flatten()(masked))
     y = keras.layers.Reshape((2, 1), name="y")(zeros)
     predicted = predict(keras.Model({"x": x, "real": real}, {"y": y}), cfg)["y"]
     ordered = {key: rows.reset_index(drop=True)
