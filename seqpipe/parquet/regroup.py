@@ -185,6 +185,17 @@ def _remove_unless_read(folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _remove(folder: Path) -> None:
+    """Removes a half-written copy. Right after a Ctrl-C, DuckDB's threads may still write
+    a file into it while it is being removed, which leaves the folder behind: try again
+    for a few seconds."""
+    deadline = time.monotonic() + 5
+    shutil.rmtree(folder, ignore_errors=True)
+    while folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _build(files: SourceFiles, config: PipelineConfig, cache: Cache,
            progress: Optional[bool]) -> None:
     limit = (config.source.regroup or CacheConfig()).memory_limit
@@ -214,7 +225,7 @@ def _build(files: SourceFiles, config: PipelineConfig, cache: Cache,
             if not (cache.folder / DONE).exists():  # not another process's finished copy
                 raise
     finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+        _remove(temporary)
     logger.warning("seqpipe regrouped %s in %.1f s; later builds stream from %s",
                    files.where, time.monotonic() - started, cache.folder)
 
