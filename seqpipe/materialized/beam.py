@@ -253,7 +253,7 @@ def _build(p, config: PipelineConfig, schema: pa.Schema, pieces: list, shards: d
 
 
 def rows_by_id(piece: RowGroup, config: PipelineConfig, schema: pa.Schema,
-               temp: str) -> Iterator[tuple]:
+               temp: str) -> Iterator[tuple[Any, bytes]]:  # (key, value): GroupByKey checks
     """The rows of each id in one row group: (id, one Arrow IPC record batch)."""
     _announce(temp)
     table = read_row_group(piece, schema)
