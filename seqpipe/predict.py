@@ -100,9 +100,7 @@ def _in_data_units(name: str, values: np.ndarray, sequence: np.ndarray,
             f"({list(output.label_columns)}); it cannot be put back in the data's units. "
             f"Make the model predict one value per label column.")
     scales = pipeline.scales(name)
-    per_sequence = scales.unscaled is not None
-    restored = np.stack([scales.invert(j, columns[:, j]) if not per_sequence else
-                         columns[:, j] * scales.divisor[j][sequence] + scales.shift[j][sequence]
+    restored = np.stack([scales.invert(j, columns[:, j], sequence)
                          for j in range(output.width)], axis=1)
     return _values(name, restored)
 

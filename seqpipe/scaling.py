@@ -37,9 +37,14 @@ class Scales:
     divisor: tuple
     unscaled: Optional[np.ndarray] = None
 
-    def invert(self, j: int, scaled: np.ndarray) -> np.ndarray:
-        """Column j back in the data's units."""
-        return np.asarray(scaled, dtype=np.float64) * self.divisor[j] + self.shift[j]
+    def invert(self, j: int, scaled: np.ndarray,
+               sequence: Optional[np.ndarray] = None) -> np.ndarray:
+        """Column j back in the data's units; per series, value i by the scales of sequence
+        `sequence[i]`."""
+        shift, divisor = self.shift[j], self.divisor[j]
+        if sequence is not None and self.unscaled is not None:
+            shift, divisor = shift[sequence], divisor[sequence]
+        return np.asarray(scaled, dtype=np.float64) * divisor + shift
 
 
 def dataset_scales(name: str, spec: Spec, statistics: Statistics) -> Scales:
@@ -171,8 +176,3 @@ def scale_columns(scales: Scales) -> tuple:
 def per_window(spec: Spec) -> bool:
     """Whether an input or output is scaled by each window's own history."""
     return spec.scaling is not None and spec.scaling.per == "window"
-
-
-def per_dataset(spec: Spec) -> bool:
-    """Whether an input or output is scaled by statistics over the dataset."""
-    return spec.scaling is not None and spec.scaling.per == "dataset"
