@@ -16,6 +16,10 @@ and tf.data.
 Scaling: (value - shift) / divisor with missing values filled after it is one compiled
 pass per column (NumPy took five: isfinite, subtract, divide, any, where).
 
+Packing: first fit of sequences into rows, each sequence into the first row with room for
+it, finds that row in a tree of the rows' free timesteps (log rows steps a sequence, where a
+scan of the rows is rows steps); it is sequential by nature, so compiled.
+
 Labels: filling the missing labels of a chunk, marking which were present and counting
 infinite ones is one compiled pass; in NumPy it was five (isinf, any, isnan, invert,
 where).
@@ -198,6 +202,23 @@ def scale_each_run(values: np.ndarray, offsets: np.ndarray, shift: np.ndarray,
                     np.ascontiguousarray(divisor, dtype=np.float64), np.float64(fill), out)
 
 
+def first_fit(lengths: np.ndarray, capacity: int,
+              max_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Puts items of `lengths` (in the order given) into rows of `capacity`, each into the
+    first row with room for it and fewer than `max_items` items.
+
+    Returns:
+      (row, slot, offset), each (n,) int64: item i's row, its place among the row's items,
+      and its first position in the row. Rows are numbered from 0 in the order opened.
+    """
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    if len(lengths) and (lengths.max() > capacity or lengths.min() < 1):
+        raise ValueError(f"first_fit: lengths must be in [1, {capacity}]")
+    found = np.empty((3, len(lengths)), dtype=np.int64)
+    _first_fit(lengths, capacity, max_items, found)
+    return found[0], found[1], found[2]
+
+
 def _kind(column: np.ndarray) -> tuple:
     """What decides a column's numba type (`numba.typeof` itself is slower than a copy)."""
     flags = column.flags
@@ -329,3 +350,28 @@ def _scale_each_run(values, offsets, shift, divisor, fill, out):  # pragma: no c
         for t in range(offsets[i], offsets[i + 1]):
             x = np.float64(values[t])
             out[t] = (x - s) / d if np.isfinite(x) else fill
+
+
+@numba.njit(nogil=True, cache=True)
+def _first_fit(lengths, capacity, max_items, found):  # pragma: no cover - compiled
+    n = len(lengths)
+    leaves = 1
+    while leaves < max(n, 1):
+        leaves *= 2
+    free = np.full(2 * leaves, capacity, dtype=np.int64)  # max free timesteps below a node
+    items = np.zeros(leaves, dtype=np.int64)
+    for i in range(n):
+        need = lengths[i]
+        node = 1
+        while node < leaves:  # the leftmost row with room: every unopened row has it
+            node = 2 * node if free[2 * node] >= need else 2 * node + 1
+        row = node - leaves
+        found[0, i] = row
+        found[1, i] = items[row]
+        found[2, i] = capacity - free[node]
+        items[row] += 1
+        free[node] = -1 if items[row] == max_items else free[node] - need
+        node //= 2
+        while node >= 1:
+            free[node] = max(free[2 * node], free[2 * node + 1])
+            node //= 2

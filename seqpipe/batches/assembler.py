@@ -1,17 +1,18 @@
-"""Assembly of whole sequences: writes each chunk of sequences straight into the padded
-batches it belongs to.
+"""Assembly: writes each chunk of sequences straight into the padded batches it belongs to.
 
-An epoch's plan (`seqpipe.batches.buckets`) says where every kept timestep lands: batch,
-row and column. The batches of one assembly block lie end to end in flat arrays (one per
-input and output), so a chunk of sequences, as it arrives from the source, is copied into
-them run by run (`seqpipe._internal.runs`): each timestep is read once and written once,
-and no batch is copied again. A block goes out when its last sequence has arrived; until
-then only the chunk in hand and the blocks being filled are in memory.
+An epoch's layout (a kind's plan made concrete: `WholeLayout` from the buckets' plan, or
+packed rows') says where every kept timestep lands: batch, row and column. The batches of
+one assembly block lie end to end in flat arrays (one per input and output), so a chunk of
+sequences, as it arrives from the source, is copied into them run by run
+(`seqpipe._internal.runs`): each timestep is read once and written once, and no batch is
+copied again. A block goes out when its last sequence has arrived; until then only the
+chunk in hand and the blocks being filled are in memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Optional
 
 import numpy as np
@@ -34,37 +35,44 @@ from seqpipe.parquet.sequences import Sequences, offsets_of, ranges, take
 from seqpipe.scaling import scale_inputs
 
 
-class Assembler:
-    """Turns chunks of sequences, in source order, into the planned epoch's blocks.
+@dataclasses.dataclass
+class Layout:
+    """Where each sequence of an epoch's batches goes in its block's flat arrays: a kind's
+    plan, made concrete. `Assembler` writes any layout; `WholeLayout` is one sequence per
+    row, `seqpipe.batches.packed` lays several end to end in a row.
 
-    Args:
-      config: the pipeline config.
-      spec: its batch spec (`WholeSequences.spec`).
-      plan: the epoch's plan.
-      lengths: (n,) every sequence's timesteps before truncation.
-      kept: (n,) timesteps kept by truncation.
-      mean_valid: output -> valid labels per batch over the epoch (for global_mean).
-      shapes: each batch's rows and timesteps (`batching.static_shapes`), instead of its
-        sequences and their longest; rows past the sequences are left empty (all padding,
-        weight 0).
-      same_shape_first: pad the epoch's first this many batches to `batching.batch_size`
-        rows of `padding.maxlen` timesteps, rows past their sequences left empty (all
-        padding, weight 0). For several replicas: Keras 3 averages the first batch of every
-        replica to build the model, which needs them all the same shape.
-      buffers: where the blocks' arrays come from: by default the process's pool, so that
-        an epoch reuses the memory of the batches the last one is done with.
+    Attributes:
+      batches: the sequence indices of each batch, in the order they fill it.
+      blocks: (batches,) the assembly block of each batch, non-decreasing.
+      places: each block's `BatchPlaces`, positions counted from the block's start.
+      block_of: (n,) every sequence's block, -1 for sequences in no batch.
+      time_dest: (n,) where each member's first kept timestep goes on the timestep axis.
+      sequence_dest: (n,) where its per-sequence values go, on the axis that holds them.
     """
 
-    def __init__(self, config: PipelineConfig, spec: BatchSpec, plan: EpochPlan,
-                 lengths: np.ndarray,
-                 kept: np.ndarray, mean_valid: Mapping[str, float],
+    batches: list
+    blocks: np.ndarray
+    places: list
+    block_of: np.ndarray
+    time_dest: np.ndarray
+    sequence_dest: np.ndarray
+
+    def padding(self, g: int) -> dict:
+        """Axis -> the positions of block g that no sequence fills."""
+        raise NotImplementedError
+
+    def inputs(self, g: int, rows: Mapping[str, int]) -> dict:
+        """Extra inputs of block g that the layout alone decides (`rows`: positions per
+        axis); none unless a kind adds them."""
+        return {}
+
+
+class WholeLayout(Layout):
+    """One sequence per batch row, padded after (or before) it to the batch's timesteps."""
+
+    def __init__(self, config: PipelineConfig, plan: EpochPlan, kept: np.ndarray,
                  shapes: Optional[tuple[np.ndarray, np.ndarray]] = None,
-                 same_shape_first: int = 0, buffers: BufferPool = SHARED) -> None:
-        self.config, self.plan, self.mean_valid = config, plan, mean_valid
-        self.axes = spec.axes
-        self._scale_inputs = list(scale_inputs(config))
-        self.buffers = buffers
-        self.lengths, self.kept = lengths, kept
+                 same_shape_first: int = 0) -> None:
         counts = np.array([len(b) for b in plan.batches], dtype=np.int64)
         members = np.concatenate(plan.batches) if plan.batches else np.empty(0, np.int64)
         first = np.cumsum(counts) - counts
@@ -80,24 +88,73 @@ class Assembler:
         row = np.arange(len(members)) - first[batch_rows]
         # Every batch starts on an ALIGNMENT-byte boundary of each flat array: TensorFlow's
         # slice hands an aligned batch on as a view, and copies one that is not.
-        t0 = _exclusive_cumsum_within(_aligned_rows(sizes * steps), plan.blocks)
-        s0 = _exclusive_cumsum_within(_aligned_rows(sizes), plan.blocks)
+        t0 = exclusive_cumsum_within(aligned_rows(sizes * steps), plan.blocks)
+        s0 = exclusive_cumsum_within(aligned_rows(sizes), plan.blocks)
         every = BatchPlaces({"timestep": t0, "sequence": s0}, sizes, {"timestep": steps})
-        self.places = [every.select(plan.blocks == g)
-                       for g in range(int(plan.blocks.max()) + 1 if len(sizes) else 0)]
-        n = len(lengths)
-        self.block_of = np.full(n, -1, dtype=np.int64)
-        self.block_of[members] = plan.blocks[batch_rows]
+        n = len(kept)
+        block_of = np.full(n, -1, dtype=np.int64)
+        block_of[members] = plan.blocks[batch_rows]
         lead = steps[batch_rows] - kept[members] if config.padding.side == "pre" else 0
-        self.time_dest = np.zeros(n, dtype=np.int64)
-        self.time_dest[members] = t0[batch_rows] + row * steps[batch_rows] + lead
-        self.sequence_dest = np.zeros(n, dtype=np.int64)
-        self.sequence_dest[members] = s0[batch_rows] + row
+        time_dest = np.zeros(n, dtype=np.int64)
+        time_dest[members] = t0[batch_rows] + row * steps[batch_rows] + lead
+        sequence_dest = np.zeros(n, dtype=np.int64)
+        sequence_dest[members] = s0[batch_rows] + row
+        super().__init__(plan.batches, plan.blocks, blocks_of(every, plan.blocks), block_of,
+                         time_dest, sequence_dest)
+        self.kept, self.post = kept, config.padding.side == "post"
+
+    def padding(self, g: int) -> dict:
+        """The padded timesteps after (or before) every sequence of block g, and the rows
+        past each batch's members (`static_shapes`, `same_shape_first`)."""
+        places = self.places[g]
+        batches = [self.batches[k] for k in np.flatnonzero(self.blocks == g)]
+        filled = np.array([len(b) for b in batches], dtype=np.int64)
+        steps = places.steps["timestep"]
+        members = np.concatenate(batches)
+        kept = self.kept[members]
+        missing = np.repeat(steps, filled) - kept
+        start = self.time_dest[members] + (kept if self.post else -missing)
+        empty = places.rows - filled
+        return {"timestep": np.concatenate([
+                    ranges(start, missing),
+                    ranges(places.start["timestep"] + filled * steps, empty * steps)]),
+                "sequence": ranges(places.start["sequence"] + filled, empty)}
+
+
+class Assembler:
+    """Turns chunks of sequences, in source order, into the blocks of an epoch's layout.
+
+    Args:
+      config: the pipeline config.
+      spec: its batch spec (the kind's).
+      layout: where every sequence of the epoch goes.
+      lengths: (n,) every sequence's timesteps before truncation.
+      kept: (n,) timesteps kept by truncation.
+      mean_valid: output -> valid labels per batch over the epoch (for global_mean).
+      weigh: how a block's weights of one output are made (the default: `block.weigh`).
+      buffers: where the blocks' arrays come from: by default the process's pool, so that
+        an epoch reuses the memory of the batches the last one is done with.
+    """
+
+    def __init__(self, config: PipelineConfig, spec: BatchSpec, layout: Layout,
+                 lengths: np.ndarray, kept: np.ndarray, mean_valid: Mapping[str, float],
+                 weigh: Callable = weigh, buffers: BufferPool = SHARED) -> None:
+        self.config, self.layout, self.mean_valid = config, layout, mean_valid
+        self.axes = spec.axes
+        self._scale_inputs = list(scale_inputs(config))
+        self.buffers, self.weigh = buffers, weigh
+        self.lengths, self.kept = lengths, kept
+        self.places = layout.places
+        members = (np.concatenate(layout.batches) if layout.batches
+                   else np.empty(0, np.int64))
+        self.block_of = layout.block_of
+        self.time_dest, self.sequence_dest = layout.time_dest, layout.sequence_dest
         self.skip = lengths - kept if config.padding.truncating == "pre" else np.zeros_like(
             lengths)
         self.members_per_block = np.bincount(self.block_of[members],
                                              minlength=len(self.places))
-        self._batch_blocks = [np.flatnonzero(plan.blocks == g) for g in range(len(self.places))]
+        self._batch_blocks = [np.flatnonzero(layout.blocks == g)
+                              for g in range(len(self.places))]
         # A block's store is allocated once the stream reaches its first members, past the
         # few (`Tuning.parked_share`) that come much earlier: sequences that waited several
         # shuffle buffers for a batch of their bucket to fill. Those are parked unpadded until
@@ -154,37 +211,24 @@ class Assembler:
     def _allocate(self, g: int) -> Block:
         places = self.places[g]
         rows = places.ends()
-        config = self.config
+        config, axes = self.config, self.axes
         # Every real position is written by a chunk later; only the padding is set here.
-        x = {name: self.buffers.empty((rows[spec.level], *spec.tail), spec.dtype)
+        x = {name: self.buffers.empty((rows[axes[name]], *spec.tail), spec.dtype)
              for name, spec in config.inputs.items()}
-        y = {name: self.buffers.empty((rows[spec.level],) + ((spec.width,) if spec.width > 1
+        y = {name: self.buffers.empty((rows[axes[name]],) + ((spec.width,) if spec.width > 1
                                                              else ()), spec.dtype)
              for name, spec in config.outputs.items()}
-        valid = {name: np.zeros(rows[spec.level], dtype=bool)
-                 for name, spec in config.outputs.items()}
-        members = [self.plan.batches[k] for k in self._batch_blocks[g]]
-        empty = _empty_rows(members, places)
-        padding = np.concatenate([self._padding_positions(members, places),
-                                  empty["timestep"]])
+        valid = {name: np.zeros(rows[axes[name]], dtype=bool) for name in config.outputs}
+        members = [self.layout.batches[k] for k in self._batch_blocks[g]]
         if config.padding.mask:  # every position a sequence does not fill is padding
             x[config.padding.mask] = np.ones(rows["timestep"], dtype=bool)
-        x.update(empty_scales(config, rows["sequence"]))
+        if self._scale_inputs:  # all on one axis: the rows' sequences
+            x.update(empty_scales(config, rows[axes[self._scale_inputs[0]]]))
+        x.update(self.layout.inputs(g, rows))
         block = Block(places, members, x, y, valid, {}, int(self.members_per_block[g]),
                       self.axes)
-        pad_at(block, config, {"timestep": padding, "sequence": empty["sequence"]})
+        pad_at(block, config, self.layout.padding(g))
         return block
-
-    def _padding_positions(self, batches: list, places: BatchPlaces) -> np.ndarray:
-        """The padded timestep rows after (or before) every sequence of a block, given each
-        batch's members."""
-        steps = np.repeat(places.steps["timestep"], [len(m) for m in batches])
-        members = np.concatenate(batches)
-        kept = self.kept[members]
-        missing = steps - kept
-        start = self.time_dest[members] + (kept if self.config.padding.side == "post"
-                                           else -missing)
-        return ranges(start, missing)
 
     def _scatter(self, block: Block, chunk: Sequences, local: np.ndarray,
                  index: np.ndarray) -> None:
@@ -213,11 +257,11 @@ class Assembler:
 
     def _weigh(self, block: Block) -> None:
         for name in self.config.outputs:
-            block.sample_weight[name] = weigh(block, name, self.config, self.mean_valid[name],
-                                              self.buffers)
+            block.sample_weight[name] = self.weigh(block, name, self.config,
+                                                   self.mean_valid[name], self.buffers)
 
 
-def _aligned_rows(rows: np.ndarray) -> np.ndarray:
+def aligned_rows(rows: np.ndarray) -> np.ndarray:
     """`rows` rounded up so that as many float32 rows, of any width, fill whole
     `ALIGNMENT`-byte blocks."""
     step = ALIGNMENT // 4
@@ -238,17 +282,13 @@ def _take(chunk: Sequences, local: np.ndarray, config: PipelineConfig) -> Sequen
                      taken(chunk.features), taken(chunk.labels), taken(chunk.present))
 
 
-def _empty_rows(batches: list, places: BatchPlaces) -> dict:
-    """Per level, the positions of the rows of a block that no sequence fills: the rows past
-    each batch's members (`same_shape_first`)."""
-    filled = np.array([len(b) for b in batches], dtype=np.int64)
-    empty = places.rows - filled
-    steps = places.steps["timestep"]
-    return {"timestep": ranges(places.start["timestep"] + filled * steps, empty * steps),
-            "sequence": ranges(places.start["sequence"] + filled, empty)}
+def blocks_of(every: BatchPlaces, blocks: np.ndarray) -> list:
+    """`every` batch's places cut into one `BatchPlaces` per block."""
+    count = int(blocks.max()) + 1 if len(blocks) else 0
+    return [every.select(blocks == g) for g in range(count)]
 
 
-def _exclusive_cumsum_within(values: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+def exclusive_cumsum_within(values: np.ndarray, blocks: np.ndarray) -> np.ndarray:
     """Running total of `values` before each position, restarting at each new block."""
     total = np.cumsum(values) - values
     if not len(values):

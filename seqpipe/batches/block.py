@@ -114,10 +114,12 @@ class Block:
         """Batch j as a `Batch`; `ids` and `lengths` are every sequence's, by index."""
         x, y, weights = self.batch_view(j, config)
         members = self.members[j]
-        at = int(self.places.start["sequence"][j])
-        rows = slice(at, at + int(self.places.rows[j]))
-        scales = {name: (shift[rows], divisor[rows])
-                  for name, (shift, divisor) in self.scales.items()}
+        scales = {}
+        if self.scales:  # windows: one row of scales per window
+            at = int(self.places.start["sequence"][j])
+            rows = slice(at, at + int(self.places.rows[j]))
+            scales = {name: (shift[rows], divisor[rows])
+                      for name, (shift, divisor) in self.scales.items()}
         return Batch(x, y, weights, ids[members], lengths[members],
                      None if self.ends is None else self.ends[j], scales)
 

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from seqpipe.batches.assembler import Assembler
+from seqpipe.batches.assembler import Assembler, WholeLayout
 from seqpipe.batches.block import Batch, Block
 from seqpipe.batches.buckets import (
     EpochPlan,
@@ -154,9 +154,10 @@ class WholeSequences(BatchKind):
     def blocks(self, epoch: int, chunks: Iterator[tuple[int, Sequences]]) -> Iterator[Block]:
         plan = self.plan(epoch)
         mean_valid = {name: self._mean_valid(name, plan) for name in self.config.outputs}
-        assembler = Assembler(self.config, self.spec(self.config), plan,
-                              self.source.index.lengths, self.kept.length, mean_valid,
-                              self._shapes(plan), self.same_shape_first)
+        layout = WholeLayout(self.config, plan, self.kept.length, self._shapes(plan),
+                             self.same_shape_first)
+        assembler = Assembler(self.config, self.spec(self.config), layout,
+                              self.source.index.lengths, self.kept.length, mean_valid)
         yield from assembler.blocks(chunks)
 
     def _mean_valid(self, output: str, plan: EpochPlan) -> float:
