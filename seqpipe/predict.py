@@ -65,13 +65,15 @@ def predict(model: Any, config: Union[PipelineConfig, Mapping, str, os.PathLike]
     config = pipeline.config
     found: dict[str, list] = {}
     levels: dict[str, str] = {}
+    axes = pipeline.kind.spec(config).axes
     for batch in pipeline.batches():
         for name, values in _by_name(model.predict_on_batch(batch.x), model, config).items():
             level = levels.setdefault(name, _level(name, values, config))
-            _check_shape(name, values, level, batch)
-            if level == "timestep" and values.ndim == 2:
+            axis = axes.get(name, level)  # packed rows: per-sequence outputs on "segment"
+            _check_shape(name, values, level, axis, batch)
+            if axis != "sequence" and values.ndim == 2:
                 values = values[..., None]
-            steps = values.shape[1] if level == "timestep" else 0
+            steps = values.shape[1] if axis != "sequence" else 0
             targets = pipeline.kind.targets(batch, level, steps)
             kept = (values[targets.row] if targets.at is None
                     else values[targets.row, targets.at])
@@ -208,19 +210,22 @@ def _level(name: str, values: np.ndarray, config: PipelineConfig) -> str:
     return "timestep" if values.ndim >= 3 else "sequence"
 
 
-def _check_shape(name: str, values: np.ndarray, level: str, batch: Batch) -> None:
+def _check_shape(name: str, values: np.ndarray, level: str, axis: str, batch: Batch) -> None:
     """Raises a ConfigError when a prediction's shape does not fit its output's level: a
     (B, T, k) prediction of a per-sequence output would otherwise be flattened into wrong
     columns, and a (B, k) one of a per-timestep output read at the wrong places."""
-    rows = len(batch.ids)
     weights = batch.sample_weight.get(name) if batch.sample_weight else None
+    rows = len(next(iter(batch.x.values())))  # packed rows hold several ids each
     steps = weights.shape[1] if weights is not None and weights.ndim == 2 else 0
-    if level == "sequence":
+    if axis == "sequence":
         fits, want = values.ndim in (1, 2) and len(values) >= rows, "(batch, k) or (batch,)"
     else:
         fits = values.ndim in (2, 3) and len(values) >= rows and values.shape[1] >= steps
-        want = "(batch, timesteps, k) or (batch, timesteps)" + (
-            f", with {steps} timesteps here" if steps else "")
+        what = "max_segments" if axis == "segment" else "timesteps"
+        want = f"(batch, {what}, k) or (batch, {what})" + (
+            f", with {steps} {what} here" if steps else "")
+        if axis == "segment":
+            want += " (packed rows: one slot per sequence of the row, see SegmentPooling)"
     if not fits:
         raise ConfigError(
             f"predict: the model's output {name!r} came back with shape {values.shape} for a "

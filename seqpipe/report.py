@@ -44,6 +44,8 @@ class Report:
     # with batching.static_shapes: the distinct (rows, timesteps) of the first epoch's
     # batches (at most one per bucket); None without
     static_shapes: Optional[int] = None
+    # with batching.packing: the mean number of sequences in a packed row
+    segments_per_row: Optional[float] = None
     # the kind of batch's own lines of the summary, and its changes (see `changes`)
     batching: tuple[str, ...] = ()
     batching_changes: tuple[str, ...] = ()

@@ -187,7 +187,7 @@ def plan_epoch(lengths: np.ndarray, buckets: np.ndarray, sizes: np.ndarray,
         dropped = sum(len(b) for b in left)
         left = []
     batches, blocks = batches + left, blocks + [blocks[-1] if blocks else 0] * len(left)
-    return EpochPlan(batches, _split_blocks(np.asarray(blocks, dtype=np.int64)), dropped)
+    return EpochPlan(batches, split_blocks(np.asarray(blocks, dtype=np.int64)), dropped)
 
 
 
@@ -215,7 +215,7 @@ def in_multiples(plan: EpochPlan, multiple: int) -> EpochPlan:
     return dataclasses.replace(plan, batches=batches, blocks=np.asarray(blocks, dtype=np.int64))
 
 
-def _split_blocks(blocks: np.ndarray) -> np.ndarray:
+def split_blocks(blocks: np.ndarray) -> np.ndarray:
     """Consecutive block numbers, with each block cut into runs of
     `Tuning.batches_per_block`."""
     if not len(blocks):

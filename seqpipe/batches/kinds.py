@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from seqpipe.batches.kind import BatchKind, BatchSpec
+from seqpipe.batches.packed import PackedRows
 from seqpipe.batches.whole import WholeSequences
 from seqpipe.batches.windows import WindowBatches
 from seqpipe.config import PipelineConfig
 
 # Asked in order; whole sequences, the default, last.
-KINDS: tuple[type[BatchKind], ...] = (WindowBatches, WholeSequences)
+KINDS: tuple[type[BatchKind], ...] = (WindowBatches, PackedRows, WholeSequences)
 
 
 def kind_of(config: PipelineConfig) -> type[BatchKind]:

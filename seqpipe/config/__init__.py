@@ -8,6 +8,7 @@ from seqpipe.config.sections import (
     CacheConfig,
     InputConfig,
     OutputConfig,
+    PackingConfig,
     PaddingConfig,
     ScalingConfig,
     ShuffleConfig,
@@ -19,7 +20,8 @@ from seqpipe.config.sections import (
 )
 
 __all__ = [
-    "BatchingConfig", "CacheConfig", "InputConfig", "OutputConfig", "PaddingConfig",
-    "PipelineConfig", "ScalingConfig", "ShuffleConfig", "SourceConfig", "SplitConfig", "WeightMode",
-    "WeightsConfig", "WindowsConfig", "leaked_labels", "load_config",
+    "BatchingConfig", "CacheConfig", "InputConfig", "OutputConfig", "PackingConfig",
+    "PaddingConfig", "PipelineConfig", "ScalingConfig", "ShuffleConfig", "SourceConfig",
+    "SplitConfig", "WeightMode", "WeightsConfig", "WindowsConfig", "leaked_labels",
+    "load_config",
 ]

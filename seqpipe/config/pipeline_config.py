@@ -77,6 +77,7 @@ def check_cross_fields(config: PipelineConfig) -> None:
     _check_scaling(config)
     _check_batching(config)
     _check_windows(config)
+    _check_packing(config)
 
 
 def _check_inputs(config: PipelineConfig) -> None:
@@ -304,6 +305,43 @@ def _check_windows(config: PipelineConfig) -> None:
         raise ConfigError(
             f"{split.held_out} splits windows by time; it cannot be combined with a split "
             f"by sequence ({_split_keys(split)}). Use one or the other.")
+
+
+def _check_packing(config: PipelineConfig) -> None:
+    """Packed rows hold whole sequences end to end, one shape for every batch."""
+    packing, batching, padding = config.batching.packing, config.batching, config.padding
+    if packing is None:
+        return
+    if config.windows is not None:
+        raise ConfigError(
+            "batching.packing packs whole sequences and windows cut them: use one. Windows "
+            "already have one shape (batch_size x windows.history).")
+    if padding.maxlen is None or padding.maxlen > packing.length:
+        raise ConfigError(
+            f"batching.packing needs padding.maxlen at most packing.length "
+            f"({packing.length}), so that every sequence fits in a row; got maxlen: "
+            f"{padding.maxlen}. Set padding.maxlen to {packing.length} or less (longer "
+            f"sequences are truncated and counted in the report).")
+    if padding.side == "pre":
+        raise ConfigError(
+            "padding.side: pre does not apply with batching.packing: a row's sequences lie "
+            "end to end from its start and its padding is at its end. Remove padding.side.")
+    for key, value in (("bucket_boundaries", batching.bucket_boundaries),
+                       ("max_timesteps", batching.max_timesteps)):
+        if value is not None:
+            raise ConfigError(
+                f"batching.{key} does not apply with batching.packing: every batch is "
+                f"batch_size rows of packing.length timesteps; got {key}: {value!r}. "
+                f"Remove it.")
+    names = (packing.segment_ids, packing.positions)
+    scale_inputs = [s.scaling.input for specs in (config.inputs, config.outputs)
+                    for s in specs.values() if s.scaling is not None and s.scaling.input]
+    taken = {*config.inputs, *config.outputs, padding.mask, *scale_inputs}
+    if names[0] == names[1] or taken & set(names):
+        raise ConfigError(
+            f"batching.packing.segment_ids and positions name two extra inputs of their "
+            f"own, not an input, output, the mask, a scale input or each other; got "
+            f"segment_ids: {names[0]!r}, positions: {names[1]!r}")
 
 
 def _check_scale_input(config: PipelineConfig, key: str, scaling) -> None:

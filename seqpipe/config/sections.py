@@ -283,6 +283,29 @@ class WindowsConfig(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class PackingConfig(Section):
+    """Packed rows: whole sequences end to end in rows of one length, for attention models
+    and XLA, which want one batch shape and as little padding as possible."""
+
+    length: int = field(
+        doc="Timesteps of every row. Sequences (truncated to padding.maxlen, which must be at "
+        "most length) are packed into rows inside each shuffle buffer.",
+        check=lambda v: v > 0, rule="must be a positive integer")
+    max_segments: int = field(
+        64, "The most sequences in one row: the size of the segment axis that per-sequence "
+        "inputs, outputs and weights get, (batch, max_segments, ...). Raise it when most "
+        "sequences are shorter than length / max_segments (seqpipe inspect shows how many "
+        "rows reach it).", check=lambda v: v > 0, rule="must be a positive integer")
+    segment_ids: str = field(
+        "segment_ids", "The name of the extra input, int32 (batch, length): 1..k for the "
+        "row's k sequences in order, 0 at padding.",
+        check=lambda v: bool(v), rule="must be a non-empty name")
+    positions: str = field(
+        "positions", "The name of the extra input, int32 (batch, length): 0..n-1 within each "
+        "sequence, 0 at padding.", check=lambda v: bool(v), rule="must be a non-empty name")
+
+
+@dataclasses.dataclass(frozen=True)
 class BatchingConfig(Section):
     """How sequences are grouped into batches."""
 
@@ -308,6 +331,10 @@ class BatchingConfig(Section):
         "the last bucket to padding.maxlen, then required) and to the bucket's full batch "
         "size, the rows of a last, smaller batch left empty with weight 0. An epoch then has "
         "at most one shape per bucket.")
+    packing: Optional[PackingConfig] = field(
+        None, "Pack whole sequences end to end into rows of packing.length timesteps: one "
+        "batch shape, (batch_size, length), with almost no padding. null: one sequence per "
+        "row.")
 
 
 @dataclasses.dataclass(frozen=True)
