@@ -132,6 +132,29 @@ def test_the_report_counts_the_packing_waste_against_the_data(table, path):
     assert "segments per row: mean" in text
 
 
+def test_inspect_shows_the_packing_the_pipeline_makes(path, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = _config(path)
+    config_file = tmp_path / "packed.yaml"
+    config_file.write_text(yaml.safe_dump(config.to_dict()))
+    done = subprocess.run([sys.executable, "-m", "seqpipe", "inspect", str(config_file)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = Pipeline(config).report
+    found = re.search(r"packed rows: (\d+) rows of 64 timesteps in (\d+) batches of 4 per "
+                      r"epoch \(one shape\), packed within windows of 1,024 sequences; "
+                      r"padding waste: ([\d.]+)%", done.stdout)
+    assert found, done.stdout
+    assert int(found.group(2)) == report.batches_per_epoch
+    assert float(found.group(3)) / 100 == pytest.approx(report.padding_waste, abs=5e-4)
+    assert re.search(r"segments per row: mean [\d.]+, max \d+ \(max_segments 8; \d+ rows "
+                     r"reach it\)", done.stdout)
+
+
 def test_a_last_batch_gets_empty_rows_of_weight_zero_or_is_dropped(path):
     pipeline = Pipeline(_config(path))
     last = list(pipeline.batches(0))[-1]
@@ -157,13 +180,18 @@ def _dense_model():
     return model
 
 
-@pytest.mark.parametrize("mode", ["batch_mean", "sequence_mean"])
+@pytest.mark.parametrize("mode", ["batch_mean", "sequence_mean", "global_mean"])
 def test_keras_reports_the_mean_each_mode_means_over_segments(table, path, mode):
     raw = raw_sequences(table)
     died = dict(zip(table["id"].to_pylist(), table["died"].to_pylist()))
     model = _dense_model()
     pipeline = Pipeline(_config(path, **{"weights.mode": mode}))
-    for batch in list(pipeline.batches(0))[:6]:
+    batches = list(pipeline.batches(0))
+    # global_mean: every present label weighs the same; per batch, sum / (labels / batches)
+    label_share = sum(int((~np.isnan(raw[key][1][:MAXLEN])).sum()) for key in raw) / len(
+        batches)
+    outcome_share = sum(not np.isnan(died[key]) for key in raw) / len(batches)
+    for batch in batches[:6]:
         got = keras_batch_loss(model, batch.x, batch.y, batch.sample_weight)
         predicted = model.predict_on_batch(batch.x)
         per_sequence, present_labels, outcome = [], [], []
@@ -178,11 +206,12 @@ def test_keras_reports_the_mean_each_mode_means_over_segments(table, path, mode)
                     per_sequence.append(present.mean())
                 if not np.isnan(died[key]):
                     outcome.append((predicted["died"][r, slot, 0] - died[key]) ** 2)
-        expected = (np.mean(present_labels) if mode == "batch_mean"
-                    else np.mean(per_sequence))
+        expected = {"batch_mean": np.mean(present_labels), "sequence_mean": np.mean(per_sequence),
+                    "global_mean": np.sum(present_labels) / label_share}[mode]
         assert got["y_loss"] == pytest.approx(expected, rel=1e-5)
-        assert got["died_loss"] == pytest.approx(np.mean(outcome) if outcome else 0.0,
-                                                 rel=1e-5, abs=1e-7)
+        expected = (np.sum(outcome) / outcome_share if mode == "global_mean"
+                    else np.mean(outcome) if outcome else 0.0)
+        assert got["died_loss"] == pytest.approx(expected, rel=1e-5, abs=1e-7)
 
 
 def _encoder(causal=False):
@@ -211,7 +240,7 @@ def test_attention_on_packed_rows_predicts_what_each_sequence_alone_gives(table,
     frames = seqpipe.predict(model, config)
     frame = table.to_pandas().sort_values(["id", "t"])
     alone_y, alone_died = [], []
-    for key, rows in frame.groupby("id", sort=True):
+    for _, rows in frame.groupby("id", sort=True):
         rows = rows.iloc[:MAXLEN]
         n = len(rows)
         x = {"steps": rows[["code", "x"]].to_numpy(np.float32)[None],
@@ -363,3 +392,32 @@ def test_the_guide_trains_a_transformer_encoder_on_packed_rows(tmp_path, monkeyp
     assert frames["label"]["id"].tolist() == list(range(len(lengths)))
     losses = model.history.history["running_loss"]
     assert losses[-1] < losses[0]
+
+
+def test_scale_inputs_sit_on_the_segment_axis_and_the_mask_marks_real_timesteps(table, path):
+    config = _config(path, **{"inputs.steps.normalize": {"per": "series", "input": "scales"},
+                              "padding.mask": "real"})
+    frame = table.to_pandas().sort_values(["id", "t"])
+    kept = frame.groupby("id").head(MAXLEN)
+    for batch in list(Pipeline(config).batches(0))[:5]:
+        np.testing.assert_array_equal(batch.x["real"], batch.x["segment_ids"] > 0)
+        assert batch.x["scales"].shape == (ROWS, SLOTS, 4)
+        for r, row in enumerate(_rows(batch)):
+            for slot, (key, _, _) in enumerate(row):
+                codes = kept.loc[kept["id"] == key, "code"]
+                # a constant series divides by its own level (docs/preparing-data.md)
+                divisor = codes.std(ddof=0) or abs(codes.mean()) or 1.0
+                np.testing.assert_allclose(batch.x["scales"][r, slot, [0, 2]],
+                                           [codes.mean(), divisor], rtol=1e-5)
+            # empty slots: shift 0, divisor 1
+            np.testing.assert_array_equal(batch.x["scales"][r, len(row):], [[0, 0, 1, 1]] * (
+                SLOTS - len(row)))
+
+
+def test_several_replicas_get_whole_steps_of_one_shape(path):
+    pipeline = Pipeline(_config(path), same_shape_first=3)
+    batches = list(pipeline.batches(0))
+    assert len(batches) % 3 == 0 and len(batches) == pipeline.report.batches_per_epoch
+    assert {b.x["steps"].shape for b in batches} == {(ROWS, LENGTH, 2)}
+    assert sorted(i for b in batches for i in b.ids) == sorted(
+        i for b in Pipeline(_config(path)).batches(0) for i in b.ids)
