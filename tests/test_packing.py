@@ -173,7 +173,9 @@ def _dense_model():
     inputs = {"steps": steps, "static": static,
               "segment_ids": keras.Input((LENGTH,), dtype="int32", name="segment_ids"),
               "positions": keras.Input((LENGTH,), dtype="int32", name="positions")}
-    outputs = {"y": keras.layers.Dense(1, name="y")(steps),
+    # the segment inputs tied in: Keras 3.11 to 3.13 refuse a model with unused inputs
+    used = passing(steps, inputs["segment_ids"], inputs["positions"])
+    outputs = {"y": keras.layers.Dense(1, name="y")(used),
                "died": keras.layers.Dense(1, name="died")(static)}
     model = keras.Model(inputs, outputs)
     model.compile(loss={"y": "mse", "died": "mse"})
