@@ -19,16 +19,6 @@ from seqpipe.tfdata.dataset import element_spec
 
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str):
-    # seqpipe.layers imports Keras, so only when first asked for
-    if name == "layers":
-        import seqpipe.layers
-
-        return seqpipe.layers
-    raise AttributeError(f"module 'seqpipe' has no attribute {name!r}")
-
-
 __all__ = [
     "Batch", "ConfigError", "DataError", "Pipeline", "PipelineConfig", "Report",
     "SeqpipeError", "SourceNotFoundError", "Statistics", "build_dataset", "element_spec",

@@ -12,7 +12,7 @@ head must pool each sequence on its own:
 Recurrent layers cannot be confined to a segment this way: an RNN over a packed row
 carries its state from one sequence into the next. Use whole sequences for them.
 
-Importing this module imports Keras.
+Importing this module imports Keras, which is why `import seqpipe` does not.
 """
 
 from __future__ import annotations

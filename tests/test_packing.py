@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import seqpipe
+import seqpipe.layers
 from seqpipe import ConfigError, Pipeline, build_dataset, element_spec, load_config
 from tests.helpers import (
     base_config,
