@@ -224,7 +224,10 @@ def _encoder(causal=False):
     segment_ids = keras.Input((None,), dtype="int32", name="segment_ids")
     positions = keras.Input((None,), dtype="int32", name="positions")
     static = keras.Input((None, 1), name="static")
-    h = keras.layers.Dense(16)(steps) + keras.layers.Embedding(MAXLEN, 16)(positions)
+    # `code` runs to 10^5: scaled down, as `normalize` would, or attention logits that
+    # large give NaN gradients on PyTorch.
+    scaled = keras.layers.Rescaling(1e-5)(steps)
+    h = keras.layers.Dense(16)(scaled) + keras.layers.Embedding(MAXLEN, 16)(positions)
     mask = seqpipe.layers.SegmentAttentionMask(causal=causal)(segment_ids)
     h = keras.layers.LayerNormalization()(
         h + keras.layers.MultiHeadAttention(2, 8)(h, h, attention_mask=mask))
