@@ -14,13 +14,14 @@ from seqpipe.metrics import masked_metric
 from seqpipe.pipeline import Pipeline
 from seqpipe.predict import predict
 from seqpipe.report import Report
+from seqpipe.resume import BackupAndRestore, resume_state
 from seqpipe.statistics import Statistics
 from seqpipe.tfdata.dataset import element_spec
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Batch", "ConfigError", "DataError", "Pipeline", "PipelineConfig", "Report",
+    "BackupAndRestore", "Batch", "ConfigError", "DataError", "Pipeline", "PipelineConfig", "Report",
     "SeqpipeError", "SourceNotFoundError", "Statistics", "build_dataset", "element_spec",
-    "load_config", "load_materialized", "masked_metric", "materialize", "predict",
+    "load_config", "load_materialized", "masked_metric", "materialize", "predict", "resume_state",
 ]

@@ -25,6 +25,7 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from seqpipe import tuning
 from seqpipe._internal.threads import ordered_map
@@ -143,11 +144,16 @@ class SequenceSource(Protocol):
     @property
     def statistics(self) -> Optional[Statistics]: ...
 
-    def chunks(self, in_part: np.ndarray) -> Generator[tuple[int, Sequences], None, Any]:
+    def chunks(self, in_part: np.ndarray, needed: Optional[np.ndarray] = None
+               ) -> Generator[tuple[int, Sequences], None, Any]:
         """Every sequence of the index, grouped and untruncated, in index order, a chunk at
         a time with the index of its first sequence. A source that counts as it reads
         returns `Report` fields (filled values, missing labels of the `in_part` sequences)
-        as the generator's return value."""
+        as the generator's return value.
+
+        `needed`: (n,) bool, the sequences wanted (an epoch resumed part way): only the
+        pieces of the source that hold one are read, the chunks then skip the others (and
+        may hold some that are not needed), and nothing is counted."""
         ...
 
     def valid_labels(self, output: str, kept: KeptSteps) -> np.ndarray:
@@ -206,26 +212,19 @@ class GroupedTable:
                            self._sequences.parts)
         self.report_fields = {"filled_values": dict(counts.filled_values)}
 
-    def chunks(self, in_part: np.ndarray) -> Generator[tuple[int, Sequences], None, None]:
+    def chunks(self, in_part: np.ndarray, needed: Optional[np.ndarray] = None
+               ) -> Generator[tuple[int, Sequences], None, None]:
         """The sequences in slices of about `slice_timesteps`, so that assembly works on
-        pieces the size of a streamed source's."""
+        pieces the size of a streamed source's; with `needed`, only slices that hold a
+        needed sequence."""
         sequences, levels = self._sequences, self.config.levels
         offsets = sequences.offsets
         cuts = np.unique(np.searchsorted(offsets, np.arange(0, offsets[-1],
                                                             tuning.TUNING.slice_timesteps)))
         cuts = np.append(cuts[cuts < len(sequences)], len(sequences))
-        for a, b in zip(cuts[:-1], cuts[1:]):
-            t0, t1 = offsets[a], offsets[b]
-
-            def cut(arrays, steps=slice(t0, t1), rows=slice(a, b)):
-                return {name: take(values, steps if levels[name] == "timestep" else rows)
-                        for name, values in arrays.items()}
-
-            times = None if sequences.times is None else sequences.times[t0:t1]
-            parts = None if sequences.parts is None else sequences.parts[a:b]
-            yield int(a), Sequences(sequences.ids[a:b], offsets[a:b + 1] - t0,
-                                    cut(sequences.features), cut(sequences.labels),
-                                    cut(sequences.present), times, parts)
+        for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+            if needed is None or needed[a:b].any():
+                yield a, slice_sequences(sequences, a, b, levels)
 
     def valid_labels(self, output: str, kept: KeptSteps) -> np.ndarray:
         return valid_per_sequence(self.index.present[output], self.config.levels[output],
@@ -293,11 +292,54 @@ class StreamedParquet:
             names.append(list_columns(config)[0][0])
         return pa.schema([self._files.schema.field(n) for n in dict.fromkeys(names)])
 
-    def chunks(self, in_part: np.ndarray) -> Generator[tuple[int, Sequences], None, Any]:
+    def chunks(self, in_part: np.ndarray, needed: Optional[np.ndarray] = None
+               ) -> Generator[tuple[int, Sequences], None, Any]:
         """Reads the row groups from the moment it is called, a few ahead; the generator
-        returns what it filled and found missing."""
+        returns what it filled and found missing. With `needed`, only the row groups that
+        hold a needed sequence (and those a sequence of theirs spans into), uncounted."""
+        order = self._order if needed is None else self._order_of(needed)
+        if order is not self._order:
+            tables = stream_chunks(order, self.config, self._files.schema, in_pieces=True)
+            return self._located(ordered_map(self._group, tables, ahead=1))
         tables = stream_chunks(self._order, self.config, self._files.schema, in_pieces=True)
         return self._grouped(tables, in_part)
+
+    def _order_of(self, needed: np.ndarray) -> StreamOrder:
+        """The stream order cut down to the row groups that hold rows of a needed sequence
+        (all of them, for one that spans several)."""
+        row_groups = self._order.row_groups
+        ids = pa.array(self.index.ids)
+        if any(row_group.first is None for row_group in row_groups):
+            return self._order  # no id statistics to place the sequences by: read all
+        take = np.zeros(len(row_groups), dtype=bool)
+        for k, row_group in enumerate(row_groups):
+            low = pc.sum(pc.less(ids, pa.scalar(row_group.first, ids.type))).as_py() or 0
+            high = pc.sum(pc.less_equal(ids, pa.scalar(row_group.last, ids.type))).as_py() or 0
+            take[k] = bool(needed[low:high].any())
+        return dataclasses.replace(self._order, row_groups=tuple(
+            row_group for row_group, kept in zip(row_groups, take) if kept))
+
+    def _located(self, grouped: Iterator[tuple[Sequences, Any]]
+                 ) -> Generator[tuple[int, Sequences], None, None]:
+        """Chunks of row groups read with gaps between them, each with the index of its
+        first sequence, found by id. A sequence cut by a gap (its other rows are in a row
+        group not read, so it is not needed) is left out."""
+        ids, lengths = self.index.ids, self.index.lengths
+        for chunk, _ in grouped:
+            if not len(chunk):
+                continue
+            first = int(np.searchsorted(ids, chunk.ids[0]))
+            at = first + np.arange(len(chunk))
+            if at[-1] >= len(ids) or not np.array_equal(ids[at], chunk.ids):
+                raise DataError(f"{self.where} changed since the pipeline was built: "
+                                f"sequences {chunk.ids[0]!r} to {chunk.ids[-1]!r} are not "
+                                f"as its index has them. Build the pipeline again.")
+            whole = np.flatnonzero(chunk.lengths == lengths[at])
+            if len(whole) == len(chunk):
+                yield first, chunk
+            elif len(whole):
+                a, b = int(whole[0]), int(whole[-1]) + 1  # cut ones are at the edges
+                yield first + a, slice_sequences(chunk, a, b, self.config.levels)
 
     def _grouped(self, tables: Iterator[SourceTable], in_part: np.ndarray):
         levels = self.config.levels
@@ -326,6 +368,23 @@ class StreamedParquet:
         if self._whole is None:
             self._whole = group_sequences(read_source(self.config), self.config)[0]
         return self._whole
+
+
+def slice_sequences(sequences: Sequences, a: int, b: int,
+                    levels: Mapping[str, str]) -> Sequences:
+    """Sequences a to b (exclusive), as views where the arrays allow."""
+    offsets = sequences.offsets
+    t0, t1 = offsets[a], offsets[b]
+
+    def cut(arrays):
+        return {name: take(values, slice(t0, t1) if levels[name] == "timestep" else
+                           slice(a, b))
+                for name, values in arrays.items()}
+
+    times = None if sequences.times is None else sequences.times[t0:t1]
+    parts = None if sequences.parts is None else sequences.parts[a:b]
+    return Sequences(sequences.ids[a:b], offsets[a:b + 1] - t0, cut(sequences.features),
+                     cut(sequences.labels), cut(sequences.present), times, parts)
 
 
 def _before_cutoff(sequences: Sequences, config: PipelineConfig,

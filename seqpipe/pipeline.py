@@ -43,6 +43,18 @@ from seqpipe.transform import Transform, changes_values
 logger = logging.getLogger("seqpipe")
 
 
+@dataclasses.dataclass(frozen=True)
+class Resume:
+    """Where a dataset's first pass starts: batch `batch` (0-based) of epoch `epoch`."""
+
+    epoch: int
+    batch: int
+
+    def start(self, epoch: int) -> int:
+        """The first batch a pass over `epoch` reads."""
+        return self.batch if epoch == self.epoch else 0
+
+
 class Pipeline:
     """Reads the source's index once, then makes the batches of any epoch in NumPy.
 
@@ -148,23 +160,41 @@ class Pipeline:
         it all into memory."""
         return self.source.sequences().with_matrices()
 
-    def blocks(self, epoch: int = 0) -> Iterator[Block]:
-        """Yields the epoch's batches in assembly blocks: padded batches end to end."""
-        return self.kind.blocks(epoch, self.chunks())
+    def blocks(self, epoch: int = 0, start: int = 0) -> Iterator[Block]:
+        """Yields the epoch's batches in assembly blocks: padded batches end to end. From
+        its batch `start` on (0-based): the same batches as an epoch read from its start
+        yields there, made without making the ones before (only the sequences from the
+        block that holds batch `start` on are read)."""
+        count = self.report.batches_per_epoch
+        if not 0 <= start < max(count, 1):
+            raise ConfigError(f"resume: batch {start} is not a batch of the epoch, which has "
+                              f"{count:,} (0 to {count - 1:,}); pass a batch from 0 to "
+                              f"{count - 1:,}, or the next epoch with batch 0")
+        if start:
+            return self.kind.blocks(epoch, self.chunks, start)
+        chunks = self.chunks()  # a whole epoch: reading starts now, while the kind plans
+        return self.kind.blocks(epoch, lambda needed: chunks)
 
-    def batches(self, epoch: int = 0) -> Iterator[Batch]:
-        """Yields the padded, weighted batches of one epoch."""
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
+        """Yields the padded, weighted batches of one epoch, from its batch `start` on (see
+        `blocks`)."""
         ids, kept = self.source.index.ids, self.kept_steps.length
-        for block in self.blocks(epoch):
+        for block in self.blocks(epoch, start):
             for j in range(len(block.members)):
                 yield block.batch(j, self.config, ids, kept)
 
-    def chunks(self) -> Iterator[tuple[int, Sequences]]:
+    def chunks(self, needed: Optional[np.ndarray] = None) -> Iterator[tuple[int, Sequences]]:
         """Every sequence of the source (all parts), grouped, in index order, a chunk at a
         time, with the index of the chunk's first sequence. Untruncated: `kept_steps` says
         which timesteps each sequence keeps. A streamed source's first row groups are read
-        from the moment this is called."""
-        return self._handing_over(self.source.chunks(self._in_part))
+        from the moment this is called. `needed`: (n,) bool, read only the pieces of the
+        source that hold these sequences (an epoch resumed part way); its chunks then
+        count nothing for the report."""
+        if needed is None:
+            return self._handing_over(self.source.chunks(self._in_part))
+        chunks = self.source.chunks(self._in_part, needed & self._in_part)
+        return chunks if self._transform is None else self._transform.stream(
+            chunks, collections.defaultdict(collections.Counter))
 
     def _handing_over(self, chunks: Generator[tuple[int, Sequences], None, Any]
                       ) -> Iterator[tuple[int, Sequences]]:

@@ -134,11 +134,14 @@ class Assembler:
       weigh: how a block's weights of one output are made (the default: `block.weigh`).
       buffers: where the blocks' arrays come from: by default the process's pool, so that
         an epoch reuses the memory of the batches the last one is done with.
+      first_block: the first block to make (an epoch resumed part way); the sequences of
+        the blocks before it are not expected.
     """
 
     def __init__(self, config: PipelineConfig, spec: BatchSpec, layout: Layout,
                  lengths: np.ndarray, kept: np.ndarray, mean_valid: Mapping[str, float],
-                 weigh: Callable = weigh, buffers: BufferPool = SHARED) -> None:
+                 weigh: Callable = weigh, buffers: BufferPool = SHARED,
+                 first_block: int = 0) -> None:
         self.config, self.layout, self.mean_valid = config, layout, mean_valid
         self.axes = spec.axes
         self._scale_inputs = list(scale_inputs(config))
@@ -147,11 +150,11 @@ class Assembler:
         self.places = layout.places
         members = (np.concatenate(layout.batches) if layout.batches
                    else np.empty(0, np.int64))
-        self.block_of = layout.block_of
+        self.block_of = np.where(layout.block_of >= first_block, layout.block_of, -1)
         self.time_dest, self.sequence_dest = layout.time_dest, layout.sequence_dest
         self.skip = lengths - kept if config.padding.truncating == "pre" else np.zeros_like(
             lengths)
-        self.members_per_block = np.bincount(self.block_of[members],
+        self.members_per_block = np.bincount(layout.block_of[members],
                                              minlength=len(self.places))
         self._batch_blocks = [np.flatnonzero(layout.blocks == g)
                               for g in range(len(self.places))]
@@ -159,13 +162,13 @@ class Assembler:
         # few (`Tuning.parked_share`) that come much earlier: sequences that waited several
         # shuffle buffers for a batch of their bucket to fill. Those are parked unpadded until
         # then, so a block that waits does not hold a whole store, and little is copied twice.
-        by_block = np.lexsort((members, self.block_of[members]))
+        by_block = np.lexsort((members, layout.block_of[members]))
         ordered, counts = members[by_block], self.members_per_block
         early = (counts * tuning.TUNING.parked_share).astype(np.int64)
         self.open_at = ordered[np.cumsum(counts) - counts + early] if len(members) else []
         self._parked: dict[int, list] = {}
         self._open: dict[int, Block] = {}
-        self._next = 0
+        self._next = first_block
 
     def blocks(self, chunks: Iterable[tuple[int, Sequences]]) -> Iterator[Block]:
         """Yields the finished blocks, in plan order, as the chunks arrive."""
@@ -259,6 +262,24 @@ class Assembler:
         for name in self.config.outputs:
             block.sample_weight[name] = self.weigh(block, name, self.config,
                                                    self.mean_valid[name], self.buffers)
+
+
+def resumed(layout: Layout, start: int) -> tuple[int, int, Optional[np.ndarray]]:
+    """Where an epoch resumed at batch `start` begins: (its block, the batches of that
+    block before `start`, the sequences the blocks from there on need; None from the
+    start)."""
+    if not start:
+        return 0, 0, None
+    if start >= len(layout.blocks):
+        raise ValueError(f"batch {start} is past the epoch's {len(layout.blocks)} batches")
+    g = int(layout.blocks[start])
+    return g, start - int(np.searchsorted(layout.blocks, g)), layout.block_of >= g
+
+
+def skipping(blocks: Iterable[Block], batches: int) -> Iterator[Block]:
+    """`blocks` with the first one's first `batches` batches left out."""
+    for i, block in enumerate(blocks):
+        yield block.from_batch(batches) if i == 0 else block
 
 
 def aligned_rows(rows: np.ndarray) -> np.ndarray:

@@ -109,6 +109,17 @@ class Block:
                    for name in config.outputs}
         return x, y, weights
 
+    def from_batch(self, k: int) -> Block:
+        """This block without its first k batches (an epoch resumed at its batch k): the
+        same arrays, the weights made over the whole block as an uninterrupted epoch has
+        them."""
+        if not k:
+            return self
+        kept = np.arange(len(self.places)) >= k
+        return dataclasses.replace(self, places=self.places.select(kept),
+                                   members=self.members[k:],
+                                   ends=None if self.ends is None else self.ends[k:])
+
     def batch(self, j: int, config: PipelineConfig, ids: np.ndarray,
               lengths: np.ndarray) -> Batch:
         """Batch j as a `Batch`; `ids` and `lengths` are every sequence's, by index."""

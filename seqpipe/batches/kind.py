@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, Optional
 
 import numpy as np
@@ -30,6 +30,9 @@ from seqpipe.config import PipelineConfig
 from seqpipe.index import KeptSteps, SequenceSource
 from seqpipe.parquet.sequences import Sequences
 from seqpipe.scaling import scale_inputs
+
+# How a kind reads its sequences: `read(needed)` -> chunks `(index of the first, Sequences)`.
+Reader = Callable[[Optional[np.ndarray]], Iterator[tuple[int, Sequences]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,10 +206,12 @@ class BatchKind(abc.ABC):
         """Batches of every epoch (the same each epoch)."""
 
     @abc.abstractmethod
-    def blocks(self, epoch: int, chunks: Iterator[tuple[int, Sequences]]) -> Iterator[Block]:
-        """The epoch's batches in blocks, assembled from `chunks` (the members' sequences,
-        prepared, in index order, each with the index of its first sequence). The same
-        (seed, epoch) always gives the same batches."""
+    def blocks(self, epoch: int, read: Reader, start: int = 0) -> Iterator[Block]:
+        """The epoch's batches in blocks, from its batch `start` on (the first block cut
+        with `Block.from_batch`), assembled from the chunks `read(needed)` gives (the
+        members' sequences, prepared, in index order, each with the index of its first
+        sequence; `needed`: a mask of the sequences the blocks from `start` on draw on, or
+        None for all). The same (seed, epoch) always gives the same batches."""
 
     @abc.abstractmethod
     def report_fields(self) -> dict[str, Any]:

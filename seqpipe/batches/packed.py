@@ -26,6 +26,8 @@ from seqpipe.batches.assembler import (
     aligned_rows,
     blocks_of,
     exclusive_cumsum_within,
+    resumed,
+    skipping,
 )
 from seqpipe.batches.block import Batch, BatchPlaces, Block, weigh
 from seqpipe.batches.buckets import unbucketed_waste
@@ -34,6 +36,7 @@ from seqpipe.batches.kind import (
     BatchSpec,
     Counted,
     Preview,
+    Reader,
     Targets,
     extra_inputs,
 )
@@ -42,7 +45,7 @@ from seqpipe.batches.whole import WholeSequences
 from seqpipe.config import PackingConfig, PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.index import KeptSteps, SequenceSource, truncate
-from seqpipe.parquet.sequences import Sequences, offsets_of, ranges
+from seqpipe.parquet.sequences import offsets_of, ranges
 from seqpipe.weights import batch_weights
 
 
@@ -123,7 +126,7 @@ class PackedRows(BatchKind):
     def batches_per_epoch(self) -> int:
         return self.plan(0).batches
 
-    def blocks(self, epoch: int, chunks: Iterator[tuple[int, Sequences]]) -> Iterator[Block]:
+    def blocks(self, epoch: int, read: Reader, start: int = 0) -> Iterator[Block]:
         plan = self.plan(epoch)
         mean_valid = {name: float(self._valid[name][plan.sequence].sum()) / plan.batches
                       if name in self._valid else 0.0 for name in self.config.outputs}
@@ -134,9 +137,11 @@ class PackedRows(BatchKind):
         def weigh_segments(block, output, config, mean_valid, buffers):
             return segment_weights(block, output, config, mean_valid, buffers, segment_ids)
 
+        first, skipped, needed = resumed(layout, start)
         assembler = Assembler(self.config, spec, layout, self.source.index.lengths,
-                              self.kept.length, mean_valid, weigh_segments)
-        yield from assembler.blocks(chunks)
+                              self.kept.length, mean_valid, weigh_segments,
+                              first_block=first)
+        yield from skipping(assembler.blocks(read(needed)), skipped)
 
     def report_fields(self) -> dict[str, Any]:
         """Truncation, the rows packed and their padding."""

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from seqpipe.batches.assembler import Assembler, WholeLayout
+from seqpipe.batches.assembler import Assembler, WholeLayout, resumed, skipping
 from seqpipe.batches.block import Batch, Block
 from seqpipe.batches.buckets import (
     EpochPlan,
@@ -33,13 +33,14 @@ from seqpipe.batches.kind import (
     Counted,
     Padding,
     Preview,
+    Reader,
     Targets,
     extra_inputs,
 )
 from seqpipe.config import BatchingConfig, PipelineConfig
 from seqpipe.errors import ConfigError, DataError
 from seqpipe.index import KeptSteps, SequenceSource, truncate
-from seqpipe.parquet.sequences import Sequences, offsets_of, ranges, show_id
+from seqpipe.parquet.sequences import offsets_of, ranges, show_id
 
 
 class WholeSequences(BatchKind):
@@ -151,14 +152,16 @@ class WholeSequences(BatchKind):
     def batches_per_epoch(self) -> int:
         return len(self.plan(0).batches)
 
-    def blocks(self, epoch: int, chunks: Iterator[tuple[int, Sequences]]) -> Iterator[Block]:
+    def blocks(self, epoch: int, read: Reader, start: int = 0) -> Iterator[Block]:
         plan = self.plan(epoch)
         mean_valid = {name: self._mean_valid(name, plan) for name in self.config.outputs}
         layout = WholeLayout(self.config, plan, self.kept.length, self._shapes(plan),
                              self.same_shape_first)
+        first, skipped, needed = resumed(layout, start)
         assembler = Assembler(self.config, self.spec(self.config), layout,
-                              self.source.index.lengths, self.kept.length, mean_valid)
-        yield from assembler.blocks(chunks)
+                              self.source.index.lengths, self.kept.length, mean_valid,
+                              first_block=first)
+        yield from skipping(assembler.blocks(read(needed)), skipped)
 
     def _mean_valid(self, output: str, plan: EpochPlan) -> float:
         """global_mean: the present labels per batch over the epoch."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import typing
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Optional
@@ -18,6 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from seqpipe._internal.buffers import SHARED, BufferPool
+from seqpipe.batches.assembler import skipping
 from seqpipe.batches.block import (
     Batch,
     BatchPlaces,
@@ -32,6 +34,7 @@ from seqpipe.batches.kind import (
     BatchSpec,
     Counted,
     Preview,
+    Reader,
     Targets,
     extra_inputs,
 )
@@ -140,12 +143,31 @@ class WindowBatches(BatchKind):
         return batches_per_epoch(len(self.windows), batching.batch_size,
                                  batching.drop_remainder, self.same_shape_first)
 
-    def blocks(self, epoch: int, chunks: Iterator[tuple[int, Sequences]]) -> Iterator[Block]:
+    def blocks(self, epoch: int, read: Reader, start: int = 0) -> Iterator[Block]:
         batches = max(self.batches_per_epoch(), 1)  # every epoch has the same windows
         mean_valid = {name: self._valid.get(name, 0) / batches for name in self.config.outputs}
+        plan, skipped, needed = self._resumed(self._plan(epoch), start)
         assembler = WindowAssembler(self.config, self.spec(self.config), self.windows,
-                                    self._plan(epoch), self.source.index.lengths, mean_valid)
-        yield from assembler.blocks(chunks)
+                                    plan, self.source.index.lengths, mean_valid)
+        yield from skipping(assembler.blocks(read(needed)), skipped)
+
+    def _resumed(self, plan: Iterator[tuple[np.ndarray, int, np.ndarray]], start: int
+                 ) -> tuple[Iterator, int, Optional[np.ndarray]]:
+        """The plan from the block that holds batch `start` on (the blocks before it only
+        planned), the batches of that block before `start`, and the sequences from there
+        on: those of the block's windows and of every later one's."""
+        if not start:
+            return plan, 0, None
+        seen = 0
+        for numbers, low, rows in plan:
+            if seen + len(rows) > start:
+                oldest = int(self.windows.locate(np.array([min(low, int(numbers.min()))]))[0][0])
+                needed = np.zeros(len(self.source.index.ids), dtype=bool)
+                needed[oldest:] = True
+                return (itertools.chain([(numbers, low, rows)], plan), start - seen,
+                        needed)
+            seen += len(rows)
+        raise ValueError(f"batch {start} is past the epoch's {seen} batches")
 
     def _plan(self, epoch: int) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
         batching = self.config.batching

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import ConfigError
-from seqpipe.formats.base import Output
+from seqpipe.formats.base import Output, resume_of
 from seqpipe.formats.grain_dataset import GrainOutput
 from seqpipe.formats.numpy_batches import NumpyOutput
 from seqpipe.formats.tf_dataset import TfOutput
@@ -30,7 +30,7 @@ OUTPUTS: dict[str, type[Output]] = {o.name: o for o in (TfOutput, GrainOutput, N
 def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathLike],
                   data: Any = None, split: Optional[str] = None, *, input_context: Any = None,
                   read_early: bool = False, statistics: Optional[StatisticsLike] = None,
-                  format: str = "tf"):
+                  format: str = "tf", resume: Optional[Mapping[str, int]] = None):
     """Builds the `tf.data.Dataset` of `(x, y, sample_weight)` batches for `model.fit`.
 
     Every pass over the dataset is one epoch; epoch k is reshuffled with (seed, k), so the
@@ -60,6 +60,12 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
         of NumPy batches (`seqpipe.formats.numpy_batches.NumpyBatches`), for custom loops. Neither
         of the last two imports TensorFlow; all three give the same batches, epoch by
         epoch, for the same config and seed.
+      resume: `{"epoch": e, "batch": b}` (0-based; what `seqpipe.resume_state` returns
+        after an interrupted `model.fit`): the first pass over the dataset is epoch e from
+        its batch b to its end, the same batches an uninterrupted dataset yields there,
+        and the passes after it are epochs e + 1, e + 2, ... The batches before b are not
+        made: only the sequences from the shuffle window that holds batch b on are read.
+        Each input pipeline (`input_context`) resumes its own share.
 
     Returns:
       A dataset whose elements are `(x, y, sample_weight)`: `x` maps input names to float32
@@ -98,7 +104,7 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
     else:
         pipeline = sharded_pipeline(config, input_context, data=data, split=split,
                                     statistics=statistics)
-    return output.build(pipeline, read_early)
+    return output.build(pipeline, read_early, resume_of(resume, pipeline))
 
 
 def sharded_pipeline(config: Any, input_context: Any, data: Any = None,

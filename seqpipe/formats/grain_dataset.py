@@ -9,33 +9,34 @@ such dataset is built, so that seqpipe imports without it.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Optional
 
 from seqpipe.errors import ConfigError
 from seqpipe.formats.base import Epochs, Output, keras_triple
-from seqpipe.pipeline import Pipeline
+from seqpipe.pipeline import Pipeline, Resume
 
 _CLASS: Any = None
 
 
-def grain_batches(pipeline: Pipeline):
+def grain_batches(pipeline: Pipeline, resume: Optional[Resume] = None):
     """A pipeline's batches as a Grain `IterDataset`: each iterator made over it reads one
     epoch, reshuffled with (seed, epoch), so the batches equal `format="tf"`'s epoch by
     epoch. Epoch k is the k-th pass read to its end (see `formats.base.Epochs`).
 
     Its iterators' state is `{"epoch": k, "batches": n}`; `set_state` resumes epoch k after
-    its first n batches (assembling them again: the epoch's plan is the same)."""
-    return _dataset_class()(pipeline)
+    its first n batches, seeking to them as `build_dataset(resume=...)` does (the batches
+    before are not made again)."""
+    return _dataset_class()(pipeline, resume)
 
 
 class GrainOutput(Output):
     name = "grain"
 
     @classmethod
-    def build(cls, pipeline: Pipeline, read_early: bool) -> Any:
-        return grain_batches(pipeline)
+    def build(cls, pipeline: Pipeline, read_early: bool,
+              resume: Optional[Resume] = None) -> Any:
+        return grain_batches(pipeline, resume)
 
 
 def _dataset_class():
@@ -51,15 +52,17 @@ def _dataset_class():
     class EpochIterator(grain.DatasetIterator):
         """One epoch of a `GrainBatches`."""
 
-        def __init__(self, pipeline: Pipeline, epochs: Epochs, epoch: int) -> None:
+        def __init__(self, pipeline: Pipeline, epochs: Epochs, epoch: int,
+                     start: int) -> None:
             super().__init__()
             self._pipeline, self._epochs = pipeline, epochs
-            self._epoch, self._read = epoch, 0
-            self._batches: Iterator[Any] = self._from(0)
+            self._epoch, self._read = epoch, start
+            self._batches: Iterator[Any] = self._from(start)
 
         def _from(self, first: int) -> Iterator[Any]:
-            batches = self._pipeline.batches(self._epoch)
-            return (keras_triple(b) for b in itertools.islice(batches, first, None))
+            if first >= self._pipeline.report.batches_per_epoch:
+                return iter(())  # the state of an epoch read to its end
+            return (keras_triple(b) for b in self._pipeline.batches(self._epoch, first))
 
         def __next__(self) -> Any:
             try:
@@ -80,13 +83,13 @@ def _dataset_class():
     class GrainBatches(grain.IterDataset):
         __doc__ = grain_batches.__doc__
 
-        def __init__(self, pipeline: Pipeline) -> None:
+        def __init__(self, pipeline: Pipeline, resume: Optional[Resume] = None) -> None:
             super().__init__()
             self.pipeline = pipeline
-            self._epochs = Epochs()
+            self._epochs = Epochs(resume)
 
         def __iter__(self) -> EpochIterator:
-            return EpochIterator(self.pipeline, self._epochs, self._epochs.next)
+            return EpochIterator(self.pipeline, self._epochs, *self._epochs.next)
 
         def __len__(self) -> int:
             """Batches per epoch (the same every epoch)."""

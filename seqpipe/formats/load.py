@@ -4,6 +4,7 @@ same pipeline as `build_dataset`, or by tf.data service workers."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any, Optional, Union
 
 from seqpipe._internal.lazy import tensorflow
@@ -16,7 +17,7 @@ from seqpipe.tfdata.service import PROCESSING_MODES, check, records_dataset
 def load_materialized(path: Union[str, os.PathLike], config: Any = None,
                       split: Optional[str] = None, *, input_context: Any = None,
                       service: Optional[str] = None, processing_mode: str = "distributed_epoch",
-                      job_name: Optional[str] = None):
+                      job_name: Optional[str] = None, resume: Optional[Mapping[str, int]] = None):
     """The `(x, y, sample_weight)` dataset of a materialized output, batched on the fly.
 
     With the same config and seed, it yields exactly the batches `build_dataset` yields
@@ -37,6 +38,9 @@ def load_materialized(path: Union[str, os.PathLike], config: Any = None,
         worker, so all consumers together get every sequence once per epoch;
         'parallel_epochs' has every worker run whole epochs.
       job_name: with `service`: consumers that give the same name share one job.
+      resume: `{"epoch": e, "batch": b}`: start at batch b of epoch e, as
+        `build_dataset(resume=...)` does (only the shard files from there on are read).
+        Not with `service`, whose workers share out the files as they go.
 
     Raises:
       SeqpipeError: no such output, an unfinished one, or a config that does not fit it.
@@ -49,7 +53,11 @@ def load_materialized(path: Union[str, os.PathLike], config: Any = None,
     part = open_part(path, config, split)
     if service is None:
         return build_dataset(sharded_pipeline(part.config, input_context, split=part.time_part,
-                                              source=part))
+                                              source=part), resume=resume)
+    if resume is not None:
+        raise ConfigError("resume is for datasets batched here, not with service: the "
+                          "tf.data service's workers share the files out as they go, so a "
+                          "position in the epoch is not the same batch twice")
     check(part.config)
     if processing_mode not in PROCESSING_MODES:
         raise ConfigError(f"processing_mode must be one of {', '.join(PROCESSING_MODES)}; "

@@ -7,10 +7,10 @@ Nothing here imports TensorFlow, Keras or Grain.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Optional
 
 from seqpipe.formats.base import Epochs, Output, keras_triple
-from seqpipe.pipeline import Pipeline
+from seqpipe.pipeline import Pipeline, Resume
 
 
 class NumpyBatches:
@@ -30,20 +30,21 @@ class NumpyBatches:
               ...  # a PyTorch or JAX training step
     """
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, resume: Optional[Resume] = None) -> None:
         self.pipeline = pipeline
-        self._epochs = Epochs()
+        self._epochs = Epochs(resume)
 
     def __iter__(self) -> Iterator[Any]:
-        return self.epoch(self._epochs.next)
+        return self.epoch(*self._epochs.next)
 
     def __len__(self) -> int:
         """Batches per epoch (the same every epoch)."""
         return self.pipeline.report.batches_per_epoch
 
-    def epoch(self, epoch: int) -> Iterator[Any]:
-        """The batches of one epoch, by number, whatever was read before."""
-        for batch in self.pipeline.batches(epoch):
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        """The batches of one epoch, by number, whatever was read before; from its batch
+        `start` on (made without making the ones before)."""
+        for batch in self.pipeline.batches(epoch, start):
             yield keras_triple(batch)
         self._epochs.finished(epoch)
 
@@ -57,5 +58,6 @@ class NumpyOutput(Output):
     name = "numpy"
 
     @classmethod
-    def build(cls, pipeline: Pipeline, read_early: bool) -> NumpyBatches:
-        return NumpyBatches(pipeline)
+    def build(cls, pipeline: Pipeline, read_early: bool,
+              resume: Optional[Resume] = None) -> NumpyBatches:
+        return NumpyBatches(pipeline, resume)

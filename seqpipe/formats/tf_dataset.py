@@ -4,10 +4,10 @@ tf.data layer (`seqpipe.tfdata`), which imports TensorFlow when the first is bui
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from seqpipe.formats.base import Output
-from seqpipe.pipeline import Pipeline
+from seqpipe.pipeline import Pipeline, Resume
 
 
 class TfOutput(Output):
@@ -15,7 +15,8 @@ class TfOutput(Output):
     distributed = True
 
     @classmethod
-    def build(cls, pipeline: Pipeline, read_early: bool) -> Any:
+    def build(cls, pipeline: Pipeline, read_early: bool,
+              resume: Optional[Resume] = None) -> Any:
         from seqpipe.tfdata.dataset import tf_dataset  # imports TensorFlow when first built
 
-        return tf_dataset(pipeline, read_early)
+        return tf_dataset(pipeline, read_early, resume)

@@ -55,9 +55,22 @@ class MaterializedPart:
         return dataclasses.replace(Index.of_lengths(self.ids, self.lengths, self.rows),
                                    before_cutoff=self.before_cutoff)
 
-    def chunks(self, in_part: Optional[np.ndarray] = None):
-        return read_chunks(list(self.files), self.config, self.ids, self.file_sequences,
-                           self.id_texts, self.time_dtype)
+    def chunks(self, in_part: Optional[np.ndarray] = None,
+               needed: Optional[np.ndarray] = None):
+        """The records in order; with `needed`, only the run of files from the first to
+        the last that holds a needed sequence (all of them when the output does not record
+        records per file)."""
+        if needed is None or self.file_sequences is None or not needed.any():
+            return read_chunks(list(self.files), self.config, self.ids, self.file_sequences,
+                               self.id_texts, self.time_dtype)
+        ends = np.cumsum(np.asarray(self.file_sequences, dtype=np.int64))
+        wanted = np.flatnonzero(needed)
+        a, b = np.searchsorted(ends, [wanted[0], wanted[-1]], side="right").tolist()
+        first = int(ends[a - 1]) if a else 0
+        chunks = read_chunks(list(self.files[a:b + 1]), self.config,
+                             self.ids[first:ends[b]], self.file_sequences[a:b + 1],
+                             self.id_texts[first:ends[b]], self.time_dtype)
+        return ((first + at, chunk) for at, chunk in chunks)
 
     def valid_labels(self, output: str, kept: KeptSteps) -> np.ndarray:
         return self.valid[output]  # counted inside the kept timesteps when written

@@ -19,7 +19,7 @@ import numpy as np
 from seqpipe.batches.kinds import batch_structure
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import SeqpipeError
-from seqpipe.pipeline import Pipeline
+from seqpipe.pipeline import Pipeline, Resume
 
 if TYPE_CHECKING:
     pass
@@ -30,24 +30,39 @@ from seqpipe.tfdata import handoff
 logger = logging.getLogger("seqpipe")
 
 
-def tf_dataset(pipeline: Pipeline, read_early: bool = False):
+def tf_dataset(pipeline: Pipeline, read_early: bool = False,
+               resume: Optional[Resume] = None):
     """The `tf.data.Dataset` of a pipeline's batches (see `seqpipe.build_dataset`)."""
     tf = tensorflow()
 
     config, token = pipeline.config, next(_TOKENS)
-    _LIVE[token] = _Epochs(pipeline, token, read_early)
+    _LIVE[token] = _Epochs(pipeline, token, read_early, resume or Resume(0, 0))
     # The dataset's functions are traced once per shape of config and told which dataset's
     # epochs to read by a token; see `_traced_blocks`.
     dataset = tf.data.Dataset.from_tensors(np.int64(token)).flat_map(_traced_blocks(config))
     # Every epoch has the same number of batches (bucket sizes do not change), and saying
     # so lets Keras show progress from the first epoch instead of warning at its end.
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(
-        pipeline.report.batches_per_epoch))
+    batches = pipeline.report.batches_per_epoch
+    if resume is None or not resume.batch:
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
+    else:
+        # The resumed first pass is shorter, and Keras reads the batches per epoch once,
+        # from the cardinality: it must say the full epoch's without asserting it. An
+        # epoch followed by an endless run of nothing is "infinite" to tf.data, and taking
+        # the epoch's batches of that makes its cardinality exactly that, with no check.
+        nothing = tf.data.Dataset.from_generator(
+            _nothing, output_signature=dataset.element_spec).repeat()
+        dataset = dataset.concatenate(nothing).take(batches)
     dataset = dataset.with_options(_options())
     # The pipeline goes with the dataset. Datasets made from this one, and iterators over
     # them, keep it alive while they are in use.
     weakref.finalize(dataset, _forget, token)
     return dataset
+
+
+def _nothing() -> Iterator[tuple]:
+    """No batches, of a cardinality tf.data does not know (see `tf_dataset`)."""
+    return iter(())
 
 
 # The epochs of every dataset alive, by the token its graph holds.
@@ -81,35 +96,38 @@ class _Epochs:
     A batch is cut out of its block only when it is asked for, and cutting an epoch's last
     batch records the epoch (`handoff.finished_epochs`)."""
 
-    def __init__(self, pipeline: Pipeline, token: int, read_early: bool = False) -> None:
+    def __init__(self, pipeline: Pipeline, token: int, read_early: bool,
+                 resume: Resume) -> None:
         self._pipeline: Optional[Pipeline] = pipeline
-        self._token = token
+        self._token, self._resume = token, resume
         # With read_early, the first epoch is read while TensorFlow builds the dataset and
         # its iterator; it stops when the dataset is deleted unread.
-        self._warm: Optional[Background] = (Background(self._pieces(pipeline, 0))
-                                            if read_early else None)
+        self._warm: Optional[Background] = (
+            Background(self._pieces(pipeline, resume.epoch, resume.batch))
+            if read_early else None)
 
     def __call__(self) -> Iterator[tuple]:
         pipeline = self._pipeline
         if pipeline is None:
             raise RuntimeError("this seqpipe dataset was deleted: keep a reference to the "
                                "dataset (or to one made from it) while iterating it")
-        epoch = int(handoff.finished_epochs().lookup(np.int64(self._token))) + 1
+        first = self._resume.epoch
+        epoch = max(int(handoff.finished_epochs().lookup(np.int64(self._token))) + 1, first)
         producer, self._warm = self._warm, None
-        if producer is None or producer.stopped or epoch != 0:  # the warm one reads epoch 0
+        if producer is None or producer.stopped or epoch != first:  # the warm one reads it
             if producer is not None:
                 producer.stop()
-            producer = Background(self._pieces(pipeline, epoch))
+            producer = Background(self._pieces(pipeline, epoch, self._resume.start(epoch)))
         # A block of no batches goes first. TensorFlow sets up its per-block machinery (the
         # function that cuts a block into batches) on the first block it sees; with this
         # one it does so while the first real block is still being assembled.
         yield handoff.no_batches(pipeline.config)
         yield from producer
 
-    def _pieces(self, pipeline: Pipeline, epoch: int) -> Iterator[tuple]:
-        total, handed = pipeline.report.batches_per_epoch, 0
+    def _pieces(self, pipeline: Pipeline, epoch: int, start: int) -> Iterator[tuple]:
+        total, handed = pipeline.report.batches_per_epoch, start
         try:
-            for block in pipeline.blocks(epoch):
+            for block in pipeline.blocks(epoch, start):
                 handed += len(block.places)
                 finish = (self._token, epoch) if handed == total else None
                 yield handoff.hand_off(block, pipeline.config, finish)
