@@ -164,9 +164,10 @@ def test_a_position_that_is_not_in_the_epoch_is_a_clear_error(path):
 
 def test_internal_a_late_position_reads_only_the_row_groups_its_window_needs(path,
                                                                              monkeypatch):
-    """The one test here of an internal: which row groups a resumed epoch reads. Without
-    buckets no sequence waits for a batch beyond the next shuffle window, so the end of
-    an epoch needs only the row groups of its last windows."""
+    """The one test here of an internal: which row groups a resumed epoch reads. A
+    sequence waits for its bucket's batch one shuffle buffer at most (unless its bucket
+    is too rare to fill one), so the end of an epoch needs the row groups of its last
+    buffers, not every one."""
     from seqpipe.parquet import stream
 
     read = []
@@ -174,7 +175,7 @@ def test_internal_a_late_position_reads_only_the_row_groups_its_window_needs(pat
     monkeypatch.setattr(stream, "read_row_group",
                         lambda row_group, schema: read.append(row_group.where) or
                         original(row_group, schema))
-    config = _config(path, "auto buckets, shuffled", **{"batching.bucket_boundaries": None})
+    config = _config(path, "auto buckets, shuffled")
     batches = build_dataset(config, format="numpy")
     read.clear()
     list(batches.epoch(1))

@@ -168,7 +168,11 @@ def plan_epoch(lengths: np.ndarray, buckets: np.ndarray, sizes: np.ndarray,
     sequences are cut into shuffle buffers of `shuffle.buffer_size` consecutive sequences (the grid
     moves by a random offset each epoch). Within a buffer each bucket's sequences are
     sorted by length, with random ties, and cut into batches, so a batch pads little; the
-    buffer's batches are shuffled. What does not fill a batch waits for the next buffer.
+    buffer's batches are shuffled. What does not fill a batch waits for the next buffer;
+    there the sequences left over again are chosen among those that did not wait, and,
+    when too many waited for that, among those that waited least. So a sequence waits
+    more than one buffer only in a bucket too rare to fill a batch from one, and an epoch
+    resumed part way reads little more than the buffers from the one before its batch on.
 
     Args:
       lengths: (n,) timesteps of each sequence after truncation.
@@ -238,7 +242,8 @@ def _shuffled(lengths, buckets, sizes, buffer, rng):
     for block, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
         pool = np.concatenate([waiting, np.arange(a, b)])
         pool = pool[np.lexsort((tie[pool], lengths[pool], buckets[pool]))]
-        full, rest = _cut(pool, buckets[pool], sizes, rng)
+        waited = block - (np.searchsorted(edges, pool, side="right") - 1)  # buffers
+        full, rest = _cut(pool, buckets[pool], waited, sizes, rng)
         batches += [full[i] for i in rng.permutation(len(full))]
         blocks += [block] * len(full)
         waiting = np.concatenate(rest) if rest else waiting[:0]
@@ -246,18 +251,24 @@ def _shuffled(lengths, buckets, sizes, buffer, rng):
     return batches, blocks, [r for r in rest if len(r)] if n else []
 
 
-def _cut(pool, pool_buckets, sizes, rng):
-    """Full batches from each bucket's run of `pool`, and what is left of each run. The
-    left-over sequences come from both ends of a run (random split), so that neither the
-    shortest nor the longest of a bucket always waits."""
+def _cut(pool, pool_buckets, waited, sizes, rng):
+    """Full batches from each bucket's run of `pool` (sorted by length), and what is left
+    of each run. The left-over sequences come from both ends of a run (random split) among
+    those that have not `waited` (buffers), so that neither the shortest nor the longest
+    of a bucket always waits; when too few have not, the ones that waited least."""
     edges = np.concatenate([[0], np.flatnonzero(np.diff(pool_buckets)) + 1, [len(pool)]])
     full, rest = [], []
     for a, b in zip(edges[:-1], edges[1:]):
-        size = int(sizes[pool_buckets[a]])
-        count = (b - a) // size
-        skip = int(rng.integers(b - a - count * size + 1))
-        full += list(pool[a + skip:a + skip + count * size].reshape(count, size))  # rows: views
-        rest.append(np.concatenate([pool[a:a + skip], pool[a + skip + count * size:b]]))
+        run, size = pool[a:b], int(sizes[pool_buckets[a]])
+        left = len(run) % size
+        fresh = np.flatnonzero(waited[a:b] == 0)
+        if left > len(fresh):
+            out = np.sort(np.argsort(waited[a:b], kind="stable")[:left])
+        else:
+            skip = int(rng.integers(left + 1))
+            out = np.concatenate([fresh[:skip], fresh[len(fresh) - (left - skip):]])
+        full += list(np.delete(run, out).reshape(-1, size))
+        rest.append(run[out])
     return full, rest
 
 
