@@ -264,16 +264,34 @@ class Assembler:
                                                    self.mean_valid[name], self.buffers)
 
 
-def resumed(layout: Layout, start: int) -> tuple[int, int, Optional[np.ndarray]]:
+def resumed(layout: Layout, start: int, read: Callable) -> tuple[int, int, Iterator]:
     """Where an epoch resumed at batch `start` begins: (its block, the batches of that
-    block before `start`, the sequences the blocks from there on need; None from the
-    start)."""
+    block before `start`, the chunks the blocks from there on need, from `read(needed)`).
+
+    The chunks come in two reads: first those from the first block's earliest sequence on
+    (every sequence the first block needs, and the later blocks' there), then the few
+    sequences of later blocks that lie before it (a last batch's left-overs, say), so that
+    the first block does not wait for row groups only a later one needs. The assembler
+    takes chunks in any order."""
     if not start:
-        return 0, 0, None
+        return 0, 0, read(None)
     if start >= len(layout.blocks):
         raise ValueError(f"batch {start} is past the epoch's {len(layout.blocks)} batches")
     g = int(layout.blocks[start])
-    return g, start - int(np.searchsorted(layout.blocks, g)), layout.block_of >= g
+    needed = layout.block_of >= g
+    first = int(np.flatnonzero(layout.block_of == g)[0])
+    later = needed.copy()
+    needed[:first] = False
+    later[first:] = False
+    return g, start - int(np.searchsorted(layout.blocks, g)), _reads(read, needed, later)
+
+
+def _reads(read: Callable, *masks: np.ndarray) -> Iterator:
+    """The chunks of `read(mask)` for each mask that needs any, one read after the other
+    (a read starts only when the one before has ended)."""
+    for mask in masks:
+        if mask.any():
+            yield from read(mask)
 
 
 def skipping(blocks: Iterable[Block], batches: int) -> Iterator[Block]:

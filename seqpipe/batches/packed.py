@@ -137,11 +137,11 @@ class PackedRows(BatchKind):
         def weigh_segments(block, output, config, mean_valid, buffers):
             return segment_weights(block, output, config, mean_valid, buffers, segment_ids)
 
-        first, skipped, needed = resumed(layout, start)
+        first, skipped, chunks = resumed(layout, start, read)
         assembler = Assembler(self.config, spec, layout, self.source.index.lengths,
                               self.kept.length, mean_valid, weigh_segments,
                               first_block=first)
-        yield from skipping(assembler.blocks(read(needed)), skipped)
+        yield from skipping(assembler.blocks(chunks), skipped)
 
     def report_fields(self) -> dict[str, Any]:
         """Truncation, the rows packed and their padding."""

@@ -157,11 +157,11 @@ class WholeSequences(BatchKind):
         mean_valid = {name: self._mean_valid(name, plan) for name in self.config.outputs}
         layout = WholeLayout(self.config, plan, self.kept.length, self._shapes(plan),
                              self.same_shape_first)
-        first, skipped, needed = resumed(layout, start)
+        first, skipped, chunks = resumed(layout, start, read)
         assembler = Assembler(self.config, self.spec(self.config), layout,
                               self.source.index.lengths, self.kept.length, mean_valid,
                               first_block=first)
-        yield from skipping(assembler.blocks(read(needed)), skipped)
+        yield from skipping(assembler.blocks(chunks), skipped)
 
     def _mean_valid(self, output: str, plan: EpochPlan) -> float:
         """global_mean: the present labels per batch over the epoch."""
