@@ -281,3 +281,29 @@ def test_fit_killed_mid_epoch_resumes_on_the_next_batch_after_its_backup(path, t
     seen_second = [json.loads(line) for line in record.read_text().splitlines()]
     assert seen_second == flat[saved:]  # the rest of epoch 1, then epoch 2, once each
     assert not backup.exists()  # Keras deletes its backup when fit finishes
+
+
+@pytest.mark.parametrize("every", ["epoch", "last batch"])
+def test_a_backup_taken_as_an_epoch_ends_resumes_at_the_next_epoch(path, tmp_path, every):
+    """The position says epoch 2, batch 0; Keras's own metadata says "batch": 0 for this
+    when it saves at the epoch's end, and epoch 1 after its last batch (restored from it
+    alone, Keras would run epoch 1 again)."""
+    import keras
+
+    config = _config(path, "auto buckets, shuffled")
+    dataset = build_dataset(config)
+    batches = int(dataset.cardinality())
+    steps = keras.Input((None, 2), name="steps")
+    static = keras.Input((1,), name="static")
+    pooled = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling1D()(steps), static])
+    model = keras.Model({"steps": steps, "static": static},
+                        {"y": keras.layers.Dense(1, name="y")(steps),
+                         "died": keras.layers.Dense(1, name="died")(pooled)})
+    model.compile("adam", {"y": "mse", "died": "mse"})
+    backup = seqpipe.BackupAndRestore(tmp_path / "backup", delete_checkpoint=False,
+                                      save_freq="epoch" if every == "epoch" else batches)
+    model.fit(dataset, epochs=2, verbose=0, callbacks=[backup])
+    assert seqpipe.resume_state(tmp_path / "backup") == {"epoch": 2, "batch": 0}
+    keras_metadata = json.loads((tmp_path / "backup" / "training_metadata.json").read_text())
+    assert keras_metadata == ({"epoch": 2, "batch": 0} if every == "epoch"
+                              else {"epoch": 1, "batch": batches - 1})
