@@ -148,6 +148,18 @@ def test_a_grain_iterator_state_seeks_and_an_ended_epoch_goes_on_to_the_next(pat
     assert [_digest(b) for b in dataset] == epochs[1]  # that finished epoch 0
 
 
+def test_a_numpy_or_grain_dataset_resumed_mid_epoch_warns_that_fit_wants_tf(path, caplog):
+    config = _config(path, "auto buckets, shuffled")
+    with caplog.at_level("WARNING", logger="seqpipe"):
+        build_dataset(config, format="numpy", resume={"epoch": 1, "batch": 2})
+    assert "To resume model.fit, build it with format='tf'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="seqpipe"):
+        build_dataset(config, resume={"epoch": 1, "batch": 2})
+        build_dataset(config, format="numpy", resume={"epoch": 1, "batch": 0})
+    assert "format='tf'" not in caplog.text
+
+
 def test_a_position_that_is_not_in_the_epoch_is_a_clear_error(path):
     config = _config(path, "auto buckets, shuffled")
     batches = len(build_dataset(config, format="numpy"))

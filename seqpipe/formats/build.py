@@ -6,6 +6,7 @@ config and seed give the same batches, epoch by epoch, in every format.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -22,6 +23,8 @@ from seqpipe.statistics import StatisticsLike
 
 if TYPE_CHECKING:
     from seqpipe.materialized.read import MaterializedPart
+
+logger = logging.getLogger("seqpipe")
 
 # format -> its output; the first is the default.
 OUTPUTS: dict[str, type[Output]] = {o.name: o for o in (TfOutput, GrainOutput, NumpyOutput)}
@@ -104,7 +107,15 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
     else:
         pipeline = sharded_pipeline(config, input_context, data=data, split=split,
                                     statistics=statistics)
-    return output.build(pipeline, read_early, resume_of(resume, pipeline))
+    position = resume_of(resume, pipeline)
+    if position is not None and position.batch and format != "tf":
+        logger.warning(
+            "seqpipe: a %s dataset resumed at batch %d of epoch %d: its first pass is "
+            "shorter than an epoch. To resume model.fit, build it with format='tf': Keras "
+            "counts a %s dataset's batches per epoch in the first epoch it runs, and would "
+            "cut every later epoch to that length.", format, position.batch, position.epoch,
+            format)
+    return output.build(pipeline, read_early, position)
 
 
 def sharded_pipeline(config: Any, input_context: Any, data: Any = None,
