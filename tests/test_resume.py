@@ -119,6 +119,13 @@ def test_a_materialized_output_resumes_its_records(path, tmp_path):
     assert _passes(resumed, 2)[0] == epochs[1][late:]
 
 
+def test_read_early_reads_the_resumed_position_ahead(path):
+    config = _config(path, "auto buckets, shuffled")
+    epochs = _passes(build_dataset(config, format="numpy"), 3)
+    resumed = build_dataset(config, read_early=True, resume={"epoch": 1, "batch": 4})
+    assert _passes(resumed, 2) == [epochs[1][4:], epochs[2]]
+
+
 def test_each_input_pipeline_resumes_its_own_share(path):
     tf = pytest.importorskip("tensorflow")
     config = _config(path, "auto buckets, shuffled", **{"padding.maxlen": 40})
