@@ -59,7 +59,8 @@ def resume_state(backup_dir: str | os.PathLike) -> Optional[dict]:
         raise ConfigError(f"{path} is damaged ({e}); it should hold "
                           f'{{"epoch": e, "batch": b}}. Delete {folder} to start over.') from e
     if found["epoch"] < 0 or found["batch"] < 0:
-        raise ConfigError(f"{path} holds a negative position: {position}")
+        raise ConfigError(f"{path} holds a negative position: {position}; positions "
+                          f"count from 0. Delete {folder} to start over.")
     return found
 
 

@@ -181,6 +181,25 @@ def test_a_position_that_is_not_in_the_epoch_is_a_clear_error(path):
             build_dataset(config, format="numpy", resume=bad)
 
 
+def test_other_bad_positions_and_combinations_are_clear_errors(path, tmp_path):
+    config = _config(path, "auto buckets, shuffled")
+    pipeline = seqpipe.Pipeline(config)
+    count = pipeline.report.batches_per_epoch
+    with pytest.raises(ConfigError, match=rf"batch {count} is not a batch of the epoch, "
+                                          rf"which has {count} \(0 to {count - 1}\)"):
+        next(pipeline.batches(0, count))
+    materialize(config, tmp_path / "out")
+    with pytest.raises(ConfigError, match="resume is for datasets batched here, not with "
+                                          "service"):
+        load_materialized(tmp_path / "out", service="grpc://localhost:1",
+                          resume={"epoch": 0, "batch": 1})
+    negative = tmp_path / "negative"
+    negative.mkdir()
+    (negative / "seqpipe_position.json").write_text('{"epoch": 1, "batch": -2}')
+    with pytest.raises(ConfigError, match="negative position"):
+        seqpipe.resume_state(negative)
+
+
 def test_internal_a_late_position_reads_only_the_row_groups_its_window_needs(path,
                                                                              monkeypatch):
     """The one test here of an internal: which row groups a resumed epoch reads. A

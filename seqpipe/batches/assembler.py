@@ -275,9 +275,7 @@ def resumed(layout: Layout, start: int, read: Callable) -> tuple[int, int, Itera
     takes chunks in any order."""
     if not start:
         return 0, 0, read(None)
-    if start >= len(layout.blocks):
-        raise ValueError(f"batch {start} is past the epoch's {len(layout.blocks)} batches")
-    g = int(layout.blocks[start])
+    g = int(layout.blocks[start])  # `Pipeline.blocks` checked that the epoch has it
     needed = layout.block_of >= g
     first = int(np.flatnonzero(layout.block_of == g)[0])
     later = needed.copy()

@@ -167,7 +167,8 @@ class WindowBatches(BatchKind):
                 return (itertools.chain([(numbers, low, rows)], plan), start - seen,
                         needed)
             seen += len(rows)
-        raise ValueError(f"batch {start} is past the epoch's {seen} batches")
+        raise AssertionError(f"batch {start} is past the epoch's {seen} batches, which "
+                             f"Pipeline.blocks checks (a seqpipe bug; please report it)")
 
     def _plan(self, epoch: int) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
         batching = self.config.batching
