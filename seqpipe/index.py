@@ -37,7 +37,6 @@ from seqpipe.parquet.schema import column_roles
 from seqpipe.parquet.sequences import Sequences, offsets_of, take
 from seqpipe.parquet.source import SourceFiles, SourceTable, open_source, read_source
 from seqpipe.parquet.stream import StreamOrder, stream_chunks, stream_order
-from seqpipe.shard import Shard, shard_order
 from seqpipe.split import timesteps_before
 from seqpipe.statistics import Statistics
 
@@ -107,8 +106,6 @@ class SequenceSource(Protocol):
       file_count: how many files it reads (0 for data in memory).
       streamed: read a piece at a time (memory does not grow with the data).
       index: every sequence's id and length, in the order `chunks` gives them.
-      shared: the source holds only its input pipeline's share of the sequences already;
-        otherwise the pipeline takes its share by id hash (`seqpipe.shard`).
       report_fields: `Report` fields the source knows before any epoch (what grouping
         filled, what a materialized output counted when it was written).
       unlabelled: outputs known when opening to have no label at all.
@@ -131,9 +128,6 @@ class SequenceSource(Protocol):
 
     @property
     def index(self) -> Index: ...
-
-    @property
-    def shared(self) -> bool: ...
 
     @property
     def report_fields(self) -> Mapping[str, Any]: ...
@@ -165,11 +159,9 @@ class SequenceSource(Protocol):
         ...
 
 
-def open_sequences(config: PipelineConfig, data: Any = None,
-                   shard: Optional[Shard] = None) -> SequenceSource:
+def open_sequences(config: PipelineConfig, data: Any = None) -> SequenceSource:
     """The source of `config` (or `data`): streamed when its row groups allow, else grouped
-    whole. With `shard`, a streamed source reads only that input pipeline's row groups when
-    there are enough of them."""
+    whole."""
     if data is not None:
         return GroupedTable(config, read_source(config, data))
     files = open_source(config)
@@ -178,10 +170,7 @@ def open_sequences(config: PipelineConfig, data: Any = None,
         copy = regrouped(files, config)
         order = stream_order(copy, config, copy_of=str(files.where))
         if order.whole_because is None:
-            ranged = (shard_order(order, shard, config.source.layout) if shard is not None
-                      else None)
-            return StreamedParquet(config, copy, ranged or order, shared=ranged is not None,
-                                   copy_of=files)
+            return StreamedParquet(config, copy, order, copy_of=files)
         raise AssertionError(f"the regrouped copy of {files.where} does not stream: "
                              f"{order.whole_because} (a seqpipe bug; please report it)")
     if order.whole_because is not None:
@@ -191,15 +180,13 @@ def open_sequences(config: PipelineConfig, data: Any = None,
             order.whole_because, config.source.id_column)
         return GroupedTable(config, read_source(config, files=files),
                             file_count=len(files.files))
-    ranged = shard_order(order, shard, config.source.layout) if shard is not None else None
-    return StreamedParquet(config, files, ranged or order, shared=ranged is not None)
+    return StreamedParquet(config, files, order)
 
 
 class GroupedTable:
     """A source table grouped into sequences whole, in memory, when it is opened."""
 
     streamed = False
-    shared = False
     unlabelled: tuple[str, ...] = ()
     statistics = None
 
@@ -245,9 +232,9 @@ class StreamedParquet:
     statistics = None
 
     def __init__(self, config: PipelineConfig, files: SourceFiles, order: StreamOrder,
-                 shared: bool = False, copy_of: Optional[SourceFiles] = None) -> None:
+                 copy_of: Optional[SourceFiles] = None) -> None:
         """`copy_of`: the source `files` are a regrouped copy of (`seqpipe.parquet.regroup`)."""
-        self.config, self._files, self._order, self.shared = config, files, order, shared
+        self.config, self._files, self._order = config, files, order
         shown = copy_of if copy_of is not None else files
         self.where, self.file_count = shown.where, len(shown.files)
         self.report_fields: Mapping[str, Any] = {} if copy_of is None else {

@@ -19,17 +19,19 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from seqpipe.batches.accumulate import accumulated
+from seqpipe.batches.assembler import skipping
 from seqpipe.batches.block import Batch, Block
 from seqpipe.batches.kind import BatchKind
 from seqpipe.batches.kinds import kind_of
 from seqpipe.config import PipelineConfig, ShuffleConfig, leaked_labels, load_config
 from seqpipe.errors import ConfigError
 from seqpipe.index import SequenceSource, missing_labels, open_sequences, truncate
+from seqpipe.lockstep import Lockstep, parts
 from seqpipe.parquet.sequences import Sequences
 from seqpipe.report import Report
 from seqpipe.scaling import Scales, columns_of, dataset_scales, per_series
-from seqpipe.shard import Shard, reading_mask
-from seqpipe.split import PARTS, check_part, held_back, parts_of
+from seqpipe.split import PARTS, check_part, held_back, part_mask, parts_of
 from seqpipe.statistics import (
     Statistics,
     StatisticsLike,
@@ -68,11 +70,8 @@ class Pipeline:
       data: a pandas DataFrame or pyarrow Table to use instead of `source.path`.
       split: 'train', 'validation' or 'test' when the config has a `split` section (it
         must then be given); None reads every sequence.
-      shard: `Shard(index, count)`: read only this input pipeline's share of the sequences
-        (see `seqpipe.shard`); None reads them all.
-      same_shape_first: pad each epoch's first this many batches to `batch_size` rows of
-        `padding.maxlen` timesteps (see `batches.assembler`); `build_dataset` sets it for several
-        replicas.
+      lockstep: `seqpipe.lockstep.Lockstep`: make this process's (and its replicas') parts
+        of every global batch of `batching.batch_size`; None: the whole batches.
       statistics: `seqpipe.Statistics` to scale and encode with (saved from another run,
         say), the path of the file `Statistics.save` wrote, or its mapping; None computes
         them from the train part (see `seqpipe.statistics`).
@@ -96,32 +95,32 @@ class Pipeline:
 
     def __init__(self, config: Union[PipelineConfig, Mapping, str, os.PathLike],
                  data: Any = None, split: Optional[str] = None, *,
-                 shard: Optional[Shard] = None, same_shape_first: int = 0,
+                 lockstep: Optional[Lockstep] = None,
                  statistics: Optional[StatisticsLike] = None) -> None:
         config = config if isinstance(config, PipelineConfig) else load_config(config)
-        self._build(config, open_sequences(config, data, shard), split, shard,
-                    same_shape_first, statistics)
+        self._build(config, open_sequences(config, data), split, lockstep, statistics)
 
     @classmethod
     def from_source(cls, source: SequenceSource, split: Optional[str] = None, *,
-                    config: Optional[PipelineConfig] = None, shard: Optional[Shard] = None,
-                    same_shape_first: int = 0,
+                    config: Optional[PipelineConfig] = None,
+                    lockstep: Optional[Lockstep] = None,
                     statistics: Optional[StatisticsLike] = None) -> Pipeline:
         """The pipeline of any `SequenceSource` (see `seqpipe.index`). `config` may change
         what the source's config leaves to batching (batch size, shuffle, weights)."""
         config = config or source.config
         pipeline = cls.__new__(cls)
-        pipeline._build(config, source, split, shard, same_shape_first, statistics)
+        pipeline._build(config, source, split, lockstep, statistics)
         return pipeline
 
     def _build(self, config: PipelineConfig, source: SequenceSource, split: Optional[str],
-               shard: Optional[Shard], same_shape_first: int,
-               statistics: Optional[StatisticsLike]) -> None:
-        """Source -> index -> split and shard -> truncation -> the kind of batch, planned
-        over the part -> statistics -> the report."""
+               lockstep: Optional[Lockstep], statistics: Optional[StatisticsLike]) -> None:
+        """Source -> index -> split -> truncation -> the kind of batch, planned over the
+        part's global batches -> statistics -> the report."""
         kind = kind_of(config)
-        kind.check(config, same_shape_first)
-        self.config, self.source, self.shard = config, source, shard
+        self.lockstep = lockstep or Lockstep()
+        # The kind plans global batches; this pipeline hands on its parts of them, whose
+        # config (what outputs describe their batches by) has the part's batch_size.
+        self.config, self.source = self.lockstep.local(config), source
         _warn_leaked_labels(self.config)
         self.split = check_part(split, self.config.split)
         # A streamed source counts filled values and missing labels while an epoch reads
@@ -131,10 +130,10 @@ class Pipeline:
         self._warn_unlabelled(source.unlabelled)
         self.kept_steps = truncate(source.index.offsets, self.config.padding)
         self.seed = _seed(self.config.shuffle)
-        in_part = reading_mask(source.index.ids, source.where, config.split, self.split,
-                               shard, source.shared, source.index.parts)
+        in_part = part_mask(source.index.ids, source.where, config.split, self.split,
+                            source.index.parts)
         self.kind: BatchKind = kind(config, source, self.kept_steps, in_part, self.split,
-                                    self.seed, same_shape_first)
+                                    self.seed, self.lockstep.slices)
         self._in_part = np.zeros(len(source.index.ids), dtype=bool)
         self._in_part[self.kind.members] = True
         self.statistics = self._statistics(statistics)
@@ -164,16 +163,26 @@ class Pipeline:
         """Yields the epoch's batches in assembly blocks: padded batches end to end. From
         its batch `start` on (0-based): the same batches as an epoch read from its start
         yields there, made without making the ones before (only the sequences from the
-        block that holds batch `start` on are read)."""
+        block that holds batch `start` on are read).
+
+        The kind makes global batches; each run of `batching.accumulation_steps` of them
+        is weighed as one (`batches.accumulate`), and this pipeline's parts of each are
+        handed on (`seqpipe.lockstep`)."""
         count = self.report.batches_per_epoch
         if not 0 <= start < max(count, 1):
             raise ConfigError(f"resume: batch {start} is not a batch of the epoch, which has "
                               f"{count:,} (0 to {count - 1:,}); pass a batch from 0 to "
                               f"{count - 1:,}, or the next epoch with batch 0")
-        if start:
-            return self.kind.blocks(epoch, self.chunks, start)
-        chunks = self.chunks()  # a whole epoch: reading starts now, while the kind plans
-        return self.kind.blocks(epoch, lambda needed: chunks)
+        steps = self.config.batching.accumulation_steps
+        first = start // self.lockstep.replicas // steps * steps  # where its run starts
+        if first:
+            made = self.kind.blocks(epoch, self.chunks, first)
+        else:
+            chunks = self.chunks()  # a whole epoch: reading starts now, while the kind plans
+            made = self.kind.blocks(epoch, lambda needed: chunks)
+        weighed = accumulated(made, steps, self.config, self.kind.units)
+        return skipping(parts(weighed, self.lockstep),
+                        start - first * self.lockstep.replicas)
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
         """Yields the padded, weighted batches of one epoch, from its batch `start` on (see
@@ -227,13 +236,6 @@ class Pipeline:
         counted, what = steps.counted, self.kind.statistics_over(config)
         if not counted.any():
             raise nothing_to_count(config, f"{what} of {source.where}")
-        if source.shared and self.shard is not None:
-            what += f" of input pipeline {self.shard.index} of {self.shard.count}'s share"
-            logger.warning(
-                "seqpipe: input pipeline %d computes statistics over its own share of the "
-                "sequences; compute them once (Pipeline(config).statistics.save(path)) and "
-                "pass statistics= to every pipeline to scale them all alike",
-                self.shard.index)
         return compute(config, source.chunks(counted), steps.skipped, steps.length, counted,
                        f"{what} of {source.where}")
 
@@ -332,6 +334,16 @@ class Pipeline:
             seed=self.seed, streamed=source.streamed, split=self.split,
             source_sequences=len(index.ids), statistics=self.statistics,
             **self.kind.report_fields())
+        lockstep = self.lockstep
+        if lockstep.slices > 1:  # this pipeline's parts of every global batch
+            report = dataclasses.replace(
+                report, batches_per_epoch=report.batches_per_epoch * lockstep.replicas,
+                lockstep=(f"process {lockstep.process} of {lockstep.processes}, "
+                          f"{lockstep.replicas} replica{'s' if lockstep.replicas > 1 else ''}"
+                          f": parts {lockstep.first} to "
+                          f"{lockstep.first + lockstep.replicas - 1} of {lockstep.slices} of "
+                          f"every global batch of {self.kind.config.batching.batch_size}, "
+                          f"{report.batches_per_epoch:,} global batches per epoch"))
         return dataclasses.replace(report, **source.report_fields)
 
 

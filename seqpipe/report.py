@@ -46,6 +46,11 @@ class Report:
     static_shapes: Optional[int] = None
     # with batching.packing: the mean number of sequences in a packed row
     segments_per_row: Optional[float] = None
+    # several processes or replicas (`seqpipe.lockstep`): "process p of P, R replicas"
+    lockstep: Optional[str] = None
+    # rows added empty (weight 0) to the epoch's global batches so that every process and
+    # replica gets the same rows at every step
+    lockstep_empty_rows: int = 0
     # the kind of batch's own lines of the summary, and its changes (see `changes`)
     batching: tuple[str, ...] = ()
     batching_changes: tuple[str, ...] = ()
@@ -105,6 +110,9 @@ class Report:
             lines.append(f"missing labels: {name}: {missing:,} of {total:,} ({share:.1%}), "
                          f"weight 0")
         lines += self.batching
+        if self.lockstep:
+            lines.append(f"lockstep: {self.lockstep}; {self.lockstep_empty_rows:,} empty rows "
+                         f"(weight 0) per epoch give every part the same rows")
         for key, count in (self.unseen_categories or {}).items():
             lines.append(f"unseen categories: {count:,} values of {key} are not in its "
                          f"vocabulary (id 1; a label weighs 0)")

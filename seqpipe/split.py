@@ -200,3 +200,25 @@ def cutoff_value(split: SplitConfig, dtype: np.dtype, time_name: str, where: str
     raise ConfigError(
         f"split.time_cutoff must be {example}, because source.time_column {time_name!r} in "
         f"{where} holds {kind}; got {cutoff!r}")
+
+
+def part_mask(ids: np.ndarray, where: str, split: SplitConfig, part: Optional[str],
+              parts: Optional[np.ndarray] = None) -> np.ndarray:
+    """(n,) True for the sequences of `part` (every one for None, or for a time split, which
+    cuts each sequence by time instead). `parts`: each sequence's part as read from
+    `split.column`, when the split has one.
+
+    Raises:
+      DataError: the part holds no sequence.
+    """
+    if part is None or not split.by_sequence:
+        return np.ones(len(ids), dtype=bool)
+    mask = parts_of(split, ids, parts) == PARTS.index(part)
+    if not mask.any():
+        fix = ("check the column's values" if split.column is not None else
+               f"raise split.{part if part != 'train' else 'validation or test'} or use "
+               f"more data")
+        by_column = "" if split.column is None else f" (by split.column {split.column!r})"
+        raise DataError(f"split {part!r} holds none of the {len(ids):,} sequences in "
+                        f"{where}{by_column}; {fix}")
+    return mask

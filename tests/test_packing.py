@@ -13,6 +13,7 @@ import pytest
 import seqpipe
 import seqpipe.layers
 from seqpipe import ConfigError, Pipeline, build_dataset, element_spec, load_config
+from seqpipe.lockstep import Lockstep
 from tests.helpers import (
     base_config,
     keras_batch_loss,
@@ -420,10 +421,24 @@ def test_scale_inputs_sit_on_the_segment_axis_and_the_mask_marks_real_timesteps(
                 SLOTS - len(row)))
 
 
-def test_several_replicas_get_whole_steps_of_one_shape(path):
-    pipeline = Pipeline(_config(path), same_shape_first=3)
+def test_processes_get_their_rows_of_every_packed_batch_in_one_shape(path):
+    whole = list(Pipeline(_config(path)).batches(0))
+    parts = [list(Pipeline(_config(path), lockstep=Lockstep(i, 2)).batches(0))
+             for i in range(2)]
+    assert len(parts[0]) == len(parts[1]) == len(whole)
+    for global_batch, first, second in zip(whole, *parts):
+        assert first.x["steps"].shape == second.x["steps"].shape == (ROWS // 2, LENGTH, 2)
+        for name in ("steps", "segment_ids"):
+            np.testing.assert_array_equal(
+                np.concatenate([first.x[name], second.x[name]]), global_batch.x[name])
+        assert list(first.ids) + list(second.ids) == list(global_batch.ids)
+
+
+def test_accumulation_steps_top_up_packed_epochs_with_empty_batches(path):
+    config = load_config(_config(path), {"batching.accumulation_steps": 4})
+    pipeline = Pipeline(config)
     batches = list(pipeline.batches(0))
-    assert len(batches) % 3 == 0 and len(batches) == pipeline.report.batches_per_epoch
+    assert len(batches) % 4 == 0 and len(batches) == pipeline.report.batches_per_epoch
     assert {b.x["steps"].shape for b in batches} == {(ROWS, LENGTH, 2)}
     assert sorted(i for b in batches for i in b.ids) == sorted(
         i for b in Pipeline(_config(path)).batches(0) for i in b.ids)

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from seqpipe import DataError, Pipeline, load_config, load_materialized, materialize
-from seqpipe.shard import Shard
+from seqpipe.lockstep import Lockstep
 from tests.helpers import base_config, long_table, same_batches, scatter
 
 LENGTHS = np.random.default_rng(8).integers(1, 40, 150)
@@ -143,13 +143,13 @@ def test_a_repeated_time_across_files_is_found_and_names_the_source(tmp_path):
                 pass
 
 
-def test_input_pipelines_share_the_copy_and_materialize_reads_it(tmp_path):
+def test_processes_share_the_copy_and_materialize_reads_it(tmp_path):
     table = long_table(LENGTHS, seed=9)
     folder = _by_day(table, tmp_path / "days")
     config = _config(folder, **{"split.validation": 0.0})
     ids = []
-    for index in range(3):
-        ids += [i for b in Pipeline(config, shard=Shard(index, 3)).batches() for i in b.ids]
+    for index in range(2):
+        ids += [i for b in Pipeline(config, lockstep=Lockstep(index, 2)).batches() for i in b.ids]
     assert sorted(ids) == sorted(set(ids)) and len(ids) == len(LENGTHS)
     manifest = materialize(config, tmp_path / "out")
     assert manifest["parts"]["all"]["sequences"] == len(LENGTHS)

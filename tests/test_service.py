@@ -98,7 +98,8 @@ def test_a_bad_processing_mode_and_service_with_input_context_are_config_errors(
     with pytest.raises(ConfigError, match="processing_mode must be one of distributed_epoch"):
         load_materialized(out, service="grpc://localhost:1", processing_mode="everything")
     context = tf.distribute.InputContext(2, 0, 2)
-    with pytest.raises(ConfigError, match="give service or input_context, not both"):
+    with pytest.raises(ConfigError,
+                       match=r"give service or input_context \(or process\), not both"):
         load_materialized(out, service="grpc://localhost:1", input_context=context)
 
 

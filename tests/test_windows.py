@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import seqpipe
 from seqpipe import ConfigError, DataError, Pipeline, load_config
 from seqpipe.cli.command import main
-from seqpipe.shard import Shard
+from seqpipe.lockstep import Lockstep
 from tests.helpers import keras_batch_loss, passing
 
 START = np.datetime64("2024-01-01")
@@ -140,8 +140,10 @@ def reference(frame: pd.DataFrame, history, horizon, stride, min_history=None, c
     return windows
 
 
-def produced(pipeline: Pipeline, frame: pd.DataFrame, epoch: int = 0) -> dict:
-    """(store, end day) -> the same, from the pipeline's batches; each window once."""
+def produced(pipeline: Pipeline, frame: pd.DataFrame, epoch: int = 0,
+             batch_mean: bool = True) -> dict:
+    """(store, end day) -> the same, from the pipeline's batches; each window once.
+    `batch_mean`: check each batch's weights are its own mean's (not a global step's)."""
     days = {store: rows["day"].to_numpy()
             for store, rows in frame.sort_values(["store", "day"]).groupby("store")}
     found = {}
@@ -149,7 +151,8 @@ def produced(pipeline: Pipeline, frame: pd.DataFrame, epoch: int = 0) -> dict:
         weights = batch.sample_weight["units_next"]
         valid = weights > 0
         size, steps = weights.shape
-        np.testing.assert_allclose(weights[valid], size * steps / valid.sum(), rtol=1e-6)
+        if batch_mean:
+            np.testing.assert_allclose(weights[valid], size * steps / valid.sum(), rtol=1e-6)
         for row, (store, end) in enumerate(zip(batch.ids, batch.ends)):
             key = (store, days[store][end])
             assert key not in found, f"window {key} twice in one epoch"
@@ -617,17 +620,21 @@ def test_inspect_reports_windows_per_part(tmp_path, capsys):
     assert "straddle the split by time" in out
 
 
-def test_input_pipelines_share_out_the_sequences_and_their_windows(tmp_path):
+def test_processes_share_out_the_windows_of_every_global_batch(tmp_path):
     frame = stores(n=20)
-    cfg = config(write_shuffled(frame, tmp_path / "rows"))
+    cfg = load_config(config(write_shuffled(frame, tmp_path / "rows")),
+                      {"batching.batch_size": 9})
     expected = reference(frame, 5, 3, 1)
     found: dict = {}
+    shapes = []
     for index in range(3):
-        pipeline = Pipeline(cfg, shard=Shard(index, 3))
-        mine = produced(pipeline, frame)
+        pipeline = Pipeline(cfg, lockstep=Lockstep(index, 3))
+        mine = produced(pipeline, frame, batch_mean=False)
         assert mine and not set(mine) & set(found)
         found.update(mine)
+        shapes.append([b.x["sales"].shape for b in pipeline.batches(0)])
     assert_same_windows(found, expected)
+    assert shapes[0] == shapes[1] == shapes[2] and shapes[0][0] == (3, 5, 3)
 
 
 def test_drop_remainder_leaves_out_the_last_smaller_batch_and_counts_it(tmp_path):
@@ -656,27 +663,28 @@ def test_validate_says_the_split_is_by_time(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("buffer", [0, 20], ids=["in-order", "shuffled"])
-def test_on_several_replicas_every_step_has_a_batch_for_each_and_none_is_empty(tmp_path,
-                                                                                 buffer):
+def test_accumulation_steps_make_the_batches_a_multiple_and_none_is_empty(tmp_path, buffer):
     frame = stores()
     cfg = load_config(config(write_shuffled(frame, tmp_path / "rows")),
-                      {"shuffle.buffer_size": buffer, "batching.batch_size": 7})
+                      {"shuffle.buffer_size": buffer, "batching.batch_size": 7,
+                       "batching.accumulation_steps": 2})
     expected = reference(frame, 5, 3, 1)
-    assert (len(expected) + 6) // 7 % 2 == 1  # an odd count of batches without replicas
-    pipeline = Pipeline(cfg, same_shape_first=2)
+    assert (len(expected) + 6) // 7 % 2 == 1  # an odd count of batches without accumulation
+    pipeline = Pipeline(cfg)
     sizes = [len(b.ids) for b in pipeline.batches(0)]
     assert len(sizes) % 2 == 0 and len(sizes) == pipeline.report.batches_per_epoch
-    assert sizes[:2] == [7, 7] and min(sizes) > 0
-    assert_same_windows(produced(pipeline, frame), expected)
+    assert min(sizes) > 0
+    assert_same_windows(produced(pipeline, frame, batch_mean=False), expected)
 
 
-def test_too_few_windows_for_the_replicas_is_an_error_when_building(tmp_path):
-    frame = stores(n=2, shortest=12, longest=14)
+def test_too_few_windows_for_the_accumulation_steps_is_an_error_when_building(tmp_path):
+    frame = stores(n=1, shortest=9, longest=9)
     cfg = load_config(config(write_shuffled(frame, tmp_path / "rows")),
-                      {"batching.batch_size": 16})
-    with pytest.raises(DataError, match=r"windows cannot start 2 replicas on full batches of "
-                                        r"16: Keras builds the model from the first batch"):
-        Pipeline(cfg, same_shape_first=2)
+                      {"batching.batch_size": 16, "batching.accumulation_steps": 4})
+    with pytest.raises(DataError, match=r"cannot be cut into 3 more batches to make the "
+                                        r"batches per epoch a multiple of "
+                                        r"batching.accumulation_steps"):
+        Pipeline(cfg)
 
 
 MIRRORED = """

@@ -48,6 +48,8 @@ class Layout:
       block_of: (n,) every sequence's block, -1 for sequences in no batch.
       time_dest: (n,) where each member's first kept timestep goes on the timestep axis.
       sequence_dest: (n,) where its per-sequence values go, on the axis that holds them.
+      member_rows: where a row holds several sequences (packed rows), the row of each
+        sequence of each batch; None: sequence i of a batch fills row i.
     """
 
     batches: list
@@ -56,6 +58,7 @@ class Layout:
     block_of: np.ndarray
     time_dest: np.ndarray
     sequence_dest: np.ndarray
+    member_rows: Optional[list] = None
 
     def padding(self, g: int) -> dict:
         """Axis -> the positions of block g that no sequence fills."""
@@ -72,7 +75,7 @@ class WholeLayout(Layout):
 
     def __init__(self, config: PipelineConfig, plan: EpochPlan, kept: np.ndarray,
                  shapes: Optional[tuple[np.ndarray, np.ndarray]] = None,
-                 same_shape_first: int = 0) -> None:
+                 slices: int = 1) -> None:
         counts = np.array([len(b) for b in plan.batches], dtype=np.int64)
         members = np.concatenate(plan.batches) if plan.batches else np.empty(0, np.int64)
         first = np.cumsum(counts) - counts
@@ -81,9 +84,7 @@ class WholeLayout(Layout):
         sizes = counts.copy()  # rows of each batch: its sequences, and empty rows
         if shapes is not None:
             sizes, steps = shapes[0].astype(np.int64), shapes[1].astype(np.int64)
-        if same_shape_first:
-            sizes[:same_shape_first] = config.batching.batch_size
-            steps[:same_shape_first] = config.padding.maxlen or 0  # required with replicas
+        sizes = -(-sizes // slices) * slices  # lockstep: rows a multiple of the parts
         batch_rows = np.repeat(np.arange(len(counts)), counts)
         row = np.arange(len(members)) - first[batch_rows]
         # Every batch starts on an ALIGNMENT-byte boundary of each flat array: TensorFlow's
@@ -105,7 +106,7 @@ class WholeLayout(Layout):
 
     def padding(self, g: int) -> dict:
         """The padded timesteps after (or before) every sequence of block g, and the rows
-        past each batch's members (`static_shapes`, `same_shape_first`)."""
+        past each batch's members (`static_shapes`, lockstep `slices`)."""
         places = self.places[g]
         batches = [self.batches[k] for k in np.flatnonzero(self.blocks == g)]
         filled = np.array([len(b) for b in batches], dtype=np.int64)
@@ -228,8 +229,10 @@ class Assembler:
         if self._scale_inputs:  # all on one axis: the rows' sequences
             x.update(empty_scales(config, rows[axes[self._scale_inputs[0]]]))
         x.update(self.layout.inputs(g, rows))
+        member_rows = (None if self.layout.member_rows is None else
+                       [self.layout.member_rows[k] for k in self._batch_blocks[g]])
         block = Block(places, members, x, y, valid, {}, int(self.members_per_block[g]),
-                      self.axes)
+                      self.axes, member_rows=member_rows)
         pad_at(block, config, self.layout.padding(g))
         return block
 
@@ -293,9 +296,13 @@ def _reads(read: Callable, *masks: np.ndarray) -> Iterator:
 
 
 def skipping(blocks: Iterable[Block], batches: int) -> Iterator[Block]:
-    """`blocks` with the first one's first `batches` batches left out."""
-    for i, block in enumerate(blocks):
-        yield block.from_batch(batches) if i == 0 else block
+    """`blocks` with their first `batches` batches left out."""
+    for block in blocks:
+        if batches >= len(block.places):
+            batches -= len(block.places)
+            continue
+        yield block.from_batch(batches)
+        batches = 0
 
 
 def aligned_rows(rows: np.ndarray) -> np.ndarray:

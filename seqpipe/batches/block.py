@@ -86,6 +86,9 @@ class Block:
     remaining: int  # sequences still to arrive
     axes: Mapping[str, str]  # input (the mask too) or output name -> its axis
     ends: Optional[list] = None  # windows: each batch's rows' last target positions
+    # the row of each member of each batch, where a row holds several (packed rows); None:
+    # member i fills row i
+    member_rows: Optional[list] = None
     # outputs scaled per window -> (shift, divisor), (rows, k) over the block's rows
     scales: dict = dataclasses.field(default_factory=dict)
 
@@ -118,7 +121,37 @@ class Block:
         kept = np.arange(len(self.places)) >= k
         return dataclasses.replace(self, places=self.places.select(kept),
                                    members=self.members[k:],
-                                   ends=None if self.ends is None else self.ends[k:])
+                                   ends=None if self.ends is None else self.ends[k:],
+                                   member_rows=(None if self.member_rows is None
+                                                else self.member_rows[k:]))
+
+    def parts(self, first: int, count: int, slices: int) -> Block:
+        """The block as parts of its batches (`seqpipe.lockstep`): each batch, whose rows are
+        a multiple of `slices`, cut into `slices` equal runs of rows, of which parts
+        `first` to `first + count - 1` follow one another. The same arrays: a part is a
+        view of its batch, with the batch's weights."""
+        p = self.places
+        size = p.rows // slices
+        batch = np.repeat(np.arange(len(p)), count)
+        part = np.tile(np.arange(first, first + count), len(p))
+        starts = {axis: start[batch] + part * size[batch] * (
+                      1 if axis == "sequence" else p.steps[axis][batch])
+                  for axis, start in p.start.items()}
+        places = BatchPlaces(starts, size[batch], {a: s[batch] for a, s in p.steps.items()})
+        members: list = []
+        ends: list = []
+        rows: list = []
+        for j, u in zip(batch.tolist(), part.tolist()):
+            row = (np.arange(len(self.members[j])) if self.member_rows is None
+                   else self.member_rows[j])
+            mine = (row >= u * size[j]) & (row < (u + 1) * size[j])
+            members.append(self.members[j][mine])
+            rows.append(row[mine] - u * size[j])
+            if self.ends is not None:
+                ends.append(self.ends[j][mine])
+        return dataclasses.replace(self, places=places, members=members,
+                                   ends=None if self.ends is None else ends,
+                                   member_rows=None if self.member_rows is None else rows)
 
     def batch(self, j: int, config: PipelineConfig, ids: np.ndarray,
               lengths: np.ndarray) -> Batch:

@@ -197,8 +197,8 @@ def plan_epoch(lengths: np.ndarray, buckets: np.ndarray, sizes: np.ndarray,
 
 def in_multiples(plan: EpochPlan, multiple: int) -> EpochPlan:
     """The plan with its largest batches halved until the batch count is a multiple of
-    `multiple`: tf.distribute hands each of `multiple` local replicas one batch per step,
-    and pads a last step it cannot fill with empty batches, which recurrent layers reject.
+    `multiple` (`batching.accumulation_steps`: the optimizer applies gradients every that
+    many batches).
 
     Raises:
       DataError: too few sequences to make that many batches.
@@ -211,8 +211,9 @@ def in_multiples(plan: EpochPlan, multiple: int) -> EpochPlan:
     while len(batches) % multiple:
         k = max(range(len(batches)), key=lambda j: len(batches[j]))
         if len(batches[k]) < 2:
-            raise DataError(f"{len(batches)} sequences cannot be cut into batches for "
-                            f"{multiple} replicas in equal steps; use more data")
+            raise DataError(f"{len(batches)} sequences cannot be cut into a multiple of "
+                            f"batching.accumulation_steps={multiple} batches; use more data "
+                            f"or fewer accumulation steps")
         half = (len(batches[k]) + 1) // 2
         batches[k:k + 1] = [batches[k][:half], batches[k][half:]]
         blocks[k:k + 1] = [blocks[k]] * 2

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Optional
 
 import numpy as np
 
+from seqpipe.batches import accumulate
 from seqpipe.batches.block import Batch, Block
 from seqpipe.config import PipelineConfig
 from seqpipe.index import KeptSteps, SequenceSource
@@ -138,8 +139,8 @@ class BatchKind(abc.ABC):
       in_part: (n,) the sequences of the part and shard the pipeline reads.
       part: the part ('train', 'validation', 'test') or None.
       seed: the shuffle seed; None: no shuffle.
-      same_shape_first: several replicas (tf.distribute): the epoch's first this many
-        batches must share one shape, and the batches per epoch be a multiple of them.
+      slices: the parts every global batch is cut into (`seqpipe.lockstep`): each batch's
+        rows must be a multiple of it (rows past its sequences are empty, weight 0).
 
     Raises:
       DataError: the part's sequences make no batch of this kind.
@@ -149,9 +150,9 @@ class BatchKind(abc.ABC):
 
     def __init__(self, config: PipelineConfig, source: SequenceSource, kept: KeptSteps,
                  in_part: np.ndarray, part: Optional[str], seed: Optional[int],
-                 same_shape_first: int) -> None:
+                 slices: int = 1) -> None:
         self.config, self.source, self.kept = config, source, kept
-        self.part, self.seed, self.same_shape_first = part, seed, same_shape_first
+        self.part, self.seed, self.slices = part, seed, slices
 
     # From the config alone.
 
@@ -187,12 +188,6 @@ class BatchKind(abc.ABC):
         `ids` a pyarrow array or None) would look like, from the planner the pipeline uses.
         `from_file`: False for a stand-in config, whose batching keys are not the user's."""
 
-    @classmethod
-    def check(cls, config: PipelineConfig, same_shape_first: int) -> None:
-        """Raises a ConfigError when the config cannot make batches for that many replicas
-        (see `same_shape_first`). Every config can, unless a kind says otherwise."""
-        return None
-
     # Planned over one part.
 
     @property
@@ -203,7 +198,8 @@ class BatchKind(abc.ABC):
 
     @abc.abstractmethod
     def batches_per_epoch(self) -> int:
-        """Batches of every epoch (the same each epoch)."""
+        """Batches of every epoch (the same each epoch), a multiple of
+        `batching.accumulation_steps`."""
 
     @abc.abstractmethod
     def blocks(self, epoch: int, read: Reader, start: int = 0) -> Iterator[Block]:
@@ -212,6 +208,12 @@ class BatchKind(abc.ABC):
         members' sequences, prepared, in index order, each with the index of its first
         sequence; `needed`: a mask of the sequences the blocks from `start` on draw on, or
         None for all). The same (seed, epoch) always gives the same batches."""
+
+    def units(self, block: Block, output: str) -> np.ndarray:
+        """(batches,) what `output`'s weight mode averages over in each batch of `block`
+        (`seqpipe.batches.accumulate`): as for one sequence or window per row, unless a
+        kind says otherwise."""
+        return accumulate.units(block, output, self.config)
 
     @abc.abstractmethod
     def report_fields(self) -> dict[str, Any]:

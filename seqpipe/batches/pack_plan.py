@@ -52,8 +52,14 @@ class PackedPlan:
 
     def members(self) -> list:
         """The sequences of each batch, in row and slot order."""
-        return np.split(self.sequence, np.cumsum(np.bincount(self.batch,
-                                                             minlength=self.batches))[:-1])
+        return np.split(self.sequence, self._batch_ends())
+
+    def member_rows(self) -> list:
+        """The row of each of `members`, batch by batch."""
+        return np.split(self.row, self._batch_ends())
+
+    def _batch_ends(self) -> np.ndarray:
+        return np.cumsum(np.bincount(self.batch, minlength=self.batches))[:-1]
 
     def segments_per_row(self) -> np.ndarray:
         """(rows,) the sequences in each row that holds one."""
@@ -72,7 +78,7 @@ def plan_packed(lengths: np.ndarray, length: int, max_segments: int, batch_size:
       rng: the epoch's random generator; None: no shuffle (windows from the first
         sequence, batches in the order packed).
       batch_multiple: the batches per epoch are made a multiple of it with empty batches
-        (several replicas take one batch each per step).
+        (`batching.accumulation_steps`).
     """
     n = len(lengths)
     window = max(buffer, PACKING_WINDOW)

@@ -56,8 +56,8 @@ class PackedRows(BatchKind):
 
     def __init__(self, config: PipelineConfig, source: SequenceSource, kept: KeptSteps,
                  in_part: np.ndarray, part: Optional[str], seed: Optional[int],
-                 same_shape_first: int) -> None:
-        super().__init__(config, source, kept, in_part, part, seed, same_shape_first)
+                 slices: int = 1) -> None:
+        super().__init__(config, source, kept, in_part, part, seed, slices)
         self._members = np.flatnonzero(in_part)
         self._valid = {name: source.valid_labels(name, kept) for name in config.outputs
                        if config.weight_mode(name) == "global_mean"}
@@ -112,7 +112,7 @@ class PackedRows(BatchKind):
             return self._first
         rng = np.random.default_rng([self.seed, epoch]) if self.seed is not None else None
         plan = _plan(self.config, self.kept.length[self._members], rng,
-                     max(self.same_shape_first, 1))
+                     self.config.batching.accumulation_steps)
         if not plan.batches:
             raise DataError(
                 f"batching.drop_remainder leaves no batch: the {len(self._members):,} "
@@ -143,6 +143,24 @@ class PackedRows(BatchKind):
                               first_block=first)
         yield from skipping(assembler.blocks(chunks), skipped)
 
+    def units(self, block: Block, output: str) -> np.ndarray:
+        """`sequence_mean` on the timestep axis averages over segments: those with a
+        present label, per batch."""
+        if (self.config.weight_mode(output) != "sequence_mean"
+                or self.config.levels[output] == "sequence"):
+            return super().units(block, output)
+        p, valid = block.places, block.valid[output]
+        segments = block.x[_packing(self.config).segment_ids]
+        found = []
+        for a, rows, steps in zip(p.start["timestep"].tolist(), p.rows.tolist(),
+                                  p.steps["timestep"].tolist()):
+            size = rows * steps
+            here = valid[a:a + size]
+            row = np.repeat(np.arange(rows), steps)[here]
+            found.append(len(np.unique(row * (int(segments.max(initial=0)) + 1)
+                                       + segments[a:a + size][here])))
+        return np.asarray(found, dtype=np.int64)
+
     def report_fields(self) -> dict[str, Any]:
         """Truncation, the rows packed and their padding."""
         members = self._members
@@ -155,7 +173,8 @@ class PackedRows(BatchKind):
                                        config.padding.maxlen)
         segments = plan.segments_per_row()
         return dict(
-            static_shapes=1, truncated_sequences=int((kept < lengths).sum()),
+            static_shapes=1, lockstep_empty_rows=0,
+            truncated_sequences=int((kept < lengths).sum()),
             truncated_timesteps=int((lengths - kept).sum()), bucket_boundaries=(),
             batches_per_epoch=plan.batches,
             sequences_dropped_per_epoch=plan.dropped_sequences, padding_waste=waste,
@@ -206,7 +225,7 @@ class PackedLayout(Layout):
         sequence_dest = np.zeros(n, dtype=np.int64)
         sequence_dest[members] = s0[plan.batch] + plan.row * slots + plan.slot
         super().__init__(plan.members(), plan.blocks, blocks_of(every, plan.blocks), block_of,
-                         time_dest, sequence_dest)
+                         time_dest, sequence_dest, plan.member_rows())
         self.kept, self.plan, self.packing = kept, plan, packing
 
     def _block_members(self, g: int) -> np.ndarray:

@@ -38,7 +38,7 @@ from seqpipe.batches.kind import (
     extra_inputs,
 )
 from seqpipe.config import BatchingConfig, PipelineConfig
-from seqpipe.errors import ConfigError, DataError
+from seqpipe.errors import DataError
 from seqpipe.index import KeptSteps, SequenceSource, truncate
 from seqpipe.parquet.sequences import offsets_of, ranges, show_id
 
@@ -50,8 +50,8 @@ class WholeSequences(BatchKind):
 
     def __init__(self, config: PipelineConfig, source: SequenceSource, kept: KeptSteps,
                  in_part: np.ndarray, part: Optional[str], seed: Optional[int],
-                 same_shape_first: int) -> None:
-        super().__init__(config, source, kept, in_part, part, seed, same_shape_first)
+                 slices: int = 1) -> None:
+        super().__init__(config, source, kept, in_part, part, seed, slices)
         # Plans are made over the part's sequences alone (`members` maps them back to the
         # source's index), so a part's batches do not depend on the other parts.
         self._members = np.flatnonzero(in_part)
@@ -125,14 +125,6 @@ class WholeSequences(BatchKind):
         lines += [f"  {p.waste:6.1%}  {p.label}" for p in found]
         return Preview(tuple(lines), tuple(found))
 
-    @classmethod
-    def check(cls, config: PipelineConfig, same_shape_first: int) -> None:
-        if same_shape_first and config.padding.maxlen is None:
-            raise ConfigError(
-                "training on several replicas needs padding.maxlen: Keras 3 averages the "
-                "first batch of every replica to build the model, so seqpipe pads those to "
-                "batch_size x maxlen. Set padding.maxlen (the longest sequence you keep).")
-
     @property
     def members(self) -> np.ndarray:
         return self._members
@@ -144,8 +136,9 @@ class WholeSequences(BatchKind):
         rng = np.random.default_rng([self.seed, epoch]) if self.seed is not None else None
         plan = plan_epoch(self.kept.length[self._members], self._buckets, self._sizes,
                           self.config.batching, self.config.shuffle, rng)
-        if self.same_shape_first > 1:  # local replicas: every step a batch for each
-            plan = in_multiples(plan, self.same_shape_first)
+        steps = self.config.batching.accumulation_steps
+        if steps > 1:  # the optimizer applies its gradients every `steps` batches
+            plan = in_multiples(plan, steps)
         return EpochPlan([self._members[b] for b in plan.batches], plan.blocks,
                          plan.dropped_sequences)
 
@@ -156,7 +149,7 @@ class WholeSequences(BatchKind):
         plan = self.plan(epoch)
         mean_valid = {name: self._mean_valid(name, plan) for name in self.config.outputs}
         layout = WholeLayout(self.config, plan, self.kept.length, self._shapes(plan),
-                             self.same_shape_first)
+                             self.slices)
         first, skipped, chunks = resumed(layout, start, read)
         assembler = Assembler(self.config, self.spec(self.config), layout,
                               self.source.index.lengths, self.kept.length, mean_valid,
@@ -182,14 +175,21 @@ class WholeSequences(BatchKind):
         kept = self.kept.length[self._members]
         sizes = batch_sizes(kept, self._buckets, len(self.bucket_boundaries) + 1,
                             self.config.batching, self._padded)
+        # Lockstep parts: every batch's rows a multiple of the slices (the global
+        # batch_size is one; a token budget may not be).
+        sizes = np.maximum(sizes // self.slices * self.slices, self.slices)
         budget = self.config.batching.max_timesteps
-        if budget is not None and kept.max() > budget:
+        # Each part of a global batch holds at least one row: its share of the budget.
+        share = None if budget is None else budget // self.slices
+        if share is not None and kept.max() > share:
             longest = int(self._members[np.argmax(kept)])
+            parts = (f" over {self.slices} processes or replicas ({share:,} each)"
+                     if self.slices > 1 else "")
             raise DataError(
                 f"sequence {show_id(self.source.index.ids[longest])} keeps "
                 f"{self.kept.length[longest]:,} timesteps, more than "
-                f"batching.max_timesteps={budget:,}, so it fits in no batch. Raise "
-                f"max_timesteps or set padding.maxlen to at most {budget:,}.")
+                f"batching.max_timesteps={budget:,}{parts}, so it fits in no batch. Raise "
+                f"max_timesteps or set padding.maxlen to at most {share:,}.")
         return sizes
 
     def report_fields(self) -> dict[str, Any]:
@@ -215,7 +215,10 @@ class WholeSequences(BatchKind):
         line = (f"batches per epoch: {len(plan.batches):,}, bucket boundaries: "
                 f"{list(self.bucket_boundaries) or 'none'}, padding waste: {waste:.1%} "
                 f"(without buckets: {unbucketed:.1%}){static}")
+        counts = np.array([len(b) for b in plan.batches])
+        topped_up = 0 if shapes is not None else int((-counts % self.slices).sum())
         return dict(
+            lockstep_empty_rows=topped_up,
             static_shapes=None if shapes is None else len(set(zip(*shapes))),
             truncated_sequences=truncated[0], truncated_timesteps=truncated[1],
             bucket_boundaries=self.bucket_boundaries, batches_per_epoch=len(plan.batches),

@@ -180,15 +180,15 @@ def _every_window(windows: Windows) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 
 
 def batches_per_epoch(windows: int, batch_size: int, drop_remainder: bool,
-                      replicas: int = 1) -> int:
-    """Batches of an epoch; with several replicas, a multiple of them (see `plan_blocks`)."""
+                      multiple: int = 1) -> int:
+    """Batches of an epoch, made a multiple of `multiple` (see `plan_blocks`)."""
     batches = windows // batch_size + int(bool(windows % batch_size) and not drop_remainder)
-    return batches + (-batches) % max(replicas, 1)
+    return batches + (-batches) % max(multiple, 1)
 
 
 def plan_blocks(count: int, batch_size: int, buffer_size: int,
                 rng: Optional[np.random.Generator], drop_remainder: bool,
-                replicas: int = 1) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
+                multiple: int = 1) -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
     """The window numbers of each block of an epoch's batches, in the order they go out,
     each with the lowest window number a later block of the epoch may still need and the
     rows of each of the block's batches.
@@ -199,13 +199,13 @@ def plan_blocks(count: int, batch_size: int, buffer_size: int,
     into batches, so only the last batch of the epoch is smaller, and a block only draws on
     the sequences of one buffer. With `drop_remainder`, that last batch is left out.
 
-    With several `replicas` (tf.distribute hands each one batch per step, and cannot share
-    out a step it cannot fill), the largest batches of the epoch's last buffer are halved
-    until the batch count is a multiple of the replicas; a last buffer shorter than
-    `replicas` batches joins the one before it, so there is something to halve.
+    With a `multiple` (`batching.accumulation_steps`: the optimizer applies gradients every
+    that many batches), the largest batches of the epoch's last buffer are halved until
+    the batch count is a multiple of it; a last buffer shorter than `multiple` batches
+    joins the one before it, so there is something to halve.
 
     Raises:
-      DataError: too few windows for that many replicas to start on full batches.
+      DataError: too few windows to make a multiple of `multiple` batches.
 
     Example:
       >>> [b.tolist() for b, _, _ in plan_blocks(5, 2, 0, None, drop_remainder=True)]
@@ -221,28 +221,15 @@ def plan_blocks(count: int, batch_size: int, buffer_size: int,
         offset = batch_size * int(rng.integers(buffer // batch_size)) if buffer < count else 0
         edges = np.unique(np.concatenate([[0], np.arange(offset, count, buffer), [count]])
                           ).tolist()
-    if replicas > 1 and len(edges) > 2 and edges[-1] - edges[-2] < replicas * batch_size:
+    if multiple > 1 and len(edges) > 2 and edges[-1] - edges[-2] < multiple * batch_size:
         del edges[-2]
-    extra = (-batches_per_epoch(count, batch_size, drop_remainder)) % max(replicas, 1)
-    leading: list = []  # the rows of the epoch's first `replicas` batches
+    extra = (-batches_per_epoch(count, batch_size, drop_remainder)) % max(multiple, 1)
     for a, b in zip(edges[:-1], edges[1:]):
         order = np.arange(a, b) if rng is None or not buffer_size else a + rng.permutation(b - a)
         if b == count and drop_remainder:
             order = order[:keep - a]
         rows = _batch_rows(len(order), batch_size, extra if b == edges[-1] else 0)
-        if replicas > 1 and len(leading) < replicas:
-            leading += rows[:replicas - len(leading)].tolist()
-            if b == edges[-1] or len(leading) == replicas:
-                _check_leading(leading, replicas, batch_size, count)
         yield from _blocks(order, rows, a if buffer_size and rng is not None else None)
-
-
-def _check_leading(leading: list, replicas: int, batch_size: int, count: int) -> None:
-    if len(leading) < replicas or any(r != batch_size for r in leading):
-        raise DataError(
-            f"{count:,} windows cannot start {replicas} replicas on full batches of "
-            f"{batch_size}: Keras builds the model from the first batch of every replica, "
-            f"which must share one shape. Use more data or a smaller batch_size.")
 
 
 def _batch_rows(windows: int, batch_size: int, extra: int) -> np.ndarray:
@@ -254,7 +241,9 @@ def _batch_rows(windows: int, batch_size: int, extra: int) -> np.ndarray:
         largest = max(range(len(rows)), key=lambda j: (rows[j], j)) if rows else None
         if largest is None or rows[largest] < 2:
             raise DataError(f"{windows:,} windows in the epoch's last shuffle buffer cannot be "
-                            f"cut into {extra} more batches for the replicas; use more data")
+                            f"cut into {extra} more batches to make the batches per epoch a "
+                            f"multiple of batching.accumulation_steps; use more data or "
+                            f"fewer accumulation steps")
         half = rows.pop(largest)
         rows += [(half + 1) // 2, half // 2]
     return np.asarray(rows, dtype=np.int64)

@@ -63,13 +63,15 @@ class WindowBatches(BatchKind):
 
     def __init__(self, config: PipelineConfig, source: SequenceSource, kept: KeptSteps,
                  in_part: np.ndarray, part: Optional[str], seed: Optional[int],
-                 same_shape_first: int) -> None:
-        super().__init__(config, source, kept, in_part, part, seed, same_shape_first)
+                 slices: int = 1) -> None:
+        super().__init__(config, source, kept, in_part, part, seed, slices)
         self.windows, self.counts = self._cut(in_part, part)
         self._valid = {name: self._valid_labels(name, in_part) for name in config.outputs
                        if config.weight_mode(name) == "global_mean"}
-        if same_shape_first > 1:
-            self._check_replicas()
+        if config.batching.accumulation_steps > 1:
+            # Planned once now: too few windows to cut into a multiple of the steps is an
+            # error when building, not in the first epoch.
+            collections.deque(self._plan(0), maxlen=0)
 
     @classmethod
     def applies(cls, config: PipelineConfig) -> bool:
@@ -141,14 +143,15 @@ class WindowBatches(BatchKind):
     def batches_per_epoch(self) -> int:
         batching = self.config.batching
         return batches_per_epoch(len(self.windows), batching.batch_size,
-                                 batching.drop_remainder, self.same_shape_first)
+                                 batching.drop_remainder, batching.accumulation_steps)
 
     def blocks(self, epoch: int, read: Reader, start: int = 0) -> Iterator[Block]:
         batches = max(self.batches_per_epoch(), 1)  # every epoch has the same windows
         mean_valid = {name: self._valid.get(name, 0) / batches for name in self.config.outputs}
         plan, skipped, needed = self._resumed(self._plan(epoch), start)
         assembler = WindowAssembler(self.config, self.spec(self.config), self.windows,
-                                    plan, self.source.index.lengths, mean_valid)
+                                    plan, self.source.index.lengths, mean_valid,
+                                    slices=self.slices)
         yield from skipping(assembler.blocks(read(needed)), skipped)
 
     def _resumed(self, plan: Iterator[tuple[np.ndarray, int, np.ndarray]], start: int
@@ -175,16 +178,7 @@ class WindowBatches(BatchKind):
         rng = np.random.default_rng([self.seed, epoch]) if self.seed is not None else None
         return plan_blocks(len(self.windows), batching.batch_size,
                            self.config.shuffle.buffer_size, rng, batching.drop_remainder,
-                           self.same_shape_first)
-
-    def _check_replicas(self) -> None:
-        """Plans epoch 0 up to its first batch of every replica, so that too few windows
-        for the replicas is an error now rather than in the first epoch."""
-        batches = 0
-        for _, _, rows in self._plan(0):
-            batches += len(rows)
-            if batches >= self.same_shape_first:
-                return
+                           batching.accumulation_steps)
 
     def _cut(self, in_part: np.ndarray, part: Optional[str]) -> tuple[Windows, WindowCounts]:
         """The windows of a part, or a clear error when it has none."""
@@ -230,7 +224,10 @@ class WindowBatches(BatchKind):
         rows = batches * batching.batch_size if static else len(windows)
         waste = 1 - (len(windows) * history - padded_history(windows)) / (rows * history)
         shapes = ", static shapes: 1 per epoch" if batching.static_shapes else ""
+        topped_up = 0 if static or self.slices == 1 else sum(
+            int((-rows % self.slices).sum()) for _, _, rows in self._plan(0))
         return dict(truncated_sequences=None, truncated_timesteps=None, bucket_boundaries=(),
+                    lockstep_empty_rows=topped_up,
                     batches_per_epoch=batches, sequences_dropped_per_epoch=0,
                     padding_waste=waste, padding_waste_unbucketed=waste, windows=self.counts,
                     static_shapes=1 if batching.static_shapes else None,
@@ -271,12 +268,14 @@ class WindowAssembler:
       lengths: (n,) every sequence's timesteps, to notice a source that changed.
       mean_valid: output -> valid labels per batch over the epoch (for global_mean).
       buffers: where the blocks' arrays come from.
+      slices: every batch's rows are made a multiple of it (`seqpipe.lockstep`).
     """
 
     def __init__(self, config: PipelineConfig, spec: BatchSpec, windows: Windows,
                  plan: Iterable[tuple[np.ndarray, int, np.ndarray]], lengths: np.ndarray,
-                 mean_valid: Mapping[str, float], buffers: BufferPool = SHARED) -> None:
-        self.config, self.windows, self.plan = config, windows, plan
+                 mean_valid: Mapping[str, float], buffers: BufferPool = SHARED,
+                 slices: int = 1) -> None:
+        self.config, self.windows, self.plan, self.slices = config, windows, plan, slices
         self.axes = spec.axes
         self.lengths, self.mean_valid, self.buffers = lengths, mean_valid, buffers
         w = _windows_of(config)
@@ -323,9 +322,11 @@ class WindowAssembler:
 
     def _gather(self, held: collections.deque, sequence: np.ndarray, end: np.ndarray,
                 batch_rows: np.ndarray) -> Block:
-        # static_shapes: every batch has batch_size rows, those past its windows empty.
+        # static_shapes: every batch has batch_size rows, those past its windows empty;
+        # lockstep parts: rows a multiple of the slices.
         shape_rows = (np.full_like(batch_rows, self.config.batching.batch_size)
-                      if self.config.batching.static_shapes else batch_rows)
+                      if self.config.batching.static_shapes
+                      else -(-batch_rows // self.slices) * self.slices)
         empty = shape_rows - batch_rows
         dest = np.arange(len(sequence)) + np.repeat(np.cumsum(empty) - empty, batch_rows)
         block = self._allocate(sequence, end, batch_rows, shape_rows)

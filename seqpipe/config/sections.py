@@ -335,6 +335,11 @@ class BatchingConfig(Section):
         None, "Pack whole sequences end to end into rows of packing.length timesteps: one "
         "batch shape, (batch_size, length), with almost no padding. null: one sequence per "
         "row.")
+    accumulation_steps: int = field(
+        1, "The gradient_accumulation_steps of your Keras optimizer: the weights then make "
+        "each run of this many consecutive batches one mean (over all their present labels, "
+        "or sequences), and the batches per epoch a multiple of it.",
+        check=_positive, rule="must be a positive integer")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,8 +17,8 @@ from seqpipe.formats.base import Output, resume_of
 from seqpipe.formats.grain_dataset import GrainOutput
 from seqpipe.formats.numpy_batches import NumpyOutput
 from seqpipe.formats.tf_dataset import TfOutput
+from seqpipe.lockstep import Lockstep, ProcessLike
 from seqpipe.pipeline import Pipeline
-from seqpipe.shard import Shard, per_replica
 from seqpipe.statistics import StatisticsLike
 
 if TYPE_CHECKING:
@@ -32,8 +32,9 @@ OUTPUTS: dict[str, type[Output]] = {o.name: o for o in (TfOutput, GrainOutput, N
 
 def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathLike],
                   data: Any = None, split: Optional[str] = None, *, input_context: Any = None,
-                  read_early: bool = False, statistics: Optional[StatisticsLike] = None,
-                  format: str = "tf", resume: Optional[Mapping[str, int]] = None):
+                  process: ProcessLike = None, read_early: bool = False,
+                  statistics: Optional[StatisticsLike] = None, format: str = "tf",
+                  resume: Optional[Mapping[str, int]] = None):
     """Builds the `tf.data.Dataset` of `(x, y, sample_weight)` batches for `model.fit`.
 
     Every pass over the dataset is one epoch; epoch k is reshuffled with (seed, k), so the
@@ -46,9 +47,17 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
       split: 'train', 'validation' or 'test': the part of the data to read, when the config
         has a `split` section (see `seqpipe.split`).
       input_context: the `tf.distribute.InputContext` that
-        `strategy.distribute_datasets_from_function` passes: this input pipeline then reads
-        its own share of the sequences (`seqpipe.shard`), and `batching.batch_size` is the
-        global batch, divided over the replicas.
+        `strategy.distribute_datasets_from_function` passes: `batching.batch_size` is then
+        the global batch, and this input pipeline yields its replicas' parts of each, one
+        after the other (see `process`).
+      process: `(index, count)`: this process's part of every global batch of a run on
+        `count` processes (a JAX multi-process run, say), or "auto" for JAX's
+        `process_index()` and `process_count()`. `batching.batch_size` is the global batch:
+        every process plans the same global batches from the shared seed and yields its
+        `batch_size / count` rows of each, so every process runs the same number of
+        steps with the same shapes, every sequence is in one process's rows once per
+        epoch, and the weights make the mean over the processes the global batch's mean
+        (`seqpipe.lockstep`).
       read_early: start reading and assembling the first epoch now, in a background
         thread, while TensorFlow builds the dataset and its iterator: its first batches are
         ready sooner. It holds what a running epoch holds (a few row groups and batches)
@@ -97,16 +106,17 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
         raise ConfigError(f"build_dataset: input_context and read_early are for "
                           f"format='tf' (tf.distribute, tf.data); got format={format!r}")
     if isinstance(config, Pipeline):
-        if input_context is not None:
-            raise ConfigError("input_context needs a config, not a Pipeline already built: "
-                              "each input pipeline builds its own share")
+        if input_context is not None or process is not None:
+            raise ConfigError("input_context and process need a config, not a Pipeline "
+                              "already built: each process plans its own parts of the "
+                              "global batches; pass the config")
         if statistics is not None:
             raise ConfigError("statistics= goes to the Pipeline when it is built, not to "
                               "build_dataset with a Pipeline already built")
         pipeline = config
     else:
-        pipeline = sharded_pipeline(config, input_context, data=data, split=split,
-                                    statistics=statistics)
+        pipeline = lockstep_pipeline(config, Lockstep.of(input_context, process), data=data,
+                                     split=split, statistics=statistics)
     position = resume_of(resume, pipeline)
     if position is not None and position.batch and format != "tf":
         logger.warning(
@@ -118,20 +128,14 @@ def build_dataset(config: Union[PipelineConfig, Pipeline, Mapping, str, os.PathL
     return output.build(pipeline, read_early, position)
 
 
-def sharded_pipeline(config: Any, input_context: Any, data: Any = None,
-                     split: Optional[str] = None,
-                     source: Optional[MaterializedPart] = None,
-                     statistics: Optional[StatisticsLike] = None) -> Pipeline:
-    """The `Pipeline` of one input pipeline: its share of the sequences, per-replica batches.
+def lockstep_pipeline(config: Any, lockstep: Lockstep, data: Any = None,
+                      split: Optional[str] = None,
+                      source: Optional[MaterializedPart] = None,
+                      statistics: Optional[StatisticsLike] = None) -> Pipeline:
+    """The `Pipeline` of one process (or input pipeline): its parts of every global batch.
     `source`: a materialized part to read instead of the config's source."""
     config = config if isinstance(config, PipelineConfig) else load_config(config)
-    local_replicas = 0
-    if input_context is not None and input_context.num_replicas_in_sync > 1:
-        local_replicas = (input_context.num_replicas_in_sync //
-                          input_context.num_input_pipelines)
-    shard, mine = Shard.of(input_context), per_replica(config, input_context)
     if source is None:
-        return Pipeline(mine, data, split, shard=shard, same_shape_first=local_replicas,
-                        statistics=statistics)
-    return Pipeline.from_source(source.share(shard), split, config=mine, shard=shard,
-                                same_shape_first=local_replicas, statistics=statistics)
+        return Pipeline(config, data, split, lockstep=lockstep, statistics=statistics)
+    return Pipeline.from_source(source, split, config=config, lockstep=lockstep,
+                                statistics=statistics)

@@ -9,14 +9,16 @@ from typing import Any, Optional, Union
 
 from seqpipe._internal.lazy import tensorflow
 from seqpipe.errors import ConfigError
-from seqpipe.formats.build import build_dataset, sharded_pipeline
+from seqpipe.formats.build import build_dataset, lockstep_pipeline
+from seqpipe.lockstep import Lockstep, ProcessLike
 from seqpipe.materialized.read import open_part
 from seqpipe.tfdata.service import PROCESSING_MODES, check, records_dataset
 
 
 def load_materialized(path: Union[str, os.PathLike], config: Any = None,
                       split: Optional[str] = None, *, input_context: Any = None,
-                      service: Optional[str] = None, processing_mode: str = "distributed_epoch",
+                      process: ProcessLike = None, service: Optional[str] = None,
+                      processing_mode: str = "distributed_epoch",
                       job_name: Optional[str] = None, resume: Optional[Mapping[str, int]] = None):
     """The `(x, y, sample_weight)` dataset of a materialized output, batched on the fly.
 
@@ -29,8 +31,8 @@ def load_materialized(path: Union[str, os.PathLike], config: Any = None,
         batching, shuffle, weights, padding side and value, and label fill values; the
         keys that decide what the records hold (`FROZEN`) must match.
       split: the part to read ('train', 'validation', 'test'); needed when there are several.
-      input_context: a `tf.distribute.InputContext`: read this input pipeline's share of
-        the shard files and batch per replica, as `build_dataset` does.
+      input_context, process: this input pipeline's (or process's) parts of every global
+        batch, as `build_dataset` makes them.
       service: a tf.data service dispatcher, 'grpc://HOST:PORT': the workers read and
         batch, in TensorFlow ops alone (`seqpipe.service`), so the batches are not the
         NumPy plan's (see there). Every worker must read `path` at the same path.
@@ -52,8 +54,9 @@ def load_materialized(path: Union[str, os.PathLike], config: Any = None,
     """
     part = open_part(path, config, split)
     if service is None:
-        return build_dataset(sharded_pipeline(part.config, input_context, split=part.time_part,
-                                              source=part), resume=resume)
+        lockstep = Lockstep.of(input_context, process)
+        return build_dataset(lockstep_pipeline(part.config, lockstep, split=part.time_part,
+                                               source=part), resume=resume)
     if resume is not None:
         raise ConfigError("resume is for datasets batched here, not with service: the "
                           "tf.data service's workers share the files out as they go, so a "
@@ -62,9 +65,9 @@ def load_materialized(path: Union[str, os.PathLike], config: Any = None,
     if processing_mode not in PROCESSING_MODES:
         raise ConfigError(f"processing_mode must be one of {', '.join(PROCESSING_MODES)}; "
                           f"got {processing_mode!r}")
-    if input_context is not None:
-        raise ConfigError("give service or input_context, not both: with the tf.data "
-                          "service the dispatcher shares out the files")
+    if input_context is not None or process is not None:
+        raise ConfigError("give service or input_context (or process), not both: with the "
+                          "tf.data service the dispatcher shares out the files")
     tf = tensorflow()
     return records_dataset(part).apply(tf.data.experimental.service.distribute(
         processing_mode, service, job_name=job_name))

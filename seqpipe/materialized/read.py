@@ -20,7 +20,6 @@ from seqpipe.index import Index, KeptSteps
 from seqpipe.materialized.manifest import frozen_differences, read_manifest
 from seqpipe.materialized.records import id_texts, read_chunks
 from seqpipe.parquet.sequences import Sequences, concat_sequences
-from seqpipe.shard import Shard, contiguous_runs
 from seqpipe.split import check_part
 from seqpipe.statistics import Statistics
 
@@ -38,7 +37,6 @@ class MaterializedPart:
     rows: int
     report_fields: Mapping[str, Any]  # counted when the part was written, before truncation
     file_sequences: Optional[tuple] = None  # records per file; None from older outputs
-    shared: bool = False  # cut down to one input pipeline's files (`share`)
     statistics: Optional[Statistics] = None  # the records are prepared with these
     time_dtype: Optional[str] = None  # of the times records hold; None: they hold none
     before_cutoff: Optional[np.ndarray] = None  # timesteps before split.time_cutoff
@@ -82,25 +80,6 @@ class MaterializedPart:
     def id_texts(self) -> np.ndarray:
         """The index's ids as records hold them: made once, checked every epoch."""
         return id_texts(self.ids)
-
-    def share(self, shard: Optional[Shard]) -> MaterializedPart:
-        """This part cut down to `shard`'s run of files (`seqpipe.shard`); itself when there
-        are fewer files than pipelines, or the output does not record records per file
-        (the pipeline then takes its share by id hash)."""
-        if (shard is None or self.file_sequences is None
-                or len(self.files) < shard.count):
-            return self
-        counts = np.asarray(self.file_sequences, dtype=np.int64)
-        runs = contiguous_runs(counts, shard.count)
-        start, stop = int(runs[shard.index]), int(runs[shard.index + 1])
-        first, last = int(counts[:start].sum()), int(counts[:stop].sum())
-        return dataclasses.replace(
-            self, files=self.files[start:stop], ids=self.ids[first:last],
-            lengths=self.lengths[first:last],
-            valid={name: v[first:last] for name, v in self.valid.items()},
-            before_cutoff=(None if self.before_cutoff is None
-                           else self.before_cutoff[first:last]),
-            file_sequences=tuple(self.file_sequences[start:stop]), shared=True)
 
 
 def open_part(path: Union[str, os.PathLike], config: Any = None,

@@ -54,31 +54,11 @@ class RowGroup:
 
 
 @dataclasses.dataclass(frozen=True)
-class IdBounds:
-    """The ids a pipeline keeps from the row groups it reads: above `low` (or equal, when
-    `low_inclusive`) and below `high` (or equal, when `high_inclusive`); None is open."""
-
-    low: Any = None
-    low_inclusive: bool = True
-    high: Any = None
-    high_inclusive: bool = False
-
-    def holds_all(self, first: Any, last: Any) -> bool:
-        """Whether every id from `first` to `last` is kept."""
-        above = self.low is None or first > self.low or (self.low_inclusive and first == self.low)
-        below = self.high is None or last < self.high or (
-            self.high_inclusive and last == self.high)
-        return above and below
-
-
-@dataclasses.dataclass(frozen=True)
 class StreamOrder:
-    """The row groups in the order to read them, or why the source cannot be streamed;
-    for one of several input pipelines, also the ids it keeps (`seqpipe.shard`)."""
+    """The row groups in the order to read them, or why the source cannot be streamed."""
 
     row_groups: tuple[RowGroup, ...]
     whole_because: Optional[str]  # None when the row groups can be streamed
-    bounds: Optional[IdBounds] = None
 
 
 def stream_order(files: SourceFiles, config: PipelineConfig,
@@ -196,17 +176,13 @@ def _chunks(order: StreamOrder, config: PipelineConfig, in_pieces: bool,
                 continue
             # The sequence that spans row groups is handed on alone, so that the big
             # chunks stay single Arrow chunks that NumPy can view without copying.
-            spanning = _within(pa.concat_tables(waiting).combine_chunks(), order.bounds,
-                               id_name)
+            spanning = pa.concat_tables(waiting).combine_chunks()
             if spanning.num_rows:
                 yield SourceTable(spanning, row_group.where, (row_group.file,))
             waiting = []
         if goes_on:
             table, tail, starts = _split(table, starts, id_name, row_group.last, at_start=False)
             waiting = [tail]
-        if order.bounds is not None and not order.bounds.holds_all(row_group.first, row_group.last):
-            table = _within(table, order.bounds, id_name)
-            starts = _id_starts(table, id_name) if long_layout else None
         if table.num_rows:
             pieces = (_pieces(table, starts) if long_layout and in_pieces
                       else [(table, starts)])
@@ -234,21 +210,6 @@ def _pieces(table: pa.Table, starts: Optional[np.ndarray]) -> list:
     at = np.searchsorted(starts, edges)
     return [(table.slice(a, b - a), starts[i:j] - a)
             for a, b, i, j in zip(edges[:-1], edges[1:], at[:-1], at[1:]) if b > a]
-
-
-def _within(table: pa.Table, bounds: Optional[IdBounds], id_name: str) -> pa.Table:
-    """The rows of `table` whose ids `bounds` keeps."""
-    if bounds is None:
-        return table
-    ids, keep = table[id_name], None
-    if bounds.low is not None:
-        low = pa.scalar(bounds.low, ids.type)
-        keep = pc.greater_equal(ids, low) if bounds.low_inclusive else pc.greater(ids, low)
-    if bounds.high is not None:
-        high = pa.scalar(bounds.high, ids.type)
-        below = pc.less_equal(ids, high) if bounds.high_inclusive else pc.less(ids, high)
-        keep = below if keep is None else pc.and_(keep, below)
-    return table if keep is None else table.filter(keep)
 
 
 def _split(table: pa.Table, starts: Optional[np.ndarray], id_name: str, value: Any,
