@@ -510,3 +510,22 @@ def test_the_processes_of_a_split_part_cover_that_part_once(tmp_path, table, lay
     every = [i for share in shares for i in share]
     assert sorted(every) == sorted(whole) and len(every) == len(set(every))
     assert all(shares)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_binary_weights_over_processes_divide_by_the_global_batchs_elements(path, table,
+                                                                             count):
+    """`binary` with Keras's default reduction means sum(loss over present labels) / every
+    element of the batch: over the processes, the global batch's elements."""
+    config = _config(path, **{"weights.mode": "binary"})
+    raw, died = raw_sequences(table), _died(table)
+    for parts in zip(*_steps(config, count)):
+        ids = [i for b in parts for i in b.ids]
+        labels = np.concatenate([raw[i][1] for i in ids])
+        deaths = np.array([died[i] for i in ids])
+        elements = sum(b.sample_weight["y"].size for b in parts)
+        np.testing.assert_allclose(_mean_of_parts(parts, "y"),
+                                   np.nansum(labels ** 2) / elements, rtol=1e-6)
+        rows = sum(b.sample_weight["died"].size for b in parts)
+        np.testing.assert_allclose(_mean_of_parts(parts, "died"),
+                                   np.nansum(deaths ** 2) / rows, rtol=1e-6)
