@@ -795,3 +795,28 @@ def test_holdout_last_config_rules():
                      "split": {"holdout_last": 3}})
     with pytest.raises(ConfigError, match=r"split\.holdout_last must be a positive integer"):
         config(None, split__holdout_last=0)
+
+
+@pytest.mark.parametrize("mode", ["batch_mean", "sequence_mean"])
+def test_the_mean_over_processes_is_the_global_steps_mean_over_its_windows(tmp_path, mode):
+    frame = stores(n=20)
+    cfg = load_config(config(write_shuffled(frame, tmp_path / "rows")),
+                      {"batching.batch_size": 9, "weights.mode": mode})
+    expected = reference(frame, 5, 3, 1)
+    days = {store: rows["day"].to_numpy()
+            for store, rows in frame.sort_values(["store", "day"]).groupby("store")}
+    steps = zip(*(Pipeline(cfg, lockstep=Lockstep(i, 3)).batches(0) for i in range(3)))
+    for parts in steps:
+        reported = np.mean([float((b.sample_weight["units_next"] * b.y["units_next"][..., 0]
+                                   ** 2).sum()) / b.sample_weight["units_next"].size
+                            for b in parts])
+        windows = [expected[store, days[store][end]] for b in parts
+                   for store, end in zip(b.ids, b.ends)]
+        per_window = [w["target"][w["present"]] ** 2 for w in windows]
+        if mode == "batch_mean":
+            every = np.concatenate(per_window)
+            intended = every.mean() if len(every) else 0.0
+        else:
+            means = [v.mean() for v in per_window if len(v)]
+            intended = np.mean(means) if means else 0.0
+        np.testing.assert_allclose(reported, intended, rtol=1e-6)
