@@ -28,6 +28,7 @@ from seqpipe.config import PipelineConfig, ShuffleConfig, leaked_labels, load_co
 from seqpipe.errors import ConfigError
 from seqpipe.index import SequenceSource, missing_labels, open_sequences, truncate
 from seqpipe.lockstep import Lockstep, parts
+from seqpipe.memory import MB, Memory, describe, prepared_bytes
 from seqpipe.parquet.sequences import Sequences
 from seqpipe.report import Report
 from seqpipe.scaling import Scales, columns_of, dataset_scales, per_series
@@ -141,6 +142,10 @@ class Pipeline:
                                      self._own_spans())
                            if source.statistics is None and changes_values(config) else None)
         self._report = self._make_report()
+        index = source.index
+        self._memory = Memory(config.source.memory_mb * MB,
+                              prepared_bytes(config, int(index.offsets[-1]), len(index.ids)),
+                              source.where)
         logger.info("seqpipe pipeline ready:\n%s", self.report)
         self._warn_changes()
 
@@ -175,6 +180,7 @@ class Pipeline:
                               f"{count - 1:,}, or the next epoch with batch 0")
         steps = self.config.batching.accumulation_steps
         first = start // self.lockstep.replicas // steps * steps  # where its run starts
+        logger.info("seqpipe: epoch %d %s", epoch, describe(self._memory))
         if first:
             made = self.kind.blocks(epoch, self.chunks, first)
         else:
@@ -198,15 +204,18 @@ class Pipeline:
         which timesteps each sequence keeps. A streamed source's first row groups are read
         from the moment this is called. `needed`: (n,) bool, read only the pieces of the
         source that hold these sequences (an epoch resumed part way); its chunks then
-        count nothing for the report."""
+        count nothing for the report. Once an epoch kept the prepared chunks in memory
+        (`seqpipe.memory`), they come from there."""
+        if self._memory.kept is not None:
+            return self._memory.chunks()
         if needed is None:
-            return self._handing_over(self.source.chunks(self._in_part))
+            return self._memory.keeping(self._handing_over(self.source.chunks(self._in_part)))
         chunks = self.source.chunks(self._in_part, needed & self._in_part)
         return chunks if self._transform is None else self._transform.stream(
             chunks, collections.defaultdict(collections.Counter))
 
     def _handing_over(self, chunks: Generator[tuple[int, Sequences], None, Any]
-                      ) -> Iterator[tuple[int, Sequences]]:
+                      ) -> Generator[tuple[int, Sequences], None, None]:
         changed: dict = collections.defaultdict(collections.Counter)
         prepared = (chunks if self._transform is None
                     else self._transform.stream(chunks, changed))

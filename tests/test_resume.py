@@ -213,7 +213,8 @@ def test_internal_a_late_position_reads_only_the_row_groups_its_window_needs(pat
     monkeypatch.setattr(stream, "read_row_group",
                         lambda row_group, schema: read.append(row_group.where) or
                         original(row_group, schema))
-    config = _config(path, "auto buckets, shuffled")
+    # memory_mb 0: every epoch streams (from memory, a resumed epoch reads nothing)
+    config = _config(path, "auto buckets, shuffled", **{"source.memory_mb": 0})
     batches = build_dataset(config, format="numpy")
     read.clear()
     list(batches.epoch(1))

@@ -64,7 +64,9 @@ def test_an_epoch_starts_reading_before_it_plans_and_before_its_first_chunk_is_a
     from seqpipe.parquet import stream
 
     path = write(tmp_path / "d.parquet", _by_id(long_table(LENGTHS)), row_group_size=50)
-    pipeline = Pipeline(_config(path, **{"shuffle.buffer_size": 25, "shuffle.seed": 3}))
+    # memory_mb 0: the second epoch streams too (kept in memory, it would read nothing)
+    pipeline = Pipeline(_config(path, **{"shuffle.buffer_size": 25, "shuffle.seed": 3,
+                                         "source.memory_mb": 0}))
     started = []
     read = stream.read_row_group
     monkeypatch.setattr(stream, "read_row_group", lambda part, schema: (

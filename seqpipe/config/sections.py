@@ -71,6 +71,11 @@ class SourceConfig(Section):
         CacheConfig(), "A long-layout source whose sequences are spread over row groups is "
         "regrouped once into this cache and streamed from it; false groups it whole, in "
         "memory, every time (fine for small data).")
+    memory_mb: int = field(
+        512, "Later epochs from memory: when the prepared sequences (scaled and encoded, "
+        "not padded) fit in this many MB, the first epoch keeps them and later epochs are "
+        "built from them, reshuffled, without reading the source again. 0 reads the source "
+        "every epoch.", check=lambda v: v >= 0, rule="must be an integer >= 0")
 
     @property
     def regroup(self) -> Optional[CacheConfig]:

@@ -1,0 +1,143 @@
+"""Later epochs from memory: within `source.memory_mb`, the epochs after the first are built
+from the prepared sequences it kept, without reading the source, and are the batches
+streaming gives, epoch for epoch; past the budget every epoch reads the source."""
+
+import logging
+
+import numpy as np
+import pytest
+
+import seqpipe.parquet.stream
+from seqpipe import Pipeline, build_dataset, load_config
+from tests.helpers import base_config, long_table, nested_from_long, same_batches, scatter, write
+
+LENGTHS = np.random.default_rng(21).integers(1, 40, 150)
+
+CONFIGS = {
+    "auto buckets": {"batching.bucket_boundaries": "auto"},
+    "static shapes": {"batching.bucket_boundaries": [10, 20], "batching.static_shapes": True,
+                      "padding.maxlen": 30},
+    "packed rows": {"batching.packing": {"length": 48}, "padding.maxlen": 40},
+    "scaled, split": {"inputs.steps.normalize": "standard", "split": {"validation": 0.3,
+                                                                       "seed": 3}},
+}
+
+
+@pytest.fixture(scope="module")
+def table():
+    return long_table(LENGTHS)
+
+
+def _write(tmp_path, table, layout="long"):
+    import pyarrow.compute as pc
+
+    data = table.take(pc.sort_indices(table, [("id", "ascending"), ("t", "ascending")]))
+    if layout == "nested":
+        data = nested_from_long(table)
+    return write(tmp_path / f"{layout}.parquet", data, 200)
+
+
+def _config(path, name="auto buckets", layout="long", **overrides):
+    return load_config(base_config(path, layout), {
+        "batching.batch_size": 8, "shuffle.buffer_size": 40, "shuffle.seed": 7,
+        **CONFIGS[name], **overrides})
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Counts the row groups read from Parquet."""
+    count = [0]
+    real = seqpipe.parquet.stream.read_row_group
+
+    def counted(*args, **kwargs):
+        count[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seqpipe.parquet.stream, "read_row_group", counted)
+    return count
+
+
+@pytest.mark.parametrize("layout", ["long", "nested"])
+@pytest.mark.parametrize("name", CONFIGS)
+def test_later_epochs_from_memory_are_the_streamed_ones_and_read_nothing(
+        tmp_path, table, reads, caplog, name, layout):
+    path = _write(tmp_path, table, layout)
+    split = "train" if "split" in name else None
+    kept = Pipeline(_config(path, name, layout), split=split)
+    streamed = Pipeline(_config(path, name, layout, **{"source.memory_mb": 0}), split=split)
+    with caplog.at_level(logging.INFO, logger="seqpipe"):
+        read = []
+        for epoch in range(3):
+            before = reads[0]
+            same_batches(kept, streamed, epoch)
+            read.append(reads[0] - before)
+    # both read the file in epoch 0; then only the streaming one
+    assert read[0] > 0 and read[1] == read[2] == read[0] // 2
+    assert "epoch 1 from the prepared sequences kept in memory" in caplog.text
+    assert "epoch 1 from" in caplog.text and "(source.memory_mb=0)" in caplog.text
+
+
+def test_windows_from_memory_are_the_streamed_ones(tmp_path):
+    from tests.test_windows import config as window_config
+    from tests.test_windows import stores, write_shuffled
+
+    path = write_shuffled(stores(n=15), tmp_path / "rows")
+    kept = Pipeline(window_config(path))
+    streamed = Pipeline(load_config(window_config(path), {"source.memory_mb": 0}))
+    for epoch in range(3):
+        for a, b in zip(kept.batches(epoch), streamed.batches(epoch), strict=True):
+            assert a.ids.tolist() == b.ids.tolist() and a.ends.tolist() == b.ends.tolist()
+            for part in ("x", "y", "sample_weight"):
+                for name, values in getattr(a, part).items():
+                    np.testing.assert_array_equal(values, getattr(b, part)[name])
+    assert kept._memory.kept is not None and streamed._memory.kept is None
+
+
+def test_a_budget_too_small_streams_every_epoch(tmp_path, reads, caplog):
+    lengths = np.random.default_rng(5).integers(1, 60, 4000)  # about 2.5 MB prepared
+    path = _write(tmp_path, long_table(lengths))
+    pipeline = Pipeline(_config(path, **{"source.memory_mb": 1}))
+    with caplog.at_level(logging.INFO, logger="seqpipe"):
+        counts = []
+        for epoch in range(2):
+            before = reads[0]
+            sum(1 for _ in pipeline.batches(epoch))
+            counts.append(reads[0] - before)
+    assert counts[0] == counts[1] > 0
+    assert "do not fit source.memory_mb=1" in caplog.text
+
+
+def test_an_epoch_cut_short_keeps_nothing(tmp_path, table, reads):
+    path = _write(tmp_path, table)
+    pipeline = Pipeline(_config(path))
+    next(iter(pipeline.batches(0)))  # a pass cut short (Keras's first batch, say)
+    before = reads[0]
+    sum(1 for _ in pipeline.batches(0))
+    assert reads[0] > before  # read again, to its end: now kept
+    before = reads[0]
+    sum(1 for _ in pipeline.batches(1))
+    assert reads[0] == before
+
+
+@pytest.mark.parametrize("format", ["tf", "numpy"])
+def test_every_format_gives_later_epochs_from_memory(tmp_path, table, reads, format):
+    path = _write(tmp_path, table)
+    dataset = build_dataset(_config(path), format=format)
+    streamed = build_dataset(_config(path, **{"source.memory_mb": 0}), format=format)
+    for epoch in range(3):
+        before = reads[0]
+        got = [b[0]["steps"] for b in dataset]
+        if epoch:
+            assert reads[0] == before
+        expected = [b[0]["steps"] for b in streamed]
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_data_grouped_whole_is_kept_too(tmp_path, table):
+    folder = scatter(table, tmp_path / "dealt")
+    kept = Pipeline(_config(folder))
+    streamed = Pipeline(_config(folder, **{"source.memory_mb": 0}))
+    for epoch in range(2):
+        same_batches(kept, streamed, epoch)
