@@ -207,7 +207,7 @@ class Pipeline:
         count nothing for the report. Once an epoch kept the prepared chunks in memory
         (`seqpipe.memory`), they come from there."""
         if self._memory.kept is not None:
-            return self._memory.chunks()
+            return self._memory.chunks(needed)
         if needed is None:
             return self._memory.keeping(self._handing_over(self.source.chunks(self._in_part)))
         chunks = self.source.chunks(self._in_part, needed & self._in_part)

@@ -141,3 +141,21 @@ def test_data_grouped_whole_is_kept_too(tmp_path, table):
     streamed = Pipeline(_config(folder, **{"source.memory_mb": 0}))
     for epoch in range(2):
         same_batches(kept, streamed, epoch)
+
+
+@pytest.mark.parametrize("source", ["streamed", "grouped whole"])
+def test_an_epoch_resumed_from_memory_gives_the_uninterrupted_batches(tmp_path, table, reads,
+                                                                      source):
+    path = _write(tmp_path, table) if source == "streamed" else scatter(table, tmp_path / "d")
+    pipeline = Pipeline(_config(path))
+    epoch = list(pipeline.batches(1))  # read, and kept
+    before = reads[0]
+    for start in (1, len(epoch) // 2, len(epoch) - 1):
+        resumed = list(pipeline.batches(1, start))
+        assert len(resumed) == len(epoch) - start
+        for a, b in zip(resumed, epoch[start:]):
+            assert a.ids.tolist() == b.ids.tolist()
+            for part in ("x", "y", "sample_weight"):
+                for name, values in getattr(a, part).items():
+                    np.testing.assert_array_equal(values, getattr(b, part)[name])
+    assert reads[0] == before
