@@ -113,6 +113,13 @@ def nest(table: pa.Table, lists=("ts", "hr", "bp", "event", "y1", "y2"),
                      **{c: ordered[c].take(pa.array(starts)) for c in firsts}})
 
 
+def sorted_by_id(table: pa.Table) -> pa.Table:
+    """The rows sorted by id and time, as a source that streams holds them."""
+    import pyarrow.compute as pc
+
+    return table.take(pc.sort_indices(table, [("id", "ascending"), ("t", "ascending")]))
+
+
 def write(path, table: pa.Table, row_group_size: int = 7) -> str:
     pq.write_table(table, path, row_group_size=row_group_size)
     return str(path)

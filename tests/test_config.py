@@ -95,6 +95,9 @@ def test_overrides_set_dotted_keys():
      r"batching\.bucket_boundaries must be a list of integers or 'auto' or null; got 'often'"),
     ({"batching.batch_size": "64"}, r"batching\.batch_size must be an integer; got '64'"),
     ({"batching.batch_size": -1}, r"batching\.batch_size must be a positive integer; got -1"),
+    ({"batching.accumulation_steps": 0},
+     r"batching\.accumulation_steps must be a positive integer; got 0"),
+    ({"source.memory_mb": -1}, r"source\.memory_mb must be an integer >= 0; got -1"),
     ({"batching.drop_remainder": "yes"}, r"drop_remainder must be true or false; got 'yes'"),
     ({"weights.mode": "mean"}, r"weights\.mode must be 'binary' or 'batch_mean' or "
                                r"'global_mean' or 'sequence_mean'; got 'mean'"),

@@ -6,8 +6,6 @@ labels (pyarrow) and against real Keras."""
 import json
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 
 from seqpipe import (
@@ -27,15 +25,12 @@ from tests.helpers import (
     passing,
     raw_sequences,
     scatter,
+    sorted_by_id,
     write,
 )
 
 LENGTHS = np.random.default_rng(11).integers(1, 30, 90)
 BATCH = 12  # divides over 1, 2, 3 and 4 processes
-
-
-def _sorted(table: pa.Table) -> pa.Table:
-    return table.take(pc.sort_indices(table, [("id", "ascending"), ("t", "ascending")]))
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +40,7 @@ def table():
 
 @pytest.fixture(scope="module")
 def path(table, tmp_path_factory):
-    return write(tmp_path_factory.mktemp("lockstep") / "d.parquet", _sorted(table), 40)
+    return write(tmp_path_factory.mktemp("lockstep") / "d.parquet", sorted_by_id(table), 40)
 
 
 CONFIGS = {
@@ -211,7 +206,7 @@ def test_other_sources_share_out_alike(tmp_path, table, source):
         config = _config(scatter(table, tmp_path / "dealt"))
         made = [build_dataset(config, process=(i, 2), format="numpy") for i in range(2)]
     else:
-        config = _config(write(tmp_path / "d.parquet", _sorted(table), 40))
+        config = _config(write(tmp_path / "d.parquet", sorted_by_id(table), 40))
         materialize(config, tmp_path / "out", shard_bytes=2_000)
         made = [load_materialized(tmp_path / "out", process=(i, 2)) for i in range(2)]
     steps = [list(m) for m in made]
@@ -499,7 +494,7 @@ def test_a_token_budget_that_one_row_per_process_overruns_is_a_data_error(path):
 def test_the_processes_of_a_split_part_cover_that_part_once(tmp_path, table, layout):
     from tests.helpers import nested_from_long
 
-    data = _sorted(table) if layout == "long" else nested_from_long(table)
+    data = sorted_by_id(table) if layout == "long" else nested_from_long(table)
     config = load_config(base_config(write(tmp_path / "d.parquet", data, 40), layout),
                          {"batching.batch_size": BATCH, "shuffle.buffer_size": 30,
                           "shuffle.seed": 5, "split": {"validation": 0.3, "seed": 2}})
@@ -529,3 +524,12 @@ def test_binary_weights_over_processes_divide_by_the_global_batchs_elements(path
         rows = sum(b.sample_weight["died"].size for b in parts)
         np.testing.assert_allclose(_mean_of_parts(parts, "died"),
                                    np.nansum(deaths ** 2) / rows, rtol=1e-6)
+
+
+def test_too_few_sequences_for_the_accumulation_steps_is_a_data_error(tmp_path):
+    config = _config(write(tmp_path / "d.parquet", sorted_by_id(long_table([3, 4])), 40),
+                     **{"batching.accumulation_steps": 4})
+    with pytest.raises(DataError, match=r"2 sequences cannot be cut into a multiple of "
+                                        r"batching.accumulation_steps=4 batches; use more "
+                                        r"data or fewer accumulation steps"):
+        build_dataset(config, format="numpy")

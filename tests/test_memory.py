@@ -9,7 +9,15 @@ import pytest
 
 import seqpipe.parquet.stream
 from seqpipe import Pipeline, build_dataset, load_config
-from tests.helpers import base_config, long_table, nested_from_long, same_batches, scatter, write
+from tests.helpers import (
+    base_config,
+    long_table,
+    nested_from_long,
+    same_batches,
+    scatter,
+    sorted_by_id,
+    write,
+)
 
 LENGTHS = np.random.default_rng(21).integers(1, 40, 150)
 
@@ -29,9 +37,7 @@ def table():
 
 
 def _write(tmp_path, table, layout="long"):
-    import pyarrow.compute as pc
-
-    data = table.take(pc.sort_indices(table, [("id", "ascending"), ("t", "ascending")]))
+    data = sorted_by_id(table)
     if layout == "nested":
         data = nested_from_long(table)
     return write(tmp_path / f"{layout}.parquet", data, 200)
@@ -159,3 +165,33 @@ def test_an_epoch_resumed_from_memory_gives_the_uninterrupted_batches(tmp_path, 
                 for name, values in getattr(a, part).items():
                     np.testing.assert_array_equal(values, getattr(b, part)[name])
     assert reads[0] == before
+
+
+def test_model_fit_trains_on_the_streamed_batches_in_every_epoch(tmp_path, table):
+    """What `fit` itself trains on, epoch after epoch, with later epochs from memory: the
+    batches of a pipeline that streams every epoch. The per-sequence input `static` (age)
+    is 40 + the sequence's number, so it names each row; a layer records it (run eagerly)."""
+    import keras
+
+    path = _write(tmp_path, table)
+    streamed = Pipeline(_config(path, **{"source.memory_mb": 0}))
+    expected = [(b.x["static"][:, 0] - 40).astype(int).tolist()
+                for epoch in range(3) for b in streamed.batches(epoch)]
+    seen = []
+
+    class Record(keras.layers.Layer):
+        def call(self, static, training=None):
+            if training:
+                seen.append((np.asarray(static)[:, 0] - 40).astype(int).tolist())
+            return static
+
+    steps = keras.Input((None, 2), name="steps")
+    static = keras.Input((1,), name="static")
+    pooled = keras.layers.GlobalAveragePooling1D()(steps)
+    died = keras.layers.Dense(1, name="died")(
+        keras.layers.Concatenate()([pooled, Record()(static)]))
+    y = keras.layers.Dense(1, name="y")(steps)
+    model = keras.Model({"steps": steps, "static": static}, {"y": y, "died": died})
+    model.compile("adam", {"y": "mse", "died": "mse"}, run_eagerly=True)
+    model.fit(build_dataset(_config(path)), epochs=3, verbose=0)
+    assert seen == expected
