@@ -328,12 +328,67 @@ def test_the_dataset_functions_are_traced_once_for_each_shape_of_config():
 
     first = _config()
     other = _config(**{"batching.batch_size": 3, "shuffle.seed": 4})
-    traced = seqpipe_dataset._traced_blocks(first)
+    traced = seqpipe_dataset._traced_dataset(first)
     for config in (first, other, first):
         pipeline = Pipeline(config, long_table(LENGTHS))
         _assert_same_batches([_as_numpy(e) for e in build_dataset(pipeline)],
                              list(pipeline.batches(0)))
-    assert seqpipe_dataset._traced_blocks(other) is traced
+    assert seqpipe_dataset._traced_dataset(other) is traced
     assert traced.experimental_get_tracing_count() == 1
     narrower = load_config(base_config(None), {"inputs.steps.columns": ["x"]})
-    assert seqpipe_dataset._traced_blocks(narrower) is not traced
+    assert seqpipe_dataset._traced_dataset(narrower) is not traced
+
+
+def _elements(iterable) -> list:
+    """Each element as (structure with key order, shapes, dtypes, values)."""
+    def describe(element):
+        parts = element if isinstance(element, tuple) else (element,)
+        return ([list(part) for part in parts],
+                [(t.shape.as_list(), t.dtype.name, t.numpy().tobytes())
+                 for part in parts for t in part.values()])
+    return [describe(element) for element in iterable]
+
+
+@pytest.mark.parametrize("outputs", [True, False], ids=["x, y, sample_weight", "x only"])
+def test_eager_iteration_gives_what_tensorflows_own_iterator_gives(outputs):
+    """`for batch in dataset` builds each element's dicts from a recipe made once (in
+    TensorFlow's Python it was most of the main thread's time per batch). A dataset made
+    from it (`take`) is iterated by TensorFlow's own iterator: two pipelines of one config,
+    one read each way, give the same elements, dicts, key order, shapes and dtypes, epoch
+    after epoch."""
+    overrides = {} if outputs else {"outputs": {}}
+    config = _config(**overrides)
+    ours = build_dataset(Pipeline(config, long_table(LENGTHS)))
+    pipeline = Pipeline(config, long_table(LENGTHS))
+    count = pipeline.report.batches_per_epoch
+    own = build_dataset(pipeline).take(count)
+    # Otherwise this would compare TensorFlow's iterator with itself.
+    assert type(iter(ours)) is not type(iter(own))
+    for _ in range(2):
+        got = _elements(ours)
+        assert len(got) == count
+        assert got == _elements(own)
+
+
+def test_in_a_graph_and_in_asynchronous_eager_mode_the_iterator_is_tensorflows():
+    """Keras on TensorFlow makes the iterator eagerly and calls `next` inside a
+    `tf.function`; asynchronous eager execution reports the end of the data late. Both
+    take TensorFlow's own path, with the same batches."""
+    pipeline = Pipeline(_config(), long_table(LENGTHS))
+    dataset = build_dataset(pipeline)
+    iterator = iter(dataset)
+
+    @tf.function
+    def first_batch_sum():
+        _, _, weights = next(iterator)
+        return tf.reduce_sum(weights["y"])
+
+    expected = list(pipeline.batches(0))
+    assert first_batch_sum().numpy() == pytest.approx(expected[0].sample_weight["y"].sum())
+    assert first_batch_sum().numpy() == pytest.approx(expected[1].sample_weight["y"].sum())
+    tf.config.experimental.set_synchronous_execution(False)
+    try:
+        got = [_as_numpy(e) for e in build_dataset(pipeline)]
+    finally:
+        tf.config.experimental.set_synchronous_execution(True)
+    _assert_same_batches(got, expected)

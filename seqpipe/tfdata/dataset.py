@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     pass
 from seqpipe._internal.lazy import tensorflow
 from seqpipe._internal.threads import Background
-from seqpipe.tfdata import handoff
+from seqpipe.tfdata import eager, handoff
 
 logger = logging.getLogger("seqpipe")
 
@@ -37,9 +37,9 @@ def tf_dataset(pipeline: Pipeline, read_early: bool = False,
 
     config, token = pipeline.config, next(_TOKENS)
     _LIVE[token] = _Epochs(pipeline, token, read_early, resume or Resume(0, 0))
-    # The dataset's functions are traced once per shape of config and told which dataset's
-    # epochs to read by a token; see `_traced_blocks`.
-    dataset = tf.data.Dataset.from_tensors(np.int64(token)).flat_map(_traced_blocks(config))
+    # The dataset is traced once per shape of config and told which dataset's epochs to
+    # read by a token; see `_traced_dataset`.
+    dataset = _traced_dataset(config)(tf.constant(token, tf.int64))
     # Every epoch has the same number of batches (bucket sizes do not change), and saying
     # so lets Keras show progress from the first epoch instead of warning at its end.
     batches = pipeline.report.batches_per_epoch
@@ -53,7 +53,7 @@ def tf_dataset(pipeline: Pipeline, read_early: bool = False,
         nothing = tf.data.Dataset.from_generator(
             _nothing, output_signature=dataset.element_spec).repeat()
         dataset = dataset.concatenate(nothing).take(batches)
-    dataset = dataset.with_options(_options())
+    dataset = eager.batches(dataset.with_options(_options()))
     # The pipeline goes with the dataset. Datasets made from this one, and iterators over
     # them, keep it alive while they are in use.
     weakref.finalize(dataset, _forget, token)
@@ -167,17 +167,18 @@ _TRACED: dict = {}
 _TRACED_LOCK = threading.Lock()
 
 
-def _traced_blocks(config: PipelineConfig):
-    """The dataset of one epoch's batches, from a dataset's token, as a `tf.function`
-    traced once per process for each shape of config (input and output names, levels,
-    widths).
+def _traced_dataset(config: PipelineConfig):
+    """The dataset of a pipeline's epochs, from its token, as a `tf.function` traced once
+    per process for each shape of config (input and output names, levels, widths): each
+    pass over the dataset calls `from_generator`'s generator (`_epochs_of`) once, for one
+    epoch.
 
-    Built afresh for every dataset, `from_generator` and `flat_map` traced five functions
-    each time, on the main thread. TensorFlow also keeps every generator function it is
-    given for the life of the process (it ties them to the global graph,
-    tensorflow/tensorflow#57690), with whatever the function refers to; here that is one
-    function (`_epochs_of`) per shape of config, and a dataset's pipeline goes when the
-    dataset does."""
+    Built afresh for every dataset, `from_generator` and `flat_map` traced their functions
+    each time, on the main thread; and so did `flat_map` over a traced function, wrapping
+    it. TensorFlow also keeps every generator function it is given for the life of the
+    process (it ties them to the global graph, tensorflow/tensorflow#57690), with whatever
+    the function refers to; here that is one function (`_epochs_of`) per shape of config,
+    and a dataset's pipeline goes when the dataset does."""
     tf = tensorflow()
 
     key = repr(batch_structure(config))
@@ -192,7 +193,11 @@ def _traced_blocks(config: PipelineConfig):
                 # is a few slices, cheaper than handing it over from a prefetch thread.
                 return blocks.prefetch(1).flat_map(split)
 
-            _TRACED[key] = tf.function(epoch, input_signature=[tf.TensorSpec((), tf.int64)])
+            def dataset(token):
+                return tf.data.Dataset.from_tensors(token).flat_map(epoch)
+
+            _TRACED[key] = tf.function(dataset,
+                                       input_signature=[tf.TensorSpec((), tf.int64)])
         return _TRACED[key]
 
 

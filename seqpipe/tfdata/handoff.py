@@ -2,8 +2,10 @@
 tf.data function that cuts it into its batches.
 
 A block travels as one element (`HandOff`): its flat arrays, and where each batch lies in
-them (`Cuts`), computed in NumPy for all of the block's batches at once. tf.data then runs
-two ops per tensor per batch (a slice and a reshape) and no arithmetic.
+them (`Cuts`), computed in NumPy for all of the block's batches at once and packed into one
+int64 row per batch. tf.data then runs one split of that row, and two ops per tensor per
+batch (a slice and a reshape), and no arithmetic. One row rather than a tensor per cut:
+every tensor of an element costs tf.data per batch, whatever its size.
 
 Every array is sliced in one dimension, inputs too (their `(rows, k)` arrays go to
 TensorFlow flat): TensorFlow's slice returns a view of its input only when the slice
@@ -51,9 +53,9 @@ class Cuts(NamedTuple):
 
 class HandOff(NamedTuple):
     """One block as tf.data receives it: flat arrays (views of the block's, no copies) and
-    the cuts."""
+    the cuts, `(batches, width)`: each batch's `Cuts` side by side (`_columns`)."""
 
-    cuts: Cuts
+    cuts: Any
     x: Mapping[str, Any]
     y: Mapping[str, Any]
     sample_weight: Mapping[str, Any]
@@ -62,7 +64,7 @@ class HandOff(NamedTuple):
 def hand_off(block: Block, config: PipelineConfig,
              finish: Optional[tuple[int, int]] = None) -> HandOff:
     """A block for tf.data; `finish` (token, epoch) when it holds its epoch's last batch."""
-    return HandOff(_cuts(block.places, config, finish),
+    return HandOff(_columns(_cuts(block.places, config, finish)),
                    {name: values.reshape(-1) for name, values in block.x.items()},
                    {name: values.reshape(-1) for name, values in block.y.items()},
                    block.sample_weight)
@@ -71,7 +73,7 @@ def hand_off(block: Block, config: PipelineConfig,
 def no_batches(config: PipelineConfig) -> HandOff:
     """A block of no batches."""
     x, y, _ = _layout(config)
-    return HandOff(_cuts(_places(0, config), config),
+    return HandOff(_columns(_cuts(_places(0, config), config)),
                    {name: np.zeros(0, dtype) for name, (_, _, dtype) in x.items()},
                    {name: np.zeros(0, dtype) for name, (_, _, dtype) in y.items()},
                    {name: np.zeros(0, np.float32) for name in config.outputs})
@@ -125,6 +127,37 @@ def _cuts(places: BatchPlaces, config: PipelineConfig,
                 _finish(len(size), finish))
 
 
+def _columns(cuts: Cuts) -> np.ndarray:
+    """The cuts side by side, `(batches, width)`, in `_fields`' order."""
+    return np.concatenate(_fields(cuts), axis=1)
+
+
+def _fields(cuts: Cuts) -> list:
+    """The cuts' arrays (or tensors) in one fixed order; `_unpack` reverses it."""
+    out: list = []
+    for field in cuts:
+        if isinstance(field, Mapping):
+            for name in sorted(field):
+                value = field[name]
+                out.extend(value if isinstance(value, Cut) else [value])
+        else:
+            out.append(field)
+    return out
+
+
+def _unpack(columns, like: Cuts) -> Cuts:
+    """`Cuts` of the parts of `columns` (in `_fields`' order), shaped as `like`."""
+    parts = iter(columns)
+    fields = []
+    for field in like:
+        if isinstance(field, Mapping):
+            fields.append({name: Cut(next(parts), next(parts)) if isinstance(value, Cut)
+                           else next(parts) for name, value in sorted(field.items())})
+        else:
+            fields.append(next(parts))
+    return Cuts(*fields)
+
+
 def _finish(batches: int, finish: Optional[tuple[int, int]]) -> np.ndarray:
     marks = np.full((batches, 2), -1, np.int64)
     if finish is not None and batches:
@@ -147,11 +180,9 @@ def finished_epochs():
 def spec(config: PipelineConfig) -> HandOff:
     """The `tf.TensorSpec` structure of a `HandOff`."""
     tf = tensorflow()
-    vectors = tf.nest.map_structure(
-        lambda value: tf.TensorSpec((None, value.shape[1]), tf.int64),
-        _cuts(_places(1, config), config))
     x, y, _ = _layout(config)
-    return HandOff(vectors,
+    return HandOff(tf.TensorSpec((None, _columns(_cuts(_places(1, config), config)).shape[1]),
+                                 tf.int64),
                    {name: tf.TensorSpec((None,), dtype) for name, (_, _, dtype) in x.items()},
                    {name: tf.TensorSpec((None,), dtype) for name, (_, _, dtype) in y.items()},
                    {name: tf.TensorSpec((None,), tf.float32) for name in config.outputs})
@@ -164,6 +195,8 @@ def split_block(config: PipelineConfig):
     known = _static_shapes(config)
     axes = spec_of(config).axes
     finished = finished_epochs()
+    like = _cuts(_places(1, config), config)
+    widths = [int(part.shape[1]) for part in _fields(like)]
 
     def cut(values, where, shape, static):
         values = tf.reshape(tf.slice(values, where.begin, where.size), shape)
@@ -173,7 +206,8 @@ def split_block(config: PipelineConfig):
     def split(block: HandOff):
         x, y, weights = block.x, block.y, block.sample_weight
 
-        def batch(c: Cuts):
+        def batch(row):
+            c = _unpack(tf.split(row, widths), like)
             # One small op per batch; key -1 on every batch but an epoch's last.
             finished.insert(c.finish[:1], c.finish[1:])
             xs = {name: cut(x[name], c.x[name], c.x_shape[name], known["x"][name])
