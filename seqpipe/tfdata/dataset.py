@@ -186,15 +186,12 @@ def _traced_dataset(config: PipelineConfig):
         if key not in _TRACED:
             spec, split = handoff.spec(config), handoff.split_block(config)
 
-            def epoch(token):
+            def dataset(token):
                 blocks = tf.data.Dataset.from_generator(_epochs_of, args=(token,),
                                                         output_signature=spec)
                 # Blocks are prefetched; batches are not. Cutting a batch out of its block
                 # is a few slices, cheaper than handing it over from a prefetch thread.
                 return blocks.prefetch(1).flat_map(split)
-
-            def dataset(token):
-                return tf.data.Dataset.from_tensors(token).flat_map(epoch)
 
             _TRACED[key] = tf.function(dataset,
                                        input_signature=[tf.TensorSpec((), tf.int64)])
