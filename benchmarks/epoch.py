@@ -1,30 +1,47 @@
-"""One epoch of variable-length sequences from Parquet to padded batches, six ways.
+"""One epoch of variable-length sequences from Parquet to padded batches: seqpipe against
+the pipelines a competent user writes, paired in one process.
 
-    python benchmarks/epoch.py            # everything (about 15 minutes on 2 cores)
-    python benchmarks/epoch.py --quick    # skips the two slow baselines and the 5x file
+    python benchmarks/epoch.py              # 7 pairs of everything (about 12 minutes)
+    python benchmarks/epoch.py --pairs 11
+    python benchmarks/epoch.py --quick      # seqpipe's own pairs and memory only
 
 The reference data (seeded): 50 k sequences, lengths lognormal (median 89, mean 124,
 max 2000), about 6.2 M rows sorted by id and time, 8 float features, a per-timestep label
 with 20 % missing and a per-sequence label with 30 % missing. It is written once to
-benchmarks/data/, with a copy whose rows are shuffled and a file 5x as large.
+benchmarks/data/, with a file 5x as large (which does not fit seqpipe's default memory
+budget, so every epoch streams it).
 
-Every approach runs in its own process, so that its peak memory is its own; each process
-also times `pyarrow.parquet.read_table` of the same file (in its steady state, after three
-untimed calls), and the ratio is taken against that, because absolute times on shared
-machines are noisy. Each approach likewise runs one untimed epoch first: a process's first
-epoch also pays one-time costs (loading compiled code, TensorFlow's first use of its ops);
-the table shows that first epoch too. Times are medians of `--repeats` further runs (three
-times as many for an approach whose epoch, after the warm-up, takes under 3 s).
-Padding waste is padded timesteps / all timesteps of the emitted batches. Peak memory is
-resident memory above what the process used after importing TensorFlow, taken for each
-epoch on its own (the kernel's record of the peak is reset before each) and reported as
-the median over the timed epochs, with the largest of all, warm-up included, beside it.
+The competent alternatives, each the shortest fast code a user who knows the library writes:
+
+- pandas: `read_table().to_pandas()`, `np.split` at the id changes, `keras.utils.
+  pad_sequences` to maxlen, `tf.data.Dataset.from_tensor_slices(...).batch(64)`: padded
+  arrays in memory, not shuffled (which flatters it: a shuffle buffer copies every row).
+- tf.data ragged: offsets from the id column, `tf.RaggedTensor.from_row_splits`, then
+  `bucket_by_sequence_length` over 4 buckets, batch 64.
+- Grain: the same offsets as a random-access source, `MapDataset.shuffle`, `.batch(64)`
+  with a `batch_fn` that pads to the batch's longest sequence.
+
+seqpipe runs its default config (batch 64, maxlen 512, `auto` buckets, `batch_mean`,
+shuffled; later epochs come from the prepared sequences the first kept in memory, within
+`source.memory_mb`).
+
+1. Build and first epoch, in one process, the approaches one after another in rounds:
+   each pair is one round's seqpipe tf.data time and another's in the same round.
+2. Epoch 2 and later, in one process: every dataset built and read once, then rounds of
+   one epoch each.
+3. Peak resident memory above the process's after importing TensorFlow, over building
+   and three epochs, each approach in a process of its own.
+4. A small LSTM trained one epoch on seqpipe's batches, and on the same batches padded to
+   maxlen.
+
+Ratios are per pair, taken in the same run (these machines are noisy): median and range.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import statistics
@@ -94,7 +111,9 @@ def seqpipe_config(path: Path, **batching) -> dict:
     }
 
 
-# ---- the approaches, each returning an iterable of batches whose first item is x ----
+
+
+# ---- the approaches: each builds a re-iterable dataset; one pass is one epoch ----
 
 def _grouped(path: Path):
     """Rows sorted by id: each sequence's rows as offsets, as a user of pyarrow finds them."""
@@ -107,129 +126,91 @@ def _grouped(path: Path):
     return offsets, x, np.nan_to_num(label), (~np.isnan(label)).astype(np.float32)
 
 
-def pandas_pad_sequences(path: Path):
+def pandas_dataset(path: Path):
+    """pandas, np.split, pad_sequences to maxlen, from_tensor_slices: padded in memory."""
     import keras
     import tensorflow as tf
 
-    frame = pq.read_table(path).to_pandas()
-    xs, ys, ws = [], [], []
-    for _, rows in frame.groupby("id", sort=True):
-        label = rows["label"].to_numpy()
-        xs.append(rows[FEATURES].to_numpy())
-        ys.append(np.nan_to_num(label))
-        ws.append(~np.isnan(label))
+    frame = pq.read_table(path).to_pandas()  # sorted by id and time
+    ids = frame["id"].to_numpy()
+    cuts = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+    label = frame["label"].to_numpy()
     pad = dict(maxlen=MAXLEN, dtype="float32", padding="post", truncating="pre")
-    x, y, w = (keras.utils.pad_sequences(v, **pad) for v in (xs, ys, ws))
+    x = keras.utils.pad_sequences(np.split(frame[FEATURES].to_numpy(), cuts), **pad)
+    y = keras.utils.pad_sequences(np.split(np.nan_to_num(label), cuts), **pad)
+    w = keras.utils.pad_sequences(np.split((~np.isnan(label)).astype(np.float32), cuts), **pad)
     return tf.data.Dataset.from_tensor_slices((x, y, w)).batch(64)
 
 
-def generator_padded_batch(path: Path):
-    import tensorflow as tf
-
-    offsets, x, y, w = _grouped(path)
-
-    def sequences():
-        for a, b in zip(offsets[:-1], offsets[1:]):
-            a = max(a, b - MAXLEN)
-            yield x[a:b], y[a:b], w[a:b]
-
-    spec = (tf.TensorSpec((None, len(FEATURES)), tf.float32),
-            tf.TensorSpec((None,), tf.float32), tf.TensorSpec((None,), tf.float32))
-    return tf.data.Dataset.from_generator(sequences, output_signature=spec).padded_batch(64)
-
-
-def _ragged(path: Path):
+def ragged_dataset(path: Path):
+    """Arrow offsets -> tf.RaggedTensor -> bucket_by_sequence_length (4 buckets)."""
     import tensorflow as tf
 
     offsets, x, y, w = _grouped(path)
     parts = [tf.RaggedTensor.from_row_splits(v, offsets)[:, -MAXLEN:] for v in (x, y, w)]
-    # Slices of a RaggedTensor come out with a ragged spec; padded_batch needs dense ones.
+    # Slices of a RaggedTensor come out with a ragged spec; the buckets need dense ones.
     return tf.data.Dataset.from_tensor_slices(tuple(parts)).map(
-        lambda *v: tuple(tf.identity(t) for t in v))
-
-
-def ragged_padded_batch(path: Path):
-    return _ragged(path).padded_batch(64)
-
-
-def ragged_bucket_by_sequence_length(path: Path):
-    import tensorflow as tf
-
-    return _ragged(path).bucket_by_sequence_length(
+        lambda *v: tuple(tf.identity(t) for t in v)).bucket_by_sequence_length(
         lambda x, y, w: tf.shape(x)[0], bucket_boundaries=[64, 128, 256],
         bucket_batch_sizes=[64] * 4)
 
 
-def seqpipe_dataset(path: Path):
+def grain_dataset(path: Path):
+    """Arrow offsets as a Grain source, shuffled, batches padded to their longest."""
+    import grain
+
+    offsets, x, y, w = _grouped(path)
+    starts, ends = np.maximum(offsets[:-1], offsets[1:] - MAXLEN), offsets[1:]
+
+    class Sequences:
+        def __len__(self):
+            return len(ends)
+
+        def __getitem__(self, i):
+            a, b = starts[i], ends[i]
+            return x[a:b], y[a:b], w[a:b]
+
+    def pad(items):
+        longest = max(len(item[0]) for item in items)
+        out = [np.zeros((len(items), longest) + part.shape[1:], np.float32)
+               for part in items[0]]
+        for row, item in enumerate(items):
+            for array, part in zip(out, item):
+                array[row, :len(part)] = part
+        return tuple(out)
+
+    return grain.MapDataset.source(Sequences()).shuffle(seed=42).batch(64, batch_fn=pad)
+
+
+def seqpipe_dataset(path: Path, format: str = "tf", **overrides):
     import seqpipe
 
-    return seqpipe.build_dataset(seqpipe.load_config(seqpipe_config(path)))
+    config = seqpipe.load_config(seqpipe_config(path), overrides)
+    return seqpipe.build_dataset(config, format=format)
 
 
-APPROACHES = {
-    "pandas group-by + keras pad_sequences + from_tensor_slices": (
-        pandas_pad_sequences, "reference", True),
-    "from_generator, one sequence at a time, + padded_batch": (
-        generator_padded_batch, "reference", True),
-    "Arrow -> tf.RaggedTensor -> padded_batch": (ragged_padded_batch, "reference", False),
-    "Arrow -> tf.RaggedTensor -> bucket_by_sequence_length (4 buckets)": (
-        ragged_bucket_by_sequence_length, "reference", False),
-    "seqpipe build_dataset (streamed)": (seqpipe_dataset, "reference", False),
-    "seqpipe build_dataset, rows shuffled (grouped whole)": (
-        seqpipe_dataset, "shuffled", False),
-    "seqpipe build_dataset, file 5x as large (streamed)": (seqpipe_dataset, "large", True),
+SEQPIPE = {
+    "seqpipe, tf.data": lambda path: seqpipe_dataset(path),
+    "seqpipe, NumPy": lambda path: seqpipe_dataset(path, "numpy"),
+    "seqpipe, tf.data, source.memory_mb: 0": lambda path: seqpipe_dataset(
+        path, **{"source.memory_mb": 0}),
 }
+OTHERS = {
+    "pandas + pad_sequences + from_tensor_slices": pandas_dataset,
+    "tf.data ragged + bucket_by_sequence_length": ragged_dataset,
+    "Grain, batches padded to their longest": grain_dataset,
+}
+APPROACHES = {**SEQPIPE, **OTHERS}
 
 
-# An approach whose first timed epoch takes less than this many seconds times
-# FAST_REPEATS times as many epochs: a median of three one-second epochs moves with this
-# machine's second-to-second speed, and more cost little.
-QUICK_SECONDS = 3.0
-FAST_REPEATS = 3
-
-
-def run_one(name: str, path: Path, repeats: int) -> dict:
-    """In a fresh process: the approach's epoch time, padding and peak memory, and
-    read_table of the same file, both as medians of `repeats` runs (`FAST_REPEATS` times
-    as many for a quick approach)."""
-    import logging
-
-    import tensorflow as tf
-
-    logging.getLogger("seqpipe").setLevel(logging.ERROR)
-    tf.constant(0)  # TensorFlow's start-up is not the pipeline's
-    build = APPROACHES[name][0]
-    baseline = _rss_mb()
-    times, peaks, padded, runs = [], [], 0, repeats
-    while len(times) <= runs:  # the first is the untimed warm-up, reported apart
-        each_epoch = _reset_peak()
-        start = time.perf_counter()
-        padded = 0
-        for batch in build(path):
-            padded += int(np.prod(_first(batch).shape[:2]))
-        times.append(time.perf_counter() - start)
-        peaks.append(_peak_mb() - baseline)
-        if len(times) == 2 and times[1] < QUICK_SECONDS:
-            runs = FAST_REPEATS * repeats
-    first, times = times[0], times[1:]
-    # Each epoch's own peak, median over the timed ones, as for times; where the kernel
-    # cannot reset its record, the process's peak stands for every epoch.
-    peak = statistics.median(peaks[1:]) if each_epoch else max(peaks)
-    lengths = _lengths(path)
-    real = int(np.minimum(lengths, MAXLEN).sum())
-    # read_table is slow for its first few calls after the approach (0.6 s, then 0.4, 0.3,
-    # down to 0.15 s on this machine: its memory pool pages in again). The ratio is taken
-    # against its steady state, which is the stricter baseline: three calls are untimed.
-    for _ in range(3):
-        pq.read_table(path)
-    reads = []
-    for _ in range(max(5, runs)):
-        start = time.perf_counter()
-        pq.read_table(path)
-        reads.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times), "read_table": statistics.median(reads),
-            "padding": 1 - real / padded, "peak_mb": peak, "largest_peak_mb": max(peaks),
-            "peaks": peaks, "runs": times, "reads": reads, "first_seconds": first}
+def epoch(dataset) -> tuple[float, int, int]:
+    """Seconds for one pass, the batches, and the timesteps they hold (padding included)."""
+    start = time.perf_counter()
+    batches = steps = 0
+    for batch in dataset:
+        batches += 1
+        steps += int(np.prod(_first(batch).shape[:2]))
+    return time.perf_counter() - start, batches, steps
 
 
 def _first(batch):
@@ -237,9 +218,44 @@ def _first(batch):
     return next(iter(x.values())) if isinstance(x, dict) else x
 
 
-def _lengths(path: Path) -> np.ndarray:
-    ids = pq.read_table(path, columns=["id"])["id"].to_numpy()
-    return np.unique(ids, return_counts=True)[1]
+def first_epochs(path: Path, names: list, pairs: int) -> dict:
+    """Build + first epoch of each approach, in rounds (one untimed round first)."""
+    times: dict = {name: [] for name in names}
+    for round in range(pairs + 1):
+        for name in names:
+            start = time.perf_counter()
+            epoch(APPROACHES[name](path))
+            if round:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def later_epochs(path: Path, names: list, pairs: int) -> tuple[dict, dict]:
+    """Epoch 2 and later of each approach, in rounds, each dataset built and read once
+    before; and each approach's padding waste."""
+    datasets = {name: APPROACHES[name](path) for name in names}
+    waste = {}
+    real = int(np.minimum(_lengths(path), MAXLEN).sum())
+    for name, dataset in datasets.items():
+        waste[name] = 1 - real / epoch(dataset)[2]
+    times: dict = {name: [] for name in names}
+    for _ in range(pairs):
+        for name, dataset in datasets.items():
+            times[name].append(epoch(dataset)[0])
+    return times, waste
+
+
+def peak(name: str, path: Path) -> dict:
+    """Peak resident memory (MB) above the process's after importing TensorFlow, over
+    building and three epochs."""
+    import tensorflow as tf
+
+    tf.constant(0)
+    base = _rss_mb()
+    _reset_peak()
+    dataset = APPROACHES[name](path)
+    seconds = [epoch(dataset)[0] for _ in range(3)]
+    return {"peak_mb": _peak_mb() - base, "seconds": seconds}
 
 
 def _reset_peak() -> bool:
@@ -266,6 +282,11 @@ def _peak_mb() -> float:
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _lengths(path: Path) -> np.ndarray:
+    ids = pq.read_table(path, columns=["id"])["id"].to_numpy()
+    return np.unique(ids, return_counts=True)[1]
 
 
 def lstm_epoch(path: Path, padded_to_maxlen: bool) -> float:
@@ -316,40 +337,80 @@ def ensure_data(quick: bool, lstm_sequences: int) -> dict:
     return paths
 
 
+def summary(ratios: list) -> str:
+    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--quick", action="store_true",
-                        help="skip the two slow baselines and the 5x file")
+                        help="seqpipe's own pairs and memory only")
     parser.add_argument("--lstm-sequences", type=int, default=5000,
                         help="sequences in the file the LSTM trains on for one epoch")
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    parser.add_argument("--path", help=argparse.SUPPRESS)
-    parser.add_argument("--lstm", choices=["maxlen", "seqpipe"], help=argparse.SUPPRESS)
+    parser.add_argument("--peak", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--lstm", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if args.one:
-        print(json.dumps(run_one(args.one, Path(args.path), args.repeats)))
+    logging.getLogger("seqpipe").setLevel(logging.ERROR)
+    if args.peak:
+        print(json.dumps(peak(args.peak[0], Path(args.peak[1]))))
         return
     if args.lstm:
-        print(json.dumps(lstm_epoch(Path(args.path), args.lstm == "maxlen")))
+        print(json.dumps(lstm_epoch(Path(args.lstm[1]), args.lstm[0] == "maxlen")))
         return
-    paths = ensure_data(args.quick, args.lstm_sequences)
-    # seqpipe's compiled code is compiled and cached once, on the small file, before any
-    # measured process: otherwise the first seqpipe process compiles it (on a fresh
-    # checkout, always the reference row), and its epochs' peaks keep the compiler's memory.
-    child_json(__file__, ["--one", "seqpipe build_dataset (streamed)", "--path", str(paths["lstm"]),
-            "--repeats", "1"])
-    results = {}
-    for name, (_, data, slow) in APPROACHES.items():
-        if args.quick and slow:
-            continue
-        print(f"running: {name} ...", file=sys.stderr, flush=True)
-        results[name] = child_json(__file__, ["--one", name, "--path", str(paths[data]),
-                                "--repeats", str(args.repeats)])
-    lstm = {mode: child_json(__file__, ["--lstm", mode, "--path", str(paths["lstm"])])
-            for mode in ("maxlen", "seqpipe")}
-    print_table(results, lstm, args)
+    paths = ensure_data(False, args.lstm_sequences)
+    reference, large = paths["reference"], paths["large"]
+    # seqpipe's compiled code is compiled and cached once before any measured process.
+    child_json(__file__, ["--peak", "seqpipe, NumPy", paths["lstm"]])
+    rows = pq.ParquetFile(reference).metadata.num_rows
+    others = [] if args.quick else list(OTHERS)
+    print(f"reference file: {rows:,} rows, 50,000 sequences; {os.cpu_count()} CPU cores; "
+          f"{args.pairs} pairs; ratio per pair, median (range)")
+
+    print("\n1. Build and first epoch, one process\n")
+    first = first_epochs(reference, list(SEQPIPE) + others, args.pairs)
+    tf_times = first["seqpipe, tf.data"]
+    print("| approach | seconds, median | / seqpipe tf.data, per pair |")
+    print("|---|---|---|")
+    for name, times in first.items():
+        print(f"| {name} | {statistics.median(times):.3f} | "
+              f"{summary([t / s for t, s in zip(times, tf_times)])} |")
+    numpy, streamed = first["seqpipe, NumPy"], first["seqpipe, tf.data, source.memory_mb: 0"]
+    print(f"\nseqpipe tf.data / NumPy, per pair: "
+          f"{summary([t / n for t, n in zip(tf_times, numpy)])}")
+    print(f"seqpipe tf.data, memory_mb default / 0, per pair: "
+          f"{summary([t / s for t, s in zip(tf_times, streamed)])}")
+
+    print("\n2. Epoch 2 and later, one process\n")
+    later, waste = later_epochs(reference, ["seqpipe, tf.data", "seqpipe, NumPy"] + others,
+                                args.pairs)
+    against = later.get("pandas + pad_sequences + from_tensor_slices")
+    print("| approach | seconds, median | padding waste | / pandas, per pair |")
+    print("|---|---|---|---|")
+    for name, times in later.items():
+        ratio = summary([t / p for t, p in zip(times, against)]) if against else "-"
+        print(f"| {name} | {statistics.median(times):.3f} | {waste[name]:.1%} | {ratio} |")
+    pairs = zip(later["seqpipe, tf.data"], later["seqpipe, NumPy"])
+    print(f"\nseqpipe tf.data / NumPy, per pair: {summary([t / n for t, n in pairs])}")
+
+    print("\n3. Peak memory over building and three epochs, a process each\n")
+    print("| approach | file | peak MB | epochs, s |")
+    print("|---|---|---|---|")
+    runs = [(name, reference) for name in ("seqpipe, tf.data",
+                                           "seqpipe, tf.data, source.memory_mb: 0")]
+    runs += [("seqpipe, tf.data", large)] + [(name, reference) for name in others]
+    for name, path in runs:
+        result = child_json(__file__, ["--peak", name, path])
+        print(f"| {name} | {path.name} | {result['peak_mb']:,.0f} | "
+              f"{', '.join(f'{s:.2f}' for s in result['seconds'])} |")
+
+    if not args.quick:
+        lstm = {mode: child_json(__file__, ["--lstm", mode, paths["lstm"]])
+                for mode in ("maxlen", "seqpipe")}
+        print(f"\n4. LSTM(32), one training epoch over {args.lstm_sequences:,} sequences: "
+              f"batches padded to maxlen {lstm['maxlen']:.1f} s, seqpipe's batches "
+              f"{lstm['seqpipe']:.1f} s: {lstm['maxlen'] / lstm['seqpipe']:.1f}x faster")
 
 
 def child_json(script: str, arguments: list, python: str = sys.executable) -> Any:
@@ -360,30 +421,6 @@ def child_json(script: str, arguments: list, python: str = sys.executable) -> An
     if done.returncode:
         sys.exit(f"benchmark step {arguments[:2]} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def print_table(results: dict, lstm: dict, args) -> None:
-    rows = pq.ParquetFile(DATA / "reference-50000.parquet").metadata.num_rows
-    print(f"reference file: {rows:,} rows, 50,000 sequences, {len(FEATURES)} float features; "
-          f"{os.cpu_count()} CPU cores; medians of {args.repeats} runs after one untimed "
-          f"warm-up run ({FAST_REPEATS * args.repeats} runs where an epoch takes under "
-          f"{QUICK_SECONDS:g} s)")
-    print()
-    print("| approach | one epoch, s | x read_table (same process) | padding waste | "
-          "peak memory, MB: median epoch (largest, warm-up included) | "
-          "first epoch in the process, s |")
-    print("|---|---|---|---|---|---|")
-    print(f"| pyarrow.parquet.read_table (warm cache), median over the processes | "
-          f"{statistics.median(r['read_table'] for r in results.values()):.2f} | 1.0 | - | - "
-          f"| - |")
-    for name, r in results.items():
-        print(f"| {name} | {r['seconds']:.2f} | {r['seconds'] / r['read_table']:.2f} | "
-              f"{r['padding']:.1%} | {r['peak_mb']:,.0f} ({r['largest_peak_mb']:,.0f}) | "
-              f"{r['first_seconds']:.2f} |")
-    print()
-    print(f"LSTM(32), one training epoch over {args.lstm_sequences:,} sequences: batches "
-          f"padded to maxlen {lstm['maxlen']:.1f} s, seqpipe's batches {lstm['seqpipe']:.1f} s"
-          f": {lstm['maxlen'] / lstm['seqpipe']:.1f}x faster")
 
 
 if __name__ == "__main__":

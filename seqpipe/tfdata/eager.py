@@ -82,7 +82,9 @@ def _make():
             super().__init__(dataset)
             # Synchronous, the end of the data is raised by the call that meets it.
             sync = not context.context().is_async()
-            self._seqpipe_pack = pack if sync else None
+            known = all(hasattr(self, name) for name in (
+                "_iterator_resource", "_flat_output_types", "_flat_output_shapes"))
+            self._seqpipe_pack = pack if sync and known else None
 
         def _next_internal(self):
             # Keras on TensorFlow makes the iterator eagerly and calls `next` in a graph.
