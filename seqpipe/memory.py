@@ -31,16 +31,16 @@ MB = 2**20
 
 def prepared_bytes(config: PipelineConfig, timesteps: int, sequences: int) -> int:
     """An upper estimate of the bytes the prepared sequences of a source take: every input
-    value counted as 8 bytes (an unscaled column read as float64 stays so), labels 4 and
-    their present flags 1, per timestep or per sequence; and each sequence's offset, id and
-    scales."""
+    value 4 bytes (prepared numbers are float32, scaled ones too, and categorical ids
+    int32), labels 4 and their present flags 1, per timestep or per sequence; and each
+    sequence's offset, id and scales, with 8 bytes to spare for a chunk's last offset."""
     levels = config.levels
     per = {"timestep": 0, "sequence": 0}
     for name, given in config.inputs.items():
-        per[levels[name]] += 8 * given.width
+        per[levels[name]] += 4 * given.width
     for name, wanted in config.outputs.items():
         per[levels[name]] += 5 * wanted.width
-    per["sequence"] += 16 + sum(4 * width for _, width in scale_inputs(config).values())
+    per["sequence"] += 24 + sum(4 * width for _, width in scale_inputs(config).values())
     return timesteps * per["timestep"] + sequences * per["sequence"]
 
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from seqpipe import Pipeline, build_dataset, element_spec, load_config
 from seqpipe._internal.buffers import SHARED
-from tests.helpers import base_config, long_table, passing, write
+from tests.helpers import base_config, long_table, passing, sorted_by_id, write
 
 LENGTHS = [5, 1, 9, 3, 12, 7, 2, 8, 4, 6, 11, 3, 10, 4]
 
@@ -214,6 +214,56 @@ def test_building_reads_nothing_until_the_dataset_is_iterated():
     next(iterator)
     assert len(_producers()) == before + 1  # the epoch is being read now
     del iterator
+
+
+def test_an_iterator_starts_its_epoch_before_tensorflow_asks_and_reads_it_once(
+        tmp_path, monkeypatch):
+    """Making an iterator eagerly (`iter(dataset)`: a for loop, Keras) starts reading its
+    epoch while TensorFlow sets the iterator up; the pass then takes that producer and reads
+    every row group once. A pass cut short leaves the next pass the same epoch, and a
+    dataset deleted with an iterator unread stops what it started."""
+    import seqpipe.parquet.stream
+
+    lengths = np.random.default_rng(4).integers(1, 40, 600)
+    path = write(tmp_path / "data.parquet", sorted_by_id(long_table(lengths)), 500)
+    config = _config(**{"source.path": str(path), "shuffle.buffer_size": 20,
+                        "source.memory_mb": 0})
+    expected = [list(Pipeline(config).batches(epoch)) for epoch in (0, 1)]
+    reads = [0]
+    real = seqpipe.parquet.stream.read_row_group
+
+    def counted(*args, **kwargs):
+        reads[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seqpipe.parquet.stream, "read_row_group", counted)
+    pipeline = Pipeline(config)
+    reads[0] = 0
+    list(pipeline.batches(0))
+    per_epoch = reads[0]
+    dataset = build_dataset(config)  # its index is read here
+    reads[0] = 0
+    time.sleep(0.2)
+    assert reads[0] == 0  # no epoch is read until an iterator is made
+    iterator = iter(dataset)
+    deadline = time.monotonic() + 10
+    while not reads[0] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert reads[0]  # before any batch was asked for
+    _assert_same_batches([_as_numpy(e) for e in iterator], expected[0])
+    assert reads[0] == per_epoch  # the producer started early is the one the pass read
+    next(iter(dataset))  # a pass cut short: epoch 1 is still to come
+    _assert_same_batches([_as_numpy(e) for e in dataset], expected[1])
+    before = set(_producers())
+    iterator = iter(dataset)
+    mine = set(_producers()) - before
+    assert len(mine) == 1
+    del iterator, dataset
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while any(t.is_alive() for t in mine) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.is_alive() for t in mine)
 
 
 def test_read_early_starts_the_first_epoch_at_once_and_stops_if_deleted_unread():

@@ -113,6 +113,46 @@ def test_a_budget_too_small_streams_every_epoch(tmp_path, reads, caplog):
     assert "do not fit source.memory_mb=1" in caplog.text
 
 
+def test_a_source_whose_prepared_sequences_fit_the_budget_is_kept(tmp_path, reads):
+    """The estimate counts what prepared sequences hold (4 bytes an input value, labels 4
+    and their flags 1): about 1.5 MB here, kept within 2 MB. Counting inputs as 8 bytes
+    it was 2.2 MB, and every epoch streamed."""
+    lengths = np.random.default_rng(5).integers(1, 40, 5000)
+    path = _write(tmp_path, long_table(lengths))
+    pipeline = Pipeline(_config(path, **{"source.memory_mb": 2}))
+    sum(1 for _ in pipeline.batches(0))
+    before = reads[0]
+    sum(1 for _ in pipeline.batches(1))
+    assert reads[0] == before
+
+
+@pytest.mark.parametrize("case", ["plain", "scaled and categorical", "time delta, indicators",
+                                  "scaled per sequence"])
+def test_internal_the_estimate_bounds_what_is_kept_tightly(tmp_path, case):
+    """(Internal: `Memory`'s estimate against the kept chunks.) The estimate made before
+    anything is read is never below what the first epoch keeps, so a source estimated to
+    fit holds no more than the budget, and within 15 % of it."""
+    from seqpipe.memory import chunk_bytes
+    from tests.helpers import sessions
+    from tests.test_transform import config as transform_config
+
+    if case in ("plain", "scaled per sequence"):
+        path = _write(tmp_path, long_table(LENGTHS))
+        scaled = {"inputs.static.normalize": "standard", "inputs.steps.normalize": "standard"}
+        config = _config(path, **(scaled if case != "plain" else {}))
+    else:
+        path = write(tmp_path / "s.parquet", sessions(), 40)
+        extra = {} if case == "scaled and categorical" else {"inputs": {"vitals": {
+            "columns": ["hr", "bp"], "time_delta": True, "missing_indicators": True,
+            "fill_value": -5}}}
+        config = transform_config(path, **extra)
+    pipeline = Pipeline(config)
+    sum(1 for _ in pipeline.batches(0))
+    kept = sum(chunk_bytes(chunk) for _, chunk in pipeline._memory.kept)
+    estimate = pipeline._memory.estimate
+    assert kept <= estimate <= 1.15 * kept
+
+
 def test_an_epoch_cut_short_keeps_nothing(tmp_path, table, reads):
     path = _write(tmp_path, table)
     pipeline = Pipeline(_config(path))

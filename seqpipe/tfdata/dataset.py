@@ -6,6 +6,7 @@ seqpipe or validating a config stays fast and TensorFlow-free.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -53,7 +54,8 @@ def tf_dataset(pipeline: Pipeline, read_early: bool = False,
         nothing = tf.data.Dataset.from_generator(
             _nothing, output_signature=dataset.element_spec).repeat()
         dataset = dataset.concatenate(nothing).take(batches)
-    dataset = eager.batches(dataset.with_options(_options()))
+    dataset = eager.batches(dataset.with_options(_options()),
+                            starting=functools.partial(_start, token))
     # The pipeline goes with the dataset. Datasets made from this one, and iterators over
     # them, keep it alive while they are in use.
     weakref.finalize(dataset, _forget, token)
@@ -94,29 +96,49 @@ class _Epochs:
     them: a pass cut short (Keras on JAX, PyTorch or tf.distribute draws one batch to
     build a model before epoch 0; a loop that breaks) does not use up an epoch's shuffle.
     A batch is cut out of its block only when it is asked for, and cutting an epoch's last
-    batch records the epoch (`handoff.finished_epochs`)."""
+    batch records the epoch (`handoff.finished_epochs`). A pass's epoch starts when its
+    iterator is made (`start`), or when it asks for its first block, whichever is first."""
 
     def __init__(self, pipeline: Pipeline, token: int, read_early: bool,
                  resume: Resume) -> None:
         self._pipeline: Optional[Pipeline] = pipeline
         self._token, self._resume = token, resume
-        # With read_early, the first epoch is read while TensorFlow builds the dataset and
-        # its iterator; it stops when the dataset is deleted unread.
-        self._warm: Optional[Background] = (
-            Background(self._pieces(pipeline, resume.epoch, resume.batch))
-            if read_early else None)
+        self._lock = threading.Lock()
+        # A producer started before its pass asked for it, and its epoch. With read_early,
+        # the first epoch is read while TensorFlow builds the dataset and its iterator; it
+        # stops when the dataset is deleted unread.
+        self._warm: Optional[tuple[int, Background]] = None
+        if read_early:
+            self.start()
+
+    def start(self) -> None:
+        """Starts the next pass's epoch now, unless started already: a pass begins when
+        an iterator is made (`eager.batches`), and TensorFlow sets the iterator up (tens of
+        ms) before it asks for the first block."""
+        with self._lock:
+            pipeline = self._pipeline
+            if self._warm is None and pipeline is not None:
+                epoch = self._next_epoch()
+                self._warm = (epoch, Background(self._pieces(
+                    pipeline, epoch, self._resume.start(epoch))))
+
+    def _next_epoch(self) -> int:
+        return max(int(handoff.finished_epochs().lookup(np.int64(self._token))) + 1,
+                   self._resume.epoch)
 
     def __call__(self) -> Iterator[tuple]:
         pipeline = self._pipeline
         if pipeline is None:
             raise RuntimeError("this seqpipe dataset was deleted: keep a reference to the "
                                "dataset (or to one made from it) while iterating it")
-        first = self._resume.epoch
-        epoch = max(int(handoff.finished_epochs().lookup(np.int64(self._token))) + 1, first)
-        producer, self._warm = self._warm, None
-        if producer is None or producer.stopped or epoch != first:  # the warm one reads it
-            if producer is not None:
-                producer.stop()
+        epoch = self._next_epoch()
+        with self._lock:
+            warm, self._warm = self._warm, None
+        if warm is not None and warm[0] == epoch and not warm[1].stopped:
+            producer = warm[1]
+        else:  # none started, or for another epoch (a pass cut short, two iterators)
+            if warm is not None:
+                warm[1].stop()
             producer = Background(self._pieces(pipeline, epoch, self._resume.start(epoch)))
         # A block of no batches goes first. TensorFlow sets up its per-block machinery (the
         # function that cuts a block into batches) on the first block it sees; with this
@@ -138,9 +160,17 @@ class _Epochs:
             raise
 
     def close(self) -> None:
-        if self._warm is not None:
-            self._warm.stop()
-        self._warm = self._pipeline = None
+        with self._lock:
+            warm, self._warm, self._pipeline = self._warm, None, None
+        if warm is not None:
+            warm[1].stop()
+
+
+def _start(token: int) -> None:
+    """Starts the next epoch of the dataset with this token, if it is alive."""
+    epochs = _LIVE.get(token)
+    if epochs is not None:
+        epochs.start()
 
 
 def _options():

@@ -10,6 +10,9 @@ the structure's recipe made once, and the same tensors in the same nest. In grap
 (Keras on TensorFlow calls `next` inside a `tf.function`), in asynchronous eager mode, or
 where the TensorFlow internals it relies on are missing, it is TensorFlow's
 own iterator.
+
+Making the iterator also tells seqpipe that a pass begins (`starting`): its epoch starts
+being read and assembled while TensorFlow sets the iterator up.
 """
 
 from __future__ import annotations
@@ -18,15 +21,16 @@ from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
 
-def batches(dataset):
+def batches(dataset, starting: Callable[[], None]):
     """`dataset` iterated eagerly with the structure's recipe made once, where the
     structure is a dict or a tuple of dicts and this TensorFlow has the internals; else
-    `dataset` itself. The same elements either way."""
+    `dataset` itself. The same elements either way. `starting` is called when an iterator
+    is made eagerly, before TensorFlow sets it up."""
     internals = _internals()
     pack = _packer(dataset.element_spec)
     if internals is None or pack is None:
         return dataset
-    return internals(dataset, pack)
+    return internals(dataset, pack, starting)
 
 
 def _packer(spec) -> Optional[Callable[[Any], Any]]:
@@ -98,12 +102,13 @@ def _make():
     class Batches(dataset_ops.UnaryUnchangedStructureDataset):
         """The same dataset (the same graph), iterated eagerly through `Iterator`."""
 
-        def __init__(self, dataset, pack):
-            self._seqpipe_pack = pack
+        def __init__(self, dataset, pack, starting):
+            self._seqpipe_pack, self._seqpipe_starting = pack, starting
             super().__init__(dataset, dataset._variant_tensor)
 
         def __iter__(self):
             if context.executing_eagerly():
+                self._seqpipe_starting()
                 with ops.colocate_with(self._variant_tensor):
                     return Iterator(self, self._seqpipe_pack)
             return super().__iter__()
