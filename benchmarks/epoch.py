@@ -25,10 +25,11 @@ seqpipe runs its default config (batch 64, maxlen 512, `auto` buckets, `batch_me
 shuffled; later epochs come from the prepared sequences the first kept in memory, within
 `source.memory_mb`).
 
-1. Build and first epoch, in one process, the approaches one after another in rounds:
-   each pair is one round's seqpipe tf.data time and another's in the same round.
+1. Build and first epoch, in one process, the approaches one after another in rounds
+   (each round starting with the next approach, after a garbage collection): each pair is
+   one round's seqpipe tf.data time and another's in the same round.
 2. Epoch 2 and later, in one process: every dataset built and read once, then rounds of
-   one epoch each.
+   one epoch each, ordered the same way.
 3. Peak resident memory above the process's after importing TensorFlow, over building
    and three epochs, each approach in a process of its own.
 4. A small LSTM trained one epoch on seqpipe's batches, and on the same batches padded to
@@ -40,6 +41,7 @@ Ratios are per pair, taken in the same run (these machines are noisy): median an
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -218,11 +220,19 @@ def _first(batch):
     return next(iter(x.values())) if isinstance(x, dict) else x
 
 
+def _rotated(names: list, round: int) -> list:
+    """The round's order: each approach goes first in turn, so that none always follows
+    the same one (whose freed memory and garbage the next one meets)."""
+    k = round % len(names)
+    return names[k:] + names[:k]
+
+
 def first_epochs(path: Path, names: list, pairs: int) -> dict:
     """Build + first epoch of each approach, in rounds (one untimed round first)."""
     times: dict = {name: [] for name in names}
     for round in range(pairs + 1):
-        for name in names:
+        for name in _rotated(names, round):
+            gc.collect()  # the last approach's garbage, not this one's time
             start = time.perf_counter()
             epoch(APPROACHES[name](path))
             if round:
@@ -239,9 +249,10 @@ def later_epochs(path: Path, names: list, pairs: int) -> tuple[dict, dict]:
     for name, dataset in datasets.items():
         waste[name] = 1 - real / epoch(dataset)[2]
     times: dict = {name: [] for name in names}
-    for _ in range(pairs):
-        for name, dataset in datasets.items():
-            times[name].append(epoch(dataset)[0])
+    for round in range(pairs):
+        for name in _rotated(names, round):
+            gc.collect()
+            times[name].append(epoch(datasets[name])[0])
     return times, waste
 
 
