@@ -20,3 +20,19 @@ def regrouping_cache(tmp_path_factory, monkeypatch):
     folder = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
     return folder / "seqpipe" / "regrouped"
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Counts the row groups read from Parquet: `reads[0]`."""
+    import seqpipe.parquet.stream
+
+    count = [0]
+    real = seqpipe.parquet.stream.read_row_group
+
+    def counted(*args, **kwargs):
+        count[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seqpipe.parquet.stream, "read_row_group", counted)
+    return count

@@ -7,7 +7,6 @@ import logging
 import numpy as np
 import pytest
 
-import seqpipe.parquet.stream
 from seqpipe import Pipeline, build_dataset, load_config
 from tests.helpers import (
     base_config,
@@ -47,20 +46,6 @@ def _config(path, name="auto buckets", layout="long", **overrides):
     return load_config(base_config(path, layout), {
         "batching.batch_size": 8, "shuffle.buffer_size": 40, "shuffle.seed": 7,
         **CONFIGS[name], **overrides})
-
-
-@pytest.fixture
-def reads(monkeypatch):
-    """Counts the row groups read from Parquet."""
-    count = [0]
-    real = seqpipe.parquet.stream.read_row_group
-
-    def counted(*args, **kwargs):
-        count[0] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(seqpipe.parquet.stream, "read_row_group", counted)
-    return count
 
 
 @pytest.mark.parametrize("layout", ["long", "nested"])
