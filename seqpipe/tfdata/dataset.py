@@ -13,19 +13,16 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 
+from seqpipe._internal.lazy import tensorflow
+from seqpipe._internal.threads import Background
 from seqpipe.batches.kinds import batch_structure
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import SeqpipeError
 from seqpipe.pipeline import Pipeline, Resume
-
-if TYPE_CHECKING:
-    pass
-from seqpipe._internal.lazy import tensorflow
-from seqpipe._internal.threads import Background
 from seqpipe.tfdata import eager, handoff
 
 logger = logging.getLogger("seqpipe")
@@ -113,8 +110,8 @@ class _Epochs:
 
     def start(self) -> None:
         """Starts the next pass's epoch now, unless started already: a pass begins when
-        an iterator is made (`eager.batches`), and TensorFlow sets the iterator up (tens of
-        ms) before it asks for the first block."""
+        an iterator is made (`eager.batches`), and TensorFlow sets the iterator up (it
+        instantiates the dataset's functions) before it asks for the first block."""
         with self._lock:
             pipeline = self._pipeline
             if self._warm is None and pipeline is not None:

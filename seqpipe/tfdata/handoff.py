@@ -145,6 +145,16 @@ def _fields(cuts: Cuts) -> list:
     return out
 
 
+def _one_batch(config: PipelineConfig) -> Cuts:
+    """The cuts of a block of one batch: the layout every block's cut rows share."""
+    return _cuts(_places(1, config), config)
+
+
+def _widths(cuts: Cuts) -> list:
+    """The columns each of the cuts' arrays takes in a cut row, in `_fields`' order."""
+    return [int(part.shape[1]) for part in _fields(cuts)]
+
+
 def _unpack(columns, like: Cuts) -> Cuts:
     """`Cuts` of the parts of `columns` (in `_fields`' order), shaped as `like`."""
     parts = iter(columns)
@@ -181,8 +191,7 @@ def spec(config: PipelineConfig) -> HandOff:
     """The `tf.TensorSpec` structure of a `HandOff`."""
     tf = tensorflow()
     x, y, _ = _layout(config)
-    return HandOff(tf.TensorSpec((None, _columns(_cuts(_places(1, config), config)).shape[1]),
-                                 tf.int64),
+    return HandOff(tf.TensorSpec((None, sum(_widths(_one_batch(config)))), tf.int64),
                    {name: tf.TensorSpec((None,), dtype) for name, (_, _, dtype) in x.items()},
                    {name: tf.TensorSpec((None,), dtype) for name, (_, _, dtype) in y.items()},
                    {name: tf.TensorSpec((None,), tf.float32) for name in config.outputs})
@@ -195,8 +204,8 @@ def split_block(config: PipelineConfig):
     known = _static_shapes(config)
     axes = spec_of(config).axes
     finished = finished_epochs()
-    like = _cuts(_places(1, config), config)
-    widths = [int(part.shape[1]) for part in _fields(like)]
+    like = _one_batch(config)
+    widths = _widths(like)
 
     def cut(values, where, shape, static):
         values = tf.reshape(tf.slice(values, where.begin, where.size), shape)
