@@ -322,43 +322,78 @@ def test_an_epoch_asked_of_a_deleted_dataset_says_to_keep_a_reference():
         seqpipe_dataset._epochs_of(token)
 
 
-def test_batch_functions_run_in_the_callers_thread_with_the_public_map_as_fallback(
-        monkeypatch):
-    """The per-batch function runs without TensorFlow's inter-op pool (10 % of an epoch's
-    CPU); a TensorFlow whose private map class lacks the switch gets the public map."""
-    from tensorflow.python.data.ops import map_op
-
+def _graph(config):
+    """The graph of the traced function that makes a config's dataset, with every function
+    in it (a generator's dataset cannot be serialized itself)."""
     from seqpipe.tfdata import dataset as seqpipe_dataset
-    from seqpipe.tfdata import handoff
 
-    def double(x):
-        return {"v": tf.reshape(tf.slice(x, [0], [2]), [1, 2]) * 2}
+    traced = seqpipe_dataset._traced_dataset(config)
+    return traced.get_concrete_function(tf.TensorSpec((), tf.int64)).graph.as_graph_def()
 
-    source = tf.data.Dataset.from_tensor_slices(np.arange(12, dtype=np.float32).reshape(6, 2))
-    inline = handoff.map_in_caller(source, double)
-    assert inline._use_inter_op_parallelism is False  # the installed TF has the switch
-    expected = [{"v": v["v"].numpy()} for v in source.map(double)]
 
-    class Older(map_op._MapDataset):  # a TensorFlow whose map class has no such switch
-        def __init__(self, input_dataset, map_func, **kwargs):
-            if "use_inter_op_parallelism" in kwargs:
-                raise TypeError("unexpected keyword argument 'use_inter_op_parallelism'")
-            super().__init__(input_dataset, map_func, **kwargs)
+def test_dataset_functions_skip_the_multi_device_path_with_the_public_stages_as_fallback(
+        monkeypatch):
+    """Every function of the dataset is marked to be instantiated for the CPU alone, without
+    Grappler and oneDNN's layout pass (most of the cost of making each epoch's iterator),
+    and the per-batch map runs in the caller's thread; a TensorFlow without the private
+    classes this needs gets `from_generator`, `flat_map` and `map`, with the same batches."""
+    from seqpipe.tfdata import dataset as seqpipe_dataset
+    from seqpipe.tfdata import stages
 
-    monkeypatch.setattr(map_op, "_MapDataset", Older)
-    monkeypatch.setattr(seqpipe_dataset, "_TRACED", {})  # traced again, with the fallback
-    fallback = handoff.map_in_caller(source, double)
-    assert fallback._use_inter_op_parallelism is True
-    for got in (inline, fallback):
-        values = [v["v"].numpy() for v in got]
-        assert len(values) == len(expected)
-        for value, want in zip(values, expected):
-            np.testing.assert_array_equal(value, want["v"])
-    # And the whole dataset still equals the NumPy batches through the public map.
     pipeline = Pipeline(_config(), long_table(LENGTHS))
-    public = [_as_numpy(e) for e in build_dataset(pipeline)]
-    assert len(seqpipe_dataset._TRACED) == 1
-    _assert_same_batches(public, list(pipeline.batches(0)))
+    marked = build_dataset(pipeline)
+    graph = _graph(pipeline.config)
+    functions = graph.library.function
+    assert len(functions) >= 5  # the generator's three, the block's split, the batch's map
+    assert all(f.attr["experimental_ints_on_device"].b for f in functions)
+    maps = [node for node in graph.node if node.op == "MapDataset"]
+    maps += [node for f in functions for node in f.node_def if node.op == "MapDataset"]
+    assert maps and all(not m.attr["use_inter_op_parallelism"].b for m in maps)
+    _assert_same_batches([_as_numpy(e) for e in marked], list(pipeline.batches(0)))
+
+    monkeypatch.setattr(stages, "_INTERNALS", [None])  # as where TensorFlow lacks them
+    monkeypatch.setattr(seqpipe_dataset, "_TRACED", {})  # traced again, with the fallback
+    pipeline = Pipeline(_config(), long_table(LENGTHS))
+    public = build_dataset(pipeline)
+    assert not any(f.attr["experimental_ints_on_device"].b
+                   for f in _graph(pipeline.config).library.function)
+    for epoch in (0, 1):
+        _assert_same_batches([_as_numpy(e) for e in public], list(pipeline.batches(epoch)))
+
+
+def test_each_iterator_of_a_generator_stage_has_its_own_pass_closed_when_it_goes():
+    """Two iterators at once each get their own Python iterator from `start`; an iterator
+    dropped part way closes its generator (its `finally` runs, as a seqpipe producer's
+    must, to stop); an error raised in the generator reaches the caller."""
+    from seqpipe.tfdata import stages
+
+    started, closed = [], []
+
+    def start(token):
+        started.append(int(token))
+        number = len(started)
+        try:
+            for i in range(3):
+                if token == 7 and i == 1:
+                    raise ValueError("bad block 1")
+                yield {"v": np.full(2, 10 * number + i, np.float32)}
+        finally:
+            closed.append(number)
+
+    spec = {"v": tf.TensorSpec((None,), tf.float32)}
+    dataset = stages.generator(start, tf.constant(3, tf.int64), spec)
+    assert dataset.element_spec == spec
+    first, second = iter(dataset), iter(dataset)
+    assert next(first)["v"].numpy().tolist() == [10, 10]
+    assert [e["v"].numpy()[0] for e in second] == [20, 21, 22]
+    assert next(first)["v"].numpy().tolist() == [11, 11]
+    assert started == [3, 3] and closed == [2]
+    del first
+    gc.collect()
+    assert sorted(closed) == [1, 2]
+    failing = stages.generator(start, tf.constant(7, tf.int64), spec)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bad block 1"):
+        list(failing)
 
 
 def test_the_dataset_functions_are_traced_once_for_each_shape_of_config():

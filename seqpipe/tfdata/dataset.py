@@ -23,7 +23,7 @@ from seqpipe.batches.kinds import batch_structure
 from seqpipe.config import PipelineConfig, load_config
 from seqpipe.errors import SeqpipeError
 from seqpipe.pipeline import Pipeline, Resume
-from seqpipe.tfdata import eager, handoff
+from seqpipe.tfdata import eager, handoff, stages
 
 logger = logging.getLogger("seqpipe")
 
@@ -76,8 +76,9 @@ def _forget(token: int) -> None:
 
 
 def _epochs_of(token) -> Iterator[tuple]:
-    """The generator `from_generator` calls at the start of every epoch of every dataset
-    (with the dataset's token): the one TensorFlow keeps for the life of the process."""
+    """The generator the dataset's source (`stages.generator`) calls at the start of every
+    epoch of every dataset (with the dataset's token): the one TensorFlow keeps for the life
+    of the process."""
     epochs = _LIVE.get(int(token))
     if epochs is None:
         raise RuntimeError("this seqpipe dataset was deleted: keep a reference to the "
@@ -197,15 +198,14 @@ _TRACED_LOCK = threading.Lock()
 def _traced_dataset(config: PipelineConfig):
     """The dataset of a pipeline's epochs, from its token, as a `tf.function` traced once
     per process for each shape of config (input and output names, levels, widths): each
-    pass over the dataset calls `from_generator`'s generator (`_epochs_of`) once, for one
-    epoch.
+    pass over the dataset calls the generator (`_epochs_of`) once, for one epoch.
 
-    Built afresh for every dataset, `from_generator` and `flat_map` traced their functions
+    Built afresh for every dataset, the generator and `flat_map` traced their functions
     each time, on the main thread; and so did `flat_map` over a traced function, wrapping
-    it. TensorFlow also keeps every generator function it is given for the life of the
-    process (it ties them to the global graph, tensorflow/tensorflow#57690), with whatever
-    the function refers to; here that is one function (`_epochs_of`) per shape of config,
-    and a dataset's pipeline goes when the dataset does."""
+    it. TensorFlow also keeps the Python functions a traced dataset calls, with whatever
+    they refer to, as long as the trace lives (`from_generator` ties them to the global
+    graph, tensorflow/tensorflow#57690): here that is one function (`_epochs_of`) per shape
+    of config, and a dataset's pipeline goes when the dataset does."""
     tf = tensorflow()
 
     key = repr(batch_structure(config))
@@ -214,13 +214,13 @@ def _traced_dataset(config: PipelineConfig):
             spec, split = handoff.spec(config), handoff.split_block(config)
 
             def dataset(token):
-                blocks = tf.data.Dataset.from_generator(_epochs_of, args=(token,),
-                                                        output_signature=spec)
+                blocks = stages.generator(_epochs_of, token, spec)
                 # Blocks are prefetched; batches are not. Cutting a batch out of its block
                 # is a few slices, cheaper than handing it over from a prefetch thread.
-                return blocks.prefetch(1).flat_map(split)
+                return stages.flat_map(blocks.prefetch(1), split)
 
-            _TRACED[key] = tf.function(dataset,
+            # No AutoGraph: no function here has control flow on tensors to convert.
+            _TRACED[key] = tf.function(dataset, autograph=False,
                                        input_signature=[tf.TensorSpec((), tf.int64)])
         return _TRACED[key]
 

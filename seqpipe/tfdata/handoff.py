@@ -17,7 +17,6 @@ boundary; a batch whose size is a multiple of 16 values (a batch_size that is a 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
@@ -27,6 +26,7 @@ from seqpipe._internal.lazy import tensorflow
 from seqpipe.batches.block import BatchPlaces, Block
 from seqpipe.batches.kinds import batch_structure, spec_of
 from seqpipe.config import PipelineConfig
+from seqpipe.tfdata.stages import map_in_caller
 
 
 class Cut(NamedTuple):
@@ -240,34 +240,3 @@ def _static_shapes(config: PipelineConfig) -> dict:
     x, y, w = structure if config.outputs else (structure, {}, {})
     return {key: {name: leaf["shape"] for name, leaf in part.items()}
             for key, part in (("x", x), ("y", y), ("w", w))}
-
-
-def map_in_caller(dataset, function):
-    """`dataset.map(function)`, its ops run one after another in the thread that asks for
-    the element instead of being handed to TensorFlow's inter-op thread pool.
-
-    A batch's function is a dozen slices and reshapes of microseconds each; handing every
-    one to the pool, and waking its threads, costs more than the ops (docs/performance.md).
-    tf.data offers the switch only on its private map class: it is used when a feature check
-    finds it with that switch (tests/test_dataset.py pins its behaviour), and any other
-    TensorFlow gets the public `map`, with the same batches."""
-    private = _map_in_caller_class()
-    if private is None:
-        return dataset.map(function)
-    return private(dataset, function, use_inter_op_parallelism=False,
-                   preserve_cardinality=True)
-
-
-def _map_in_caller_class():
-    """tf.data's private `_MapDataset` when it takes the keywords `map_in_caller` passes,
-    else None."""
-    try:
-        from tensorflow.python.data.ops.map_op import _MapDataset
-    except ImportError:
-        return None
-    try:
-        accepted = inspect.signature(_MapDataset.__init__).parameters
-    except (TypeError, ValueError):
-        return None
-    wanted = {"use_inter_op_parallelism", "preserve_cardinality"}
-    return _MapDataset if wanted <= set(accepted) else None
