@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from typing import Any, Optional
 
 import numpy as np
 
 from seqpipe.config import PipelineConfig
-from seqpipe.parquet.sequences import Sequences
+from seqpipe.parquet.sequences import HeldChunks, Sequences
 from seqpipe.scaling import scale_inputs
 
 logger = logging.getLogger("seqpipe")
@@ -74,11 +74,11 @@ class Memory:
         """The chunks `(index of the first sequence, Sequences)`, once an epoch kept them."""
         return self._kept
 
-    def chunks(self, needed: Optional[np.ndarray] = None) -> Iterator[tuple[int, Sequences]]:
+    def chunks(self, needed: Optional[np.ndarray] = None) -> HeldChunks:
         """The kept chunks, in index order; with `needed` ((n,) bool), those that hold a
         needed sequence."""
-        return iter([(first, chunk) for first, chunk in self._kept or ()
-                     if needed is None or needed[first:first + len(chunk)].any()])
+        return HeldChunks((first, chunk) for first, chunk in self._kept or ()
+                          if needed is None or needed[first:first + len(chunk)].any())
 
     def keeping(self, chunks: Generator[tuple[int, Sequences], None, Any]
                 ) -> Generator[tuple[int, Sequences], None, Any]:

@@ -31,7 +31,7 @@ from seqpipe.batches.buckets import EpochPlan
 from seqpipe.batches.kind import BatchSpec
 from seqpipe.config import PipelineConfig
 from seqpipe.errors import DataError
-from seqpipe.parquet.sequences import Sequences, offsets_of, ranges, take
+from seqpipe.parquet.sequences import HeldChunks, Sequences, offsets_of, ranges, take
 from seqpipe.scaling import scale_inputs
 
 
@@ -172,7 +172,11 @@ class Assembler:
         self._next = first_block
 
     def blocks(self, chunks: Iterable[tuple[int, Sequences]]) -> Iterator[Block]:
-        """Yields the finished blocks, in plan order, as the chunks arrive."""
+        """Yields the finished blocks, in plan order, as the chunks arrive; chunks all held
+        in memory (`HeldChunks`), one block after the other."""
+        if isinstance(chunks, HeldChunks):
+            yield from self._from_held(chunks)
+            return
         for first, chunk in chunks:
             self._add(first, chunk)
             yield from self._finished()
@@ -180,6 +184,27 @@ class Assembler:
             raise DataError(f"the source ended with {self._missing():,} sequences of the epoch "
                             f"still to arrive; it changed since the pipeline was built. Build "
                             f"the pipeline again.")
+
+    def _from_held(self, held: HeldChunks) -> Iterator[Block]:
+        """Each block made whole from the chunks that hold its sequences, in plan order:
+        its first batch is ready as soon as it is made, not when the chunks that complete
+        several blocks at once come round."""
+        firsts = np.array([first for first, _ in held], dtype=np.int64)
+        for g in range(self._next, len(self.places)):
+            members = np.concatenate([self.layout.batches[k] for k in self._batch_blocks[g]])
+            which = np.searchsorted(firsts, members, side="right") - 1
+            block = self._allocate(g)
+            for c in np.unique(which).tolist():
+                index = members[which == c]
+                first, chunk = held[max(c, 0)]
+                if c < 0 or index.max() - first >= len(chunk):
+                    raise DataError(f"a sequence of block {g} of the epoch is in none of the "
+                                    f"chunks held in memory (a seqpipe bug; please report "
+                                    f"it)")
+                self._scatter(block, chunk, index - first, index)
+            self._weigh(block)
+            self._next = g + 1
+            yield block
 
     def _finished(self) -> Iterator[Block]:
         while self._next in self._open and self._open[self._next].remaining == 0:

@@ -63,6 +63,12 @@ class Sequences:
         return len(self.ids)
 
 
+class HeldChunks(list):
+    """Chunks `(index of the first sequence, Sequences)` that are all in memory at once, in
+    index order. They iterate as the chunks a source streams; an assembler that is handed
+    them may also take each block's sequences straight from them, a block at a time."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Categories:
     """A categorical column as grouping hands it on: int32 codes into the column's own
