@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import os
 import typing
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -198,7 +198,7 @@ class Pipeline:
             for j in range(len(block.members)):
                 yield block.batch(j, self.config, ids, kept)
 
-    def chunks(self, needed: Optional[np.ndarray] = None) -> Iterator[tuple[int, Sequences]]:
+    def chunks(self, needed: Optional[np.ndarray] = None) -> Iterable[tuple[int, Sequences]]:
         """Every sequence of the source (all parts), grouped, in index order, a chunk at a
         time, with the index of the chunk's first sequence. Untruncated: `kept_steps` says
         which timesteps each sequence keeps. A streamed source's first row groups are read

@@ -10,6 +10,7 @@ from seqpipe._internal.runs import (
     UNSORTED,
     copy_runs,
     fill_missing,
+    fill_runs,
     run_starts,
     time_order,
 )
@@ -90,6 +91,27 @@ def test_no_runs():
 
 def _starts_by_loop(values) -> list:
     return [i for i in range(len(values)) if i == 0 or values[i] != values[i - 1]]
+
+
+@pytest.mark.parametrize("shape, dtype, value", [
+    ((300,), np.float32, -1.5), ((300, 3), np.float32, 0), ((300, 2, 2), np.int32, 7),
+    ((300,), bool, False)], ids=["float32", "matrix", "int32 3-d", "bool"])
+def test_fill_runs_sets_the_rows_of_each_run_and_nothing_else(shape, dtype, value):
+    rng = np.random.default_rng(5)
+    start, _, count = _runs(rng, 300, 300, 12)
+    out = rng.integers(1, 9, shape).astype(dtype)
+    expected = out.copy()
+    for s, c in zip(start, count):
+        expected[s:s + c] = value
+    fill_runs(out, start, count, value)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_fill_runs_refuses_a_run_past_the_end_before_anything_is_written():
+    out = np.ones(10, np.float32)
+    with pytest.raises(IndexError, match="reaches past row 10"):
+        fill_runs(out, np.array([0, 8]), np.array([2, 3]), 0)
+    assert (out == 1).all()
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8, np.float64, np.float32])

@@ -104,6 +104,23 @@ def copy_runs(values: Union[np.ndarray, tuple], source: np.ndarray, out: np.ndar
             _rows(column, source, out[:, j], dest, count)
 
 
+def fill_runs(out: np.ndarray, start: np.ndarray, count: np.ndarray, value) -> None:
+    """Sets rows `start[i] : start[i] + count[i]` of `out` (along its first axis) to
+    `value`, for every i.
+
+    Raises:
+      IndexError: a run reaches past the end of `out` (checked before any is written).
+
+    >>> out = np.ones((5, 2), np.float32)
+    >>> fill_runs(out, np.array([0, 3]), np.array([1, 2]), 0)
+    >>> out[:, 0].tolist()
+    [0.0, 1.0, 1.0, 0.0, 0.0]
+    """
+    start, count = (np.ascontiguousarray(a, dtype=np.int64) for a in (start, count))
+    _check(start, count, len(out), "destination")
+    _fill_runs(out.reshape(len(out), -1), start, count, np.asarray(value, out.dtype)[()])
+
+
 def count_runs(values: np.ndarray, start: np.ndarray, count: np.ndarray) -> np.ndarray:
     """The nonzero values in each run `values[start[i] : start[i] + count[i]]`.
 
@@ -271,6 +288,12 @@ def _columns(columns, source, out, dest, count):  # pragma: no cover - compiled
         for t in range(count[i]):
             for j in range(len(columns)):
                 out[d + t, j] = columns[j][s + t]
+
+
+@numba.njit(nogil=True, cache=True)
+def _fill_runs(out, start, count, value):  # pragma: no cover - compiled
+    for i in range(len(start)):
+        out[start[i]:start[i] + count[i]] = value
 
 
 @numba.njit(nogil=True, cache=True)

@@ -61,7 +61,8 @@ class Layout:
     member_rows: Optional[list] = None
 
     def padding(self, g: int) -> dict:
-        """Axis -> the positions of block g that no sequence fills."""
+        """Axis -> the runs `(start, count)` of positions of block g that no sequence
+        fills."""
         raise NotImplementedError
 
     def inputs(self, g: int, rows: Mapping[str, int]) -> dict:
@@ -116,10 +117,9 @@ class WholeLayout(Layout):
         missing = np.repeat(steps, filled) - kept
         start = self.time_dest[members] + (kept if self.post else -missing)
         empty = places.rows - filled
-        return {"timestep": np.concatenate([
-                    ranges(start, missing),
-                    ranges(places.start["timestep"] + filled * steps, empty * steps)]),
-                "sequence": ranges(places.start["sequence"] + filled, empty)}
+        return {"timestep": (np.concatenate([start, places.start["timestep"] + filled * steps]),
+                             np.concatenate([missing, empty * steps])),
+                "sequence": (places.start["sequence"] + filled, empty)}
 
 
 class Assembler:

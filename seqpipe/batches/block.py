@@ -168,20 +168,23 @@ class Block:
                      None if self.ends is None else self.ends[j], scales)
 
 
-def pad_at(block: Block, config: PipelineConfig, at: Mapping[str, np.ndarray]) -> None:
-    """Makes positions padding: `at` maps an axis to flat positions of the block's arrays on
-    it. Inputs and labels get `padding.value` (categorical input ids: 0), labels are not
-    present (weight 0), and the `padding.mask` input is False."""
+def pad_at(block: Block, config: PipelineConfig,
+           at: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Makes positions padding: `at` maps an axis to runs of flat positions of the block's
+    arrays on it, `(start, count)`. Inputs and labels get `padding.value` (categorical input
+    ids: 0), labels are not present (weight 0), and the `padding.mask` input is False."""
+    from seqpipe._internal.runs import fill_runs  # numba, imported when batches are made
+
     axes, value = block.axes, config.padding.value
     for name, spec in config.inputs.items():
         if axes[name] in at:
-            block.x[name][at[axes[name]]] = 0 if spec.categorical else value
+            fill_runs(block.x[name], *at[axes[name]], 0 if spec.categorical else value)
     for name in config.outputs:
         if axes[name] in at:
-            block.y[name][at[axes[name]]] = value
-            block.valid[name][at[axes[name]]] = False
+            fill_runs(block.y[name], *at[axes[name]], value)
+            fill_runs(block.valid[name], *at[axes[name]], False)
     if config.padding.mask and "timestep" in at:
-        block.x[config.padding.mask][at["timestep"]] = False
+        fill_runs(block.x[config.padding.mask], *at["timestep"], False)
 
 
 def weigh(block: Block, output: str, config: PipelineConfig, mean_valid: float,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Optional
 
 import numpy as np
@@ -33,7 +33,7 @@ from seqpipe.parquet.sequences import Sequences
 from seqpipe.scaling import scale_inputs
 
 # How a kind reads its sequences: `read(needed)` -> chunks `(index of the first, Sequences)`.
-Reader = Callable[[Optional[np.ndarray]], Iterator[tuple[int, Sequences]]]
+Reader = Callable[[Optional[np.ndarray]], Iterable[tuple[int, Sequences]]]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,7 +45,7 @@ from seqpipe.batches.whole import WholeSequences
 from seqpipe.config import PackingConfig, PipelineConfig
 from seqpipe.errors import DataError
 from seqpipe.index import KeptSteps, SequenceSource, truncate
-from seqpipe.parquet.sequences import offsets_of, ranges
+from seqpipe.parquet.sequences import offsets_of, ranges, runs_of
 from seqpipe.weights import batch_weights
 
 
@@ -241,7 +241,7 @@ class PackedLayout(Layout):
                                     np.ones(len(members), np.int64))):
             filled = np.zeros(places.ends()[axis], dtype=bool)
             filled[ranges(first, count)] = True
-            found[axis] = np.flatnonzero(~filled)
+            found[axis] = runs_of(~filled)
         return found
 
     def inputs(self, g: int, rows: Mapping[str, int]) -> dict:

@@ -462,14 +462,13 @@ class WindowAssembler:
             block.x[config.padding.mask].reshape(-1, self.history)[dest] = real
         padded = np.flatnonzero(lead)
         if len(padded):
-            pad_at(block, config, {"timestep": ranges(dest[padded] * self.history,
-                                                      lead[padded])})
+            pad_at(block, config, {"timestep": (dest[padded] * self.history, lead[padded])})
 
     def _empty(self, block: Block, rows: np.ndarray) -> None:
         """Rows of no window (`static_shapes`): padding everywhere, no label, no mask."""
         steps = {"timestep": self.history, "future": self.horizon, "sequence": 1}
         pad_at(block, self.config,
-               {a: ranges(rows * t, np.full(len(rows), t)) for a, t in steps.items()})
+               {a: (rows * t, np.full(len(rows), t)) for a, t in steps.items()})
 
 
 def _windows_of(config: PipelineConfig) -> WindowsConfig:

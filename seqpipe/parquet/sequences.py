@@ -134,6 +134,17 @@ def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return (np.arange(total) - first[range_of] + starts[range_of]).astype(np.int64)
 
 
+def runs_of(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each run of True in a 1-D `mask` starts, and its length.
+
+    >>> [a.tolist() for a in runs_of(np.array([1, 1, 0, 1, 0, 0, 1], bool))]
+    [[0, 3, 6], [2, 1, 1]]
+    """
+    edges = np.diff(np.concatenate([[False], mask, [False]]).astype(np.int8))
+    start, end = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return start, end - start
+
+
 def show_id(value) -> str:
     """A sequence id or time as the user wrote it: 's01', 7, not np.int64(7)."""
     if isinstance(value, np.datetime64):
