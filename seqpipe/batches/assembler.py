@@ -195,7 +195,7 @@ class Assembler:
             which = np.searchsorted(firsts, members, side="right") - 1
             block = self._allocate(g)
             for c in np.unique(which).tolist():
-                index = members[which == c]
+                index = np.sort(members[which == c])  # the chunk read in order
                 first, chunk = held[max(c, 0)]
                 if c < 0 or index.max() - first >= len(chunk):
                     raise DataError(f"a sequence of block {g} of the epoch is in none of the "
