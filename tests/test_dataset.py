@@ -351,7 +351,7 @@ def test_dataset_functions_skip_the_multi_device_path_with_the_public_stages_as_
     assert maps and all(not m.attr["use_inter_op_parallelism"].b for m in maps)
     _assert_same_batches([_as_numpy(e) for e in marked], list(pipeline.batches(0)))
 
-    monkeypatch.setattr(stages, "_INTERNALS", [None])  # as where TensorFlow lacks them
+    monkeypatch.setattr(stages, "_internals", lambda: None)  # as where TensorFlow lacks them
     monkeypatch.setattr(seqpipe_dataset, "_TRACED", {})  # traced again, with the fallback
     pipeline = Pipeline(_config(), long_table(LENGTHS))
     public = build_dataset(pipeline)

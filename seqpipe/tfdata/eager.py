@@ -17,6 +17,7 @@ being read and assembled while TensorFlow sets the iterator up.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
@@ -57,17 +58,9 @@ def _packer(spec) -> Optional[Callable[[Any], Any]]:
     return pack
 
 
-_INTERNALS: list = []
-
-
+@functools.cache
 def _internals():
     """The dataset class, made once, or None where TensorFlow lacks what it needs."""
-    if not _INTERNALS:
-        _INTERNALS.append(_make())
-    return _INTERNALS[0]
-
-
-def _make():
     try:
         from tensorflow.python.data.ops import dataset_ops, iterator_ops
         from tensorflow.python.eager import context

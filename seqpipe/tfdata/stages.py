@@ -19,6 +19,7 @@ runs both).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import threading
@@ -98,17 +99,9 @@ def _end(number) -> Any:
     return np.int64(0)
 
 
-_INTERNALS: list = []
-
-
+@functools.cache
 def _internals():
     """The dataset classes, made once, or None where TensorFlow lacks what they need."""
-    if not _INTERNALS:
-        _INTERNALS.append(_make())
-    return _INTERNALS[0]
-
-
-def _make():
     try:
         from tensorflow.python.data.ops import dataset_ops, structured_function
         from tensorflow.python.ops import gen_dataset_ops
