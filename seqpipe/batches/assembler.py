@@ -12,6 +12,7 @@ chunk in hand and the blocks being filled are in memory.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Optional
 
@@ -159,17 +160,25 @@ class Assembler:
                                              minlength=len(self.places))
         self._batch_blocks = [np.flatnonzero(layout.blocks == g)
                               for g in range(len(self.places))]
-        # A block's store is allocated once the stream reaches its first members, past the
-        # few (`Tuning.parked_share`) that come much earlier: sequences that waited several
-        # shuffle buffers for a batch of their bucket to fill. Those are parked unpadded until
-        # then, so a block that waits does not hold a whole store, and little is copied twice.
-        by_block = np.lexsort((members, layout.block_of[members]))
-        ordered, counts = members[by_block], self.members_per_block
-        early = (counts * tuning.TUNING.parked_share).astype(np.int64)
-        self.open_at = ordered[np.cumsum(counts) - counts + early] if len(members) else []
+        self._members = members
         self._parked: dict[int, list] = {}
         self._open: dict[int, Block] = {}
         self._next = first_block
+
+    @functools.cached_property
+    def open_at(self) -> np.ndarray:
+        """The sequence whose arrival opens each block, when chunks stream in.
+
+        A block's store is allocated once the stream reaches its first members, past the
+        few (`Tuning.parked_share`) that come much earlier: sequences that waited several
+        shuffle buffers for a batch of their bucket to fill. Those are parked unpadded until
+        then, so a block that waits does not hold a whole store, and little is copied
+        twice. (Chunks held in memory need none of this.)"""
+        members = self._members
+        by_block = np.lexsort((members, self.layout.block_of[members]))
+        ordered, counts = members[by_block], self.members_per_block
+        early = (counts * tuning.TUNING.parked_share).astype(np.int64)
+        return ordered[np.cumsum(counts) - counts + early] if len(members) else members
 
     def blocks(self, chunks: Iterable[tuple[int, Sequences]]) -> Iterator[Block]:
         """Yields the finished blocks, in plan order, as the chunks arrive; chunks all held
