@@ -63,33 +63,41 @@ def _internals():
     """The dataset class, made once, or None where TensorFlow lacks what it needs."""
     try:
         from tensorflow.python.data.ops import dataset_ops, iterator_ops
-        from tensorflow.python.eager import context
+        from tensorflow.python.eager import context, execute
         from tensorflow.python.framework import ops
-        from tensorflow.python.ops import gen_dataset_ops
     except ImportError:
         return None
     needed = (hasattr(dataset_ops, "UnaryUnchangedStructureDataset")
               and hasattr(iterator_ops.OwnedIterator, "_next_internal")
-              and hasattr(gen_dataset_ops, "iterator_get_next"))
+              and hasattr(execute, "execute"))
     if not needed:
         return None
 
     class Iterator(iterator_ops.OwnedIterator):
         def __init__(self, dataset, pack):
             super().__init__(dataset)
+            self._seqpipe_context = context.context()
             # Synchronous, the end of the data is raised by the call that meets it.
-            sync = not context.context().is_async()
+            sync = not self._seqpipe_context.is_async()
             known = all(hasattr(self, name) for name in (
                 "_iterator_resource", "_flat_output_types", "_flat_output_shapes"))
             self._seqpipe_pack = pack if sync and known else None
+            if self._seqpipe_pack is not None:
+                # The op's attributes in the form TensorFlow executes them, made once: its
+                # generated wrapper converts them again on every call.
+                self._seqpipe_count = len(self._flat_output_types)
+                self._seqpipe_attrs = (
+                    "output_types", [t.as_datatype_enum for t in self._flat_output_types],
+                    "output_shapes", [s.as_list() if s.rank is not None else None
+                                      for s in self._flat_output_shapes])
 
         def _next_internal(self):
             # Keras on TensorFlow makes the iterator eagerly and calls `next` in a graph.
             if self._seqpipe_pack is None or not context.executing_eagerly():
                 return super()._next_internal()
-            flat = gen_dataset_ops.iterator_get_next(
-                self._iterator_resource, output_types=self._flat_output_types,
-                output_shapes=self._flat_output_shapes)
+            flat = execute.execute(b"IteratorGetNext", self._seqpipe_count,
+                                   inputs=[self._iterator_resource],
+                                   attrs=self._seqpipe_attrs, ctx=self._seqpipe_context)
             return self._seqpipe_pack(flat)
 
     class Batches(dataset_ops.UnaryUnchangedStructureDataset):
