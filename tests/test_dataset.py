@@ -331,7 +331,7 @@ def _graph(config):
     return traced.get_concrete_function(tf.TensorSpec((), tf.int64)).graph.as_graph_def()
 
 
-def test_dataset_functions_skip_the_multi_device_path_with_the_public_stages_as_fallback(
+def test_internal_dataset_functions_skip_the_multi_device_path_with_public_fallback(
         monkeypatch):
     """Every function of the dataset is marked to be instantiated for the CPU alone, without
     Grappler and oneDNN's layout pass (most of the cost of making each epoch's iterator),
@@ -361,7 +361,7 @@ def test_dataset_functions_skip_the_multi_device_path_with_the_public_stages_as_
         _assert_same_batches([_as_numpy(e) for e in public], list(pipeline.batches(epoch)))
 
 
-def test_each_iterator_of_a_generator_stage_has_its_own_pass_closed_when_it_goes():
+def test_internal_a_generator_stage_gives_each_iterator_its_own_pass_closed_when_it_goes():
     """Two iterators at once each get their own Python iterator from `start`; an iterator
     dropped part way closes its generator (its `finally` runs, as a seqpipe producer's
     must, to stop); an error raised in the generator reaches the caller."""

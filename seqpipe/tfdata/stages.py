@@ -23,8 +23,11 @@ import functools
 import inspect
 import itertools
 import threading
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import numpy as np
 
 from seqpipe._internal.lazy import tensorflow
 
@@ -71,8 +74,6 @@ _PASSES_LOCK = threading.Lock()
 
 
 def _begin(start: Callable[[Any], Iterator], token) -> Any:
-    import numpy as np
-
     elements = iter(start(token))
     with _PASSES_LOCK:
         number = next(_PASS_IDS)
@@ -89,8 +90,6 @@ def _next(number) -> list:
 
 
 def _end(number) -> Any:
-    import numpy as np
-
     with _PASSES_LOCK:
         elements = _PASSES.pop(int(number), None)
     close = getattr(elements, "close", None)
@@ -167,48 +166,39 @@ def _internals():
         def element_spec(self):
             return self._spec
 
-    class FlatMapped(dataset_ops.UnaryDataset):
-        """`flat_map`'s dataset, with a marked function."""
+    class Marked(dataset_ops.UnaryDataset):
+        """A dataset op over `dataset` with one marked function, `body`."""
 
-        def __init__(self, dataset, body):
+        def __init__(self, dataset, body, name: str, op, **attributes):
             self._name = None
-            self._function = function(body, "seqpipe.flat_map()", dataset=dataset)
-            self._spec = self._function.output_structure._element_spec
-            variant = gen_dataset_ops.flat_map_dataset(
-                dataset._variant_tensor, self._function.function.captured_inputs,
-                f=self._function.function, **self._common_args)
+            self._function = function(body, name, dataset=dataset)
+            variant = op(dataset._variant_tensor, self._function.function.captured_inputs,
+                         f=self._function.function, **attributes, **self._common_args)
             super().__init__(dataset, variant)
 
         def _functions(self):
             return [self._function]
+
+    class FlatMapped(Marked):
+        """`flat_map`'s dataset."""
+
+        def __init__(self, dataset, body):
+            super().__init__(dataset, body, "seqpipe.flat_map()",
+                             gen_dataset_ops.flat_map_dataset)
 
         @property
         def element_spec(self):
-            return self._spec
+            return self._function.output_structure._element_spec
 
-    class Mapped(dataset_ops.UnaryDataset):
-        """`map_in_caller`'s dataset, with a marked function run in the caller's thread."""
+    class Mapped(Marked):
+        """`map_in_caller`'s dataset: the function runs in the caller's thread."""
 
         def __init__(self, dataset, body):
-            self._name = None
-            self._function = function(body, "seqpipe.map()", dataset=dataset)
-            variant = gen_dataset_ops.map_dataset(
-                dataset._variant_tensor, self._function.function.captured_inputs,
-                f=self._function.function, use_inter_op_parallelism=False,
-                preserve_cardinality=True, **self._common_args)
-            super().__init__(dataset, variant)
-
-        def _functions(self):
-            return [self._function]
+            super().__init__(dataset, body, "seqpipe.map()", gen_dataset_ops.map_dataset,
+                             use_inter_op_parallelism=False, preserve_cardinality=True)
 
         @property
         def element_spec(self):
             return self._function.output_structure
 
-    class Internals:
-        pass
-
-    internals = Internals()
-    internals.Generated, internals.FlatMapped, internals.Mapped = (  # type: ignore[attr-defined]
-        Generated, FlatMapped, Mapped)
-    return internals
+    return types.SimpleNamespace(Generated=Generated, FlatMapped=FlatMapped, Mapped=Mapped)
