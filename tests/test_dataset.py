@@ -1,6 +1,7 @@
 """The tf.data layer: same batches as the NumPy pipeline, and model.fit runs on it."""
 
 import gc
+import os
 import threading
 import time
 import weakref
@@ -394,6 +395,42 @@ def test_internal_a_generator_stage_gives_each_iterator_its_own_pass_closed_when
     failing = stages.generator(start, tf.constant(7, tf.int64), spec)
     with pytest.raises(tf.errors.InvalidArgumentError, match="bad block 1"):
         list(failing)
+
+
+EXITING = """
+import sys, time
+from seqpipe._internal.threads import Background
+
+def source():
+    try:
+        yield from range(100)
+    finally:
+        time.sleep(0.3)  # lets the GIL go, as pyarrow does when a file fragment is freed
+        with open(sys.argv[1], "w") as f:
+            f.write("closed")
+
+producer = iter(Background(source(), depth=1))
+assert next(producer) == 0
+# The program ends here, its producer running: the queue is full and waits for it.
+"""
+
+
+def test_internal_a_producer_still_running_at_exit_closes_its_source_before_the_exit(
+        tmp_path):
+    """The interpreter's exit stops and waits for running producers, so their sources
+    close while Python is alive. A daemon thread woken during finalization was ended where
+    it stood; inside pyarrow's C++ destructors that aborted the process after `model.fit`
+    had finished ("terminate called without an active exception")."""
+    import subprocess
+    import sys
+
+    script, marker = tmp_path / "exiting.py", tmp_path / "closed"
+    script.write_text(EXITING)
+    done = subprocess.run([sys.executable, str(script), str(marker)], capture_output=True,
+                          text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(
+                              os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert marker.read_text() == "closed"
 
 
 def test_the_dataset_functions_are_traced_once_for_each_shape_of_config():

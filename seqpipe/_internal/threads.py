@@ -2,15 +2,20 @@
 
 The pools live as long as the process and are shared by every epoch and pipeline;
 `concurrent.futures` joins their threads when the interpreter exits, so they end cleanly.
+Producers are daemon threads (a dataset dropped half-way must not keep the process
+alive); the ones still running when the interpreter exits are stopped and joined then.
 """
 
 from __future__ import annotations
 
+import atexit
 import collections
 import concurrent.futures
 import itertools
 import os
 import threading
+import time
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Optional
 
@@ -66,6 +71,7 @@ class Background:
         self._depth = depth if depth is not None else tuning.TUNING.producer_depth
         self._thread = threading.Thread(target=self._produce, args=(items,),
                                          name="seqpipe-producer", daemon=True)
+        _RUNNING.add(self)
         self._thread.start()
 
     @property
@@ -80,13 +86,20 @@ class Background:
     def _produce(self, items: Iterable) -> None:
         ready = self._ready
         try:
-            for item in items:
-                with ready:
-                    ready.wait_for(lambda: len(self._queue) < self._depth or self.stopped)
-                    if self.stopped:
-                        return
-                    self._queue.append((item, None))
-                    ready.notify_all()
+            try:
+                for item in items:
+                    with ready:
+                        ready.wait_for(lambda: len(self._queue) < self._depth or self.stopped)
+                        if self.stopped:
+                            return
+                        self._queue.append((item, None))
+                        ready.notify_all()
+            finally:
+                # The source lets its files and buffers go now, in this thread, while the
+                # interpreter is sure to be alive (see `_stop_running`).
+                close = getattr(items, "close", None)
+                if close is not None:
+                    close()
             result: tuple[object, Optional[BaseException]] = (_DONE, None)
         except BaseException as e:  # handed to the consumer, which raises it
             result = (_DONE, e)
@@ -113,3 +126,25 @@ class Background:
 
 
 _DONE = object()
+
+# The producers made and not yet collected; their threads may have ended.
+_RUNNING: weakref.WeakSet[Background] = weakref.WeakSet()
+
+# How long the interpreter's exit waits for producers to finish the item in hand.
+_EXIT_WAIT_SECONDS = 10.0
+
+
+@atexit.register
+def _stop_running() -> None:
+    """Stops the producers still running and waits for them, before the interpreter is
+    finalized. A daemon thread that wakes during finalization (a consumer closed by the
+    last garbage collection stops its producer) is ended where it stands the next time it
+    takes the GIL; if that is inside a C++ destructor, such as pyarrow's as the producer
+    lets its source go, the whole process aborts ("terminate called without an active
+    exception") after the user's program has finished."""
+    producers = list(_RUNNING)
+    for producer in producers:
+        producer.stop()
+    deadline = time.monotonic() + _EXIT_WAIT_SECONDS
+    for producer in producers:
+        producer._thread.join(max(0.0, deadline - time.monotonic()))
